@@ -1,0 +1,158 @@
+//! `HostPortClaim`: a tenant's request for one host port, bound by the controller to a
+//! `HostPort` the way a PersistentVolumeClaim is bound to a PersistentVolume.
+
+use kube::{CustomResource, KubeSchema, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+use crate::ports::port_from_wire;
+
+/// A request for one node host port from a HostPortClass. Pods in the same namespace use it
+/// through the `claim.hostport.rmb938.com/<containerPortName>: <claimName>` annotation.
+// Several `printcolumn`s and `shortname`s are how kube-derive takes lists.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostport.rmb938.com",
+    version = "v1alpha1",
+    kind = "HostPortClaim",
+    namespaced,
+    shortname = "hpclaim",
+    shortname = "hpc",
+    category = "hostport-allocator",
+    status = "HostPortClaimStatus",
+    derive = "PartialEq",
+    doc = "HostPortClaim requests one node host port from a HostPortClass for pods in its namespace.",
+    printcolumn(
+        name = "Class",
+        type_ = "string",
+        json_path = ".spec.hostPortClassName",
+        description = "HostPortClass the port comes from"
+    ),
+    printcolumn(
+        name = "Port",
+        type_ = "integer",
+        json_path = ".status.port",
+        description = "Bound host port"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Bound or Deleting"
+    ),
+    printcolumn(
+        name = "HostPort",
+        type_ = "string",
+        json_path = ".spec.hostPortName",
+        priority = "1",
+        description = "HostPort bound to this claim"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(
+        "!has(oldSelf.hostPortName) || oldSelf.hostPortName == '' || (has(self.hostPortName) && self.hostPortName == oldSelf.hostPortName)"
+    ).message("hostPortName is set by the allocator and cannot be changed once set").field_path(".hostPortName"),
+    validation = Rule::new(
+        "has(self.port) == has(oldSelf.port) && (!has(self.port) || self.port == oldSelf.port)"
+    ).message("port is immutable: delete and recreate the claim to request another port").field_path(".port")
+)]
+pub struct HostPortClaimSpec {
+    /// Name of the HostPortClass to allocate the port from. Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("hostPortClassName is immutable: delete and recreate the claim to use another class"))]
+    pub host_port_class_name: String,
+
+    /// Name of the HostPort bound to this claim. Set by the allocator; leave it empty.
+    /// Immutable once set.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::empty_string_as_none"
+    )]
+    pub host_port_name: Option<String>,
+
+    /// A specific port to allocate (static allocation). It must lie inside a pool of the
+    /// class; the claim stays Pending while another HostPort holds it. Omit to get the lowest
+    /// free port of the class. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// Lifecycle phase of a claim.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ClaimPhase {
+    /// Waiting for a port (see the `Bound` condition for why).
+    Pending,
+    /// Bound to a HostPort holding a port; pods may use it.
+    Bound,
+    /// Being deleted; held until no running pod references it.
+    Deleting,
+}
+
+impl ClaimPhase {
+    /// The phase as written on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClaimPhase::Pending => "Pending",
+            ClaimPhase::Bound => "Bound",
+            ClaimPhase::Deleting => "Deleting",
+        }
+    }
+}
+
+/// Observed state of a HostPortClaim, written by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPortClaimStatus {
+    /// Pending, Bound or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClaimPhase>,
+    /// The bound host port (a copy of the HostPort's port, for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Current state; `Bound` explains a Pending claim (reasons ClassNotFound, PoolExhausted,
+    /// PortUnavailable, PortOutsidePools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl HostPortClaim {
+    /// Phase from the status; a claim with no status yet is Pending.
+    pub fn phase(&self) -> ClaimPhase {
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(ClaimPhase::Pending)
+    }
+
+    /// The port the claim is bound to: set only once the claim is Bound, names a HostPort
+    /// and carries a valid port.
+    pub fn bound_port(&self) -> Option<u16> {
+        let status = self.status.as_ref()?;
+        if status.phase != Some(ClaimPhase::Bound) || self.spec.host_port_name.is_none() {
+            return None;
+        }
+        status.port.and_then(port_from_wire)
+    }
+
+    /// The statically requested port, if it is a valid port number.
+    pub fn requested_port(&self) -> Option<u16> {
+        self.spec.port.and_then(port_from_wire)
+    }
+
+    /// Whether the claim carries this project's finalizer.
+    pub fn has_finalizer(&self) -> bool {
+        self.finalizers().iter().any(|f| f == crate::FINALIZER)
+    }
+}

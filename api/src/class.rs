@@ -1,0 +1,102 @@
+//! `HostPortClass`: a cluster-wide pool of node ports that claims allocate from.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+use crate::ports::{PortRange, usable_ranges};
+
+/// A pool of host ports that HostPortClaims of this class are allocated from. Admins create
+/// one class per purpose (e.g. `game-servers` on 27000-27100); tenants name it in their claims.
+// Several `printcolumn`s and `shortname`s are how kube-derive takes lists.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostport.rmb938.com",
+    version = "v1alpha1",
+    kind = "HostPortClass",
+    plural = "hostportclasses",
+    shortname = "hpclass",
+    shortname = "hpcl",
+    category = "hostport-allocator",
+    status = "HostPortClassStatus",
+    derive = "PartialEq",
+    doc = "HostPortClass is a cluster-wide pool of node ports that HostPortClaims are allocated from.",
+    printcolumn(
+        name = "Capacity",
+        type_ = "integer",
+        json_path = ".status.capacity",
+        description = "Ports in the class pools"
+    ),
+    printcolumn(
+        name = "Allocated",
+        type_ = "integer",
+        json_path = ".status.allocated",
+        description = "Ports held by HostPorts of this class"
+    ),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.available",
+        description = "Ports free for new claims"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.pools.all(a, self.pools.filter(b, a.start <= b.end && b.start <= a.end).size() == 1)"
+).message("pools of one class must not overlap: merge them or make them disjoint").field_path(".pools"))]
+pub struct HostPortClassSpec {
+    /// Port ranges this class allocates from, lowest port first. At least one; pools of one
+    /// class must not overlap. Ports shared with another class are handed out to whichever
+    /// claim asks first: a node port is only ever allocated once.
+    #[schemars(length(min = 1, max = 128))]
+    pub pools: Vec<PortPool>,
+}
+
+/// An inclusive range of node ports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.start <= self.end").message("pool start must be less than or equal to pool end"))]
+pub struct PortPool {
+    /// First port of the pool (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
+    pub start: i32,
+    /// Last port of the pool, inclusive (1-65535, not below start).
+    #[schemars(range(min = 1, max = 65535))]
+    pub end: i32,
+}
+
+/// Observed state of a HostPortClass, written by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPortClassStatus {
+    /// Number of ports in the class pools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<i32>,
+    /// Number of those ports held by HostPorts of this class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<i32>,
+    /// Number of those ports free for new claims (also excludes ports held by other classes
+    /// whose pools overlap this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<i32>,
+    /// The `.metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Current state: `Exhausted` (no free port) and `PoolsOverlapOtherClass` (information).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl HostPortClass {
+    /// The well-formed pools of the class (a malformed stored pool is skipped, not fatal).
+    pub fn ranges(&self) -> Vec<PortRange> {
+        usable_ranges(&self.spec.pools)
+    }
+}

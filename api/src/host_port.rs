@@ -1,0 +1,179 @@
+//! `HostPort`: one allocated node port, bound to one claim (like a PersistentVolume).
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::conditions::Condition;
+use crate::ports::port_from_wire;
+
+/// One node host port allocated from a HostPortClass to a HostPortClaim. Created and managed
+/// by the allocator, named `port-<number>` so that a port can only ever be allocated once.
+// Several `printcolumn`s and `shortname`s are how kube-derive takes lists.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hostport.rmb938.com",
+    version = "v1alpha1",
+    kind = "HostPort",
+    shortname = "hp",
+    category = "hostport-allocator",
+    status = "HostPortStatus",
+    derive = "PartialEq",
+    doc = "HostPort is one node host port allocated from a HostPortClass to a HostPortClaim.",
+    printcolumn(
+        name = "Port",
+        type_ = "integer",
+        json_path = ".status.port",
+        description = "Allocated host port"
+    ),
+    printcolumn(
+        name = "Class",
+        type_ = "string",
+        json_path = ".spec.hostPortClassName",
+        description = "HostPortClass the port comes from"
+    ),
+    printcolumn(
+        name = "Claim",
+        type_ = "string",
+        json_path = ".spec.claimRef.name",
+        description = "Bound HostPortClaim"
+    ),
+    printcolumn(
+        name = "Namespace",
+        type_ = "string",
+        json_path = ".spec.claimRef.namespace",
+        priority = "1",
+        description = "Namespace of the bound claim"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Allocated or Deleting"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(oldSelf.port) || has(self.port)")
+    .message("port cannot be removed once set").field_path(".port"))]
+pub struct HostPortSpec {
+    /// The claim this port is bound to (with its UID, so a recreated claim of the same name
+    /// does not inherit it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_ref: Option<ClaimReference>,
+
+    /// Name of the HostPortClass the port was allocated from. Immutable.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("hostPortClassName is immutable"))]
+    pub host_port_class_name: String,
+
+    /// The allocated port, fixed at creation (mirrored in status.port). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("port is immutable: a HostPort holds one port for its whole life"))]
+    pub port: Option<i32>,
+}
+
+/// Reference to the bound HostPortClaim (the fields of a core `ObjectReference`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimReference {
+    /// API version of the claim, `hostport.rmb938.com/v1alpha1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Kind of the claim, `HostPortClaim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name of the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Namespace of the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// UID of the claim; a claim with the same name but another UID is a different claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Resource version of the claim when referenced (informational).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Unused; kept for ObjectReference compatibility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_path: Option<String>,
+}
+
+/// Lifecycle phase of a HostPort.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum HostPortPhase {
+    /// Created, port not yet confirmed in status.
+    Pending,
+    /// Holds its port for its claim.
+    Allocated,
+    /// Being deleted; the port frees when it is gone.
+    Deleting,
+}
+
+impl HostPortPhase {
+    /// The phase as written on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HostPortPhase::Pending => "Pending",
+            HostPortPhase::Allocated => "Allocated",
+            HostPortPhase::Deleting => "Deleting",
+        }
+    }
+}
+
+/// Observed state of a HostPort, written by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPortStatus {
+    /// Pending, Allocated or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<HostPortPhase>,
+    /// The allocated port. `0` means none (as stored by the Go project before allocation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub port: Option<i32>,
+    /// Current state (`Allocated`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl HostPort {
+    /// The port this HostPort holds: `spec.port` (this project), else `status.port` (objects
+    /// written by the Go project). `None` while neither names a valid port.
+    pub fn port(&self) -> Option<u16> {
+        self.spec
+            .port
+            .and_then(port_from_wire)
+            .or_else(|| self.status.as_ref()?.port.and_then(port_from_wire))
+    }
+
+    /// UID of the bound claim, if recorded.
+    pub fn claim_uid(&self) -> Option<&str> {
+        self.spec
+            .claim_ref
+            .as_ref()?
+            .uid
+            .as_deref()
+            .filter(|u| !u.is_empty())
+    }
+
+    /// `(namespace, name)` of the bound claim, if recorded.
+    pub fn claim_key(&self) -> Option<(&str, &str)> {
+        let r = self.spec.claim_ref.as_ref()?;
+        Some((r.namespace.as_deref()?, r.name.as_deref()?))
+    }
+
+    /// Name of the HostPort that holds `port`: the API server's name uniqueness is what makes
+    /// a second allocation of the same port impossible.
+    pub fn name_for_port(port: u16) -> String {
+        format!("port-{port}")
+    }
+}

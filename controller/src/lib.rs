@@ -1,0 +1,2 @@
+//! The allocator controller (work in progress: see issue 5).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! The admission webhook (work in progress: see issue 6).
+#![forbid(unsafe_code)]
