@@ -34,8 +34,10 @@ fn config_crd_renders_the_generated_crds() {
     let mut documents: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&rendered)
         .expect("kustomize output parses as CustomResourceDefinitions");
     documents.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    let mut expected: Vec<CustomResourceDefinition> =
-        hostport_api::crds::all().into_iter().map(|(_, crd)| crd).collect();
+    let mut expected: Vec<CustomResourceDefinition> = hostport_api::crds::all()
+        .into_iter()
+        .map(|(_, crd)| crd)
+        .collect();
     expected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     assert_eq!(documents, expected);
 }

@@ -1,2 +1,6 @@
-//! End-to-end scenarios and the in-process API server (work in progress: see issue 4).
+//! End-to-end scenarios for hostport-allocator and the in-process Kubernetes API server they
+//! run on by default (`apiserver`). With `E2E_KUBECONFIG` set, the same scenarios run against
+//! a real cluster.
 #![forbid(unsafe_code)]
+
+pub mod apiserver;
