@@ -28,7 +28,11 @@ fn claim(i: usize) -> HostPortClaim {
 async fn run() -> (Duration, Duration) {
     let server = TestApiServer::start().await.expect("server");
     let claims: Api<HostPortClaim> = Api::namespaced(server.client(), "default");
-    let mut stream = claims.watch(&WatchParams::default(), "0").await.expect("watch").boxed();
+    let mut stream = claims
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch")
+        .boxed();
     let watched = tokio::spawn(async move {
         let mut seen = 0;
         while let Some(Ok(event)) = stream.next().await {
@@ -47,7 +51,10 @@ async fn run() -> (Duration, Duration) {
             let claims = claims.clone();
             tokio::spawn(async move {
                 for i in (w..OBJECTS).step_by(CLIENTS) {
-                    claims.create(&PostParams::default(), &claim(i)).await.expect("create");
+                    claims
+                        .create(&PostParams::default(), &claim(i))
+                        .await
+                        .expect("create");
                 }
             })
         })
@@ -61,7 +68,10 @@ async fn run() -> (Duration, Duration) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let mut runs = vec![];
     for _ in 0..5 {
         runs.push(runtime.block_on(run()));

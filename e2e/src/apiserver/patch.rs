@@ -45,8 +45,15 @@ pub fn apply_patch(
     let mut doc = target.clone();
     match kind {
         PatchKind::Json => {
-            let ops: json_patch::Patch = serde_json::from_slice(patch)
+            let mut ops: json_patch::Patch = serde_json::from_slice(patch)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            // kube-apiserver (evanphx/json-patch) passes a `test` for null on a missing path.
+            ops.0.retain(|op| match op {
+                json_patch::PatchOperation::Test(test) => {
+                    !(test.value.is_null() && doc.pointer(test.path.as_str()).is_none())
+                }
+                _ => true,
+            });
             json_patch::patch(&mut doc, &ops).map_err(|e| {
                 ApiError::with_code(
                     422,
@@ -220,6 +227,14 @@ mod tests {
         let patch = br#"[{"op":"test","path":"/metadata/finalizers/0","value":"b"},{"op":"remove","path":"/metadata/finalizers/0"}]"#;
         let err = apply_patch(PatchKind::Json, &doc, patch, true).expect_err("test op fails");
         assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn json_patch_test_for_null_passes_on_a_missing_path() {
+        let doc = json!({"metadata": {}});
+        let patch = br#"[{"op":"test","path":"/metadata/finalizers","value":null},{"op":"add","path":"/metadata/finalizers","value":["a"]}]"#;
+        let out = apply_patch(PatchKind::Json, &doc, patch, true).expect("applies");
+        assert_eq!(out["metadata"]["finalizers"], json!(["a"]));
     }
 
     #[test]

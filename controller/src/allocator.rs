@@ -1,0 +1,252 @@
+//! The allocator core: a 65,536-bit set of used ports and the searches over class pools.
+//! Pure data, no I/O: what is used comes from the HostPort cache (see `port_book`).
+
+use hostport_api::ports::PortRange;
+
+const WORDS: usize = 65_536 / 64;
+
+/// One bit per port number (0–65535); bit set = port in use.
+#[derive(Clone)]
+pub struct PortSet {
+    words: Box<[u64; WORDS]>,
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortSet({} used)", self.count_all())
+    }
+}
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self {
+            words: Box::new([0; WORDS]),
+        }
+    }
+}
+
+fn split(port: u16) -> (usize, u64) {
+    (usize::from(port) / 64, 1u64 << (port % 64))
+}
+
+/// Mask of the bits `from..=to` (both within one word, 0..=63).
+fn mask(from: u32, to: u32) -> u64 {
+    let high = if to == 63 {
+        u64::MAX
+    } else {
+        (1u64 << (to + 1)) - 1
+    };
+    high & !((1u64 << from) - 1)
+}
+
+impl PortSet {
+    /// Marks `port` used.
+    pub fn insert(&mut self, port: u16) {
+        let (word, bit) = split(port);
+        self.words[word] |= bit;
+    }
+
+    /// Marks `port` free.
+    pub fn remove(&mut self, port: u16) {
+        let (word, bit) = split(port);
+        self.words[word] &= !bit;
+    }
+
+    /// Whether `port` is used.
+    pub fn contains(&self, port: u16) -> bool {
+        let (word, bit) = split(port);
+        self.words[word] & bit != 0
+    }
+
+    /// The lowest free port in `range`, scanning a 64-bit word at a time.
+    pub fn lowest_free_in(&self, range: PortRange) -> Option<u16> {
+        let (start, end) = (u32::from(range.start), u32::from(range.end));
+        let mut word = start / 64;
+        while word <= end / 64 {
+            let from = if word == start / 64 { start % 64 } else { 0 };
+            let to = if word == end / 64 { end % 64 } else { 63 };
+            let free = !self.words[word as usize] & mask(from, to);
+            if free != 0 {
+                let port = word * 64 + free.trailing_zeros();
+                return u16::try_from(port).ok();
+            }
+            word += 1;
+        }
+        None
+    }
+
+    /// The lowest free port in any of `ranges`.
+    pub fn lowest_free(&self, ranges: &[PortRange]) -> Option<u16> {
+        ranges.iter().filter_map(|r| self.lowest_free_in(*r)).min()
+    }
+
+    /// Number of used ports in `range`.
+    pub fn count_in(&self, range: PortRange) -> u32 {
+        let (start, end) = (u32::from(range.start), u32::from(range.end));
+        (start / 64..=end / 64)
+            .map(|word| {
+                let from = if word == start / 64 { start % 64 } else { 0 };
+                let to = if word == end / 64 { end % 64 } else { 63 };
+                (self.words[word as usize] & mask(from, to)).count_ones()
+            })
+            .sum()
+    }
+
+    /// Number of used ports in the union of `ranges` (overlaps counted once).
+    pub fn count_in_all(&self, ranges: &[PortRange]) -> u32 {
+        let mut union = PortSet::default();
+        for range in ranges {
+            union.fill(*range);
+        }
+        self.words
+            .iter()
+            .zip(union.words.iter())
+            .map(|(a, b)| (a & b).count_ones())
+            .sum()
+    }
+
+    /// Marks every port of `range` used.
+    pub fn fill(&mut self, range: PortRange) {
+        let (start, end) = (u32::from(range.start), u32::from(range.end));
+        for word in start / 64..=end / 64 {
+            let from = if word == start / 64 { start % 64 } else { 0 };
+            let to = if word == end / 64 { end % 64 } else { 63 };
+            self.words[word as usize] |= mask(from, to);
+        }
+    }
+
+    /// Number of used ports overall.
+    pub fn count_all(&self) -> u32 {
+        self.words.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    fn range(start: u16, end: u16) -> PortRange {
+        PortRange::new(start, end).expect("range")
+    }
+
+    #[test]
+    fn lowest_free_skips_used_ports_and_stays_in_the_range() {
+        let mut set = PortSet::default();
+        let pool = range(9000, 9002);
+        assert_eq!(set.lowest_free_in(pool), Some(9000));
+        set.insert(9000);
+        set.insert(9001);
+        assert_eq!(set.lowest_free_in(pool), Some(9002));
+        set.insert(9002);
+        assert_eq!(set.lowest_free_in(pool), None, "exhausted");
+        set.remove(9001);
+        assert_eq!(set.lowest_free_in(pool), Some(9001));
+    }
+
+    #[test]
+    fn edges_of_the_port_space() {
+        let mut set = PortSet::default();
+        assert_eq!(set.lowest_free_in(range(65535, 65535)), Some(65535));
+        set.insert(65535);
+        assert_eq!(set.lowest_free_in(range(65535, 65535)), None);
+        assert_eq!(set.lowest_free_in(range(1, 1)), Some(1));
+        set.fill(range(1, 65534));
+        assert_eq!(set.count_all(), 65535);
+        assert_eq!(set.lowest_free(&[range(1, 65535)]), None);
+        assert_eq!(set.count_in(range(63, 129)), 67);
+    }
+
+    #[test]
+    fn lowest_over_several_pools() {
+        let mut set = PortSet::default();
+        set.fill(range(9000, 9100));
+        assert_eq!(
+            set.lowest_free(&[range(9000, 9100), range(30000, 30010)]),
+            Some(30000)
+        );
+        assert_eq!(
+            set.lowest_free(&[range(30000, 30010), range(9050, 9200)]),
+            Some(9101)
+        );
+        assert_eq!(
+            set.count_in_all(&[range(9000, 9050), range(9040, 9060)]),
+            61
+        );
+    }
+
+    /// A random pool layout: 1–4 ranges anywhere in the port space.
+    fn pools() -> impl Strategy<Value = Vec<PortRange>> {
+        proptest::collection::vec((1u16..=65535, 0u16..2000), 1..4).prop_map(|raw| {
+            raw.into_iter()
+                .map(|(start, len)| range(start, start.saturating_add(len)))
+                .collect()
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Allocate,
+        Free(usize),
+        TakeOutside(u16),
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => Just(Step::Allocate),
+                2 => any::<usize>().prop_map(Step::Free),
+                1 => any::<u16>().prop_map(Step::TakeOutside),
+            ],
+            1..400,
+        )
+    }
+
+    proptest! {
+        /// Random allocate/free sequences against a model: never a used port, never a port
+        /// outside the pools, always the lowest free one, and a port whenever one is free.
+        #[test]
+        fn allocation_matches_the_model(pools in pools(), steps in steps()) {
+            let mut set = PortSet::default();
+            let mut model: BTreeSet<u16> = BTreeSet::new();
+            let in_pools = |p: u16| pools.iter().any(|r| r.contains(p));
+            for step in steps {
+                match step {
+                    Step::Allocate => {
+                        let expected = pools
+                            .iter()
+                            .flat_map(|r| r.start..=r.end)
+                            .filter(|p| !model.contains(p))
+                            .min();
+                        let got = set.lowest_free(&pools);
+                        prop_assert_eq!(got, expected);
+                        if let Some(port) = got {
+                            prop_assert!(in_pools(port));
+                            prop_assert!(!model.contains(&port));
+                            set.insert(port);
+                            model.insert(port);
+                        }
+                    }
+                    Step::Free(i) => {
+                        if !model.is_empty() {
+                            let port = *model.iter().nth(i % model.len()).expect("index in range");
+                            set.remove(port);
+                            model.remove(&port);
+                        }
+                    }
+                    Step::TakeOutside(port) => {
+                        // A port held by another class or a Go-era HostPort.
+                        set.insert(port);
+                        model.insert(port);
+                    }
+                }
+                for range in &pools {
+                    let used = (range.start..=range.end).filter(|p| model.contains(p)).count() as u32;
+                    prop_assert_eq!(set.count_in(*range), used);
+                }
+            }
+            prop_assert_eq!(set.count_all(), model.len() as u32);
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! The claim reconciler: binds each HostPortClaim to a HostPort holding a free port, and
+//! releases the port when the claim is deleted and no running pod uses it any more.
+//!
+//! Binding is four writes, in an order that is safe to interrupt anywhere: create the
+//! HostPort `port-<n>` (the lock on the port), its status, the claim's `spec.hostPortName`,
+//! the claim's status. A claim is never Bound before its HostPort exists with a port; a
+//! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostport_api::conditions::{self, Condition, reasons, status, types};
+use hostport_api::ports::PortRange;
+use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim, HostPortPhase};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::{Error, Result, status_code};
+use crate::writes::{self, claim_name};
+
+/// Name of this reconciler in metrics and logs.
+pub const CONTROLLER: &str = "claim";
+
+/// Picks of a port in one reconcile before giving up (each lost pick is a 409).
+const MAX_PICKS: usize = 64;
+
+/// Safety net for claims waiting on something a watch should announce.
+const RECHECK: Duration = Duration::from_secs(60);
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Reconciles one claim.
+pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_claim(&claim, &ctx).await;
+    ctx.metrics
+        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&ObjectRef::from_obj(claim.as_ref()).erase());
+    }
+    result
+}
+
+async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
+    let uid = claim.uid().ok_or_else(|| Error::MissingField {
+        kind: "HostPortClaim",
+        name: claim_name(claim),
+        field: "metadata.uid",
+    })?;
+    if !ctx.book().is_synced() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    if claim.metadata.deletion_timestamp.is_some() {
+        return release(claim, &uid, ctx).await;
+    }
+    let claims: Api<HostPortClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    writes::add_finalizer(&claims, claim, FINALIZER, "HostPortClaim").await?;
+
+    let host_port = match find_host_port(claim, &uid, ctx).await? {
+        Some(host_port) => host_port,
+        None => match allocate(claim, &uid, ctx).await? {
+            Allocation::Got(host_port) => host_port,
+            Allocation::Pending { reason, message } => {
+                return pending(claim, reason, message, ctx).await;
+            }
+        },
+    };
+    let Some(port) = host_port.port() else {
+        return pending(
+            claim,
+            reasons::WAITING_FOR_PORT,
+            format!("HostPort {} has no port yet", host_port.name_any()),
+            ctx,
+        )
+        .await;
+    };
+    let name = host_port.name_any();
+    ensure_host_port_status(&host_port, claim, port, ctx).await?;
+    if claim.spec.host_port_name.as_deref() != Some(name.as_str()) {
+        writes::bind_claim(&claims, claim, &name).await?;
+    }
+    let bound = Condition::new(
+        types::BOUND,
+        status::TRUE,
+        reasons::BOUND,
+        format!("bound to HostPort {name} (port {port})"),
+        claim.metadata.generation,
+        now(),
+    );
+    if set_claim_status(claim, ClaimPhase::Bound, Some(port), bound, ctx).await? {
+        if let Some(created) = claim.creation_timestamp() {
+            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds()
+                as f64
+                / 1000.0;
+            ctx.metrics.allocation_seconds.observe(seconds.max(0.0));
+        }
+        tracing::info!(claim = %claim_name(claim), host_port = %name, port, "bound");
+        ctx.event(
+            claim,
+            EventType::Normal,
+            "Bound",
+            "Binding",
+            format!("Bound to HostPort {name}, port {port}"),
+        )
+        .await;
+    }
+    delete_extra_host_ports(claim, &uid, &name, ctx).await?;
+    Ok(Action::await_change())
+}
+
+/// The HostPort this claim already has, if any: the one it is bound to, else one whose
+/// `claimRef.uid` matches (an interrupted earlier attempt), else the one this process just
+/// created and the watch has not delivered yet.
+async fn find_host_port(
+    claim: &HostPortClaim,
+    uid: &str,
+    ctx: &Context,
+) -> Result<Option<HostPort>> {
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    let owned = |hp: &HostPort| hp.claim_uid() == Some(uid);
+    let (cached, reserved) = ctx.book().of_claim(uid);
+    let mut names: Vec<String> = claim.spec.host_port_name.iter().cloned().collect();
+    let mut by_port = cached;
+    by_port.sort_by_key(|c| c.port.unwrap_or(u16::MAX));
+    names.extend(
+        by_port
+            .into_iter()
+            .filter(|c| c.port.is_some())
+            .map(|c| c.name),
+    );
+    names.extend(reserved.map(HostPort::name_for_port));
+    names.dedup();
+    for name in names {
+        if let Some(cached) = ctx.caches.host_ports.get(&ObjectRef::new(&name))
+            && owned(&cached)
+        {
+            return Ok(Some((*cached).clone()));
+        }
+        // Not (yet) in the cache: ask the API server before allocating anew.
+        let fresh = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::api("reading", "HostPort", &name))?;
+        if let Some(host_port) = fresh.filter(owned) {
+            ctx.book().apply(&host_port);
+            return Ok(Some(host_port));
+        }
+    }
+    Ok(None)
+}
+
+enum Allocation {
+    Got(HostPort),
+    Pending {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Allocation> {
+    let class_name = &claim.spec.host_port_class_name;
+    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
+    let Some(class) = class.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
+        return Ok(Allocation::Pending {
+            reason: reasons::CLASS_NOT_FOUND,
+            message: format!(
+                "HostPortClass {class_name:?} does not exist (or is being deleted): create it, or recreate the claim with an existing spec.hostPortClassName"
+            ),
+        });
+    };
+    let ranges = class.ranges();
+    // A claim bound to a `port-<n>` HostPort that vanished gets the same port back.
+    let lost = claim
+        .spec
+        .host_port_name
+        .as_deref()
+        .and_then(|n| n.strip_prefix("port-"))
+        .and_then(|p| p.parse::<u16>().ok());
+    let requested = lost.or_else(|| claim.requested_port());
+    if let Some(port) = requested
+        && lost.is_none()
+        && !ranges.iter().any(|r| r.contains(port))
+    {
+        return Ok(Allocation::Pending {
+            reason: reasons::PORT_OUTSIDE_POOLS,
+            message: format!(
+                "spec.port {port} is outside the pools of HostPortClass {class_name:?} ({}): recreate the claim with a port inside them, or without spec.port",
+                describe(&ranges)
+            ),
+        });
+    }
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    for _ in 0..MAX_PICKS {
+        let port = {
+            let mut book = ctx.book();
+            match requested {
+                Some(port) if book.is_used(port) => {
+                    return Ok(Allocation::Pending {
+                        reason: reasons::PORT_UNAVAILABLE,
+                        message: format!(
+                            "port {port} is held by another HostPort; the claim binds when it is released"
+                        ),
+                    });
+                }
+                Some(port) => {
+                    book.reserve(port, Some(uid), Instant::now());
+                    port
+                }
+                None => match book.reserve_lowest(&ranges, uid, Instant::now()) {
+                    Some(port) => port,
+                    None => {
+                        return Ok(Allocation::Pending {
+                            reason: reasons::POOL_EXHAUSTED,
+                            message: format!(
+                                "all {} ports of HostPortClass {class_name:?} ({}) are in use; the claim binds when one is released",
+                                hostport_api::ports::distinct_port_count(&ranges),
+                                describe(&ranges)
+                            ),
+                        });
+                    }
+                },
+            }
+        };
+        let name = HostPort::name_for_port(port);
+        match writes::create_host_port(&api, claim, uid, class_name, port).await {
+            Ok(host_port) => {
+                tracing::debug!(claim = %claim_name(claim), %name, "created HostPort");
+                return Ok(Allocation::Got(host_port));
+            }
+            Err(error) if status_code(&error) == Some(409) => {
+                ctx.metrics.allocation_conflicts.inc();
+                let holder = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(Error::api("reading", "HostPort", &name))?;
+                match holder {
+                    // Ours, from an attempt that was interrupted before it was recorded.
+                    Some(host_port) if host_port.claim_uid() == Some(uid) => {
+                        return Ok(Allocation::Got(host_port));
+                    }
+                    Some(host_port) => {
+                        tracing::debug!(claim = %claim_name(claim), %name, "port taken by another HostPort; picking again");
+                        let mut book = ctx.book();
+                        book.apply(&host_port);
+                        book.reserve(port, None, Instant::now());
+                    }
+                    None => ctx.book().release(port),
+                }
+            }
+            Err(source) => {
+                ctx.book().release(port);
+                return Err(Error::Api {
+                    action: "creating",
+                    kind: "HostPort",
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Err(Error::AllocationContended {
+        name: claim_name(claim),
+        attempts: MAX_PICKS,
+    })
+}
+
+fn describe(ranges: &[PortRange]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Leaves the claim Pending with `reason`, announcing a new reason with an Event.
+async fn pending(
+    claim: &HostPortClaim,
+    reason: &'static str,
+    message: String,
+    ctx: &Context,
+) -> Result<Action> {
+    let condition = Condition::new(
+        types::BOUND,
+        status::FALSE,
+        reason,
+        message.clone(),
+        claim.metadata.generation,
+        now(),
+    );
+    if set_claim_status(claim, ClaimPhase::Pending, None, condition, ctx).await? {
+        tracing::info!(claim = %claim_name(claim), reason, %message, "pending");
+        ctx.event(claim, EventType::Warning, reason, "Binding", message)
+            .await;
+    }
+    if matches!(reason, reasons::POOL_EXHAUSTED | reasons::PORT_UNAVAILABLE) {
+        ctx.wait_for_port(ObjectRef::from_obj(claim));
+    }
+    Ok(Action::requeue(RECHECK))
+}
+
+/// Writes the claim's status if it differs; returns whether the `Bound` condition's reason
+/// changed (what Events announce).
+async fn set_claim_status(
+    claim: &HostPortClaim,
+    phase: ClaimPhase,
+    port: Option<u16>,
+    condition: Condition,
+    ctx: &Context,
+) -> Result<bool> {
+    let current = claim.status.clone().unwrap_or_default();
+    let previous_reason =
+        conditions::find(&current.conditions, types::BOUND).map(|c| c.reason.clone());
+    let reason_changed = previous_reason.as_deref() != Some(condition.reason.as_str());
+    let mut desired = current.clone();
+    desired.phase = Some(phase);
+    desired.port = port.map(i32::from);
+    conditions::set(&mut desired.conditions, condition);
+    if desired != current {
+        let api: Api<HostPortClaim> =
+            Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+        // Explicit nulls so a merge patch also clears what is gone.
+        let status =
+            json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
+        api.patch_status(
+            &claim.name_any(),
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .map_err(Error::api(
+            "writing the status of",
+            "HostPortClaim",
+            claim_name(claim),
+        ))?;
+    }
+    Ok(reason_changed)
+}
+
+async fn ensure_host_port_status(
+    host_port: &HostPort,
+    claim: &HostPortClaim,
+    port: u16,
+    ctx: &Context,
+) -> Result<()> {
+    let current = host_port.status.clone().unwrap_or_default();
+    let mut desired = current.clone();
+    desired.phase = Some(HostPortPhase::Allocated);
+    desired.port = Some(i32::from(port));
+    conditions::set(
+        &mut desired.conditions,
+        Condition::new(
+            types::ALLOCATED,
+            status::TRUE,
+            reasons::ALLOCATED,
+            format!(
+                "port {port} allocated to HostPortClaim {}",
+                claim_name(claim)
+            ),
+            host_port.metadata.generation,
+            now(),
+        ),
+    );
+    if desired == current {
+        return Ok(());
+    }
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    writes::host_port_status(&api, &host_port.name_any(), &desired).await
+}
+
+/// HostPorts left over for this claim besides the one it is bound to (from races between
+/// controllers with stale caches) are deleted.
+async fn delete_extra_host_ports(
+    claim: &HostPortClaim,
+    uid: &str,
+    keep: &str,
+    ctx: &Context,
+) -> Result<()> {
+    let (cached, _) = ctx.book().of_claim(uid);
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    for extra in cached.into_iter().filter(|c| c.name != keep) {
+        let object_uid = ctx
+            .caches
+            .host_ports
+            .get(&ObjectRef::new(&extra.name))
+            .and_then(|hp| hp.uid());
+        tracing::info!(claim = %claim_name(claim), host_port = %extra.name, "deleting a duplicate HostPort of the claim");
+        writes::delete_host_port(&api, &extra.name, object_uid).await?;
+    }
+    Ok(())
+}
+
+/// Running (not Succeeded/Failed) pods in the claim's namespace whose annotations name it.
+pub fn pods_using(claim: &HostPortClaim, pods: &[Arc<Pod>]) -> Vec<String> {
+    let namespace = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let mut using: Vec<String> = pods
+        .iter()
+        .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .filter(|pod| {
+            hostport_api::annotations::referenced_claim_names(pod.annotations()).any(|c| c == name)
+        })
+        .map(|pod| pod.name_any())
+        .collect();
+    using.sort();
+    using
+}
+
+/// A deleting claim: wait for its pods, delete its HostPorts, drop the finalizer.
+async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Action> {
+    if !claim.has_finalizer() {
+        return Ok(Action::await_change());
+    }
+    let using = pods_using(claim, &ctx.caches.pods.state());
+    if !using.is_empty() {
+        let shown: Vec<&str> = using.iter().take(5).map(String::as_str).collect();
+        let message = format!(
+            "deletion waits for {} pod(s) using this claim to terminate: {}{}",
+            using.len(),
+            shown.join(", "),
+            if using.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+        let port = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.port)
+            .and_then(hostport_api::ports::port_from_wire);
+        let held = Condition::new(
+            types::BOUND,
+            status::TRUE,
+            reasons::IN_USE_BY_PODS,
+            message.clone(),
+            claim.metadata.generation,
+            now(),
+        );
+        if set_claim_status(claim, ClaimPhase::Deleting, port, held, ctx).await? {
+            ctx.event(
+                claim,
+                EventType::Normal,
+                reasons::IN_USE_BY_PODS,
+                "Releasing",
+                message,
+            )
+            .await;
+        }
+        return Ok(Action::requeue(RECHECK));
+    }
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    let (cached, reserved) = ctx.book().of_claim(uid);
+    let mut names: Vec<String> = cached.into_iter().map(|c| c.name).collect();
+    names.extend(claim.spec.host_port_name.iter().cloned());
+    names.extend(reserved.map(HostPort::name_for_port));
+    names.sort();
+    names.dedup();
+    let mut released = vec![];
+    for name in names {
+        let host_port = match ctx.caches.host_ports.get(&ObjectRef::new(&name)) {
+            Some(cached) => Some((*cached).clone()),
+            None => api
+                .get_opt(&name)
+                .await
+                .map_err(Error::api("reading", "HostPort", &name))?,
+        };
+        let Some(host_port) = host_port.filter(|hp| hp.claim_uid() == Some(uid)) else {
+            continue;
+        };
+        writes::delete_host_port(&api, &name, host_port.uid()).await?;
+        released.extend(host_port.port());
+    }
+    let claims: Api<HostPortClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    writes::remove_finalizer(&claims, claim, FINALIZER, "HostPortClaim").await?;
+    let ports: Vec<String> = released.iter().map(ToString::to_string).collect();
+    tracing::info!(claim = %claim_name(claim), ports = %ports.join(","), "released");
+    if !ports.is_empty() {
+        ctx.event(
+            claim,
+            EventType::Normal,
+            "Released",
+            "Releasing",
+            format!("Released port {}", ports.join(", ")),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,217 @@
+//! The class reconciler: keeps a finalizer on each HostPortClass while claims or HostPorts use
+//! it, and keeps its status (capacity, allocated, available, conditions) current, writing it
+//! at most once per class per interval so bursts of bindings cost one status write.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostport_api::conditions::{self, Condition, reasons, status, types};
+use hostport_api::ports::{PortRange, distinct_port_count};
+use hostport_api::{FINALIZER, HostPortClass, HostPortClassStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::metrics::ClassLabels;
+use crate::writes;
+
+/// Name of this reconciler in metrics and logs.
+pub const CONTROLLER: &str = "class";
+
+/// Reconciles one class.
+pub async fn reconcile(class: Arc<HostPortClass>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_class(&class, &ctx).await;
+    ctx.metrics
+        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.succeeded(&ObjectRef::from_obj(class.as_ref()).erase());
+    }
+    result
+}
+
+/// Names of the claims and HostPorts that use a class.
+fn users(class: &str, ctx: &Context) -> Vec<String> {
+    let mut users: Vec<String> = ctx
+        .caches
+        .claims
+        .state()
+        .iter()
+        .filter(|c| c.spec.host_port_class_name == class)
+        .map(|c| {
+            format!(
+                "HostPortClaim {}/{}",
+                c.namespace().unwrap_or_default(),
+                c.name_any()
+            )
+        })
+        .collect();
+    users.extend(
+        ctx.caches
+            .host_ports
+            .state()
+            .iter()
+            .filter(|hp| hp.spec.host_port_class_name == class)
+            .map(|hp| format!("HostPort {}", hp.name_any())),
+    );
+    users.sort();
+    users
+}
+
+async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action> {
+    let api: Api<HostPortClass> = Api::all(ctx.client.clone());
+    let name = class.name_any();
+    if !ctx.book().is_synced() {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    if class.metadata.deletion_timestamp.is_some() {
+        let users = users(&name, ctx);
+        if users.is_empty() {
+            writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass").await?;
+            for labels in [
+                &ctx.metrics.class_capacity,
+                &ctx.metrics.class_allocated,
+                &ctx.metrics.class_available,
+            ] {
+                labels.remove(&ClassLabels {
+                    class: name.clone(),
+                });
+            }
+            return Ok(Action::await_change());
+        }
+        tracing::info!(class = %name, users = users.len(), "deletion waits for the claims and HostPorts using the class");
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    writes::add_finalizer(&api, class, FINALIZER, "HostPortClass").await?;
+
+    let ranges = class.ranges();
+    let capacity = distinct_port_count(&ranges);
+    let allocated = ctx
+        .caches
+        .host_ports
+        .state()
+        .iter()
+        .filter(|hp| hp.spec.host_port_class_name == name && hp.port().is_some())
+        .count();
+    let used = ctx.book().used_in(&ranges);
+    let available = capacity.saturating_sub(used);
+    let labels = ClassLabels {
+        class: name.clone(),
+    };
+    ctx.metrics
+        .class_capacity
+        .get_or_create(&labels)
+        .set(i64::from(capacity));
+    ctx.metrics
+        .class_allocated
+        .get_or_create(&labels)
+        .set(allocated as i64);
+    ctx.metrics
+        .class_available
+        .get_or_create(&labels)
+        .set(i64::from(available));
+
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = class.metadata.generation;
+    let current = class.status.clone().unwrap_or_default();
+    let mut desired = HostPortClassStatus {
+        capacity: Some(capacity as i32),
+        allocated: Some(allocated as i32),
+        available: Some(available as i32),
+        observed_generation: generation,
+        conditions: current.conditions.clone(),
+    };
+    let exhausted = if available == 0 {
+        Condition::new(
+            types::EXHAUSTED,
+            status::TRUE,
+            reasons::NO_PORTS_AVAILABLE,
+            format!("all {capacity} ports are in use"),
+            generation,
+            now.clone(),
+        )
+    } else {
+        Condition::new(
+            types::EXHAUSTED,
+            status::FALSE,
+            reasons::PORTS_AVAILABLE,
+            format!("{available} of {capacity} ports are free"),
+            generation,
+            now.clone(),
+        )
+    };
+    conditions::set(&mut desired.conditions, exhausted);
+    conditions::set(
+        &mut desired.conditions,
+        overlap_condition(&name, &ranges, ctx, generation, now),
+    );
+    if desired == current {
+        return Ok(Action::await_change());
+    }
+    if let Some(wait) = ctx.class_status_slot(&name) {
+        // Coalesce: one write for a burst of changes.
+        return Ok(Action::requeue(wait));
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": desired })),
+    )
+    .await
+    .map_err(Error::api("writing the status of", "HostPortClass", &name))?;
+    if available > 0 && current.available == Some(0) {
+        ctx.wake_waiting();
+    }
+    Ok(Action::await_change())
+}
+
+fn overlap_condition(
+    name: &str,
+    ranges: &[PortRange],
+    ctx: &Context,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let mut overlapping: Vec<String> = ctx
+        .caches
+        .classes
+        .state()
+        .iter()
+        .filter(|other| other.name_any() != name)
+        .filter(|other| {
+            other
+                .ranges()
+                .iter()
+                .any(|o| ranges.iter().any(|r| r.overlaps(o)))
+        })
+        .map(|other| other.name_any())
+        .collect();
+    overlapping.sort();
+    if overlapping.is_empty() {
+        Condition::new(
+            types::POOLS_OVERLAP_OTHER_CLASS,
+            status::FALSE,
+            reasons::NO_OVERLAP,
+            "no pool shares ports with another class",
+            generation,
+            now,
+        )
+    } else {
+        Condition::new(
+            types::POOLS_OVERLAP_OTHER_CLASS,
+            status::TRUE,
+            reasons::OVERLAP,
+            format!(
+                "pools share ports with HostPortClass {}: each port is still allocated once, to whichever claim asks first",
+                overlapping.join(", ")
+            ),
+            generation,
+            now,
+        )
+    }
+}

@@ -1,0 +1,202 @@
+//! What every reconcile shares: the client, the watch-fed caches, the port book, metrics,
+//! the Event recorder, and the channels that let one kind of object wake another.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::DynamicObject;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::metrics::Metrics;
+use crate::port_book::PortBook;
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// At most one status write per class per this interval (bursts of bindings are
+    /// coalesced into one write).
+    pub class_status_interval: Duration,
+    /// Name written as the Events' reporting controller.
+    pub reporter: String,
+    /// Instance name (Events' reporting instance, leader election identity).
+    pub identity: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            class_status_interval: Duration::from_secs(1),
+            reporter: "hostport-controller".into(),
+            identity: "hostport-controller".into(),
+        }
+    }
+}
+
+/// The watch-fed caches.
+#[derive(Clone, Debug)]
+pub struct Caches {
+    /// Every HostPortClaim.
+    pub claims: Store<HostPortClaim>,
+    /// Every HostPort.
+    pub host_ports: Store<HostPort>,
+    /// Every HostPortClass.
+    pub classes: Store<HostPortClass>,
+    /// Pods, stripped to name, namespace, claim annotations and phase.
+    pub pods: Store<Pod>,
+}
+
+/// Senders that queue a reconcile of an object.
+#[derive(Clone, Debug)]
+pub struct Triggers {
+    /// Claims.
+    pub claims: UnboundedSender<ObjectRef<HostPortClaim>>,
+    /// HostPorts.
+    pub host_ports: UnboundedSender<ObjectRef<HostPort>>,
+    /// Classes.
+    pub classes: UnboundedSender<ObjectRef<HostPortClass>>,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Caches.
+    pub caches: Caches,
+    /// Ports taken, from the HostPort cache, plus this process's reservations.
+    book: Mutex<PortBook>,
+    /// Claims waiting for a port to free (PoolExhausted, PortUnavailable).
+    waiting: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
+    /// When each class's status was last written.
+    class_status_written: Mutex<HashMap<String, Instant>>,
+    /// Consecutive failed reconciles per object (exponential retry backoff).
+    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Queues reconciles of related objects.
+    pub triggers: Triggers,
+    /// Tunables.
+    pub settings: Settings,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Context {
+    /// A context over the given caches.
+    pub fn new(
+        client: Client,
+        caches: Caches,
+        book: PortBook,
+        metrics: Arc<Metrics>,
+        triggers: Triggers,
+        settings: Settings,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: settings.reporter.clone(),
+                instance: Some(settings.identity.clone()),
+            },
+        );
+        Self {
+            client,
+            recorder,
+            caches,
+            book: Mutex::new(book),
+            waiting: Mutex::default(),
+            class_status_written: Mutex::default(),
+            failures: Mutex::default(),
+            metrics,
+            triggers,
+            settings,
+        }
+    }
+
+    /// The port book (held briefly, never across an await).
+    pub fn book(&self) -> MutexGuard<'_, PortBook> {
+        lock(&self.book)
+    }
+
+    /// Remembers a claim that waits for a port to free.
+    pub fn wait_for_port(&self, claim: ObjectRef<HostPortClaim>) {
+        lock(&self.waiting).insert(claim);
+    }
+
+    /// Queues every claim waiting for a port (a port was freed or a class grew).
+    pub fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        for claim in waiting {
+            let _ = self.triggers.claims.send(claim);
+        }
+    }
+
+    /// Time left before `class`'s status may be written again (`None`: write now, and the
+    /// write is recorded as happening now).
+    pub fn class_status_slot(&self, class: &str) -> Option<Duration> {
+        let mut written = lock(&self.class_status_written);
+        let now = Instant::now();
+        if let Some(last) = written.get(class) {
+            let next = *last + self.settings.class_status_interval;
+            if next > now {
+                return Some(next - now);
+            }
+        }
+        written.insert(class.to_owned(), now);
+        None
+    }
+
+    /// The retry delay after another failed reconcile of `object`: 100 ms doubling to 60 s.
+    pub fn backoff(&self, object: &ObjectRef<DynamicObject>) -> Duration {
+        let mut failures = lock(&self.failures);
+        let count = failures.entry(object.clone()).or_default();
+        *count = count.saturating_add(1);
+        let exponent = (*count - 1).min(10);
+        (Duration::from_millis(100) * 2u32.pow(exponent)).min(Duration::from_secs(60))
+    }
+
+    /// Forgets the failures of `object` after a successful reconcile.
+    pub fn succeeded(&self, object: &ObjectRef<DynamicObject>) {
+        let mut failures = lock(&self.failures);
+        if !failures.is_empty() {
+            failures.remove(object);
+        }
+    }
+
+    /// Publishes an Event about `object`; a failure is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason, "publishing an Event failed");
+        }
+    }
+}
