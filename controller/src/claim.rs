@@ -34,6 +34,10 @@ const MAX_PICKS: usize = 64;
 /// Safety net for claims waiting on something a watch should announce.
 const RECHECK: Duration = Duration::from_secs(60);
 
+/// Safety net for a claim whose cached copy predates our own write (the watch event of the
+/// write triggers the next reconcile well before this).
+const STALE_RECHECK: Duration = Duration::from_secs(5);
+
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
@@ -59,35 +63,36 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     if !ctx.book().is_synced() {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
+    if ctx.is_stale(claim) {
+        // Our own write is on its way through the watch; it will trigger the next reconcile.
+        return Ok(Action::requeue(STALE_RECHECK));
+    }
     if claim.metadata.deletion_timestamp.is_some() {
         return release(claim, &uid, ctx).await;
     }
-    let claims: Api<HostPortClaim> =
-        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
-    writes::add_finalizer(&claims, claim, FINALIZER, "HostPortClaim").await?;
+    let claims: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let mut claim = claim.clone();
+    if let Some(updated) = writes::add_finalizer(&claims, &claim, FINALIZER, "HostPortClaim").await? {
+        ctx.wrote(&claim);
+        claim = updated;
+    }
 
-    let host_port = match find_host_port(claim, &uid, ctx).await? {
+    let host_port = match find_host_port(&claim, &uid, ctx).await? {
         Some(host_port) => host_port,
-        None => match allocate(claim, &uid, ctx).await? {
+        None => match allocate(&claim, &uid, ctx).await? {
             Allocation::Got(host_port) => host_port,
-            Allocation::Pending { reason, message } => {
-                return pending(claim, reason, message, ctx).await;
-            }
+            Allocation::Pending { reason, message } => return pending(&claim, reason, message, ctx).await,
         },
     };
     let Some(port) = host_port.port() else {
-        return pending(
-            claim,
-            reasons::WAITING_FOR_PORT,
-            format!("HostPort {} has no port yet", host_port.name_any()),
-            ctx,
-        )
-        .await;
+        return pending(&claim, reasons::WAITING_FOR_PORT, format!("HostPort {} has no port yet", host_port.name_any()), ctx).await;
     };
     let name = host_port.name_any();
-    ensure_host_port_status(&host_port, claim, port, ctx).await?;
+    ensure_host_port_status(&host_port, &claim, port, ctx).await?;
     if claim.spec.host_port_name.as_deref() != Some(name.as_str()) {
-        writes::bind_claim(&claims, claim, &name).await?;
+        let updated = writes::bind_claim(&claims, &claim, &name).await?;
+        ctx.wrote(&claim);
+        claim = updated;
     }
     let bound = Condition::new(
         types::BOUND,
@@ -97,24 +102,15 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         claim.metadata.generation,
         now(),
     );
-    if set_claim_status(claim, ClaimPhase::Bound, Some(port), bound, ctx).await? {
+    if set_claim_status(&claim, ClaimPhase::Bound, Some(port), bound, ctx).await? {
         if let Some(created) = claim.creation_timestamp() {
-            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds()
-                as f64
-                / 1000.0;
+            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds() as f64 / 1000.0;
             ctx.metrics.allocation_seconds.observe(seconds.max(0.0));
         }
-        tracing::info!(claim = %claim_name(claim), host_port = %name, port, "bound");
-        ctx.event(
-            claim,
-            EventType::Normal,
-            "Bound",
-            "Binding",
-            format!("Bound to HostPort {name}, port {port}"),
-        )
-        .await;
+        tracing::info!(claim = %claim_name(&claim), host_port = %name, port, "bound");
+        ctx.event(&claim, EventType::Normal, "Bound", "Binding", format!("Bound to HostPort {name}, port {port}")).await;
     }
-    delete_extra_host_ports(claim, &uid, &name, ctx).await?;
+    delete_extra_host_ports(&claim, &uid, &name, ctx).await?;
     Ok(Action::await_change())
 }
 
@@ -326,22 +322,11 @@ async fn set_claim_status(
     desired.port = port.map(i32::from);
     conditions::set(&mut desired.conditions, condition);
     if desired != current {
-        let api: Api<HostPortClaim> =
-            Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+        let api: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
         // Explicit nulls so a merge patch also clears what is gone.
-        let status =
-            json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
-        api.patch_status(
-            &claim.name_any(),
-            &Default::default(),
-            &kube::api::Patch::Merge(json!({"status": status})),
-        )
-        .await
-        .map_err(Error::api(
-            "writing the status of",
-            "HostPortClaim",
-            claim_name(claim),
-        ))?;
+        let status = json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
+        writes::claim_status(&api, claim, status).await?;
+        ctx.wrote(claim);
     }
     Ok(reason_changed)
 }
@@ -370,11 +355,14 @@ async fn ensure_host_port_status(
             now(),
         ),
     );
-    if desired == current {
+    if desired == current || ctx.is_stale(host_port) {
+        // Current, or a cached copy of a version whose status we already wrote.
         return Ok(());
     }
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    writes::host_port_status(&api, &host_port.name_any(), &desired).await
+    writes::host_port_status(&api, &host_port.name_any(), &desired).await?;
+    ctx.wrote(host_port);
+    Ok(())
 }
 
 /// HostPorts left over for this claim besides the one it is bound to (from races between

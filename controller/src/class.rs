@@ -72,7 +72,9 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     if class.metadata.deletion_timestamp.is_some() {
         let users = users(&name, ctx);
         if users.is_empty() {
-            writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass").await?;
+            if writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass").await?.is_some() {
+                ctx.wrote(class);
+            }
             for labels in [
                 &ctx.metrics.class_capacity,
                 &ctx.metrics.class_allocated,
@@ -87,7 +89,14 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         tracing::info!(class = %name, users = users.len(), "deletion waits for the claims and HostPorts using the class");
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    writes::add_finalizer(&api, class, FINALIZER, "HostPortClass").await?;
+    if ctx.is_stale(class) {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let mut class = class.clone();
+    if let Some(updated) = writes::add_finalizer(&api, &class, FINALIZER, "HostPortClass").await? {
+        ctx.wrote(&class);
+        class = updated;
+    }
 
     let ranges = class.ranges();
     let capacity = distinct_port_count(&ranges);
@@ -164,6 +173,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     )
     .await
     .map_err(Error::api("writing the status of", "HostPortClass", &name))?;
+    ctx.wrote(&class);
     if available > 0 && current.available == Some(0) {
         ctx.wake_waiting();
     }

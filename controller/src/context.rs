@@ -76,6 +76,9 @@ pub struct Context {
     waiting: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
     /// When each class's status was last written.
     class_status_written: Mutex<HashMap<String, Instant>>,
+    /// Versions of objects this process has replaced with its own writes: a cached copy at
+    /// one of them is stale, and acting on it would repeat a write.
+    superseded: Mutex<HashMap<ObjectRef<DynamicObject>, (Instant, Vec<String>)>>,
     /// Consecutive failed reconciles per object (exponential retry backoff).
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
     /// Metrics.
@@ -85,6 +88,9 @@ pub struct Context {
     /// Tunables.
     pub settings: Settings,
 }
+
+/// How long a record of our own write is kept (a watch this late is broken anyway).
+const SUPERSEDED_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,6 +129,7 @@ impl Context {
             waiting: Mutex::default(),
             class_status_written: Mutex::default(),
             failures: Mutex::default(),
+            superseded: Mutex::default(),
             metrics,
             triggers,
             settings,
@@ -176,6 +183,38 @@ impl Context {
         let mut failures = lock(&self.failures);
         if !failures.is_empty() {
             failures.remove(object);
+        }
+    }
+
+    /// Records that we wrote over `before` (its version is now superseded).
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, before: &K) {
+        let Some(version) = before.meta().resource_version.clone() else {
+            return;
+        };
+        let mut superseded = lock(&self.superseded);
+        let now = Instant::now();
+        superseded.retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
+        let entry = superseded.entry(ObjectRef::from_obj(before).erase()).or_insert_with(|| (now, vec![]));
+        entry.0 = now;
+        entry.1.push(version);
+    }
+
+    /// Whether `object` is a cached copy of a version we already wrote over (the watch has
+    /// not caught up): acting on it would repeat work, so wait for the newer copy.
+    pub fn is_stale<K: Resource<DynamicType = ()>>(&self, object: &K) -> bool {
+        let Some(version) = object.meta().resource_version.as_deref() else {
+            return false;
+        };
+        let key = ObjectRef::from_obj(object).erase();
+        let mut superseded = lock(&self.superseded);
+        match superseded.get(&key) {
+            Some((_, versions)) if versions.iter().any(|v| v == version) => true,
+            Some(_) => {
+                // The cache moved past our writes.
+                superseded.remove(&key);
+                false
+            }
+            None => false,
         }
     }
 

@@ -4,3 +4,5 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+mod cluster;
+pub mod harness;

@@ -1,0 +1,224 @@
+//! What a scenario runs against: the in-process API server (default) or a real cluster
+//! (`E2E_KUBECONFIG`), a fresh labelled namespace, and the controller started for it,
+//! in-process (a task that can be killed at any point) or as a process.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
+use hostport_controller::RunOptions;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::apiserver::{TestApiServer, UserInfo};
+
+/// Namespace of the controller's service account in scenarios.
+pub const SYSTEM_NAMESPACE: &str = "hostport-system";
+
+/// The controller's identity.
+pub fn controller_user() -> UserInfo {
+    UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-controller")
+}
+
+/// A scenario's environment.
+pub struct Env {
+    /// Client as a cluster administrator (what a person would use).
+    pub client: Client,
+    /// A fresh namespace labelled `hostport.rmb938.com: "true"`.
+    pub namespace: String,
+    /// Prefix for cluster-scoped names (classes), unique per scenario.
+    pub prefix: String,
+    server: Option<TestApiServer>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env").field("namespace", &self.namespace).field("in_process", &self.server.is_some()).finish()
+    }
+}
+
+/// A controller started for a scenario; dropping it stops it (like a crash).
+#[derive(Debug)]
+pub struct ControllerHandle {
+    task: tokio::task::JoinHandle<hostport_controller::Result<()>>,
+}
+
+impl ControllerHandle {
+    /// Kills the controller wherever it is, between or during API calls.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    /// Whether it stopped on its own (an error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl Drop for ControllerHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Env {
+    /// An environment for scenario `name`: a real cluster when `E2E_KUBECONFIG` is set, else
+    /// a fresh in-process API server with the CRDs installed.
+    pub async fn new(name: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let unique = format!("{name}-{}-{n}", std::process::id());
+        let (client, server) = match std::env::var_os("E2E_KUBECONFIG") {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+                    .unwrap_or_else(|e| panic!("E2E_KUBECONFIG {path:?}: {e}"));
+                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("E2E_KUBECONFIG {path:?}: {e}"));
+                (Client::try_from(config).expect("client"), None)
+            }
+            None => {
+                let server = TestApiServer::start().await.expect("in-process API server");
+                (server.client(), Some(server))
+            }
+        };
+        let env = Self { client, namespace: unique.clone(), prefix: unique, server };
+        if env.server.is_none() {
+            crate::cluster::prepare(&env.client).await;
+        }
+        for namespace in [env.namespace.as_str(), SYSTEM_NAMESPACE] {
+            let labels = if namespace == env.namespace { json!({"hostport.rmb938.com": "true"}) } else { json!({}) };
+            let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}})).expect("namespace");
+            match Api::<Namespace>::all(env.client.clone()).create(&PostParams::default(), &object).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(error) => panic!("creating namespace {namespace}: {error}"),
+            }
+        }
+        env
+    }
+
+    /// The in-process API server (fault injection, counters); `None` on a real cluster.
+    pub fn server(&self) -> Option<&TestApiServer> {
+        self.server.as_ref()
+    }
+
+    /// A client authenticated as `user` (on a real cluster: the admin client).
+    pub fn client_as(&self, user: UserInfo) -> Client {
+        match &self.server {
+            Some(server) => server.client_as(user),
+            None => self.client.clone(),
+        }
+    }
+
+    /// Starts a controller in-process (without leader election unless `options` says so).
+    pub fn start_controller(&self, options: RunOptions) -> ControllerHandle {
+        self.start_controller_as(controller_user(), options)
+    }
+
+    /// Starts a controller in-process as `user`.
+    pub fn start_controller_as(&self, user: UserInfo, options: RunOptions) -> ControllerHandle {
+        let client = self.client_as(user);
+        ControllerHandle {
+            task: tokio::spawn(async move { hostport_controller::run(client, options, std::future::pending()).await }),
+        }
+    }
+
+    /// Claims in the scenario's namespace.
+    pub fn claims(&self) -> Api<HostPortClaim> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// HostPorts (cluster-wide).
+    pub fn host_ports(&self) -> Api<HostPort> {
+        Api::all(self.client.clone())
+    }
+
+    /// Classes (cluster-wide).
+    pub fn classes(&self) -> Api<HostPortClass> {
+        Api::all(self.client.clone())
+    }
+
+    /// A class name unique to this scenario.
+    pub fn class_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Creates a class with `pools` (inclusive `(start, end)`); returns its name.
+    pub async fn create_class(&self, name: &str, pools: &[(i32, i32)]) -> String {
+        let name = self.class_name(name);
+        let class = HostPortClass::new(
+            &name,
+            HostPortClassSpec { pools: pools.iter().map(|(start, end)| PortPool { start: *start, end: *end }).collect() },
+        );
+        self.classes().create(&PostParams::default(), &class).await.expect("create class");
+        name
+    }
+
+    /// Creates a claim of `class` (optionally requesting `port`).
+    pub async fn create_claim(&self, name: &str, class: &str, port: Option<i32>) -> HostPortClaim {
+        let claim = HostPortClaim::new(
+            name,
+            HostPortClaimSpec { host_port_class_name: class.into(), host_port_name: None, port },
+        );
+        self.claims().create(&PostParams::default(), &claim).await.expect("create claim")
+    }
+
+    /// Waits until `check` returns `Some`, polling; panics with `what` after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the claim is Bound; returns it.
+    pub async fn bound(&self, name: &str) -> HostPortClaim {
+        let claims = self.claims();
+        self.wait_for(&format!("claim {name} to be Bound"), Duration::from_secs(30), || {
+            let claims = claims.clone();
+            async move { claims.get(name).await.ok().filter(|c| c.bound_port().is_some()) }
+        })
+        .await
+    }
+
+    /// HostPorts bound to this scenario's namespace.
+    pub async fn namespace_host_ports(&self) -> Vec<HostPort> {
+        self.host_ports()
+            .list(&ListParams::default())
+            .await
+            .expect("list HostPorts")
+            .items
+            .into_iter()
+            .filter(|hp| hp.claim_key().is_some_and(|(ns, _)| ns == self.namespace))
+            .collect()
+    }
+
+    /// Deletes what the scenario created on a real cluster (classes, namespace); the
+    /// in-process server just goes away.
+    pub async fn cleanup(self) {
+        if self.server.is_some() {
+            return;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+        for class in self.classes().list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            if class.name_any().starts_with(&self.prefix) {
+                let _ = self.classes().delete(&class.name_any(), &DeleteParams::default()).await;
+            }
+        }
+    }
+}
