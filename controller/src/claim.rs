@@ -70,9 +70,12 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     if claim.metadata.deletion_timestamp.is_some() {
         return release(claim, &uid, ctx).await;
     }
-    let claims: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+    let claims: Api<HostPortClaim> =
+        Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
     let mut claim = claim.clone();
-    if let Some(updated) = writes::add_finalizer(&claims, &claim, FINALIZER, "HostPortClaim").await? {
+    if let Some(updated) =
+        writes::add_finalizer(&claims, &claim, FINALIZER, "HostPortClaim").await?
+    {
         ctx.wrote(&claim);
         claim = updated;
     }
@@ -80,12 +83,20 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     let host_port = match find_host_port(&claim, &uid, ctx).await? {
         Some(host_port) => host_port,
         None => match allocate(&claim, &uid, ctx).await? {
-            Allocation::Got(host_port) => host_port,
-            Allocation::Pending { reason, message } => return pending(&claim, reason, message, ctx).await,
+            Allocation::Got(host_port) => *host_port,
+            Allocation::Pending { reason, message } => {
+                return pending(&claim, reason, message, ctx).await;
+            }
         },
     };
     let Some(port) = host_port.port() else {
-        return pending(&claim, reasons::WAITING_FOR_PORT, format!("HostPort {} has no port yet", host_port.name_any()), ctx).await;
+        return pending(
+            &claim,
+            reasons::WAITING_FOR_PORT,
+            format!("HostPort {} has no port yet", host_port.name_any()),
+            ctx,
+        )
+        .await;
     };
     let name = host_port.name_any();
     ensure_host_port_status(&host_port, &claim, port, ctx).await?;
@@ -104,11 +115,20 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     );
     if set_claim_status(&claim, ClaimPhase::Bound, Some(port), bound, ctx).await? {
         if let Some(created) = claim.creation_timestamp() {
-            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds() as f64 / 1000.0;
+            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds()
+                as f64
+                / 1000.0;
             ctx.metrics.allocation_seconds.observe(seconds.max(0.0));
         }
         tracing::info!(claim = %claim_name(&claim), host_port = %name, port, "bound");
-        ctx.event(&claim, EventType::Normal, "Bound", "Binding", format!("Bound to HostPort {name}, port {port}")).await;
+        ctx.event(
+            &claim,
+            EventType::Normal,
+            "Bound",
+            "Binding",
+            format!("Bound to HostPort {name}, port {port}"),
+        )
+        .await;
     }
     delete_extra_host_ports(&claim, &uid, &name, ctx).await?;
     Ok(Action::await_change())
@@ -156,7 +176,7 @@ async fn find_host_port(
 }
 
 enum Allocation {
-    Got(HostPort),
+    Got(Box<HostPort>),
     Pending {
         reason: &'static str,
         message: String,
@@ -231,7 +251,7 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
         match writes::create_host_port(&api, claim, uid, class_name, port).await {
             Ok(host_port) => {
                 tracing::debug!(claim = %claim_name(claim), %name, "created HostPort");
-                return Ok(Allocation::Got(host_port));
+                return Ok(Allocation::Got(Box::new(host_port)));
             }
             Err(error) if status_code(&error) == Some(409) => {
                 ctx.metrics.allocation_conflicts.inc();
@@ -242,7 +262,7 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
                 match holder {
                     // Ours, from an attempt that was interrupted before it was recorded.
                     Some(host_port) if host_port.claim_uid() == Some(uid) => {
-                        return Ok(Allocation::Got(host_port));
+                        return Ok(Allocation::Got(Box::new(host_port)));
                     }
                     Some(host_port) => {
                         tracing::debug!(claim = %claim_name(claim), %name, "port taken by another HostPort; picking again");
@@ -322,9 +342,11 @@ async fn set_claim_status(
     desired.port = port.map(i32::from);
     conditions::set(&mut desired.conditions, condition);
     if desired != current {
-        let api: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
+        let api: Api<HostPortClaim> =
+            Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
         // Explicit nulls so a merge patch also clears what is gone.
-        let status = json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
+        let status =
+            json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
         writes::claim_status(&api, claim, status).await?;
         ctx.wrote(claim);
     }

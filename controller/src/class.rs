@@ -72,7 +72,10 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     if class.metadata.deletion_timestamp.is_some() {
         let users = users(&name, ctx);
         if users.is_empty() {
-            if writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass").await?.is_some() {
+            if writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass")
+                .await?
+                .is_some()
+            {
                 ctx.wrote(class);
             }
             for labels in [

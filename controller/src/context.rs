@@ -78,7 +78,7 @@ pub struct Context {
     class_status_written: Mutex<HashMap<String, Instant>>,
     /// Versions of objects this process has replaced with its own writes: a cached copy at
     /// one of them is stale, and acting on it would repeat a write.
-    superseded: Mutex<HashMap<ObjectRef<DynamicObject>, (Instant, Vec<String>)>>,
+    superseded: Mutex<HashMap<ObjectRef<DynamicObject>, Superseded>>,
     /// Consecutive failed reconciles per object (exponential retry backoff).
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
     /// Metrics.
@@ -88,6 +88,9 @@ pub struct Context {
     /// Tunables.
     pub settings: Settings,
 }
+
+/// When we last wrote over an object, and the versions we wrote over.
+type Superseded = (Instant, Vec<String>);
 
 /// How long a record of our own write is kept (a watch this late is broken anyway).
 const SUPERSEDED_TTL: Duration = Duration::from_secs(60);
@@ -194,7 +197,9 @@ impl Context {
         let mut superseded = lock(&self.superseded);
         let now = Instant::now();
         superseded.retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
-        let entry = superseded.entry(ObjectRef::from_obj(before).erase()).or_insert_with(|| (now, vec![]));
+        let entry = superseded
+            .entry(ObjectRef::from_obj(before).erase())
+            .or_insert_with(|| (now, vec![]));
         entry.0 = now;
         entry.1.push(version);
     }

@@ -35,7 +35,10 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     let name = host_port.name_any();
     if host_port.metadata.deletion_timestamp.is_some() {
         // Only HostPorts written by the Go project carry this finalizer; nothing to wait for.
-        if writes::remove_finalizer(&api, host_port, FINALIZER, "HostPort").await?.is_some() {
+        if writes::remove_finalizer(&api, host_port, FINALIZER, "HostPort")
+            .await?
+            .is_some()
+        {
             ctx.wrote(host_port);
         }
         return Ok(Action::await_change());

@@ -11,7 +11,11 @@ use crate::error::{Error, Result};
 
 /// `namespace/name` of a claim, for messages.
 pub fn claim_name(claim: &HostPortClaim) -> String {
-    format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any())
+    format!(
+        "{}/{}",
+        claim.namespace().unwrap_or_default(),
+        claim.name_any()
+    )
 }
 
 /// Creates the HostPort `port-<port>` for `claim`: the create is the lock on the port.
@@ -41,49 +45,90 @@ pub async fn create_host_port(
 }
 
 /// Writes a HostPort's status (merge patch on `/status`).
-pub async fn host_port_status(api: &Api<HostPort>, name: &str, status: &HostPortStatus) -> Result<HostPort> {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(Error::api("writing the status of", "HostPort", name))
+pub async fn host_port_status(
+    api: &Api<HostPort>,
+    name: &str,
+    status: &HostPortStatus,
+) -> Result<HostPort> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(Error::api("writing the status of", "HostPort", name))
 }
 
 /// Writes a claim's status (merge patch on `/status`; `status` carries explicit nulls for
 /// what must be cleared).
-pub async fn claim_status(api: &Api<HostPortClaim>, claim: &HostPortClaim, status: serde_json::Value) -> Result<HostPortClaim> {
-    api.patch_status(&claim.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-        .await
-        .map_err(Error::api("writing the status of", "HostPortClaim", claim_name(claim)))
+pub async fn claim_status(
+    api: &Api<HostPortClaim>,
+    claim: &HostPortClaim,
+    status: serde_json::Value,
+) -> Result<HostPortClaim> {
+    api.patch_status(
+        &claim.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(Error::api(
+        "writing the status of",
+        "HostPortClaim",
+        claim_name(claim),
+    ))
 }
 
 /// Sets `spec.hostPortName`, only if the claim is still the version we read (a stale copy
 /// gets 409 and is reconciled again; the field is immutable once set).
-pub async fn bind_claim(api: &Api<HostPortClaim>, claim: &HostPortClaim, host_port: &str) -> Result<HostPortClaim> {
+pub async fn bind_claim(
+    api: &Api<HostPortClaim>,
+    claim: &HostPortClaim,
+    host_port: &str,
+) -> Result<HostPortClaim> {
     let patch = json!({
         "metadata": { "resourceVersion": claim.resource_version() },
         "spec": { "hostPortName": host_port },
     });
-    api.patch(&claim.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(Error::api("binding", "HostPortClaim", claim_name(claim)))
+    api.patch(
+        &claim.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(Error::api("binding", "HostPortClaim", claim_name(claim)))
 }
 
 /// Deletes a HostPort; `uid` (when known) makes sure it is the object we looked at. Gone
 /// already is success.
 pub async fn delete_host_port(api: &Api<HostPort>, name: &str, uid: Option<String>) -> Result<()> {
     let params = DeleteParams {
-        preconditions: uid.map(|uid| Preconditions { uid: Some(uid), resource_version: None }),
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::Api { action: "deleting", kind: "HostPort", name: name.to_owned(), source }),
+        Err(source) => Err(Error::Api {
+            action: "deleting",
+            kind: "HostPort",
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
 
 /// Adds `finalizer` if missing (JSON patch guarded by a test of the current list); the
 /// updated object when it wrote.
-pub async fn add_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, kind: &'static str) -> Result<Option<K>>
+pub async fn add_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+    kind: &'static str,
+) -> Result<Option<K>>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -107,7 +152,12 @@ where
 
 /// Removes `finalizer` if present (JSON patch guarded by a test of its position); the
 /// updated object when it wrote (`None` also when the object is gone).
-pub async fn remove_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, kind: &'static str) -> Result<Option<K>>
+pub async fn remove_finalizer<K>(
+    api: &Api<K>,
+    object: &K,
+    finalizer: &str,
+    kind: &'static str,
+) -> Result<Option<K>>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -134,16 +184,32 @@ where
 {
     let name = object.name_any();
     let patch: json_patch::Patch =
-        serde_json::from_value(operations).map_err(|source| Error::Serialize { name: name.clone(), source })?;
-    match api.patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch)).await {
+        serde_json::from_value(operations).map_err(|source| Error::Serialize {
+            name: name.clone(),
+            source,
+        })?;
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await
+    {
         Ok(updated) => Ok(Some(updated)),
         // Gone while we looked: nothing left to do.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
         // The guarding test failed: our copy was stale. Retried like a conflict.
         Err(kube::Error::Api(mut status)) if status.code == 422 => {
             status.code = 409;
-            Err(Error::Api { action, kind, name, source: kube::Error::Api(status) })
+            Err(Error::Api {
+                action,
+                kind,
+                name,
+                source: kube::Error::Api(status),
+            })
         }
-        Err(source) => Err(Error::Api { action, kind, name, source }),
+        Err(source) => Err(Error::Api {
+            action,
+            kind,
+            name,
+            source,
+        }),
     }
 }

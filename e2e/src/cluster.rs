@@ -1,8 +1,8 @@
 //! Real-cluster mode (`E2E_KUBECONFIG`): what the scenarios need installed first.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 /// Applies this repository's CRDs (server-side apply) and waits until they are Established.
 pub async fn prepare(client: &Client) {
@@ -13,7 +13,11 @@ pub async fn prepare(client: &Client) {
         crds.patch(&name, &params, &Patch::Apply(&crd))
             .await
             .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-        let established = kube::runtime::wait::await_condition(crds.clone(), &name, kube::runtime::wait::conditions::is_crd_established());
+        let established = kube::runtime::wait::await_condition(
+            crds.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
         tokio::time::timeout(std::time::Duration::from_secs(30), established)
             .await
             .unwrap_or_else(|_| panic!("CRD {name} not Established after 30s"))

@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
+use hostport_api::{
+    HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool,
+};
 use hostport_controller::RunOptions;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -35,7 +37,10 @@ pub struct Env {
 
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env").field("namespace", &self.namespace).field("in_process", &self.server.is_some()).finish()
+        f.debug_struct("Env")
+            .field("namespace", &self.namespace)
+            .field("in_process", &self.server.is_some())
+            .finish()
     }
 }
 
@@ -86,14 +91,28 @@ impl Env {
                 (server.client(), Some(server))
             }
         };
-        let env = Self { client, namespace: unique.clone(), prefix: unique, server };
+        let env = Self {
+            client,
+            namespace: unique.clone(),
+            prefix: unique,
+            server,
+        };
         if env.server.is_none() {
             crate::cluster::prepare(&env.client).await;
         }
         for namespace in [env.namespace.as_str(), SYSTEM_NAMESPACE] {
-            let labels = if namespace == env.namespace { json!({"hostport.rmb938.com": "true"}) } else { json!({}) };
-            let object: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}})).expect("namespace");
-            match Api::<Namespace>::all(env.client.clone()).create(&PostParams::default(), &object).await {
+            let labels = if namespace == env.namespace {
+                json!({"hostport.rmb938.com": "true"})
+            } else {
+                json!({})
+            };
+            let object: Namespace =
+                serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}}))
+                    .expect("namespace");
+            match Api::<Namespace>::all(env.client.clone())
+                .create(&PostParams::default(), &object)
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
                 Err(error) => panic!("creating namespace {namespace}: {error}"),
@@ -124,7 +143,9 @@ impl Env {
     pub fn start_controller_as(&self, user: UserInfo, options: RunOptions) -> ControllerHandle {
         let client = self.client_as(user);
         ControllerHandle {
-            task: tokio::spawn(async move { hostport_controller::run(client, options, std::future::pending()).await }),
+            task: tokio::spawn(async move {
+                hostport_controller::run(client, options, std::future::pending()).await
+            }),
         }
     }
 
@@ -153,9 +174,20 @@ impl Env {
         let name = self.class_name(name);
         let class = HostPortClass::new(
             &name,
-            HostPortClassSpec { pools: pools.iter().map(|(start, end)| PortPool { start: *start, end: *end }).collect() },
+            HostPortClassSpec {
+                pools: pools
+                    .iter()
+                    .map(|(start, end)| PortPool {
+                        start: *start,
+                        end: *end,
+                    })
+                    .collect(),
+            },
         );
-        self.classes().create(&PostParams::default(), &class).await.expect("create class");
+        self.classes()
+            .create(&PostParams::default(), &class)
+            .await
+            .expect("create class");
         name
     }
 
@@ -163,9 +195,16 @@ impl Env {
     pub async fn create_claim(&self, name: &str, class: &str, port: Option<i32>) -> HostPortClaim {
         let claim = HostPortClaim::new(
             name,
-            HostPortClaimSpec { host_port_class_name: class.into(), host_port_name: None, port },
+            HostPortClaimSpec {
+                host_port_class_name: class.into(),
+                host_port_name: None,
+                port,
+            },
         );
-        self.claims().create(&PostParams::default(), &claim).await.expect("create claim")
+        self.claims()
+            .create(&PostParams::default(), &claim)
+            .await
+            .expect("create claim")
     }
 
     /// Waits until `check` returns `Some`, polling; panics with `what` after `timeout`.
@@ -189,10 +228,20 @@ impl Env {
     /// Waits until the claim is Bound; returns it.
     pub async fn bound(&self, name: &str) -> HostPortClaim {
         let claims = self.claims();
-        self.wait_for(&format!("claim {name} to be Bound"), Duration::from_secs(30), || {
-            let claims = claims.clone();
-            async move { claims.get(name).await.ok().filter(|c| c.bound_port().is_some()) }
-        })
+        self.wait_for(
+            &format!("claim {name} to be Bound"),
+            Duration::from_secs(30),
+            || {
+                let claims = claims.clone();
+                async move {
+                    claims
+                        .get(name)
+                        .await
+                        .ok()
+                        .filter(|c| c.bound_port().is_some())
+                }
+            },
+        )
         .await
     }
 
@@ -214,10 +263,21 @@ impl Env {
         if self.server.is_some() {
             return;
         }
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
-        for class in self.classes().list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        for class in self
+            .classes()
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
             if class.name_any().starts_with(&self.prefix) {
-                let _ = self.classes().delete(&class.name_any(), &DeleteParams::default()).await;
+                let _ = self
+                    .classes()
+                    .delete(&class.name_any(), &DeleteParams::default())
+                    .await;
             }
         }
     }

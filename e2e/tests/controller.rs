@@ -9,31 +9,38 @@ use hostport_api::{ClaimPhase, HostPortPhase};
 use hostport_controller::RunOptions;
 use hostport_e2e::harness::Env;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 fn reason_of(claim: &hostport_api::HostPortClaim) -> Option<String> {
-    claim.status.as_ref().and_then(|s| conditions::find(&s.conditions, types::BOUND)).map(|c| c.reason.clone())
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+        .map(|c| c.reason.clone())
 }
 
 async fn pending_with(env: &Env, name: &str, reason: &str) -> hostport_api::HostPortClaim {
     let claims = env.claims();
-    env.wait_for(&format!("claim {name} Pending with {reason}"), Duration::from_secs(20), || {
-        let claims = claims.clone();
-        async move {
-            claims
-                .get(name)
-                .await
-                .ok()
-                .filter(|c| c.phase() == ClaimPhase::Pending && reason_of(c).as_deref() == Some(reason))
-        }
-    })
+    env.wait_for(
+        &format!("claim {name} Pending with {reason}"),
+        Duration::from_secs(20),
+        || {
+            let claims = claims.clone();
+            async move {
+                claims.get(name).await.ok().filter(|c| {
+                    c.phase() == ClaimPhase::Pending && reason_of(c).as_deref() == Some(reason)
+                })
+            }
+        },
+    )
     .await
 }
 
 async fn event_reasons(env: &Env) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.namespace);
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(env.client.clone(), &env.namespace);
     events
         .list(&ListParams::default())
         .await
@@ -54,8 +61,15 @@ async fn go_readme_flow_binds_the_lowest_port() {
     let claim = env.bound("echo-web").await;
     assert_eq!(claim.bound_port(), Some(9000));
     assert_eq!(claim.spec.host_port_name.as_deref(), Some("port-9000"));
-    assert!(claim.has_finalizer(), "the controller adds the finalizer when no webhook did");
-    let condition = conditions::find(&claim.status.as_ref().expect("status").conditions, types::BOUND).expect("Bound condition");
+    assert!(
+        claim.has_finalizer(),
+        "the controller adds the finalizer when no webhook did"
+    );
+    let condition = conditions::find(
+        &claim.status.as_ref().expect("status").conditions,
+        types::BOUND,
+    )
+    .expect("Bound condition");
     assert!(condition.is_true());
     assert_eq!(condition.reason, reasons::BOUND);
     assert_eq!(condition.message, "bound to HostPort port-9000 (port 9000)");
@@ -63,7 +77,11 @@ async fn go_readme_flow_binds_the_lowest_port() {
     let host_port = env.host_ports().get("port-9000").await.expect("HostPort");
     assert_eq!(host_port.port(), Some(9000));
     assert_eq!(host_port.spec.host_port_class_name, class);
-    assert_eq!(host_port.claim_uid(), created.uid().as_deref(), "linked by claim UID");
+    assert_eq!(
+        host_port.claim_uid(),
+        created.uid().as_deref(),
+        "linked by claim UID"
+    );
     let status = host_port.status.expect("HostPort status");
     assert_eq!(status.phase, Some(HostPortPhase::Allocated));
     assert_eq!(status.port, Some(9000));
@@ -74,10 +92,20 @@ async fn go_readme_flow_binds_the_lowest_port() {
         .wait_for("class status", Duration::from_secs(10), || {
             let classes = classes.clone();
             let class = class.clone();
-            async move { classes.get(&class).await.ok().and_then(|c| c.status).filter(|s| s.allocated == Some(1)) }
+            async move {
+                classes
+                    .get(&class)
+                    .await
+                    .ok()
+                    .and_then(|c| c.status)
+                    .filter(|s| s.allocated == Some(1))
+            }
         })
         .await;
-    assert_eq!((class_status.capacity, class_status.available), (Some(501), Some(500)));
+    assert_eq!(
+        (class_status.capacity, class_status.available),
+        (Some(501), Some(500))
+    );
     assert!(event_reasons(&env).await.contains(&"Bound".to_owned()));
     env.cleanup().await;
 }
@@ -99,28 +127,53 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
     assert_eq!(env.bound("echo-web").await.bound_port(), Some(9100));
 
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    pods.create(&PostParams::default(), &pod_using("echo", "echo-web")).await.expect("pod");
-    env.claims().delete("echo-web", &DeleteParams::default()).await.expect("delete claim");
+    pods.create(&PostParams::default(), &pod_using("echo", "echo-web"))
+        .await
+        .expect("pod");
+    env.claims()
+        .delete("echo-web", &DeleteParams::default())
+        .await
+        .expect("delete claim");
     let held = env
-        .wait_for("claim Deleting while a pod uses it", Duration::from_secs(20), || {
-            let claims = env.claims();
-            async move { claims.get("echo-web").await.ok().filter(|c| c.phase() == ClaimPhase::Deleting) }
-        })
+        .wait_for(
+            "claim Deleting while a pod uses it",
+            Duration::from_secs(20),
+            || {
+                let claims = env.claims();
+                async move {
+                    claims
+                        .get("echo-web")
+                        .await
+                        .ok()
+                        .filter(|c| c.phase() == ClaimPhase::Deleting)
+                }
+            },
+        )
         .await;
     assert_eq!(reason_of(&held).as_deref(), Some(reasons::IN_USE_BY_PODS));
-    assert!(env.host_ports().get("port-9100").await.is_ok(), "the port stays held");
+    assert!(
+        env.host_ports().get("port-9100").await.is_ok(),
+        "the port stays held"
+    );
 
-    pods.delete("echo", &DeleteParams::default()).await.expect("delete pod");
+    pods.delete("echo", &DeleteParams::default())
+        .await
+        .expect("delete pod");
     env.wait_for("claim and HostPort gone", Duration::from_secs(20), || {
         let (claims, host_ports) = (env.claims(), env.host_ports());
         async move {
-            let gone = claims.get_opt("echo-web").await.ok()?.is_none() && host_ports.get_opt("port-9100").await.ok()?.is_none();
+            let gone = claims.get_opt("echo-web").await.ok()?.is_none()
+                && host_ports.get_opt("port-9100").await.ok()?.is_none();
             gone.then_some(())
         }
     })
     .await;
     env.create_claim("next", &class, None).await;
-    assert_eq!(env.bound("next").await.bound_port(), Some(9100), "the freed port is reused");
+    assert_eq!(
+        env.bound("next").await.bound_port(),
+        Some(9100),
+        "the freed port is reused"
+    );
     env.cleanup().await;
 }
 
@@ -132,11 +185,20 @@ async fn finished_pods_do_not_hold_a_claim() {
     env.create_claim("job", &class, None).await;
     env.bound("job").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    pods.create(&PostParams::default(), &pod_using("done", "job")).await.expect("pod");
-    pods.patch_status("done", &Default::default(), &kube::api::Patch::Merge(json!({"status": {"phase": "Succeeded"}})))
+    pods.create(&PostParams::default(), &pod_using("done", "job"))
         .await
-        .expect("pod status");
-    env.claims().delete("job", &DeleteParams::default()).await.expect("delete");
+        .expect("pod");
+    pods.patch_status(
+        "done",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+    )
+    .await
+    .expect("pod status");
+    env.claims()
+        .delete("job", &DeleteParams::default())
+        .await
+        .expect("delete");
     env.wait_for("claim gone", Duration::from_secs(20), || {
         let claims = env.claims();
         async move { claims.get_opt("job").await.ok()?.is_none().then_some(()) }
@@ -156,11 +218,24 @@ async fn exhaustion_then_recovery() {
     env.bound("b").await;
     env.create_claim("c", &class, None).await;
     let pending = pending_with(&env, "c", reasons::POOL_EXHAUSTED).await;
-    let message = conditions::find(&pending.status.expect("status").conditions, types::BOUND).expect("condition").message.clone();
-    assert!(message.contains("all 2 ports of HostPortClass"), "{message}");
-    assert!(event_reasons(&env).await.contains(&reasons::POOL_EXHAUSTED.to_owned()));
+    let message = conditions::find(&pending.status.expect("status").conditions, types::BOUND)
+        .expect("condition")
+        .message
+        .clone();
+    assert!(
+        message.contains("all 2 ports of HostPortClass"),
+        "{message}"
+    );
+    assert!(
+        event_reasons(&env)
+            .await
+            .contains(&reasons::POOL_EXHAUSTED.to_owned())
+    );
 
-    env.claims().delete("a", &DeleteParams::default()).await.expect("delete a");
+    env.claims()
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete a");
     let c = env.bound("c").await;
     assert_eq!(c.bound_port(), a_port, "c gets a's port once it is free");
     env.cleanup().await;
@@ -173,7 +248,11 @@ async fn unknown_class_then_created() {
     let class = env.class_name("later");
     env.create_claim("early", &class, None).await;
     pending_with(&env, "early", reasons::CLASS_NOT_FOUND).await;
-    assert!(event_reasons(&env).await.contains(&reasons::CLASS_NOT_FOUND.to_owned()));
+    assert!(
+        event_reasons(&env)
+            .await
+            .contains(&reasons::CLASS_NOT_FOUND.to_owned())
+    );
     env.create_class("later", &[(9500, 9510)]).await;
     assert_eq!(env.bound("early").await.bound_port(), Some(9500));
     env.cleanup().await;
@@ -192,8 +271,15 @@ async fn static_ports() {
     pending_with(&env, "taken", reasons::PORT_UNAVAILABLE).await;
     env.create_claim("outside", &class, Some(20000)).await;
     pending_with(&env, "outside", reasons::PORT_OUTSIDE_POOLS).await;
-    env.claims().delete("fixed", &DeleteParams::default()).await.expect("delete");
-    assert_eq!(env.bound("taken").await.bound_port(), Some(9605), "bound once the port is free");
+    env.claims()
+        .delete("fixed", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(
+        env.bound("taken").await.bound_port(),
+        Some(9605),
+        "bound once the port is free"
+    );
     env.cleanup().await;
 }
 
@@ -206,7 +292,8 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
         // shared ports first.
         env.create_class("a", &[(10000, 10399)]).await,
         env.create_class("b", &[(10200, 10499)]).await,
-        env.create_class("c", &[(10100, 10150), (10400, 10699)]).await,
+        env.create_class("c", &[(10100, 10150), (10400, 10699)])
+            .await,
     ];
     let claims = env.claims();
     let creates = (0..500).map(|i| {
@@ -215,9 +302,16 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
         async move {
             let claim = hostport_api::HostPortClaim::new(
                 &format!("c{i}"),
-                hostport_api::HostPortClaimSpec { host_port_class_name: class, host_port_name: None, port: None },
+                hostport_api::HostPortClaimSpec {
+                    host_port_class_name: class,
+                    host_port_name: None,
+                    port: None,
+                },
             );
-            claims.create(&PostParams::default(), &claim).await.expect("create");
+            claims
+                .create(&PostParams::default(), &claim)
+                .await
+                .expect("create");
         }
     });
     futures::future::join_all(creates).await;
@@ -225,7 +319,8 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
         let claims = claims.clone();
         async move {
             let list = claims.list(&ListParams::default()).await.ok()?;
-            (list.items.len() == 500 && list.items.iter().all(|c| c.bound_port().is_some())).then_some(())
+            (list.items.len() == 500 && list.items.iter().all(|c| c.bound_port().is_some()))
+                .then_some(())
         }
     })
     .await;
@@ -233,11 +328,23 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
     assert_eq!(host_ports.len(), 500, "one HostPort per claim, none leaked");
     let ports: BTreeSet<u16> = host_ports.iter().filter_map(|hp| hp.port()).collect();
     assert_eq!(ports.len(), 500, "no two HostPorts share a port");
-    for claim in claims.list(&ListParams::default()).await.expect("list").items {
-        let class = env.classes().get(&claim.spec.host_port_class_name).await.expect("class");
+    for claim in claims
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+    {
+        let class = env
+            .classes()
+            .get(&claim.spec.host_port_class_name)
+            .await
+            .expect("class");
         let port = claim.bound_port().expect("bound");
-        assert!(class.ranges().iter().any(|r| r.contains(port)), "{} got {port} outside its class", claim.name_any());
+        assert!(
+            class.ranges().iter().any(|r| r.contains(port)),
+            "{} got {port} outside its class",
+            claim.name_any()
+        );
     }
     env.cleanup().await;
 }
-
