@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::PortRange;
-use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim, HostPortPhase};
+use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -377,7 +377,13 @@ async fn ensure_host_port_status(
             now(),
         ),
     );
-    if desired == current || ctx.is_stale(host_port) {
+    // Cached HostPorts carry no condition messages (memory), so they are not compared.
+    let without_messages = |status: &HostPortStatus| {
+        let mut status = status.clone();
+        status.conditions.iter_mut().for_each(|c| c.message.clear());
+        status
+    };
+    if without_messages(&desired) == without_messages(&current) || ctx.is_stale(host_port) {
         // Current, or a cached copy of a version whose status we already wrote.
         return Ok(());
     }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
 use crate::port_book::PortBook;
 
@@ -66,8 +66,8 @@ pub struct Triggers {
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Event publisher.
+    pub events: Publisher,
     /// Caches.
     pub caches: Caches,
     /// Ports taken, from the HostPort cache, plus this process's reservations.
@@ -78,7 +78,7 @@ pub struct Context {
     class_status_written: Mutex<HashMap<String, Instant>>,
     /// Versions of objects this process has replaced with its own writes: a cached copy at
     /// one of them is stale, and acting on it would repeat a write.
-    superseded: Mutex<HashMap<ObjectRef<DynamicObject>, Superseded>>,
+    superseded: Mutex<HashMap<String, Superseded>>,
     /// Consecutive failed reconciles per object (exponential retry backoff).
     failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
     /// Metrics.
@@ -87,6 +87,15 @@ pub struct Context {
     pub triggers: Triggers,
     /// Tunables.
     pub settings: Settings,
+}
+
+/// A compact key for an object: its UID (names are reused, UIDs are not).
+fn object_key<K: Resource>(object: &K) -> String {
+    object
+        .meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| object.meta().name.clone().unwrap_or_default())
 }
 
 /// When we last wrote over an object, and the versions we wrote over.
@@ -117,16 +126,14 @@ impl Context {
         triggers: Triggers,
         settings: Settings,
     ) -> Self {
-        let recorder = Recorder::new(
+        let events = Publisher::new(
             client.clone(),
-            kube::runtime::events::Reporter {
-                controller: settings.reporter.clone(),
-                instance: Some(settings.identity.clone()),
-            },
+            settings.reporter.clone(),
+            settings.identity.clone(),
         );
         Self {
             client,
-            recorder,
+            events,
             caches,
             book: Mutex::new(book),
             waiting: Mutex::default(),
@@ -198,7 +205,7 @@ impl Context {
         let now = Instant::now();
         superseded.retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
         let entry = superseded
-            .entry(ObjectRef::from_obj(before).erase())
+            .entry(object_key(before))
             .or_insert_with(|| (now, vec![]));
         entry.0 = now;
         entry.1.push(version);
@@ -210,7 +217,7 @@ impl Context {
         let Some(version) = object.meta().resource_version.as_deref() else {
             return false;
         };
-        let key = ObjectRef::from_obj(object).erase();
+        let key = object_key(object);
         let mut superseded = lock(&self.superseded);
         match superseded.get(&key) {
             Some((_, versions)) if versions.iter().any(|v| v == version) => true,
@@ -232,15 +239,8 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
-            tracing::warn!(%error, reason, "publishing an Event failed");
-        }
+        self.events
+            .publish(object, type_, reason, action, note)
+            .await;
     }
 }

@@ -11,6 +11,7 @@ pub mod claim;
 pub mod class;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod host_port;
 pub mod leader;
 pub mod metrics;

@@ -6,7 +6,7 @@
 //! The book is only a guess: the API server's name uniqueness (`port-<n>`) is the lock. A
 //! guess that is stale costs a 409 and another pick, never a duplicate port.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hostport_api::HostPort;
@@ -46,7 +46,8 @@ pub struct PortBook {
     used: PortSet,
     holders: HashMap<u16, u32>,
     by_name: HashMap<String, Held>,
-    by_claim: HashMap<String, BTreeSet<String>>,
+    /// Claim UID → its HostPorts' names (almost always one: a `Vec`, not a tree).
+    by_claim: HashMap<String, Vec<String>>,
     reserved: HashMap<u16, Reservation>,
     /// Filled during a (re)list, swapped in when the list is complete.
     relisting: Option<Vec<HostPort>>,
@@ -106,10 +107,10 @@ impl PortBook {
             self.reserved.remove(&port);
         }
         if let Some(uid) = &held.claim_uid {
-            self.by_claim
-                .entry(uid.clone())
-                .or_default()
-                .insert(name.clone());
+            let names = self.by_claim.entry(uid.clone()).or_default();
+            if !names.contains(&name) {
+                names.push(name.clone());
+            }
         }
         self.by_name.insert(name, held);
     }
@@ -137,7 +138,7 @@ impl PortBook {
         if let Some(uid) = held.claim_uid
             && let Some(names) = self.by_claim.get_mut(&uid)
         {
-            names.remove(name);
+            names.retain(|n| n != name);
             if names.is_empty() {
                 self.by_claim.remove(&uid);
             }

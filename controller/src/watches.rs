@@ -18,6 +18,33 @@ use kube::runtime::watcher::{self, Event, watcher};
 use crate::context::Context;
 use crate::metrics::PhaseLabels;
 
+/// Drops what no reconciler reads (managed fields, labels, annotations such as kubectl's
+/// last-applied copy) before an object enters a cache: ten thousand claims and HostPorts
+/// must fit in a few tens of MiB.
+fn strip_metadata<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
+/// A HostPort as the caches keep it: what identifies its claim, its port and status, without
+/// the condition message (the claim reconciler compares conditions without it).
+fn strip_host_port(host_port: &mut HostPort) {
+    strip_metadata(host_port);
+    if let Some(claim) = host_port.spec.claim_ref.as_mut() {
+        claim.api_version = None;
+        claim.kind = None;
+        claim.resource_version = None;
+        claim.field_path = None;
+    }
+    if let Some(status) = host_port.status.as_mut() {
+        for condition in &mut status.conditions {
+            condition.message = String::new();
+        }
+    }
+}
+
 fn log_watch_error(kind: &str, error: &watcher::Error) {
     tracing::warn!(%error, kind, "watch failed; retrying with backoff");
 }
@@ -41,6 +68,7 @@ pub async fn host_ports(ctx: Arc<Context>, mut writer: Writer<HostPort>) {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(strip_host_port)
         .boxed();
     while let Some(event) = stream.next().await {
         let event = match event {
@@ -91,6 +119,7 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
     let api: Api<HostPortClaim> = Api::all(ctx.client.clone());
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(strip_metadata)
         .boxed();
     while let Some(event) = stream.next().await {
         let event = match event {

@@ -1,0 +1,94 @@
+//! Kubernetes Events (`events.k8s.io/v1`) about claims and classes.
+//!
+//! kube-runtime's `Recorder` keeps every Event of the last six minutes to aggregate repeats
+//! into series; at ten thousand bindings that cache dominates memory and each publish scans
+//! it. The reconcilers here publish only on transitions (never the same Event twice in a
+//! row), so a plain create is enough.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, Resource};
+
+/// Normal or Warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    /// Something expected happened (bound, released).
+    Normal,
+    /// Something needs attention (pool exhausted, class missing).
+    Warning,
+}
+
+/// Publishes Events as one controller instance.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    controller: String,
+    instance: String,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("controller", &self.controller)
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Events reported by `controller` (e.g. `hostport-controller`) from `instance` (pod name).
+    pub fn new(client: Client, controller: String, instance: String) -> Self {
+        Self {
+            client,
+            controller,
+            instance,
+        }
+    }
+
+    /// Publishes one Event about `object`; a failure is logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let regarding: ObjectReference = object.object_ref(&());
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                // Unique per object and moment, as client-go names Events.
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or("object"),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some(action.into()),
+            reason: Some(reason.into()),
+            note: Some(note.chars().take(1024).collect()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(match type_ {
+                EventType::Normal => "Normal".into(),
+                EventType::Warning => "Warning".into(),
+            }),
+            ..Event::default()
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(%error, reason, "publishing an Event failed");
+        }
+    }
+}

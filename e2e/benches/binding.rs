@@ -1,0 +1,251 @@
+//! End to end: N claims created at once against the in-process API server, bound by the
+//! real `hostport-controller` binary running as its own process. Prints time until all are
+//! Bound, per-claim latency (p50/p99, creation → Bound), API writes per binding, and the
+//! controller's peak RSS.
+//!
+//! ```sh
+//! cargo build --release -p controller --bin hostport-controller
+//! cargo bench -p e2e --bench binding            # 1,000 and 10,000 claims
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
+use hostport_e2e::apiserver::{Options, RequestMatch, TestApiServer, UserInfo, Verb};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::WatchStreamExt;
+
+fn controller_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    // target/release/deps/binding-<hash> → target/release/hostport-controller
+    let release = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let binary = release.join("hostport-controller");
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --release -p controller --bin hostport-controller` first",
+        binary.display()
+    );
+    binary
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse().ok())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+async fn run(claims_count: usize) {
+    let server = TestApiServer::start_with(Options {
+        log_capacity: 200_000,
+        ..Options::default()
+    })
+    .await
+    .expect("server");
+    let controller_user = UserInfo::service_account("hostport-system", "hostport-controller");
+    let kubeconfig =
+        std::env::temp_dir().join(format!("hostport-bench-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &kubeconfig,
+        serde_saphyr::to_string(&server.kubeconfig(controller_user.clone())).expect("yaml"),
+    )
+    .expect("kubeconfig");
+    let client = server.client();
+    let classes: Api<HostPortClass> = Api::all(client.clone());
+    let class = HostPortClass::new(
+        "bench",
+        HostPortClassSpec {
+            pools: vec![PortPool {
+                start: 1024,
+                end: 65535,
+            }],
+        },
+    );
+    classes
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("class");
+
+    let mut child = Command::new(controller_binary())
+        .args([
+            "--leader-election=false",
+            "--metrics-address=127.0.0.1:0",
+            "--concurrency=16",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start hostport-controller");
+    let pid = child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = peak_rss_kib(pid).unwrap_or(0);
+
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
+    // When each claim was seen Bound, by a watch of our own.
+    let seen_bound = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Instant>::new()));
+    let watch = {
+        let seen_bound = seen_bound.clone();
+        let stream =
+            kube::runtime::watcher(claims.clone(), kube::runtime::watcher::Config::default());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream.applied_objects());
+            while let Some(Ok(claim)) = stream.next().await {
+                if claim.bound_port().is_some() {
+                    seen_bound
+                        .lock()
+                        .expect("lock")
+                        .entry(claim.name_any())
+                        .or_insert_with(Instant::now);
+                }
+            }
+        })
+    };
+    let created_at = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, Instant>::new()));
+    let started = Instant::now();
+    let writers = 16;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let claims = claims.clone();
+            let created_at = created_at.clone();
+            tokio::spawn(async move {
+                for i in (w..claims_count).step_by(writers) {
+                    let mut claim = HostPortClaim::new(
+                        &format!("claim-{i}"),
+                        HostPortClaimSpec {
+                            host_port_class_name: "bench".into(),
+                            host_port_name: None,
+                            port: None,
+                        },
+                    );
+                    // As the claim defaulting webhook would.
+                    claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);
+                    claims
+                        .create(&PostParams::default(), &claim)
+                        .await
+                        .expect("create");
+                    created_at
+                        .lock()
+                        .expect("lock")
+                        .insert(format!("claim-{i}"), Instant::now());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+    let created = started.elapsed();
+    let mut rss_peak = 0;
+    let all_bound = loop {
+        rss_peak = rss_peak.max(peak_rss_kib(pid).unwrap_or(0));
+        let list = claims.list(&ListParams::default()).await.expect("list");
+        if list
+            .items
+            .iter()
+            .filter(|c| c.bound_port().is_some())
+            .count()
+            == claims_count
+        {
+            break (started.elapsed(), list.items);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not all claims bound after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (elapsed, _items) = all_bound;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    watch.abort();
+    let mut latencies: Vec<f64> = {
+        let created_at = created_at.lock().expect("lock");
+        let seen_bound = seen_bound.lock().expect("lock");
+        created_at
+            .iter()
+            .filter_map(|(name, created)| {
+                Some(
+                    seen_bound
+                        .get(name)?
+                        .saturating_duration_since(*created)
+                        .as_secs_f64(),
+                )
+            })
+            .collect()
+    };
+    latencies.sort_by(f64::total_cmp);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    rss_peak = rss_peak.max(peak_rss_kib(pid).unwrap_or(0));
+    let settled_rss = proc_status_kib(pid, "VmRSS:").unwrap_or(0);
+    let user = controller_user.username;
+    let writes: u64 = [
+        "hostports",
+        "hostports/status",
+        "hostportclaims",
+        "hostportclaims/status",
+        "hostportclasses",
+        "hostportclasses/status",
+    ]
+    .iter()
+    .flat_map(|r| {
+        [Verb::Create, Verb::Update, Verb::Patch, Verb::Delete]
+            .map(|v| RequestMatch::new(v, r).by_user(&user))
+    })
+    .map(|m| server.count(&m))
+    .sum();
+    let class_writes: u64 = ["hostportclasses", "hostportclasses/status"]
+        .iter()
+        .flat_map(|r| [Verb::Update, Verb::Patch].map(|v| RequestMatch::new(v, r).by_user(&user)))
+        .map(|m| server.count(&m))
+        .sum();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&kubeconfig);
+    println!(
+        "binding: {claims_count} claims: created in {:.2} s, all Bound after {:.2} s ({:.0} bindings/s); per claim (create returned → Bound seen by a watch) p50 {:.0} ms, p99 {:.0} ms; {:.3} API writes per binding ({} class status writes in all); controller peak RSS {:.1} MiB (idle before the claims: {:.1} MiB, settled after: {:.1} MiB)",
+        created.as_secs_f64(),
+        elapsed.as_secs_f64(),
+        claims_count as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5) * 1000.0,
+        percentile(&latencies, 0.99) * 1000.0,
+        writes as f64 / claims_count as f64,
+        class_writes,
+        rss_peak as f64 / 1024.0,
+        idle_rss as f64 / 1024.0,
+        settled_rss as f64 / 1024.0
+    );
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sizes: Vec<usize> = std::env::var("BINDING_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000]);
+    for size in sizes {
+        runtime.block_on(run(size));
+    }
+}
