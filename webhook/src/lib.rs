@@ -1,5 +1,16 @@
-//! The admission webhook of hostport-allocator (work in progress: see issue 6). Today: the
-//! TLS serving layer (`tls`), used by the e2e API server's admission tests.
+//! hostport-webhook: the admission webhook of hostport-allocator. It injects `hostPort` and
+//! the `port.hostport.rmb938.com/<name>` annotation into pods that name a bound claim, denies
+//! pods that would take host ports any other way, and guards this project's resources.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+pub mod pod;
+pub mod resources;
+pub mod runner;
+pub mod self_signed;
+pub mod server;
+pub mod state;
 pub mod tls;
+
+pub use server::router;
+pub use state::State;

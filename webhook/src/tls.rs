@@ -220,3 +220,60 @@ pub async fn serve(
         });
     }
 }
+
+/// Re-reads `cert` and `key` every `interval` and swaps them in when either file changed
+/// (cert-manager rotates Secrets mounted as files). A bad pair is logged and the old one kept.
+pub async fn reload_files(
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    certs: Arc<SwappableCert>,
+    interval: Duration,
+) {
+    let stamp = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last = (stamp(&cert), stamp(&key));
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = (stamp(&cert), stamp(&key));
+        if now == last {
+            continue;
+        }
+        match (std::fs::read(&cert), std::fs::read(&key)) {
+            (Ok(cert_pem), Ok(key_pem)) => match certified_key(&cert_pem, &key_pem) {
+                Ok(loaded) => {
+                    certs.swap(loaded);
+                    last = now;
+                    tracing::info!(cert = %cert.display(), "reloaded the serving certificate");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the new certificate files are unusable; keeping the old ones")
+                }
+            },
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "reading the certificate files failed; keeping the old ones")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load() {
+        let certs = generate(
+            &["hostport-webhook.hostport-system.svc".into()],
+            &[],
+            Duration::from_secs(86_400),
+        )
+        .expect("certs");
+        certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("loads");
+        assert!(certs.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn bad_pem_is_a_clear_error() {
+        let err = certified_key(b"not pem", b"not pem").expect_err("bad");
+        assert!(err.to_string().starts_with("certificate:"), "{err}");
+    }
+}

@@ -1,0 +1,571 @@
+//! Pod admission, pure: which container ports get which host port, as a minimal JSONPatch,
+//! or a denial whose message names the annotation or field, the value and the fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hostport_api::annotations::{
+    CLAIM_PREFIX, ClaimAnnotation, PORT_PREFIX, is_hostport_annotation, parse_claim_annotations,
+    port_annotation_key,
+};
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::Value;
+
+/// What the webhook knows about a claim the pod names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimState {
+    /// No claim of that name in the pod's namespace.
+    Missing,
+    /// Not bound yet; `why` is its Bound condition's reason and message, if any.
+    Pending {
+        /// e.g. `PoolExhausted: all 501 ports ... are in use`.
+        why: Option<String>,
+    },
+    /// Being deleted.
+    Deleting,
+    /// Bound to this port.
+    Bound {
+        /// The host port.
+        port: u16,
+    },
+}
+
+/// The verdict on a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Admit unchanged.
+    Allow,
+    /// Admit with this patch.
+    Patch(Patch),
+    /// Refuse, with the reason (a fixed PascalCase word) and the message.
+    Deny {
+        /// Fixed reason for metrics, e.g. `ClaimNotBound`.
+        reason: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn deny(reason: &'static str, message: String) -> Verdict {
+    Verdict::Deny { reason, message }
+}
+
+/// A container port of the pod, where it is.
+#[derive(Clone, Debug)]
+struct PortSlot {
+    /// JSON pointer of the port, e.g. `/spec/containers/0/ports/1`.
+    pointer: String,
+    /// Field path for messages, e.g. `spec.containers[0].ports[1]`.
+    field: String,
+    host_port: Option<i32>,
+}
+
+/// Container ports by name: regular containers and restartable init containers (sidecars),
+/// which run alongside the pod and can serve.
+fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
+    let mut named: BTreeMap<String, Vec<PortSlot>> = BTreeMap::new();
+    let mut unnamed = vec![];
+    let Some(spec) = &pod.spec else {
+        return (named, unnamed);
+    };
+    let groups: [(&str, &str, Vec<(usize, &Container)>); 2] = [
+        (
+            "containers",
+            "containers",
+            spec.containers.iter().enumerate().collect(),
+        ),
+        (
+            "initContainers",
+            "initContainers",
+            spec.init_containers
+                .iter()
+                .flatten()
+                .enumerate()
+                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+                .collect(),
+        ),
+    ];
+    for (json_name, field_name, containers) in groups {
+        for (ci, container) in containers {
+            for (pi, port) in container.ports.iter().flatten().enumerate() {
+                let slot = PortSlot {
+                    pointer: format!("/spec/{json_name}/{ci}/ports/{pi}"),
+                    field: format!("spec.{field_name}[{ci}].ports[{pi}]"),
+                    host_port: port.host_port.filter(|p| *p != 0),
+                };
+                match port.name.as_deref().filter(|n| !n.is_empty()) {
+                    Some(name) => named.entry(name.to_owned()).or_default().push(slot),
+                    None => unnamed.push(slot),
+                }
+            }
+        }
+    }
+    (named, unnamed)
+}
+
+/// JSON pointer escaping of one path segment (`/` → `~1`, `~` → `~0`).
+fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+fn add(pointer: &str, value: Value) -> Option<PatchOperation> {
+    Some(PatchOperation::Add(AddOperation {
+        path: json_patch::jsonptr::PointerBuf::parse(pointer).ok()?,
+        value,
+    }))
+}
+
+/// Admission of a new pod in a namespace with the webhook on.
+pub fn admit_create(pod: &Pod, claim: &mut dyn FnMut(&str) -> ClaimState) -> Verdict {
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let claims = match parse_claim_annotations(annotations) {
+        Ok(claims) => claims,
+        Err(error) => return deny("InvalidAnnotation", error.to_string()),
+    };
+    let (named, unnamed) = named_ports(pod);
+    let claimed_names: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
+
+    for key in annotations.keys() {
+        if let Some(port_name) = key.strip_prefix(PORT_PREFIX)
+            && !claimed_names.contains(port_name)
+        {
+            return deny(
+                "StrayPortAnnotation",
+                format!(
+                    "annotation {key:?} is written by the hostport webhook for a claimed port; remove it, or add \"{CLAIM_PREFIX}{port_name}: <claimName>\" to claim a port"
+                ),
+            );
+        }
+    }
+    // Every hostPort must come from a claim.
+    for (name, slots) in &named {
+        if claimed_names.contains(name.as_str()) {
+            continue;
+        }
+        if let Some(slot) = slots.iter().find(|s| s.host_port.is_some()) {
+            return deny(
+                "HostPortWithoutClaim",
+                format!(
+                    "{} (port {name:?}) sets hostPort {} without a claim: in this namespace host ports are handed out by HostPortClaims; remove hostPort and add the annotation \"{CLAIM_PREFIX}{name}: <claimName>\"",
+                    slot.field,
+                    slot.host_port.unwrap_or_default()
+                ),
+            );
+        }
+    }
+    if let Some(slot) = unnamed.iter().find(|s| s.host_port.is_some()) {
+        return deny(
+            "HostPortWithoutClaim",
+            format!(
+                "{} sets hostPort {} without a claim: in this namespace host ports are handed out by HostPortClaims; give the port a name, remove hostPort and add the annotation \"{CLAIM_PREFIX}<portName>: <claimName>\"",
+                slot.field,
+                slot.host_port.unwrap_or_default()
+            ),
+        );
+    }
+    if claims.is_empty() {
+        return Verdict::Allow;
+    }
+
+    // Claim annotations exist, so `/metadata/annotations` does: adding keys to it is valid.
+    let mut operations = vec![];
+    for ClaimAnnotation {
+        port_name,
+        claim_name,
+    } in &claims
+    {
+        let key = format!("{CLAIM_PREFIX}{port_name}");
+        let Some(slots) = named.get(port_name) else {
+            return deny(
+                "UnknownPortName",
+                format!(
+                    "annotation {key:?} names container port {port_name:?}, but no container port of the pod has that name: add `name: {port_name}` to a port in spec.containers[].ports, or fix the annotation"
+                ),
+            );
+        };
+        if slots.len() > 1 {
+            let fields: Vec<&str> = slots.iter().map(|s| s.field.as_str()).collect();
+            return deny(
+                "DuplicatePortName",
+                format!(
+                    "annotation {key:?} names container port {port_name:?}, which {} ports share ({}): give each port its own name and one annotation each (several annotations may name the same claim)",
+                    slots.len(),
+                    fields.join(", ")
+                ),
+            );
+        }
+        let slot = &slots[0];
+        let port = match claim(claim_name) {
+            ClaimState::Bound { port } => port,
+            ClaimState::Missing => {
+                return deny(
+                    "ClaimNotFound",
+                    format!(
+                        "annotation {key:?} names HostPortClaim {claim_name:?}, which does not exist in the pod's namespace: create the claim first, or fix the annotation"
+                    ),
+                );
+            }
+            ClaimState::Pending { why } => {
+                let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+                return deny(
+                    "ClaimNotBound",
+                    format!(
+                        "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: waiting for the allocator; create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
+                    ),
+                );
+            }
+            ClaimState::Deleting => {
+                return deny(
+                    "ClaimDeleting",
+                    format!(
+                        "annotation {key:?} names HostPortClaim {claim_name:?}, which is being deleted: use another claim"
+                    ),
+                );
+            }
+        };
+        match slot.host_port {
+            Some(existing) if existing != i32::from(port) => {
+                return deny(
+                    "HostPortMismatch",
+                    format!(
+                        "{} (port {port_name:?}) sets hostPort {existing}, but HostPortClaim {claim_name:?} is bound to port {port}: remove hostPort, the webhook sets it",
+                        slot.field
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => operations.extend(add(
+                &format!("{}/hostPort", slot.pointer),
+                Value::from(port),
+            )),
+        }
+        let annotation = port_annotation_key(port_name);
+        if annotations.get(&annotation).map(String::as_str) != Some(port.to_string().as_str()) {
+            operations.extend(add(
+                &format!("/metadata/annotations/{}", escape(&annotation)),
+                Value::String(port.to_string()),
+            ));
+        }
+    }
+    if operations.is_empty() {
+        Verdict::Allow
+    } else {
+        Verdict::Patch(Patch(operations))
+    }
+}
+
+/// Admission of a pod update: the claim and port annotations are fixed once the pod exists.
+pub fn admit_update(old: &Pod, new: &Pod) -> Verdict {
+    let empty = BTreeMap::new();
+    let before = old.metadata.annotations.as_ref().unwrap_or(&empty);
+    let after = new.metadata.annotations.as_ref().unwrap_or(&empty);
+    let keys: BTreeSet<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| is_hostport_annotation(k))
+        .collect();
+    for key in keys {
+        let (was, now) = (before.get(key), after.get(key));
+        if was != now {
+            let show =
+                |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
+            return deny(
+                "AnnotationChanged",
+                format!(
+                    "annotation {key:?} cannot change once the pod exists (was {}, now {}): delete the pod and create it again",
+                    show(was),
+                    show(now)
+                ),
+            );
+        }
+    }
+    Verdict::Allow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(value: Value) -> Pod {
+        serde_json::from_value(value).expect("pod")
+    }
+
+    /// The Go project's README pod, with extra ports as a case needs.
+    fn readme_pod(annotations: Value, ports: Value) -> Pod {
+        pod(json!({
+            "metadata": {"name": "echo", "namespace": "default", "annotations": annotations},
+            "spec": {"containers": [{
+                "name": "echo", "image": "k8s.gcr.io/echoserver:1.4", "ports": ports,
+                "env": [{"name": "MY_HOST_PORT", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['port.hostport.rmb938.com/web']"}}}]
+            }]}
+        }))
+    }
+
+    fn claims(state: ClaimState) -> impl FnMut(&str) -> ClaimState {
+        move |name| {
+            if name == "echo-web" || name == "game" {
+                state.clone()
+            } else {
+                ClaimState::Missing
+            }
+        }
+    }
+
+    fn apply(pod: &Pod, verdict: &Verdict) -> Value {
+        let mut value = serde_json::to_value(pod).expect("json");
+        if let Verdict::Patch(patch) = verdict {
+            json_patch::patch(&mut value, patch).expect("patch applies");
+        }
+        value
+    }
+
+    #[test]
+    fn readme_pod_gets_its_host_port_and_annotation() {
+        let p = readme_pod(
+            json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+            json!([{"name": "web", "containerPort": 8080}]),
+        );
+        let verdict = admit_create(&p, &mut claims(ClaimState::Bound { port: 9000 }));
+        let Verdict::Patch(patch) = &verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(patch.0.len(), 2, "minimal: hostPort and the annotation");
+        let patched = apply(&p, &verdict);
+        assert_eq!(
+            patched["spec"]["containers"][0]["ports"][0]["hostPort"],
+            9000
+        );
+        assert_eq!(
+            patched["metadata"]["annotations"]["port.hostport.rmb938.com/web"],
+            "9000"
+        );
+    }
+
+    #[test]
+    fn two_ports_share_one_claim() {
+        let p = readme_pod(
+            json!({"claim.hostport.rmb938.com/game-tcp": "game", "claim.hostport.rmb938.com/game-udp": "game"}),
+            json!([{"name": "game-tcp", "containerPort": 7777, "protocol": "TCP"}, {"name": "game-udp", "containerPort": 7777, "protocol": "UDP"}]),
+        );
+        let patched = apply(
+            &p,
+            &admit_create(&p, &mut claims(ClaimState::Bound { port: 27015 })),
+        );
+        assert_eq!(
+            patched["spec"]["containers"][0]["ports"][0]["hostPort"],
+            27015
+        );
+        assert_eq!(
+            patched["spec"]["containers"][0]["ports"][1]["hostPort"],
+            27015
+        );
+        assert_eq!(
+            patched["metadata"]["annotations"]["port.hostport.rmb938.com/game-udp"],
+            "27015"
+        );
+    }
+
+    #[test]
+    fn sidecar_ports_can_be_claimed_but_plain_init_containers_cannot() {
+        let p = pod(json!({
+            "metadata": {"name": "x", "annotations": {"claim.hostport.rmb938.com/proxy": "echo-web"}},
+            "spec": {
+                "initContainers": [
+                    {"name": "setup", "image": "i", "ports": [{"name": "setup", "containerPort": 1}]},
+                    {"name": "proxy", "image": "p", "restartPolicy": "Always", "ports": [{"name": "proxy", "containerPort": 8443}]}
+                ],
+                "containers": [{"name": "app", "image": "a"}]
+            }
+        }));
+        let patched = apply(
+            &p,
+            &admit_create(&p, &mut claims(ClaimState::Bound { port: 9001 })),
+        );
+        assert_eq!(
+            patched["spec"]["initContainers"][1]["ports"][0]["hostPort"],
+            9001
+        );
+    }
+
+    #[test]
+    fn pods_without_claims_or_host_ports_pass_unchanged() {
+        let p = readme_pod(
+            json!({"other": "x"}),
+            json!([{"name": "web", "containerPort": 8080}]),
+        );
+        assert_eq!(
+            admit_create(&p, &mut claims(ClaimState::Missing)),
+            Verdict::Allow
+        );
+        let bare = pod(
+            json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+        );
+        assert_eq!(
+            admit_create(&bare, &mut claims(ClaimState::Missing)),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn already_correct_host_port_needs_only_the_annotation() {
+        let p = readme_pod(
+            json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+            json!([{"name": "web", "containerPort": 8080, "hostPort": 9000}]),
+        );
+        let Verdict::Patch(patch) = admit_create(&p, &mut claims(ClaimState::Bound { port: 9000 }))
+        else {
+            panic!()
+        };
+        assert_eq!(patch.0.len(), 1);
+    }
+
+    #[test]
+    fn every_denial_names_the_problem_and_the_fix() {
+        let web = json!([{"name": "web", "containerPort": 8080}]);
+        let cases: Vec<(Pod, ClaimState, &str, &str)> = vec![
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/": "echo-web"}),
+                    web.clone(),
+                ),
+                ClaimState::Missing,
+                "InvalidAnnotation",
+                "has no port name after the prefix",
+            ),
+            (
+                readme_pod(json!({"claim.hostport.rmb938.com/web": ""}), web.clone()),
+                ClaimState::Missing,
+                "InvalidAnnotation",
+                "has an empty value",
+            ),
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/http": "echo-web"}),
+                    web.clone(),
+                ),
+                ClaimState::Bound { port: 9000 },
+                "UnknownPortName",
+                "no container port of the pod has that name: add `name: http`",
+            ),
+            (
+                pod(
+                    json!({"metadata": {"name": "d", "annotations": {"claim.hostport.rmb938.com/web": "echo-web"}},
+                    "spec": {"containers": [{"name": "a", "image": "a", "ports": [{"name": "web", "containerPort": 1}]},
+                                            {"name": "b", "image": "b", "ports": [{"name": "web", "containerPort": 2}]}]}}),
+                ),
+                ClaimState::Bound { port: 9000 },
+                "DuplicatePortName",
+                "which 2 ports share (spec.containers[0].ports[0], spec.containers[1].ports[0])",
+            ),
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/web": "nope"}),
+                    web.clone(),
+                ),
+                ClaimState::Missing,
+                "ClaimNotFound",
+                "names HostPortClaim \"nope\", which does not exist",
+            ),
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                    web.clone(),
+                ),
+                ClaimState::Pending {
+                    why: Some("PoolExhausted: all 2 ports are in use".into()),
+                },
+                "ClaimNotBound",
+                "is not Bound yet (PoolExhausted: all 2 ports are in use): waiting for the allocator",
+            ),
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                    web.clone(),
+                ),
+                ClaimState::Deleting,
+                "ClaimDeleting",
+                "which is being deleted",
+            ),
+            (
+                readme_pod(
+                    json!({}),
+                    json!([{"name": "web", "containerPort": 8080, "hostPort": 8080}]),
+                ),
+                ClaimState::Missing,
+                "HostPortWithoutClaim",
+                "spec.containers[0].ports[0] (port \"web\") sets hostPort 8080 without a claim",
+            ),
+            (
+                readme_pod(
+                    json!({}),
+                    json!([{"containerPort": 8080, "hostPort": 8080}]),
+                ),
+                ClaimState::Missing,
+                "HostPortWithoutClaim",
+                "spec.containers[0].ports[0] sets hostPort 8080 without a claim: in this namespace",
+            ),
+            (
+                readme_pod(
+                    json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                    json!([{"name": "web", "containerPort": 8080, "hostPort": 1234}]),
+                ),
+                ClaimState::Bound { port: 9000 },
+                "HostPortMismatch",
+                "sets hostPort 1234, but HostPortClaim \"echo-web\" is bound to port 9000",
+            ),
+            (
+                readme_pod(json!({"port.hostport.rmb938.com/web": "9000"}), web.clone()),
+                ClaimState::Missing,
+                "StrayPortAnnotation",
+                "annotation \"port.hostport.rmb938.com/web\" is written by the hostport webhook",
+            ),
+        ];
+        for (pod, state, reason, message) in cases {
+            match admit_create(&pod, &mut claims(state)) {
+                Verdict::Deny {
+                    reason: got,
+                    message: text,
+                } => {
+                    assert_eq!(got, reason, "{text}");
+                    assert!(text.contains(message), "{reason}: {text}");
+                }
+                other => panic!("{reason}: expected a denial, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn updates_may_not_touch_hostport_annotations() {
+        let old = readme_pod(
+            json!({"claim.hostport.rmb938.com/web": "echo-web", "port.hostport.rmb938.com/web": "9000"}),
+            json!([]),
+        );
+        let mut relabelled = old.clone();
+        relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+        assert_eq!(admit_update(&old, &relabelled), Verdict::Allow);
+        let mut changed = old.clone();
+        changed
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .insert("port.hostport.rmb938.com/web".into(), "9001".into());
+        let Verdict::Deny { message, .. } = admit_update(&old, &changed) else {
+            panic!()
+        };
+        assert!(
+            message.contains("cannot change once the pod exists (was \"9000\", now \"9001\")"),
+            "{message}"
+        );
+        let mut removed = old.clone();
+        removed
+            .metadata
+            .annotations
+            .as_mut()
+            .expect("annotations")
+            .remove("claim.hostport.rmb938.com/web");
+        assert!(matches!(admit_update(&old, &removed), Verdict::Deny { .. }));
+    }
+}

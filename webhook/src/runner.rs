@@ -1,0 +1,142 @@
+//! Running the webhook: watch-fed caches, then HTTPS on the given listener.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
+use crate::state::State;
+
+/// How the webhook runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Users allowed to create and change HostPorts.
+    pub allocator_users: Vec<String>,
+    /// Longest one API read may take.
+    pub api_timeout: Duration,
+    /// Metrics to update.
+    pub metrics: Arc<Metrics>,
+    /// Set once the caches are synced (a certificate is loaded before `run` is called).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            allocator_users: vec![default_allocator_user()],
+            api_timeout: Duration::from_secs(2),
+            metrics: Arc::default(),
+            ready: Arc::default(),
+        }
+    }
+}
+
+/// The controller's service account in the default install.
+pub fn default_allocator_user() -> String {
+    "system:serviceaccount:hostport-system:hostport-controller".into()
+}
+
+fn cache<K>(client: &Client) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff");
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// Serves admission on `listener` with `tls` until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (claims, claim_task) = cache::<HostPortClaim>(&client);
+    let (host_ports, host_port_task) = cache::<HostPort>(&client);
+    let (classes, class_task) = cache::<HostPortClass>(&client);
+    let state = Arc::new(State {
+        client,
+        claims: claims.clone(),
+        host_ports: host_ports.clone(),
+        classes: classes.clone(),
+        allocator_users: options.allocator_users.clone(),
+        api_timeout: options.api_timeout,
+        metrics: options.metrics.clone(),
+    });
+    let ready = options.ready.clone();
+    let mark_ready = tokio::spawn(async move {
+        let _ = claims.wait_until_ready().await;
+        let _ = host_ports.wait_until_ready().await;
+        let _ = classes.wait_until_ready().await;
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!("caches synced; ready");
+    });
+    crate::tls::serve(listener, crate::router(state), tls, shutdown).await;
+    for task in [claim_task, host_port_task, class_task, mark_ready] {
+        task.abort();
+    }
+}
+
+/// `/healthz`, `/readyz` (caches synced, certificate loaded) and `/metrics`, plain HTTP.
+pub fn health_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Relaxed);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced yet")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                }
+            }),
+        )
+}

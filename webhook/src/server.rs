@@ -1,0 +1,304 @@
+//! The admission HTTP handlers: AdmissionReview v1 in, AdmissionReview v1 out, on the Go
+//! project's paths. Undecodable input gets HTTP 400 with an error review; a decodable
+//! request always gets HTTP 200 with the verdict in the body.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use hostport_api::annotations::parse_claim_annotations;
+use hostport_api::webhook_paths as paths;
+use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde::de::DeserializeOwned;
+
+use crate::metrics::{DenialLabels, RequestLabels};
+use crate::pod::{self, ClaimState, Verdict};
+use crate::resources;
+use crate::state::State;
+
+/// Largest AdmissionReview accepted (kube-apiserver's own request limit is 3 MiB).
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Every webhook path of the compatibility contract.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route(paths::MUTATE_POD, post(mutate_pod))
+        .route(paths::MUTATE_CLAIM, post(mutate_claim))
+        .route(paths::MUTATE_CLASS, post(allow))
+        .route(paths::MUTATE_HOST_PORT, post(allow))
+        .route(paths::VALIDATE_CLAIM, post(validate_claim))
+        .route(paths::VALIDATE_CLASS, post(validate_class))
+        .route(paths::VALIDATE_HOST_PORT, post(validate_host_port))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+type Request = AdmissionRequest<DynamicObject>;
+
+fn error_review(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        axum::Json(AdmissionResponse::invalid(message).into_review()),
+    )
+        .into_response()
+}
+
+/// Decodes, decides, answers and counts one admission request.
+async fn admit<F, Fut>(state: &State, path: &'static str, body: &[u8], decide: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = (Request, Verdict)>,
+{
+    let started = Instant::now();
+    let outcome = |outcome: &str| {
+        state
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                path: path.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        state
+            .metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+    };
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(error) => {
+            outcome("error");
+            return error_review(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not an AdmissionReview: {error}"),
+            );
+        }
+    };
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        outcome("error");
+        return error_review(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview, got {:?} {:?}",
+                review.types.api_version, review.types.kind
+            ),
+        );
+    }
+    let request: Request = match review.try_into() {
+        Ok(request) => request,
+        Err(_) => {
+            outcome("error");
+            return error_review(
+                StatusCode::BAD_REQUEST,
+                "the AdmissionReview has no request".into(),
+            );
+        }
+    };
+    let (request, verdict) = decide(request).await;
+    let mut response = AdmissionResponse::from(&request);
+    match verdict {
+        Verdict::Allow => outcome("allowed"),
+        Verdict::Patch(patch) => match response.clone().with_patch(patch) {
+            Ok(patched) => {
+                response = patched;
+                outcome("patched");
+            }
+            Err(error) => {
+                outcome("error");
+                response = response.deny(format!("building the patch failed: {error}"));
+            }
+        },
+        Verdict::Deny { reason, message } => {
+            outcome("denied");
+            state
+                .metrics
+                .denials
+                .get_or_create(&DenialLabels {
+                    reason: reason.into(),
+                })
+                .inc();
+            tracing::info!(
+                path,
+                namespace = request.namespace.as_deref().unwrap_or_default(),
+                name = %request.name,
+                user = %request.user_info.username.as_deref().unwrap_or_default(),
+                reason,
+                %message,
+                "denied"
+            );
+            response = response.deny(message);
+            response.result.code = 403;
+            response.result.reason = reason.into();
+        }
+    }
+    axum::Json(response.into_review()).into_response()
+}
+
+/// The object (or old object) of a request as `K`, checking the kind first.
+fn typed<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
+    request: &Request,
+    object: Option<&DynamicObject>,
+) -> Result<Option<K>, Verdict> {
+    if request.kind.kind != K::kind(&()) || request.kind.group != K::group(&()) {
+        return Err(Verdict::Deny {
+            reason: "WrongKind",
+            message: format!(
+                "this webhook admits {} objects, not {}",
+                K::kind(&()),
+                request.kind.kind
+            ),
+        });
+    }
+    let Some(object) = object else {
+        return Ok(None);
+    };
+    let value = serde_json::to_value(object).map_err(|e| Verdict::Deny {
+        reason: "Undecodable",
+        message: e.to_string(),
+    })?;
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| Verdict::Deny {
+            reason: "Undecodable",
+            message: format!("the {} in the request cannot be decoded: {e}", K::kind(&())),
+        })
+}
+
+macro_rules! try_typed {
+    ($request:expr, $object:expr) => {
+        match typed(&$request, $object) {
+            Ok(object) => object,
+            Err(verdict) => return ($request, verdict),
+        }
+    };
+}
+
+async fn allow(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    admit(&state, "allow", &body, |request| async move {
+        (request, Verdict::Allow)
+    })
+    .await
+}
+
+async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    let shared = state.clone();
+    admit(&state, paths::MUTATE_POD, &body, |request| async move {
+        match request.operation {
+            Operation::Create => {
+                let Some(pod) = try_typed!(request, request.object.as_ref()) else {
+                    return (
+                        request,
+                        Verdict::Deny {
+                            reason: "Undecodable",
+                            message: "the request has no pod".into(),
+                        },
+                    );
+                };
+                let pod: Pod = pod;
+                let namespace = request
+                    .namespace
+                    .clone()
+                    .or_else(|| pod.metadata.namespace.clone())
+                    .unwrap_or_default();
+                // Resolve every named claim first (cache, then one bounded API read each).
+                let mut states = BTreeMap::new();
+                let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+                for claim in parse_claim_annotations(&annotations).unwrap_or_default() {
+                    if !states.contains_key(&claim.claim_name) {
+                        let state = shared.claim_state(&namespace, &claim.claim_name).await;
+                        states.insert(claim.claim_name, state);
+                    }
+                }
+                let verdict = pod::admit_create(&pod, &mut |name| {
+                    states.get(name).cloned().unwrap_or(ClaimState::Missing)
+                });
+                (request, verdict)
+            }
+            Operation::Update => {
+                let new: Option<Pod> = try_typed!(request, request.object.as_ref());
+                let old: Option<Pod> = try_typed!(request, request.old_object.as_ref());
+                let verdict = match (old, new) {
+                    (Some(old), Some(new)) => pod::admit_update(&old, &new),
+                    _ => Verdict::Allow,
+                };
+                (request, verdict)
+            }
+            _ => (request, Verdict::Allow),
+        }
+    })
+    .await
+}
+
+async fn mutate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    admit(&state, paths::MUTATE_CLAIM, &body, |request| async move {
+        if request.operation != Operation::Create {
+            return (request, Verdict::Allow);
+        }
+        let claim: Option<HostPortClaim> = try_typed!(request, request.object.as_ref());
+        let verdict = claim.map_or(Verdict::Allow, |c| resources::default_claim(&c));
+        (request, verdict)
+    })
+    .await
+}
+
+async fn validate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    let shared = state.clone();
+    admit(&state, paths::VALIDATE_CLAIM, &body, |request| async move {
+        if !matches!(request.operation, Operation::Create | Operation::Update) {
+            return (request, Verdict::Allow);
+        }
+        let claim: Option<HostPortClaim> = try_typed!(request, request.object.as_ref());
+        let old: Option<HostPortClaim> = try_typed!(request, request.old_object.as_ref());
+        let Some(claim) = claim else {
+            return (request, Verdict::Allow);
+        };
+        let class = shared.class(&claim.spec.host_port_class_name).await;
+        let verdict = resources::validate_claim(&claim, old.as_ref(), class.as_ref());
+        (request, verdict)
+    })
+    .await
+}
+
+async fn validate_class(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    admit(&state, paths::VALIDATE_CLASS, &body, |request| async move {
+        if !matches!(request.operation, Operation::Create | Operation::Update) {
+            return (request, Verdict::Allow);
+        }
+        let class: Option<HostPortClass> = try_typed!(request, request.object.as_ref());
+        let verdict = class.map_or(Verdict::Allow, |c| resources::validate_class(&c));
+        (request, verdict)
+    })
+    .await
+}
+
+async fn validate_host_port(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    let allowed = state.allocator_users.clone();
+    admit(
+        &state,
+        paths::VALIDATE_HOST_PORT,
+        &body,
+        |request| async move {
+            if !matches!(request.operation, Operation::Create | Operation::Update) {
+                return (request, Verdict::Allow);
+            }
+            let host_port: Option<HostPort> = try_typed!(request, request.object.as_ref());
+            let old: Option<HostPort> = try_typed!(request, request.old_object.as_ref());
+            let user = request.user_info.username.clone().unwrap_or_default();
+            let verdict = host_port.map_or(Verdict::Allow, |hp| {
+                resources::validate_host_port(&hp, old.as_ref(), &user, &allowed)
+            });
+            (request, verdict)
+        },
+    )
+    .await
+}
