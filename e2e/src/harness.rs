@@ -44,6 +44,22 @@ impl std::fmt::Debug for Env {
     }
 }
 
+/// A webhook started for a scenario and registered with the API server.
+#[derive(Debug)]
+pub struct WebhookHandle {
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    /// The CA that signed its serving certificate (PEM).
+    pub ca_pem: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WebhookHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A controller started for a scenario; dropping it stops it (like a crash).
 #[derive(Debug)]
 pub struct ControllerHandle {
@@ -102,7 +118,7 @@ impl Env {
         }
         for namespace in [env.namespace.as_str(), SYSTEM_NAMESPACE] {
             let labels = if namespace == env.namespace {
-                json!({"hostport.rmb938.com": "true"})
+                json!({"hostport.rmb938.com": "true", "hostport-e2e/scenario": env.prefix})
             } else {
                 json!({})
             };
@@ -147,6 +163,108 @@ impl Env {
                 hostport_controller::run(client, options, std::future::pending()).await
             }),
         }
+    }
+
+    /// Starts the webhook in-process on 127.0.0.1 and registers its configurations (pods
+    /// in this scenario's namespace only, so scenarios sharing a real cluster do not meet).
+    pub async fn start_webhook(&self) -> WebhookHandle {
+        use base64::Engine;
+        let certs = hostport_webhook::tls::generate(
+            &["localhost".into()],
+            &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+            Duration::from_secs(3600),
+        )
+        .expect("webhook certificates");
+        let key = hostport_webhook::tls::certified_key(
+            certs.cert_pem.as_bytes(),
+            certs.key_pem.as_bytes(),
+        )
+        .expect("key");
+        let tls = hostport_webhook::tls::server_config(std::sync::Arc::new(
+            hostport_webhook::tls::SwappableCert::new(key),
+        ))
+        .expect("tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let options = hostport_webhook::runner::Options {
+            // On a real cluster the in-process controller writes as the kubeconfig's user.
+            allocator_users: match &self.server {
+                Some(_) => vec![controller_user().username],
+                None => vec![controller_user().username, self.admin_username().await],
+            },
+            ..Default::default()
+        };
+        let ready = options.ready.clone();
+        let client = self.client_as(UserInfo::service_account(
+            SYSTEM_NAMESPACE,
+            "hostport-webhook",
+        ));
+        let task = tokio::spawn(hostport_webhook::runner::run(
+            client,
+            listener,
+            tls,
+            options,
+            std::future::pending(),
+        ));
+        self.wait_for("webhook caches synced", Duration::from_secs(20), || {
+            let ready = ready.clone();
+            async move {
+                ready
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .then_some(())
+            }
+        })
+        .await;
+        let bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem);
+        let selector = json!({"matchLabels": {"hostport.rmb938.com": "true", "hostport-e2e/scenario": self.prefix}});
+        let (mutating, validating) = crate::webhooks::configurations(
+            &format!("hostport-e2e-{}", self.prefix),
+            &url,
+            &bundle,
+            selector,
+        );
+        let apply = kube::api::PatchParams::apply("hostport-e2e").force();
+        let name = format!("hostport-e2e-{}", self.prefix);
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            self.client.clone(),
+        )
+        .patch(&name, &apply, &kube::api::Patch::Apply(&mutating))
+        .await
+        .expect("register the mutating webhooks");
+        Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(
+            self.client.clone(),
+        )
+        .patch(&name, &apply, &kube::api::Patch::Apply(&validating))
+        .await
+        .expect("register the validating webhooks");
+        WebhookHandle {
+            url,
+            ca_pem: certs.ca_pem,
+            task,
+        }
+    }
+
+    /// The user name the admin client authenticates as on a real cluster.
+    async fn admin_username(&self) -> String {
+        let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+        let request = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&review).expect("json"))
+            .expect("request");
+        let answer: serde_json::Value = self
+            .client
+            .request(request)
+            .await
+            .expect("SelfSubjectReview");
+        answer["status"]["userInfo"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Claims in the scenario's namespace.
@@ -265,6 +383,16 @@ impl Env {
         }
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        let webhooks = format!("hostport-e2e-{}", self.prefix);
+        let _ =
+            Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+                self.client.clone(),
+            )
+            .delete(&webhooks, &DeleteParams::default())
+            .await;
+        let _ = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(self.client.clone())
+            .delete(&webhooks, &DeleteParams::default())
             .await;
         for class in self
             .classes()

@@ -6,3 +6,4 @@
 pub mod apiserver;
 mod cluster;
 pub mod harness;
+pub mod webhooks;

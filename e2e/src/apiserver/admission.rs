@@ -128,8 +128,8 @@ pub(crate) async fn mutate(
         );
         if let Some(response) = call(shared, &webhook, &review).await? {
             verdict(&webhook, &response)?;
-            if let Some(patch) = response["patch"].as_str() {
-                apply_response_patch(&webhook, patch, object)?;
+            if !response["patch"].is_null() {
+                apply_response_patch(&webhook, &response["patch"], object)?;
             }
         }
     }
@@ -477,13 +477,31 @@ fn verdict(due: &Due, response: &Value) -> ApiResult<()> {
     Err(ApiError::with_code(code, reason, text))
 }
 
-fn apply_response_patch(due: &Due, patch: &str, object: &mut Value) -> ApiResult<()> {
+/// Applies a webhook's JSONPatch. Like kube-apiserver (Go's `[]byte`), the patch may be a
+/// base64 string or an array of byte values (what kube-rs's `AdmissionResponse` sends).
+fn apply_response_patch(due: &Due, patch: &Value, object: &mut Value) -> ApiResult<()> {
     let name = name_of(due);
-    let bytes = BASE64.decode(patch).map_err(|e| {
-        ApiError::internal(format!(
-            "webhook \"{name}\" returned a patch that is not base64: {e}"
-        ))
-    })?;
+    let bytes = match patch {
+        Value::String(text) => BASE64.decode(text).map_err(|e| {
+            ApiError::internal(format!(
+                "webhook \"{name}\" returned a patch that is not base64: {e}"
+            ))
+        })?,
+        Value::Array(items) => items
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "webhook \"{name}\" returned a patch array that is not bytes"
+                ))
+            })?,
+        _ => {
+            return Err(ApiError::internal(format!(
+                "webhook \"{name}\" returned a patch that is neither base64 nor bytes"
+            )));
+        }
+    };
     let operations: json_patch::Patch = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::internal(format!(
             "webhook \"{name}\" returned an invalid JSONPatch: {e}"
