@@ -15,6 +15,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::apiserver::{TestApiServer, UserInfo};
+use crate::local::LocalWebhook;
 
 /// Namespace of the controller's service account in scenarios.
 pub const SYSTEM_NAMESPACE: &str = "hostport-system";
@@ -41,22 +42,6 @@ impl std::fmt::Debug for Env {
             .field("namespace", &self.namespace)
             .field("in_process", &self.server.is_some())
             .finish()
-    }
-}
-
-/// A webhook started for a scenario and registered with the API server.
-#[derive(Debug)]
-pub struct WebhookHandle {
-    /// `https://127.0.0.1:<port>`.
-    pub url: String,
-    /// The CA that signed its serving certificate (PEM).
-    pub ca_pem: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WebhookHandle {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -167,86 +152,27 @@ impl Env {
 
     /// Starts the webhook in-process on 127.0.0.1 and registers its configurations (pods
     /// in this scenario's namespace only, so scenarios sharing a real cluster do not meet).
-    pub async fn start_webhook(&self) -> WebhookHandle {
-        use base64::Engine;
-        let certs = hostport_webhook::tls::generate(
-            &["localhost".into()],
-            &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
-            Duration::from_secs(3600),
-        )
-        .expect("webhook certificates");
-        let key = hostport_webhook::tls::certified_key(
-            certs.cert_pem.as_bytes(),
-            certs.key_pem.as_bytes(),
-        )
-        .expect("key");
-        let tls = hostport_webhook::tls::server_config(std::sync::Arc::new(
-            hostport_webhook::tls::SwappableCert::new(key),
-        ))
-        .expect("tls");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().expect("addr").port()
-        );
-        let options = hostport_webhook::runner::Options {
-            // On a real cluster the in-process controller writes as the kubeconfig's user.
-            allocator_users: match &self.server {
-                Some(_) => vec![controller_user().username],
-                None => vec![controller_user().username, self.admin_username().await],
-            },
-            ..Default::default()
+    pub async fn start_webhook(&self) -> LocalWebhook {
+        // On a real cluster the in-process controller writes as the kubeconfig's user.
+        let allocator_users = match &self.server {
+            Some(_) => vec![controller_user().username],
+            None => vec![controller_user().username, self.admin_username().await],
         };
-        let ready = options.ready.clone();
         let client = self.client_as(UserInfo::service_account(
             SYSTEM_NAMESPACE,
             "hostport-webhook",
         ));
-        let task = tokio::spawn(hostport_webhook::runner::run(
-            client,
-            listener,
-            tls,
-            options,
-            std::future::pending(),
-        ));
-        self.wait_for("webhook caches synced", Duration::from_secs(20), || {
-            let ready = ready.clone();
-            async move {
-                ready
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    .then_some(())
-            }
-        })
-        .await;
-        let bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem);
+        let webhook = crate::local::start_webhook(client, allocator_users).await;
         let selector = json!({"matchLabels": {"hostport.rmb938.com": "true", "hostport-e2e/scenario": self.prefix}});
-        let (mutating, validating) = crate::webhooks::configurations(
+        crate::local::register_webhooks(
+            &self.client,
             &format!("hostport-e2e-{}", self.prefix),
-            &url,
-            &bundle,
+            &webhook,
             selector,
-        );
-        let apply = kube::api::PatchParams::apply("hostport-e2e").force();
-        let name = format!("hostport-e2e-{}", self.prefix);
-        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-            self.client.clone(),
         )
-        .patch(&name, &apply, &kube::api::Patch::Apply(&mutating))
         .await
-        .expect("register the mutating webhooks");
-        Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(
-            self.client.clone(),
-        )
-        .patch(&name, &apply, &kube::api::Patch::Apply(&validating))
-        .await
-        .expect("register the validating webhooks");
-        WebhookHandle {
-            url,
-            ca_pem: certs.ca_pem,
-            task,
-        }
+        .expect("registering the webhooks");
+        webhook
     }
 
     /// The user name the admin client authenticates as on a real cluster.

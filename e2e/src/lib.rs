@@ -6,4 +6,6 @@
 pub mod apiserver;
 mod cluster;
 pub mod harness;
+pub mod local;
+pub mod samples;
 pub mod webhooks;

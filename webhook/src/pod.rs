@@ -8,7 +8,7 @@ use hostport_api::annotations::{
     port_annotation_key,
 };
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 /// What the webhook knows about a claim the pod names.
@@ -68,29 +68,23 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
     let Some(spec) = &pod.spec else {
         return (named, unnamed);
     };
-    let groups: [(&str, &str, Vec<(usize, &Container)>); 2] = [
-        (
-            "containers",
-            "containers",
-            spec.containers.iter().enumerate().collect(),
-        ),
-        (
-            "initContainers",
-            "initContainers",
-            spec.init_containers
-                .iter()
-                .flatten()
-                .enumerate()
-                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
-                .collect(),
-        ),
-    ];
-    for (json_name, field_name, containers) in groups {
-        for (ci, container) in containers {
+    let sidecars = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"));
+    let containers = spec
+        .containers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ("containers", i, c));
+    for (list, ci, container) in containers.chain(sidecars.map(|(i, c)| ("initContainers", i, c))) {
+        {
             for (pi, port) in container.ports.iter().flatten().enumerate() {
                 let slot = PortSlot {
-                    pointer: format!("/spec/{json_name}/{ci}/ports/{pi}"),
-                    field: format!("spec.{field_name}[{ci}].ports[{pi}]"),
+                    pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
+                    field: format!("spec.{list}[{ci}].ports[{pi}]"),
                     host_port: port.host_port.filter(|p| *p != 0),
                 };
                 match port.name.as_deref().filter(|n| !n.is_empty()) {

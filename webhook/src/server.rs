@@ -214,9 +214,10 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Res
                 let mut states = BTreeMap::new();
                 let annotations = pod.metadata.annotations.clone().unwrap_or_default();
                 for claim in parse_claim_annotations(&annotations).unwrap_or_default() {
-                    if !states.contains_key(&claim.claim_name) {
-                        let state = shared.claim_state(&namespace, &claim.claim_name).await;
-                        states.insert(claim.claim_name, state);
+                    if let std::collections::btree_map::Entry::Vacant(slot) =
+                        states.entry(claim.claim_name.clone())
+                    {
+                        slot.insert(shared.claim_state(&namespace, &claim.claim_name).await);
                     }
                 }
                 let verdict = pod::admit_create(&pod, &mut |name| {
