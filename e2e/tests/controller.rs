@@ -348,3 +348,82 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let env = Env::new("metrics").await;
+    let options = RunOptions::default();
+    let (metrics, ready) = (options.metrics.clone(), options.ready.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = hostport_controller::health_router(metrics, ready.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        503,
+        "not ready before the caches sync"
+    );
+
+    let _controller = env.start_controller(options);
+    let class = env.create_class("sample", &[(9900, 9909)]).await;
+    env.create_claim("a", &class, None).await;
+    env.bound("a").await;
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    let text = env
+        .wait_for("class gauges", Duration::from_secs(10), || {
+            let (http, base) = (http.clone(), base.clone());
+            let class = class.clone();
+            async move {
+                let text = http
+                    .get(format!("{base}/metrics"))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                text.contains(&format!(
+                    "hostport_class_ports_allocated{{class=\"{class}\"}} 1"
+                ))
+                .then_some(text)
+            }
+        })
+        .await;
+    assert!(
+        text.contains(&format!(
+            "hostport_class_ports_capacity{{class=\"{class}\"}} 10"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("hostport_allocation_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE hostport_reconcile_duration_seconds histogram"),
+        "{text}"
+    );
+    env.cleanup().await;
+}

@@ -80,17 +80,15 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
         .enumerate()
         .map(|(i, c)| ("containers", i, c));
     for (list, ci, container) in containers.chain(sidecars.map(|(i, c)| ("initContainers", i, c))) {
-        {
-            for (pi, port) in container.ports.iter().flatten().enumerate() {
-                let slot = PortSlot {
-                    pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
-                    field: format!("spec.{list}[{ci}].ports[{pi}]"),
-                    host_port: port.host_port.filter(|p| *p != 0),
-                };
-                match port.name.as_deref().filter(|n| !n.is_empty()) {
-                    Some(name) => named.entry(name.to_owned()).or_default().push(slot),
-                    None => unnamed.push(slot),
-                }
+        for (pi, port) in container.ports.iter().flatten().enumerate() {
+            let slot = PortSlot {
+                pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
+                field: format!("spec.{list}[{ci}].ports[{pi}]"),
+                host_port: port.host_port.filter(|p| *p != 0),
+            };
+            match port.name.as_deref().filter(|n| !n.is_empty()) {
+                Some(name) => named.entry(name.to_owned()).or_default().push(slot),
+                None => unnamed.push(slot),
             }
         }
     }

@@ -1,0 +1,476 @@
+//! The webhook over real HTTPS with real AdmissionReview v1 JSON, as kube-apiserver sends
+//! it: verdicts, malformed input, fuzzed input, certificate reload, health and metrics.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use hostport_e2e::harness::Env;
+use hostport_e2e::local::LocalWebhook;
+use hostport_webhook::tls;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .expect("client")
+}
+
+fn review(
+    uid: &str,
+    kind: Value,
+    resource: &str,
+    operation: &str,
+    namespace: &str,
+    object: Value,
+    old: Value,
+) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid, "kind": kind,
+            "resource": {"group": kind["group"], "version": kind["version"], "resource": resource},
+            "name": object["metadata"]["name"], "namespace": namespace, "operation": operation,
+            "userInfo": {"username": "jane", "groups": ["system:authenticated"]},
+            "object": object, "oldObject": old, "dryRun": false,
+        }
+    })
+}
+
+fn pod_kind() -> Value {
+    json!({"group": "", "version": "v1", "kind": "Pod"})
+}
+
+async fn post(
+    client: &reqwest::Client,
+    webhook: &LocalWebhook,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let response = client
+        .post(format!("{}{path}", webhook.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON answer"))
+}
+
+#[tokio::test]
+async fn verdicts_over_https() {
+    let env = Env::new("https").await;
+    let webhook = env.start_webhook().await;
+    let client = https_client(&webhook.ca_pem);
+    let class = env.create_class("sample", &[(9800, 9810)]).await;
+    // A bound claim, written as the controller would.
+    let claims = env.claims();
+    env.create_claim("echo-web", &class, None).await;
+    claims
+        .patch_status(
+            "echo-web",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Bound", "port": 9800}})),
+        )
+        .await
+        .expect("status");
+    claims
+        .patch(
+            "echo-web",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"hostPortName": "port-9800"}})),
+        )
+        .await
+        .expect("bind");
+
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "echo", "namespace": env.namespace, "annotations": {"claim.hostport.rmb938.com/web": "echo-web"}},
+        "spec": {"containers": [{"name": "echo", "image": "k8s.gcr.io/echoserver:1.4", "ports": [{"name": "web", "containerPort": 8080}]}]}
+    });
+    let body = review(
+        "uid-1",
+        pod_kind(),
+        "pods",
+        "CREATE",
+        &env.namespace,
+        pod.clone(),
+        Value::Null,
+    );
+    let (status, answer) = post(
+        &client,
+        &webhook,
+        "/mutate-v1-pod",
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "uid-1");
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    // The patch applied to the request object gives the expected pod.
+    let patch_bytes: Vec<u8> = match &response["patch"] {
+        Value::String(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64"),
+        Value::Array(bytes) => bytes
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect(),
+        other => panic!("patch {other}"),
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(&patch_bytes).expect("JSONPatch");
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).expect("applies");
+    let mut expected = pod.clone();
+    expected["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(9800);
+    expected["metadata"]["annotations"]["port.hostport.rmb938.com/web"] = json!("9800");
+    assert_eq!(patched, expected);
+
+    // Denied, with the reason in the status.
+    let mut orphan = pod.clone();
+    orphan["metadata"]["annotations"] = json!({"claim.hostport.rmb938.com/web": "nope"});
+    let body = review(
+        "uid-2",
+        pod_kind(),
+        "pods",
+        "CREATE",
+        &env.namespace,
+        orphan,
+        Value::Null,
+    );
+    let (status, answer) = post(
+        &client,
+        &webhook,
+        "/mutate-v1-pod",
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["response"]["allowed"], false);
+    assert_eq!(answer["response"]["status"]["code"], 403);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("\"nope\", which does not exist")
+    );
+
+    // HostPort writes by anyone but the allocator.
+    let host_port = json!({"apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPort", "metadata": {"name": "port-1"},
+                           "spec": {"hostPortClassName": class, "port": 1}});
+    let kind = json!({"group": "hostport.rmb938.com", "version": "v1alpha1", "kind": "HostPort"});
+    let body = review(
+        "uid-3",
+        kind,
+        "hostports",
+        "CREATE",
+        "",
+        host_port,
+        Value::Null,
+    );
+    let (_, answer) = post(
+        &client,
+        &webhook,
+        "/validate-hostport-rmb938-com-v1alpha1-hostport",
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("not by \"jane\"")
+    );
+
+    // An object of the wrong kind on a path is refused, never allowed.
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}});
+    let body = review(
+        "uid-4",
+        json!({"group": "", "version": "v1", "kind": "Namespace"}),
+        "namespaces",
+        "CREATE",
+        "",
+        namespace,
+        Value::Null,
+    );
+    let (_, answer) = post(
+        &client,
+        &webhook,
+        "/mutate-v1-pod",
+        serde_json::to_vec(&body).expect("json"),
+    )
+    .await;
+    assert_eq!(answer["response"]["allowed"], false);
+    assert!(
+        answer["response"]["status"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("this webhook admits Pod objects, not Namespace")
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_an_error_review() {
+    let env = Env::new("malformed").await;
+    let webhook = env.start_webhook().await;
+    let client = https_client(&webhook.ca_pem);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "the body is not an AdmissionReview"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": null})).expect("json"), "expected apiVersion admission.k8s.io/v1"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).expect("json"), "has no request"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"})).expect("json"), "expected apiVersion admission.k8s.io/v1 and kind AdmissionReview"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = post(&client, &webhook, "/mutate-v1-pod", body).await;
+        assert_eq!(status, 400);
+        assert_eq!(answer["response"]["allowed"], false);
+        let message = answer["response"]["status"]["message"]
+            .as_str()
+            .expect("message");
+        assert!(message.contains(expected), "{message}");
+    }
+    let big = vec![b' '; hostport_webhook::server::MAX_BODY + 1];
+    let response = client
+        .post(format!("{}/mutate-v1-pod", webhook.url))
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 413, "bodies are limited");
+}
+
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z./-]{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-zA-Z./-]{1,10}", inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Random pod-shaped objects: annotations from the hostport family, ports with and without
+/// names and host ports.
+fn arbitrary_pod() -> impl Strategy<Value = Value> {
+    let annotation = prop_oneof![
+        "claim\\.hostport\\.rmb938\\.com/[a-z-]{0,6}",
+        "port\\.hostport\\.rmb938\\.com/[a-z-]{0,6}",
+        "[a-z]{1,5}",
+    ];
+    let port = (
+        proptest::option::of("[a-z-]{0,6}"),
+        1i64..70000,
+        proptest::option::of(0i64..70000),
+    );
+    (
+        proptest::collection::btree_map(annotation, "[a-z-]{0,8}", 0..4),
+        proptest::collection::vec(proptest::collection::vec(port, 0..3), 0..3),
+    )
+        .prop_map(|(annotations, containers)| {
+            let containers: Vec<Value> = containers
+                .into_iter()
+                .enumerate()
+                .map(|(i, ports)| {
+                    let ports: Vec<Value> = ports
+                        .into_iter()
+                        .map(|(name, container_port, host_port)| json!({"name": name, "containerPort": container_port, "hostPort": host_port}))
+                        .collect();
+                    json!({"name": format!("c{i}"), "image": "x", "ports": ports})
+                })
+                .collect();
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "annotations": annotations},
+                   "spec": {"containers": containers}})
+        })
+}
+
+#[test]
+fn fuzzed_input_never_panics_and_always_answers_the_request_uid() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (env, webhook) = runtime.block_on(async {
+        let env = Env::new("fuzz").await;
+        let webhook = env.start_webhook().await;
+        (env, webhook)
+    });
+    let client = https_client(&webhook.ca_pem);
+    let namespace = env.namespace.clone();
+    let config = ProptestConfig {
+        cases: 96,
+        ..ProptestConfig::default()
+    };
+    // Pod-shaped objects (old objects too) are decodable reviews: a verdict for that uid.
+    proptest!(config, |(object in arbitrary_pod(), old in prop_oneof![Just(Value::Null), arbitrary_pod()], operation in prop_oneof![Just("CREATE"), Just("UPDATE"), Just("DELETE")], uid in "[a-f0-9]{8}")| {
+        let body = review(&uid, pod_kind(), "pods", operation, &namespace, object, old);
+        let (status, answer) = runtime.block_on(post(&client, &webhook, "/mutate-v1-pod", serde_json::to_vec(&body).expect("json")));
+        prop_assert_eq!(status, 200, "{}", answer);
+        prop_assert_eq!(&answer["response"]["uid"], &json!(uid));
+        prop_assert!(answer["response"]["allowed"].is_boolean());
+    });
+    // Any JSON in object/oldObject: a verdict for that uid, or (undecodable) a 400 error review;
+    // never an allowed pod that could not be read.
+    proptest!(config, |(object in arbitrary_json(), old in arbitrary_json(), uid in "[a-f0-9]{8}")| {
+        let body = review(&uid, pod_kind(), "pods", "CREATE", &namespace, object, old);
+        let (status, answer) = runtime.block_on(post(&client, &webhook, "/mutate-v1-pod", serde_json::to_vec(&body).expect("json")));
+        match status {
+            200 => prop_assert_eq!(&answer["response"]["uid"], &json!(uid)),
+            400 => prop_assert_eq!(&answer["response"]["allowed"], &json!(false)),
+            other => prop_assert!(false, "HTTP {}", other),
+        }
+    });
+    // Raw garbage too: always a well-formed error review.
+    proptest!(config, |(garbage in proptest::collection::vec(any::<u8>(), 0..200))| {
+        let (status, answer) = runtime.block_on(post(&client, &webhook, "/mutate-v1-pod", garbage));
+        prop_assert!(status == 400 || status == 200);
+        prop_assert_eq!(&answer["response"]["allowed"], &json!(false));
+    });
+}
+
+#[tokio::test]
+async fn replaced_certificate_files_are_served_on_the_next_handshake() {
+    let dir = std::env::temp_dir().join(format!("hostport-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let names = ["localhost".to_owned()];
+    let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    let first = tls::generate(&names, &ips, Duration::from_secs(3600)).expect("certs");
+    std::fs::write(&cert, &first.cert_pem).expect("write");
+    std::fs::write(&key, &first.key_pem).expect("write");
+    let served = Arc::new(tls::SwappableCert::new(
+        tls::certified_key(first.cert_pem.as_bytes(), first.key_pem.as_bytes()).expect("key"),
+    ));
+    let reload = tokio::spawn(tls::reload_files(
+        cert.clone(),
+        key.clone(),
+        served.clone(),
+        Duration::from_millis(100),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "https://127.0.0.1:{}/healthz",
+        listener.local_addr().expect("addr").port()
+    );
+    let router = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+    let server = tokio::spawn(tls::serve(
+        listener,
+        router,
+        tls::server_config(served).expect("config"),
+        std::future::pending(),
+    ));
+
+    let trusts_first = https_client(&first.ca_pem);
+    assert!(trusts_first.get(&url).send().await.is_ok());
+    let second = tls::generate(&names, &ips, Duration::from_secs(3600)).expect("certs");
+    let trusts_second = https_client(&second.ca_pem);
+    assert!(
+        trusts_second.get(&url).send().await.is_err(),
+        "the new CA is not served yet"
+    );
+    // Files change (a key first, then the certificate: a broken pair in between is ignored).
+    std::fs::write(&key, &second.key_pem).expect("write");
+    std::fs::write(&cert, &second.cert_pem).expect("write");
+    let mut switched = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A fresh client per attempt: a fresh handshake.
+        if https_client(&second.ca_pem).get(&url).send().await.is_ok() {
+            switched = true;
+            break;
+        }
+    }
+    assert!(switched, "the replaced certificate was not served");
+    assert!(
+        https_client(&first.ca_pem).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
+    reload.abort();
+    server.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let metrics = Arc::new(hostport_webhook::metrics::Metrics::default());
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = hostport_webhook::runner::health_router(metrics.clone(), ready.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        503
+    );
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    metrics
+        .denials
+        .get_or_create(&hostport_webhook::metrics::DenialLabels {
+            reason: "ClaimNotFound".into(),
+        })
+        .inc();
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("hostport_webhook_denials_total{reason=\"ClaimNotFound\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE hostport_webhook_admission_duration_seconds histogram"),
+        "{text}"
+    );
+}
