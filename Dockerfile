@@ -1,0 +1,13 @@
+# syntax=docker/dockerfile:1
+# One image, both binaries: hostport-controller and hostport-webhook.
+FROM rust:1.91-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p controller -p webhook --bin hostport-controller --bin hostport-webhook
+
+# Distroless: no shell, non-root (65532), nothing to write to (run with readOnlyRootFilesystem).
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/hostport-controller /usr/local/bin/hostport-controller
+COPY --from=build /src/target/release/hostport-webhook /usr/local/bin/hostport-webhook
+USER 65532:65532
+ENTRYPOINT ["/usr/local/bin/hostport-controller"]

@@ -1,0 +1,258 @@
+//! `config/`: every kustomize overlay builds, parses, and holds what a cluster install needs;
+//! the webhook configurations match what the scenarios register; the Dockerfile copies
+//! binaries that exist; the controller's RBAC covers every call it makes.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn kustomize(dir: &str) -> Option<Vec<Value>> {
+    if std::env::var_os("HOSTPORT_SKIP_KUBECTL").is_some() {
+        eprintln!("HOSTPORT_SKIP_KUBECTL is set: not rendering {dir}");
+        return None;
+    }
+    let output = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .current_dir(root())
+        .output()
+        .expect("kubectl is needed to render config/ (install it, or set HOSTPORT_SKIP_KUBECTL=1)");
+    assert!(
+        output.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    Some(
+        serde_saphyr::from_multiple(&text)
+            .unwrap_or_else(|e| panic!("{dir} output does not parse: {e}")),
+    )
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn every_overlay_builds() {
+    for (dir, kinds) in [
+        ("config/crd", vec!["CustomResourceDefinition"]),
+        (
+            "config/rbac",
+            vec![
+                "Namespace",
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            ],
+        ),
+        ("config/controller", vec!["Deployment"]),
+        (
+            "config/webhook",
+            vec![
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget",
+                "MutatingWebhookConfiguration",
+                "ValidatingWebhookConfiguration",
+            ],
+        ),
+        (
+            "config/default",
+            vec![
+                "CustomResourceDefinition",
+                "Deployment",
+                "Service",
+                "MutatingWebhookConfiguration",
+            ],
+        ),
+        (
+            "config/cert-manager",
+            vec!["Certificate", "Issuer", "Deployment"],
+        ),
+        (
+            "config/samples",
+            vec!["Namespace", "HostPortClass", "HostPortClaim", "Pod"],
+        ),
+    ] {
+        let Some(objects) = kustomize(dir) else {
+            return;
+        };
+        let present: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        for kind in kinds {
+            assert!(present.contains(kind), "{dir} has no {kind}: {present:?}");
+        }
+    }
+}
+
+#[test]
+fn default_install_is_hardened_and_highly_available() {
+    let Some(objects) = kustomize("config/default") else {
+        return;
+    };
+    for name in ["hostport-controller", "hostport-webhook"] {
+        let deployment = find(&objects, "Deployment", name);
+        let spec = &deployment["spec"];
+        assert_eq!(spec["replicas"], 2, "{name}");
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], name);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["securityContext"]["readOnlyRootFilesystem"], true,
+            "{name}"
+        );
+        assert_eq!(
+            container["securityContext"]["allowPrivilegeEscalation"], false,
+            "{name}"
+        );
+        assert_eq!(
+            container["securityContext"]["capabilities"]["drop"][0],
+            "ALL"
+        );
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert!(
+            container["image"]
+                .as_str()
+                .expect("image")
+                .ends_with(":0.1.0")
+        );
+        assert_eq!(container["command"][0], format!("/usr/local/bin/{name}"));
+    }
+    let webhook_args = &find(&objects, "Deployment", "hostport-webhook")["spec"]["template"]["spec"]
+        ["containers"][0]["args"];
+    assert!(
+        webhook_args
+            .as_array()
+            .expect("args")
+            .contains(&Value::from("--self-signed"))
+    );
+    assert_eq!(
+        find(&objects, "PodDisruptionBudget", "hostport-webhook")["spec"]["minAvailable"],
+        1
+    );
+    for kind in [
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        for webhook in find(&objects, kind, "hostport-allocator")["webhooks"]
+            .as_array()
+            .expect("webhooks")
+        {
+            assert_eq!(webhook["failurePolicy"], "Fail");
+            assert_eq!(webhook["sideEffects"], "None");
+            assert!(webhook["timeoutSeconds"].as_i64().expect("timeout") <= 5);
+            assert_eq!(
+                webhook["clientConfig"]["service"]["name"],
+                "hostport-webhook"
+            );
+        }
+    }
+    let cert_manager = kustomize("config/cert-manager").expect("rendered");
+    let args = &find(&cert_manager, "Deployment", "hostport-webhook")["spec"]["template"]["spec"]["containers"]
+        [0]["args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"--tls-cert-file=/tls/tls.crt") && !args.contains(&"--self-signed"),
+        "{args:?}"
+    );
+    assert_eq!(
+        find(
+            &cert_manager,
+            "MutatingWebhookConfiguration",
+            "hostport-allocator"
+        )["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "hostport-system/hostport-webhook"
+    );
+}
+
+/// What the scenarios register must be what a cluster install registers.
+#[test]
+fn webhook_configurations_match_the_scenarios() {
+    let Some(objects) = kustomize("config/webhook") else {
+        return;
+    };
+    let (mutating, validating) = hostport_e2e::webhooks::configurations(
+        "hostport-allocator",
+        "https://x",
+        "",
+        serde_json::json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
+    );
+    for (kind, expected) in [
+        ("MutatingWebhookConfiguration", mutating),
+        ("ValidatingWebhookConfiguration", validating),
+    ] {
+        let installed = find(&objects, kind, "hostport-allocator");
+        let strip = |webhooks: &Value| -> Vec<Value> {
+            webhooks
+                .as_array()
+                .expect("webhooks")
+                .iter()
+                .map(|w| {
+                    let mut w = w.clone();
+                    let path = w["clientConfig"]["service"]["path"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| {
+                            w["clientConfig"]["url"]
+                                .as_str()
+                                .expect("url")
+                                .trim_start_matches("https://x")
+                                .to_owned()
+                        });
+                    w["clientConfig"] = Value::from(path);
+                    w
+                })
+                .collect()
+        };
+        assert_eq!(
+            strip(&installed["webhooks"]),
+            strip(&expected["webhooks"]),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn dockerfile_builds_and_copies_binaries_that_exist() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    for (package, binary) in [
+        ("controller", "hostport-controller"),
+        ("webhook", "hostport-webhook"),
+    ] {
+        let manifest =
+            std::fs::read_to_string(root().join(package).join("Cargo.toml")).expect("manifest");
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "{package} has no bin {binary}"
+        );
+        assert!(
+            dockerfile.contains(&format!("-p {package}")),
+            "the Dockerfile does not build {package}"
+        );
+        assert!(
+            dockerfile.contains(&format!(
+                "COPY --from=build /src/target/release/{binary} /usr/local/bin/{binary}"
+            )),
+            "the Dockerfile does not copy {binary}"
+        );
+    }
+    assert!(dockerfile.contains("--locked"));
+    assert!(dockerfile.contains("USER 65532:65532"));
+}

@@ -1,0 +1,183 @@
+//! `config/rbac` grants each binary every call it makes: the scenarios run with the
+//! in-process API server counting requests per user, and each (verb, resource) a binary used
+//! must be allowed by its ServiceAccount's rules. (On a real cluster the same is proven by
+//! impersonation: see the README, "RBAC on a real cluster".)
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hostport_controller::{LeaseConfig, RunOptions};
+use hostport_e2e::apiserver::UserInfo;
+use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE, controller_user};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+/// API group of a resource plural as the counters name it.
+fn group_of(resource: &str) -> &'static str {
+    match resource.split('/').next().unwrap_or_default() {
+        "hostportclaims" | "hostports" | "hostportclasses" => "hostport.rmb938.com",
+        "leases" => "coordination.k8s.io",
+        "events" => "events.k8s.io",
+        "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" => {
+            "admissionregistration.k8s.io"
+        }
+        _ => "",
+    }
+}
+
+/// The rules bound to a ServiceAccount in the rendered config/rbac.
+fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
+    let bound_roles: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
+        .filter(|o| {
+            o["subjects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == service_account)
+        })
+        .map(|o| {
+            (
+                o["roleRef"]["kind"].as_str().unwrap_or_default().to_owned(),
+                o["roleRef"]["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    objects
+        .iter()
+        .filter(|o| {
+            bound_roles.contains(&(
+                o["kind"].as_str().unwrap_or_default().to_owned(),
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ))
+        })
+        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn allowed(rules: &[Value], verb: &str, resource: &str) -> bool {
+    let has = |list: &Value, item: &str| {
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|v| v == item || v == "*"))
+    };
+    rules.iter().any(|r| {
+        has(&r["verbs"], verb)
+            && has(&r["resources"], resource)
+            && has(&r["apiGroups"], group_of(resource))
+    })
+}
+
+#[tokio::test]
+async fn rbac_covers_every_call_of_each_binary() {
+    if std::env::var_os("HOSTPORT_SKIP_KUBECTL").is_some() {
+        return eprintln!("HOSTPORT_SKIP_KUBECTL is set: config/rbac not rendered");
+    }
+    let env = Env::new("rbac").await;
+    let Some(server) = env.server() else {
+        return eprintln!("counting requests needs the in-process API server");
+    };
+    let lease = LeaseConfig {
+        namespace: SYSTEM_NAMESPACE.into(),
+        name: "hostport-controller".into(),
+        identity: "a".into(),
+        duration: Duration::from_secs(3),
+    };
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions {
+        leader_election: Some(lease),
+        ..RunOptions::default()
+    });
+
+    // Bind, use, release; a class deleted after its claims; a Go-era HostPort released.
+    let class = env.create_class("sample", &[(9950, 9960)]).await;
+    env.create_claim("echo-web", &class, None).await;
+    env.bound("echo-web").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "echo", "annotations": {"claim.hostport.rmb938.com/web": "echo-web"}},
+        "spec": {"containers": [{"name": "echo", "image": "echo", "ports": [{"name": "web", "containerPort": 8080}]}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
+    env.claims()
+        .delete("echo-web", &DeleteParams::default())
+        .await
+        .expect("delete claim");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pods.delete("echo", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    env.create_claim("legacy", &class, None).await;
+    let legacy = env.bound("legacy").await;
+    let host_port = legacy.spec.host_port_name.clone().expect("bound");
+    // Give the HostPort the Go project's finalizer (as the controller itself would not).
+    let controller_client = server.client_as(controller_user());
+    Api::<hostport_api::HostPort>::all(controller_client)
+        .patch(
+            &host_port,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["hostport.rmb938.com"]}})),
+        )
+        .await
+        .expect("finalizer");
+    env.claims()
+        .delete("legacy", &DeleteParams::default())
+        .await
+        .expect("delete legacy");
+    env.classes()
+        .delete(&class, &DeleteParams::default())
+        .await
+        .expect("delete class");
+    env.wait_for("everything released", Duration::from_secs(20), || async {
+        env.classes()
+            .get_opt(&class)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    let output = std::process::Command::new("kubectl")
+        .args(["kustomize", "config/rbac"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("kubectl");
+    assert!(output.status.success());
+    let objects: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(output.stdout).expect("utf-8"))
+            .expect("rbac yaml");
+    for (user, service_account) in [
+        (controller_user(), "hostport-controller"),
+        (
+            UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-webhook"),
+            "hostport-webhook",
+        ),
+    ] {
+        let rules = rules_of(&objects, service_account);
+        assert!(!rules.is_empty(), "no rules bound to {service_account}");
+        let used: BTreeSet<(String, String)> = server
+            .counts()
+            .into_keys()
+            .filter(|(u, _, _)| *u == user.username)
+            .map(|(_, verb, resource)| (verb.as_str().to_owned(), resource))
+            .collect();
+        assert!(!used.is_empty(), "{service_account} made no calls");
+        let missing: Vec<_> = used
+            .iter()
+            .filter(|(verb, resource)| !allowed(&rules, verb, resource))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config/rbac does not let {service_account} make these calls: {missing:?}"
+        );
+        eprintln!("{service_account} used: {used:?}");
+    }
+}
