@@ -4,8 +4,25 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
-/// Applies this repository's CRDs (server-side apply) and waits until they are Established.
-pub async fn prepare(client: &Client) {
+/// Applies this repository's CRDs (server-side apply) and waits until they are Established;
+/// with `rbac`, also `config/rbac`, so the binaries can run impersonating their
+/// ServiceAccounts.
+pub async fn prepare(client: &Client, rbac: bool) {
+    if rbac {
+        let output = std::process::Command::new("kubectl")
+            .args(["kustomize", "config/rbac"])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output()
+            .expect("kubectl renders config/rbac");
+        assert!(
+            output.status.success(),
+            "kubectl kustomize config/rbac failed"
+        );
+        let yaml = String::from_utf8(output.stdout).expect("utf-8");
+        crate::samples::apply_yaml(client, "config/rbac", &yaml)
+            .await
+            .expect("applying config/rbac");
+    }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("hostport-e2e").force();
     for (_, crd) in hostport_api::crds::all() {

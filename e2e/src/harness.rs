@@ -34,6 +34,8 @@ pub struct Env {
     /// Prefix for cluster-scoped names (classes), unique per scenario.
     pub prefix: String,
     server: Option<TestApiServer>,
+    /// The real cluster's client configuration (`E2E_KUBECONFIG`).
+    cluster_config: Option<kube::Config>,
 }
 
 impl std::fmt::Debug for Env {
@@ -78,6 +80,7 @@ impl Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unique = format!("{name}-{}-{n}", std::process::id());
+        let mut cluster_config = None;
         let (client, server) = match std::env::var_os("E2E_KUBECONFIG") {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(&path)
@@ -85,6 +88,7 @@ impl Env {
                 let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                     .await
                     .unwrap_or_else(|e| panic!("E2E_KUBECONFIG {path:?}: {e}"));
+                cluster_config = Some(config.clone());
                 (Client::try_from(config).expect("client"), None)
             }
             None => {
@@ -97,9 +101,10 @@ impl Env {
             namespace: unique.clone(),
             prefix: unique,
             server,
+            cluster_config,
         };
         if env.server.is_none() {
-            crate::cluster::prepare(&env.client).await;
+            crate::cluster::prepare(&env.client, std::env::var_os("E2E_RBAC").is_some()).await;
         }
         for namespace in [env.namespace.as_str(), SYSTEM_NAMESPACE] {
             let labels = if namespace == env.namespace {
@@ -128,11 +133,26 @@ impl Env {
     }
 
     /// A client authenticated as `user` (on a real cluster: the admin client).
+    ///
+    /// On a real cluster with `E2E_RBAC=1` the client impersonates the user (config/rbac is
+    /// applied first), so a missing permission fails the scenario; otherwise it is the
+    /// kubeconfig's own user.
     pub fn client_as(&self, user: UserInfo) -> Client {
-        match &self.server {
-            Some(server) => server.client_as(user),
-            None => self.client.clone(),
+        match (&self.server, &self.cluster_config) {
+            (Some(server), _) => server.client_as(user),
+            (None, Some(config)) if std::env::var_os("E2E_RBAC").is_some() => {
+                let mut config = config.clone();
+                config.auth_info.impersonate = Some(user.username);
+                config.auth_info.impersonate_groups = Some(user.groups);
+                Client::try_from(config).expect("impersonating client")
+            }
+            _ => self.client.clone(),
         }
+    }
+
+    /// Whether binaries run as their own ServiceAccounts (in-process server, or `E2E_RBAC`).
+    pub fn as_service_accounts(&self) -> bool {
+        self.server.is_some() || std::env::var_os("E2E_RBAC").is_some()
     }
 
     /// Starts a controller in-process (without leader election unless `options` says so).
@@ -153,10 +173,11 @@ impl Env {
     /// Starts the webhook in-process on 127.0.0.1 and registers its configurations (pods
     /// in this scenario's namespace only, so scenarios sharing a real cluster do not meet).
     pub async fn start_webhook(&self) -> LocalWebhook {
-        // On a real cluster the in-process controller writes as the kubeconfig's user.
-        let allocator_users = match &self.server {
-            Some(_) => vec![controller_user().username],
-            None => vec![controller_user().username, self.admin_username().await],
+        // Without impersonation, the in-process controller writes as the kubeconfig's user.
+        let allocator_users = if self.as_service_accounts() {
+            vec![controller_user().username]
+        } else {
+            vec![controller_user().username, self.admin_username().await]
         };
         let client = self.client_as(UserInfo::service_account(
             SYSTEM_NAMESPACE,

@@ -142,6 +142,10 @@ impl Default for Registry {
                 .with_short_names(&["cm"]),
             ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true)
                 .with_short_names(&["sa"]),
+            // Stored, not enforced.
+            ResourceType::builtin("", "v1", "ResourceQuota", "resourcequotas", true)
+                .with_status()
+                .with_short_names(&["quota"]),
             ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true)
                 .with_short_names(&["ev"]),
             ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),

@@ -1,0 +1,118 @@
+//! Every example in `config/samples/` (the README's examples) applies to the API server and
+//! does what the README says, with the real controller and webhook.
+
+use std::time::Duration;
+
+use hostport_api::HostPortClaim;
+use hostport_controller::RunOptions;
+use hostport_e2e::apiserver::{TestApiServer, UserInfo};
+use hostport_e2e::harness::{SYSTEM_NAMESPACE, controller_user};
+use hostport_e2e::{local, samples};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/samples");
+
+#[tokio::test]
+async fn every_sample_applies_and_works() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The samples use fixed names (namespace demo, class sample): a server of their own.
+    let server = TestApiServer::start().await.expect("server");
+    let admin = server.client();
+    Api::<Namespace>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": SYSTEM_NAMESPACE}})).expect("ns"),
+        )
+        .await
+        .expect("namespace");
+    let webhook = local::start_webhook(
+        server.client_as(UserInfo::service_account(
+            SYSTEM_NAMESPACE,
+            "hostport-webhook",
+        )),
+        vec![controller_user().username],
+    )
+    .await;
+    local::register_webhooks(
+        &admin,
+        "hostport-allocator",
+        &webhook,
+        json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
+    )
+    .await
+    .expect("register");
+    let _controller = tokio::spawn(hostport_controller::run(
+        server.client_as(controller_user()),
+        RunOptions::default(),
+        std::future::pending(),
+    ));
+
+    let mut files: Vec<String> = std::fs::read_dir(SAMPLES)
+        .expect("samples")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .collect();
+    // Namespace, class, claims, then pods, as the README orders them.
+    files.sort_by_key(|f| {
+        let text = std::fs::read_to_string(format!("{SAMPLES}/{f}")).unwrap_or_default();
+        match f.as_str() {
+            "namespace.yaml" => 0,
+            "hostportclass.yaml" => 1,
+            _ if text.contains("kind: Pod") => 3,
+            _ => 2,
+        }
+    });
+    for file in &files {
+        let yaml = std::fs::read_to_string(format!("{SAMPLES}/{file}")).expect("read");
+        // A pod is admitted once its claim is bound: retry while the webhook says so.
+        let mut attempts = 0;
+        loop {
+            match samples::apply_yaml(&admin, file, &yaml).await {
+                Ok(_) => break,
+                Err(error) if error.to_string().contains("not Bound yet") && attempts < 100 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+
+    let claims: Api<HostPortClaim> = Api::namespaced(admin.clone(), "demo");
+    let minecraft = claims.get("minecraft").await.expect("static claim");
+    assert_eq!(
+        minecraft.bound_port(),
+        Some(9250),
+        "the static claim gets exactly its port"
+    );
+    let game = claims
+        .get("game")
+        .await
+        .expect("game claim")
+        .bound_port()
+        .expect("bound");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "demo");
+    let server_pod = pods.get("game-server").await.expect("game pod");
+    let ports = server_pod.spec.expect("spec").containers[0]
+        .ports
+        .clone()
+        .expect("ports");
+    assert!(
+        ports.iter().all(|p| p.host_port == Some(i32::from(game))),
+        "TCP and UDP share the claim's port: {ports:?}"
+    );
+    let echo = pods.get("echo").await.expect("echo pod");
+    assert!(
+        echo.metadata
+            .annotations
+            .expect("annotations")
+            .contains_key("port.hostport.rmb938.com/web")
+    );
+    let quota: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(admin, "demo");
+    quota
+        .get("host-ports")
+        .await
+        .expect("the quota sample is stored");
+}
