@@ -91,91 +91,53 @@ struct Due {
     webhook: Value,
 }
 
-/// Runs the matching mutating webhooks in order, applying their patches to `object`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn mutate(
-    shared: &Arc<Shared>,
-    rt: &ResourceType,
-    operation: Operation,
-    subresource: Option<&str>,
-    object: &mut Value,
-    old: Option<&Value>,
-    user: &UserInfo,
-    namespace: Option<&str>,
-    dry_run: bool,
-) -> ApiResult<()> {
-    let due = due_webhooks(
-        shared,
-        "mutatingwebhookconfigurations",
-        rt,
-        operation,
-        subresource,
-        object,
-        old,
-        namespace,
-    );
-    for webhook in due {
-        let review = review(
-            rt,
-            operation,
-            subresource,
-            object,
-            old,
-            user,
-            namespace,
-            dry_run,
-            shared,
-        );
-        if let Some(response) = call(shared, &webhook, &review).await? {
-            verdict(&webhook, &response)?;
-            if !response["patch"].is_null() {
+/// One request as admission sees it.
+#[derive(Clone, Copy)]
+pub(crate) struct Admission<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub rt: &'a ResourceType,
+    pub operation: Operation,
+    pub subresource: Option<&'a str>,
+    pub old: Option<&'a Value>,
+    pub user: &'a UserInfo,
+    pub namespace: Option<&'a str>,
+    pub dry_run: bool,
+}
+
+impl Admission<'_> {
+    /// Runs the matching mutating webhooks in order, applying their patches to `object`.
+    pub async fn mutate(&self, object: &mut Value) -> ApiResult<()> {
+        for webhook in self.due("mutatingwebhookconfigurations", object) {
+            if let Some(response) = self.ask(&webhook, object).await?
+                && !response["patch"].is_null()
+            {
                 apply_response_patch(&webhook, &response["patch"], object)?;
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Runs the matching validating webhooks.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn validate(
-    shared: &Arc<Shared>,
-    rt: &ResourceType,
-    operation: Operation,
-    subresource: Option<&str>,
-    object: &Value,
-    old: Option<&Value>,
-    user: &UserInfo,
-    namespace: Option<&str>,
-    dry_run: bool,
-) -> ApiResult<()> {
-    let due = due_webhooks(
-        shared,
-        "validatingwebhookconfigurations",
-        rt,
-        operation,
-        subresource,
-        object,
-        old,
-        namespace,
-    );
-    for webhook in due {
-        let review = review(
-            rt,
-            operation,
-            subresource,
-            object,
-            old,
-            user,
-            namespace,
-            dry_run,
-            shared,
-        );
-        if let Some(response) = call(shared, &webhook, &review).await? {
-            verdict(&webhook, &response)?;
+    /// Runs the matching validating webhooks.
+    pub async fn validate(&self, object: &Value) -> ApiResult<()> {
+        for webhook in self.due("validatingwebhookconfigurations", object) {
+            self.ask(&webhook, object).await?;
         }
+        Ok(())
     }
-    Ok(())
+
+    fn due(&self, configurations: &str, object: &Value) -> Vec<Due> {
+        due_webhooks(self.shared, configurations, self.rt, self.operation, self.subresource, object, self.old, self.namespace)
+    }
+
+    /// Calls one webhook; its response when it allowed the request (`None`: failed, ignored).
+    async fn ask(&self, webhook: &Due, object: &Value) -> ApiResult<Option<Value>> {
+        let review = review(self.rt, self.operation, self.subresource, object, self.old, self.user, self.namespace, self.dry_run, self.shared);
+        let response = call(self.shared, webhook, &review).await?;
+        if let Some(response) = &response {
+            verdict(webhook, response)?;
+        }
+        Ok(response)
+    }
 }
 
 fn name_of(webhook: &Due) -> &str {

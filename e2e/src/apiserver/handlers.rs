@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::admission::{self, Operation};
+use super::admission::{Admission, Operation};
 use super::faults::Verb;
 use super::identity::UserInfo;
 use super::patch::{PatchKind, apply_patch};
@@ -249,6 +249,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    fn admission<'a>(&'a self, operation: Operation, subresource: Option<&'a str>, old: Option<&'a Value>) -> Admission<'a> {
+        Admission {
+            shared: self.shared,
+            rt: self.rt,
+            operation,
+            subresource,
+            old,
+            user: self.user,
+            namespace: self.path.namespace.as_deref(),
+            dry_run: self.query.dry_run(),
+        }
+    }
+
     fn key(&self, name: &str) -> ObjectKey {
         (
             self.path.namespace.clone().unwrap_or_default(),
@@ -504,19 +517,7 @@ impl Ctx<'_> {
                 }],
             ));
         }
-        let namespace = self.path.namespace.as_deref();
-        admission::mutate(
-            self.shared,
-            self.rt,
-            Operation::Create,
-            None,
-            &mut object,
-            None,
-            self.user,
-            namespace,
-            self.query.dry_run(),
-        )
-        .await?;
+        self.admission(Operation::Create, None, None).mutate(&mut object).await?;
         // Like rest.BeforeCreate: name generation and server fields after mutating admission.
         if object["metadata"]["name"]
             .as_str()
@@ -534,18 +535,7 @@ impl Ctx<'_> {
         object["metadata"]["generation"] = json!(1);
         self.prune_and_default(&mut object)?;
         self.validate_object(&object, None)?;
-        admission::validate(
-            self.shared,
-            self.rt,
-            Operation::Create,
-            None,
-            &object,
-            None,
-            self.user,
-            namespace,
-            self.query.dry_run(),
-        )
-        .await?;
+        self.admission(Operation::Create, None, None).validate(&object).await?;
         if self.query.dry_run() {
             return Ok(object);
         }
@@ -732,34 +722,11 @@ impl Ctx<'_> {
         if self.rt.custom.is_some() {
             self.prune_and_default(&mut new)?;
         }
-        let namespace = self.path.namespace.as_deref();
         let sub = self.path.subresource.as_deref();
-        admission::mutate(
-            self.shared,
-            self.rt,
-            Operation::Update,
-            sub,
-            &mut new,
-            Some(old),
-            self.user,
-            namespace,
-            self.query.dry_run(),
-        )
-        .await?;
+        self.admission(Operation::Update, sub, Some(old)).mutate(&mut new).await?;
         self.prune_and_default(&mut new)?;
         self.validate_object(&new, Some(old))?;
-        admission::validate(
-            self.shared,
-            self.rt,
-            Operation::Update,
-            sub,
-            &new,
-            Some(old),
-            self.user,
-            namespace,
-            self.query.dry_run(),
-        )
-        .await?;
+        self.admission(Operation::Update, sub, Some(old)).validate(&new).await?;
         if spec_part(&new) != spec_part(old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(generation);
@@ -837,19 +804,7 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        let namespace = self.path.namespace.as_deref();
-        admission::validate(
-            self.shared,
-            self.rt,
-            Operation::Delete,
-            None,
-            &Value::Null,
-            Some(&old),
-            self.user,
-            namespace,
-            self.query.dry_run(),
-        )
-        .await?;
+        self.admission(Operation::Delete, None, Some(&old)).validate(&Value::Null).await?;
         if self.query.dry_run() {
             return Ok(json_response(StatusCode::OK, &old));
         }
