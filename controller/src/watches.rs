@@ -45,6 +45,30 @@ fn strip_host_port(host_port: &mut HostPort) {
     }
 }
 
+/// Drives a watch: every event goes into the cache, then to `on_event`; errors are logged
+/// (the stream backs off and resumes by itself).
+async fn follow<K, S>(
+    stream: S,
+    kind: &str,
+    writer: &mut Writer<K>,
+    mut on_event: impl FnMut(&Event<K>),
+) where
+    K: kube::Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                writer.apply_watcher_event(&event);
+                on_event(&event);
+            }
+            Err(error) => log_watch_error(kind, &error),
+        }
+    }
+}
+
 fn log_watch_error(kind: &str, error: &watcher::Error) {
     tracing::warn!(%error, kind, "watch failed; retrying with backoff");
 }
@@ -66,40 +90,30 @@ fn touched_host_port(ctx: &Context, host_port: &HostPort) {
 /// HostPorts: cache, port book, and wake-ups of their claims and classes.
 pub async fn host_ports(ctx: Arc<Context>, mut writer: Writer<HostPort>) {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(strip_host_port)
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                log_watch_error("HostPort", &error);
-                continue;
-            }
-        };
-        writer.apply_watcher_event(&event);
-        match &event {
-            Event::Init => ctx.book().relist_start(),
-            Event::InitApply(host_port) => {
-                ctx.book().relist_apply(host_port);
-                touched_host_port(&ctx, host_port);
-            }
-            Event::InitDone => {
-                ctx.book().relist_done();
-                ctx.wake_waiting();
-            }
-            Event::Apply(host_port) => {
-                ctx.book().apply(host_port);
-                touched_host_port(&ctx, host_port);
-            }
-            Event::Delete(host_port) => {
-                ctx.book().delete(&host_port.name_any());
-                touched_host_port(&ctx, host_port);
-                ctx.wake_waiting();
-            }
+        .modify(strip_host_port);
+    follow(stream, "HostPort", &mut writer, |event| match event {
+        Event::Init => ctx.book().relist_start(),
+        Event::InitApply(host_port) => {
+            ctx.book().relist_apply(host_port);
+            touched_host_port(&ctx, host_port);
         }
-    }
+        Event::InitDone => {
+            ctx.book().relist_done();
+            ctx.wake_waiting();
+        }
+        Event::Apply(host_port) => {
+            ctx.book().apply(host_port);
+            touched_host_port(&ctx, host_port);
+        }
+        Event::Delete(host_port) => {
+            ctx.book().delete(&host_port.name_any());
+            touched_host_port(&ctx, host_port);
+            ctx.wake_waiting();
+        }
+    })
+    .await;
 }
 
 fn class_if_deleting(ctx: &Context, claim: &HostPortClaim) {
@@ -117,20 +131,11 @@ fn class_if_deleting(ctx: &Context, claim: &HostPortClaim) {
 /// HostPortClaims: cache and their own reconciles.
 pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
     let api: Api<HostPortClaim> = Api::all(ctx.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(strip_metadata)
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                log_watch_error("HostPortClaim", &error);
-                continue;
-            }
-        };
-        writer.apply_watcher_event(&event);
-        match &event {
+        .modify(strip_metadata);
+    follow(stream, "HostPortClaim", &mut writer, |event| {
+        match event {
             Event::InitApply(claim) | Event::Apply(claim) => {
                 let _ = ctx.triggers.claims.send(ObjectRef::from_obj(claim));
                 class_if_deleting(&ctx, claim);
@@ -150,25 +155,16 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
             }
             Event::Init | Event::InitDone => {}
         }
-    }
+    })
+    .await;
 }
 
 /// HostPortClasses: cache, their own reconciles, and retries of the claims waiting for them.
 pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     let api: Api<HostPortClass> = Api::all(ctx.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                log_watch_error("HostPortClass", &error);
-                continue;
-            }
-        };
-        writer.apply_watcher_event(&event);
-        match &event {
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    follow(stream, "HostPortClass", &mut writer, |event| {
+        match event {
             Event::InitApply(class) => {
                 let _ = ctx.triggers.classes.send(ObjectRef::from_obj(class));
             }
@@ -196,7 +192,8 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
             }
             Event::Init | Event::InitDone => {}
         }
-    }
+    })
+    .await;
 }
 
 /// Keeps what deletion gating needs of a pod: name, namespace, claim annotations, phase.
@@ -219,19 +216,10 @@ fn strip(pod: &mut Pod) {
 /// Pods: a stripped cache, and wake-ups of the deleting claims they hold.
 pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
-    let mut stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(strip)
-        .boxed();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                log_watch_error("Pod", &error);
-                continue;
-            }
-        };
-        writer.apply_watcher_event(&event);
+        .modify(strip);
+    follow(stream, "Pod", &mut writer, |event| {
         if let Event::Apply(pod) | Event::Delete(pod) = &event {
             let namespace = pod.namespace().unwrap_or_default();
             for claim in referenced_claim_names(pod.annotations()) {
@@ -246,7 +234,8 @@ pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
                 }
             }
         }
-    }
+    })
+    .await;
 }
 
 /// Refreshes the claims-by-phase gauges.

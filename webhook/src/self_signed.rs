@@ -170,45 +170,75 @@ pub async fn ensure(
 
 /// Webhook configurations whose webhooks' `clientConfig` can be reached.
 trait WebhookConfiguration:
-    kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
 {
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig>;
 }
 
 impl WebhookConfiguration for MutatingWebhookConfiguration {
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
-        self.webhooks.iter_mut().flatten().map(|w| &mut w.client_config).collect()
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
     }
 }
 
 impl WebhookConfiguration for ValidatingWebhookConfiguration {
     fn client_configs(&mut self) -> Vec<&mut WebhookClientConfig> {
-        self.webhooks.iter_mut().flatten().map(|w| &mut w.client_config).collect()
+        self.webhooks
+            .iter_mut()
+            .flatten()
+            .map(|w| &mut w.client_config)
+            .collect()
     }
 }
 
 /// Sets `caBundle` on every webhook of configuration `name` (no write when already set).
-async fn set_ca_bundle<K: WebhookConfiguration>(client: &Client, name: &str, bundle: &ByteString) -> Result<(), SelfSignedError> {
+async fn set_ca_bundle<K: WebhookConfiguration>(
+    client: &Client,
+    name: &str,
+    bundle: &ByteString,
+) -> Result<(), SelfSignedError> {
     let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&());
     for _ in 0..5 {
-        let mut object = api.get(name).await.map_err(api_error(format!("reading {kind} {name}")))?;
+        let mut object = api
+            .get(name)
+            .await
+            .map_err(api_error(format!("reading {kind} {name}")))?;
         let configs = object.client_configs();
         if configs.iter().all(|c| c.ca_bundle.as_ref() == Some(bundle)) {
             return Ok(());
         }
-        configs.into_iter().for_each(|c| c.ca_bundle = Some(bundle.clone()));
+        configs
+            .into_iter()
+            .for_each(|c| c.ca_bundle = Some(bundle.clone()));
         match api.replace(name, &PostParams::default(), &object).await {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => continue,
-            Err(source) => return Err(SelfSignedError::Api { action: format!("writing the caBundle of {kind} {name}"), source }),
+            Err(source) => {
+                return Err(SelfSignedError::Api {
+                    action: format!("writing the caBundle of {kind} {name}"),
+                    source,
+                });
+            }
         }
     }
     Ok(())
 }
 
 /// Sets `caBundle` on every webhook of the named configurations.
-pub async fn patch_ca_bundles(client: &Client, config: &SelfSigned, ca_pem: &str) -> Result<(), SelfSignedError> {
+pub async fn patch_ca_bundles(
+    client: &Client,
+    config: &SelfSigned,
+    ca_pem: &str,
+) -> Result<(), SelfSignedError> {
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     for name in &config.mutating {
         set_ca_bundle::<MutatingWebhookConfiguration>(client, name, &bundle).await?;

@@ -126,12 +126,31 @@ impl Admission<'_> {
     }
 
     fn due(&self, configurations: &str, object: &Value) -> Vec<Due> {
-        due_webhooks(self.shared, configurations, self.rt, self.operation, self.subresource, object, self.old, self.namespace)
+        due_webhooks(
+            self.shared,
+            configurations,
+            self.rt,
+            self.operation,
+            self.subresource,
+            object,
+            self.old,
+            self.namespace,
+        )
     }
 
     /// Calls one webhook; its response when it allowed the request (`None`: failed, ignored).
     async fn ask(&self, webhook: &Due, object: &Value) -> ApiResult<Option<Value>> {
-        let review = review(self.rt, self.operation, self.subresource, object, self.old, self.user, self.namespace, self.dry_run, self.shared);
+        let review = review(
+            self.rt,
+            self.operation,
+            self.subresource,
+            object,
+            self.old,
+            self.user,
+            self.namespace,
+            self.dry_run,
+            self.shared,
+        );
         let response = call(self.shared, webhook, &review).await?;
         if let Some(response) = &response {
             verdict(webhook, response)?;

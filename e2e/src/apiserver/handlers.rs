@@ -249,7 +249,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn admission<'a>(&'a self, operation: Operation, subresource: Option<&'a str>, old: Option<&'a Value>) -> Admission<'a> {
+    fn admission<'a>(
+        &'a self,
+        operation: Operation,
+        subresource: Option<&'a str>,
+        old: Option<&'a Value>,
+    ) -> Admission<'a> {
         Admission {
             shared: self.shared,
             rt: self.rt,
@@ -517,7 +522,9 @@ impl Ctx<'_> {
                 }],
             ));
         }
-        self.admission(Operation::Create, None, None).mutate(&mut object).await?;
+        self.admission(Operation::Create, None, None)
+            .mutate(&mut object)
+            .await?;
         // Like rest.BeforeCreate: name generation and server fields after mutating admission.
         if object["metadata"]["name"]
             .as_str()
@@ -535,7 +542,9 @@ impl Ctx<'_> {
         object["metadata"]["generation"] = json!(1);
         self.prune_and_default(&mut object)?;
         self.validate_object(&object, None)?;
-        self.admission(Operation::Create, None, None).validate(&object).await?;
+        self.admission(Operation::Create, None, None)
+            .validate(&object)
+            .await?;
         if self.query.dry_run() {
             return Ok(object);
         }
@@ -723,10 +732,14 @@ impl Ctx<'_> {
             self.prune_and_default(&mut new)?;
         }
         let sub = self.path.subresource.as_deref();
-        self.admission(Operation::Update, sub, Some(old)).mutate(&mut new).await?;
+        self.admission(Operation::Update, sub, Some(old))
+            .mutate(&mut new)
+            .await?;
         self.prune_and_default(&mut new)?;
         self.validate_object(&new, Some(old))?;
-        self.admission(Operation::Update, sub, Some(old)).validate(&new).await?;
+        self.admission(Operation::Update, sub, Some(old))
+            .validate(&new)
+            .await?;
         if spec_part(&new) != spec_part(old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(generation);
@@ -804,7 +817,9 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.admission(Operation::Delete, None, Some(&old)).validate(&Value::Null).await?;
+        self.admission(Operation::Delete, None, Some(&old))
+            .validate(&Value::Null)
+            .await?;
         if self.query.dry_run() {
             return Ok(json_response(StatusCode::OK, &old));
         }
