@@ -101,3 +101,61 @@ pub async fn register_webhooks(
         .await?;
     Ok(())
 }
+
+/// The controller and the webhook running against an in-process API server the way a cluster
+/// install runs them: as their ServiceAccounts, the webhook registered as
+/// `hostport-allocator` for namespaces labelled `hostport.rmb938.com: "true"`.
+#[derive(Debug)]
+pub struct Stack {
+    /// The webhook.
+    pub webhook: LocalWebhook,
+    controller: tokio::task::JoinHandle<hostport_controller::Result<()>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+/// Starts the stack on `server` (creating the `hostport-system` namespace).
+pub async fn start_stack(server: &crate::apiserver::TestApiServer) -> Result<Stack, kube::Error> {
+    use crate::apiserver::UserInfo;
+    use crate::harness::{SYSTEM_NAMESPACE, controller_user};
+    let admin = server.client();
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": SYSTEM_NAMESPACE}}))
+            .map_err(kube::Error::SerdeError)?;
+    match Api::all(admin.clone())
+        .create(&Default::default(), &namespace)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(error),
+    }
+    let webhook = start_webhook(
+        server.client_as(UserInfo::service_account(
+            SYSTEM_NAMESPACE,
+            "hostport-webhook",
+        )),
+        vec![controller_user().username],
+    )
+    .await;
+    register_webhooks(
+        &admin,
+        "hostport-allocator",
+        &webhook,
+        serde_json::json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
+    )
+    .await?;
+    let controller = tokio::spawn(hostport_controller::run(
+        server.client_as(controller_user()),
+        hostport_controller::RunOptions::default(),
+        std::future::pending(),
+    ));
+    Ok(Stack {
+        webhook,
+        controller,
+    })
+}

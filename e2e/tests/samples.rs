@@ -4,13 +4,10 @@
 use std::time::Duration;
 
 use hostport_api::HostPortClaim;
-use hostport_controller::RunOptions;
-use hostport_e2e::apiserver::{TestApiServer, UserInfo};
-use hostport_e2e::harness::{SYSTEM_NAMESPACE, controller_user};
+use hostport_e2e::apiserver::TestApiServer;
 use hostport_e2e::{local, samples};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/samples");
 
@@ -20,34 +17,9 @@ async fn every_sample_applies_and_works() {
     // The samples use fixed names (namespace demo, class sample): a server of their own.
     let server = TestApiServer::start().await.expect("server");
     let admin = server.client();
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": SYSTEM_NAMESPACE}})).expect("ns"),
-        )
+    let _stack = local::start_stack(&server)
         .await
-        .expect("namespace");
-    let webhook = local::start_webhook(
-        server.client_as(UserInfo::service_account(
-            SYSTEM_NAMESPACE,
-            "hostport-webhook",
-        )),
-        vec![controller_user().username],
-    )
-    .await;
-    local::register_webhooks(
-        &admin,
-        "hostport-allocator",
-        &webhook,
-        json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
-    )
-    .await
-    .expect("register");
-    let _controller = tokio::spawn(hostport_controller::run(
-        server.client_as(controller_user()),
-        RunOptions::default(),
-        std::future::pending(),
-    ));
+        .expect("controller and webhook");
 
     let mut files: Vec<String> = std::fs::read_dir(SAMPLES)
         .expect("samples")

@@ -15,11 +15,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hostport_api::conditions::{self, types};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
-use hostport_controller::RunOptions;
 use hostport_e2e::apiserver::{TestApiServer, UserInfo};
-use hostport_e2e::harness::{SYSTEM_NAMESPACE, controller_user};
+use hostport_e2e::harness::controller_user;
 use hostport_e2e::{local, samples};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -104,33 +103,10 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         serde_saphyr::to_string(&server.kubeconfig(UserInfo::admin())).context("kubeconfig")?;
     std::fs::write(&args.kubeconfig, kubeconfig)
         .with_context(|| format!("writing {}", args.kubeconfig.display()))?;
-    Api::<Namespace>::all(admin.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": SYSTEM_NAMESPACE}}))?,
-        )
-        .await?;
-    let webhook = local::start_webhook(
-        server.client_as(UserInfo::service_account(
-            SYSTEM_NAMESPACE,
-            "hostport-webhook",
-        )),
-        vec![controller_user().username],
-    )
-    .await;
-    local::register_webhooks(
-        &admin,
-        "hostport-allocator",
-        &webhook,
-        json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
-    )
-    .await?;
-    let controller_client = server.client_as(controller_user());
-    let controller = tokio::spawn(hostport_controller::run(
-        controller_client,
-        RunOptions::default(),
-        std::future::pending(),
-    ));
+    let stack = local::start_stack(&server)
+        .await
+        .context("starting the controller and the webhook")?;
+    let webhook = &stack.webhook;
 
     println!("hostport-allocator demo");
     println!("   Kubernetes API server (in-process): {}", server.url());
@@ -284,7 +260,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         );
         println!("ctrl-c to stop.");
         tokio::signal::ctrl_c().await?;
-        controller.abort();
+        drop(stack);
         return Ok(());
     }
 
@@ -335,7 +311,7 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         "   hostportclass/sample: available {}",
         freed.status.and_then(|s| s.available).unwrap_or_default()
     );
-    controller.abort();
+    drop(stack);
     println!("\nDemo complete: every step above was read back from the API server.");
     Ok(())
 }
