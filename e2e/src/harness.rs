@@ -71,6 +71,54 @@ impl Drop for ControllerHandle {
     }
 }
 
+/// A `hostport-controller` process; killed when dropped.
+#[derive(Debug)]
+pub struct ControllerProcess {
+    /// The process.
+    pub child: std::process::Child,
+}
+
+impl ControllerProcess {
+    /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace, next to the test executable's `deps/` directory.
+fn built_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let binary = dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is not built: run `cargo build -p controller` (cargo test --workspace builds it)",
+        binary.display()
+    );
+    binary
+}
+
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
@@ -158,6 +206,32 @@ impl Env {
     /// Starts a controller in-process (without leader election unless `options` says so).
     pub fn start_controller(&self, options: RunOptions) -> ControllerHandle {
         self.start_controller_as(controller_user(), options)
+    }
+
+    /// Starts the `hostport-controller` binary as a process against this environment, as
+    /// `user` (a kubeconfig is written for it; on a real cluster it is `E2E_KUBECONFIG`).
+    /// The binary must be built (`cargo build -p controller`; `cargo test --workspace` does).
+    pub fn start_controller_process(&self, user: UserInfo, args: &[&str]) -> ControllerProcess {
+        let binary = built_binary("hostport-controller");
+        let kubeconfig = match (&self.server, std::env::var_os("E2E_KUBECONFIG")) {
+            (Some(server), _) => {
+                let path =
+                    std::env::temp_dir().join(format!("{}-controller.kubeconfig", self.prefix));
+                let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("kubeconfig");
+                std::fs::write(&path, yaml).expect("write kubeconfig");
+                path
+            }
+            (None, Some(path)) => std::path::PathBuf::from(path),
+            (None, None) => unreachable!("an environment is in-process or on a cluster"),
+        };
+        let child = std::process::Command::new(&binary)
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        ControllerProcess { child }
     }
 
     /// Starts a controller in-process as `user`.

@@ -427,3 +427,44 @@ async fn health_readiness_and_metrics() {
     );
     env.cleanup().await;
 }
+
+/// The binary itself: flags, KUBECONFIG, leader election, graceful SIGTERM that gives the
+/// Lease up.
+#[tokio::test]
+async fn controller_binary_binds_and_stops_gracefully() {
+    let env = Env::new("process").await;
+    let class = env.create_class("sample", &[(9990, 9999)]).await;
+    let lease_namespace = hostport_e2e::harness::SYSTEM_NAMESPACE;
+    let process = env.start_controller_process(
+        hostport_e2e::harness::controller_user(),
+        &[
+            "--metrics-address=127.0.0.1:0",
+            "--leader-election=true",
+            &format!("--leader-election-namespace={lease_namespace}"),
+            &format!("--leader-election-id={}", env.prefix),
+            "--identity=process-test",
+        ],
+    );
+    env.create_claim("a", &class, None).await;
+    assert_eq!(env.bound("a").await.bound_port(), Some(9990));
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), lease_namespace);
+    let held = leases.get(&env.prefix).await.expect("lease");
+    assert_eq!(
+        held.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("process-test")
+    );
+
+    let status = tokio::task::spawn_blocking(move || process.terminate(Duration::from_secs(10)))
+        .await
+        .expect("join")
+        .expect("the controller stops within 10 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let released = leases.get(&env.prefix).await.expect("lease");
+    assert_eq!(
+        released.spec.and_then(|s| s.holder_identity),
+        None,
+        "the Lease is given up on shutdown"
+    );
+    env.cleanup().await;
+}
