@@ -628,3 +628,35 @@ async fn events_and_leases_are_served() {
         .await
         .expect("lease");
 }
+
+#[tokio::test]
+async fn server_owned_metadata_is_immutable() {
+    let (_server, client) = server().await;
+    let claims: Api<HostPortClaim> = Api::namespaced(client, "default");
+    let created = claims
+        .create(&PostParams::default(), &claim("c", "sample"))
+        .await
+        .expect("create");
+    let mut other_uid = created.clone();
+    other_uid.metadata.uid = Some("another".into());
+    let err = claims
+        .replace("c", &PostParams::default(), &other_uid)
+        .await
+        .expect_err("uid change");
+    assert_eq!(status_code(&err), 422);
+    assert!(
+        message(&err).contains("metadata.uid: Invalid value: \"another\": field is immutable"),
+        "{}",
+        message(&err)
+    );
+    let mut other_time = created.clone();
+    other_time.metadata.creation_timestamp = None;
+    let kept = claims
+        .replace("c", &PostParams::default(), &other_time)
+        .await
+        .expect("replace");
+    assert_eq!(
+        kept.metadata.creation_timestamp, created.metadata.creation_timestamp,
+        "creationTimestamp is the server's"
+    );
+}

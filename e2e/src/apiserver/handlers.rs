@@ -681,6 +681,20 @@ impl Ctx<'_> {
             if !new["metadata"].is_object() {
                 new["metadata"] = json!({});
             }
+            // A different UID names another object: refused, as kube-apiserver does.
+            if let Some(uid) = new["metadata"]["uid"].as_str()
+                && Some(uid) != old["metadata"]["uid"].as_str()
+            {
+                return Err(ApiError::invalid(
+                    self.rt,
+                    self.name(),
+                    vec![FieldError::invalid(
+                        "metadata.uid",
+                        &json!(uid),
+                        "field is immutable",
+                    )],
+                ));
+            }
             // Server-owned and immutable metadata comes from the stored object.
             for field in [
                 "uid",
