@@ -474,3 +474,37 @@ async fn health_readiness_and_metrics() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn serves_http2_and_http1() {
+    let env = Env::new("alpn").await;
+    let webhook = env.start_webhook().await;
+    for (alpn, expected) in [
+        (b"h2".to_vec(), reqwest::Version::HTTP_2),
+        (b"http/1.1".to_vec(), reqwest::Version::HTTP_11),
+    ] {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(webhook.ca_pem.as_bytes()) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn];
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .build()
+            .expect("client");
+        let response = client
+            .post(format!("{}/mutate-v1-pod", webhook.url))
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.version(), expected);
+    }
+}
