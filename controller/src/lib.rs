@@ -9,6 +9,7 @@
 pub mod allocator;
 pub mod claim;
 pub mod class;
+pub mod cli;
 pub mod context;
 pub mod error;
 pub mod events;

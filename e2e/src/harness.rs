@@ -103,22 +103,6 @@ impl Drop for ControllerProcess {
     }
 }
 
-/// A binary of this workspace, next to the test executable's `deps/` directory.
-fn built_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
-    let binary = dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is not built: run `cargo build -p controller` (cargo test --workspace builds it)",
-        binary.display()
-    );
-    binary
-}
-
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
@@ -208,11 +192,15 @@ impl Env {
         self.start_controller_as(controller_user(), options)
     }
 
-    /// Starts the `hostport-controller` binary as a process against this environment, as
+    /// Starts the controller command line `binary` as a process against this environment, as
     /// `user` (a kubeconfig is written for it; on a real cluster it is `E2E_KUBECONFIG`).
-    /// The binary must be built (`cargo build -p controller`; `cargo test --workspace` does).
-    pub fn start_controller_process(&self, user: UserInfo, args: &[&str]) -> ControllerProcess {
-        let binary = built_binary("hostport-controller");
+    /// Tests pass `env!("CARGO_BIN_EXE_hostport-controller-under-test")`.
+    pub fn start_controller_process(
+        &self,
+        binary: &std::path::Path,
+        user: UserInfo,
+        args: &[&str],
+    ) -> ControllerProcess {
         let kubeconfig = match (&self.server, std::env::var_os("E2E_KUBECONFIG")) {
             (Some(server), _) => {
                 let path =
@@ -224,7 +212,7 @@ impl Env {
             (None, Some(path)) => std::path::PathBuf::from(path),
             (None, None) => unreachable!("an environment is in-process or on a cluster"),
         };
-        let child = std::process::Command::new(&binary)
+        let child = std::process::Command::new(binary)
             .args(args)
             .env("KUBECONFIG", &kubeconfig)
             .env("RUST_LOG", "warn")

@@ -436,6 +436,7 @@ async fn controller_binary_binds_and_stops_gracefully() {
     let class = env.create_class("sample", &[(9990, 9999)]).await;
     let lease_namespace = hostport_e2e::harness::SYSTEM_NAMESPACE;
     let process = env.start_controller_process(
+        std::path::Path::new(env!("CARGO_BIN_EXE_hostport-controller-under-test")),
         hostport_e2e::harness::controller_user(),
         &[
             "--metrics-address=127.0.0.1:0",

@@ -1,0 +1,156 @@
+//! The `hostport-controller` command line (its `main` is a few lines in `src/main.rs`, and
+//! the e2e tests run the same code as a process).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{LeaseConfig, RunOptions, Settings};
+use anyhow::Context as _;
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Binds HostPortClaims to HostPorts holding free node ports (hostport.rmb938.com).
+#[derive(Debug, Parser)]
+#[command(name = "hostport-controller", version, about)]
+pub struct Args {
+    /// Address serving /healthz, /readyz and /metrics.
+    #[arg(long, env = "HOSTPORT_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Elect a leader through a coordination.k8s.io Lease so one replica works at a time
+    /// (correctness does not depend on it).
+    #[arg(long, env = "HOSTPORT_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader election Lease (default: $POD_NAMESPACE, else the
+    /// kubeconfig's namespace).
+    #[arg(long, env = "HOSTPORT_LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(
+        long,
+        env = "HOSTPORT_LEADER_ELECTION_ID",
+        default_value = "hostport-controller"
+    )]
+    leader_election_id: String,
+    /// Seconds a leader keeps the Lease without renewing it.
+    #[arg(long, env = "HOSTPORT_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// This replica's identity in the Lease and in Events (default: $POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Reconciles in flight at once, per kind of object.
+    #[arg(long, env = "HOSTPORT_CONCURRENCY", default_value_t = 16)]
+    concurrency: u16,
+    /// At most one status write per HostPortClass per this many milliseconds.
+    #[arg(
+        long,
+        env = "HOSTPORT_CLASS_STATUS_INTERVAL_MS",
+        default_value_t = 1000
+    )]
+    class_status_interval_ms: u64,
+    /// Log format.
+    #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses the command line and runs until SIGTERM/ctrl-c.
+pub async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("hostport-controller-{}", std::process::id()));
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+
+    let options = RunOptions {
+        settings: Settings {
+            class_status_interval: Duration::from_millis(args.class_status_interval_ms),
+            reporter: "hostport-controller".into(),
+            identity: identity.clone(),
+        },
+        leader_election: args.leader_election.then(|| LeaseConfig {
+            namespace,
+            name: args.leader_election_id.clone(),
+            identity,
+            duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
+        }),
+        concurrency: args.concurrency.max(1),
+        ..RunOptions::default()
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
+    let health = crate::health_router(options.metrics.clone(), Arc::clone(&options.ready));
+    let serve_health = axum::serve(listener, health).with_graceful_shutdown(stopped());
+    let health_server = tokio::spawn(async move {
+        if let Err(error) = serve_health.await {
+            tracing::error!(%error, "health server stopped");
+        }
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(metrics = %args.metrics_address, leader_election = args.leader_election, "starting");
+    let result = crate::run(client, options, stopped()).await;
+    health_server.abort();
+    result.context("hostport-controller stopped")
+}
