@@ -404,13 +404,17 @@ async fn delete_extra_host_ports(
     let (cached, _) = ctx.book().of_claim(uid);
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     for extra in cached.into_iter().filter(|c| c.name != keep) {
-        let object_uid = ctx
-            .caches
-            .host_ports
-            .get(&ObjectRef::new(&extra.name))
-            .and_then(|hp| hp.uid());
+        // The book may be stale: the name may since belong to another claim's HostPort.
+        // Delete only what the API server says is this claim's, by that object's UID.
+        let current = api
+            .get_opt(&extra.name)
+            .await
+            .map_err(Error::api("reading", "HostPort", &extra.name))?;
+        let Some(current) = current.filter(|hp| hp.claim_uid() == Some(uid)) else {
+            continue;
+        };
         tracing::info!(claim = %claim_name(claim), host_port = %extra.name, "deleting a duplicate HostPort of the claim");
-        writes::delete_host_port(&api, &extra.name, object_uid).await?;
+        writes::delete_host_port(&api, &extra.name, current.uid()).await?;
     }
     Ok(())
 }
