@@ -406,10 +406,11 @@ async fn delete_extra_host_ports(
     for extra in cached.into_iter().filter(|c| c.name != keep) {
         // The book may be stale: the name may since belong to another claim's HostPort.
         // Delete only what the API server says is this claim's, by that object's UID.
-        let current = api
-            .get_opt(&extra.name)
-            .await
-            .map_err(Error::api("reading", "HostPort", &extra.name))?;
+        let current = api.get_opt(&extra.name).await.map_err(Error::api(
+            "reading",
+            "HostPort",
+            &extra.name,
+        ))?;
         let Some(current) = current.filter(|hp| hp.claim_uid() == Some(uid)) else {
             continue;
         };

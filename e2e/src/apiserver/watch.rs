@@ -229,6 +229,8 @@ impl WatchStream {
         ticker.tick().await;
         loop {
             tokio::select! {
+                // A closed watch (close_watches) delivers nothing more, even what it held.
+                biased;
                 entry = live.recv() => {
                     let Some(entry) = entry else { return };
                     if self.frozen() {
