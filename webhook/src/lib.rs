@@ -3,6 +3,7 @@
 //! pods that would take host ports any other way, and guards this project's resources.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod metrics;
 pub mod pod;
 pub mod resources;

@@ -1,0 +1,251 @@
+//! The `hostport-webhook` command line (its `main` is a few lines in `src/main.rs`, and the
+//! e2e tests run the same code as a process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runner::{self, Options};
+use crate::self_signed::{self, SelfSigned};
+use crate::tls::{self, SwappableCert};
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+
+/// Admission webhook of hostport-allocator: injects host ports into pods that name a bound
+/// HostPortClaim and guards the hostport.rmb938.com resources.
+#[derive(Debug, Parser)]
+#[command(name = "hostport-webhook", version, about)]
+pub struct Args {
+    /// HTTPS address serving the admission paths.
+    #[arg(long, env = "HOSTPORT_WEBHOOK_LISTEN", default_value = "0.0.0.0:9443")]
+    listen: SocketAddr,
+    /// Plain-HTTP address serving /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "HOSTPORT_WEBHOOK_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8081"
+    )]
+    metrics_address: SocketAddr,
+    /// Serving certificate (PEM), e.g. from cert-manager; reloaded when the file changes.
+    #[arg(long, env = "HOSTPORT_WEBHOOK_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, env = "HOSTPORT_WEBHOOK_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in seconds.
+    #[arg(
+        long,
+        env = "HOSTPORT_WEBHOOK_TLS_RELOAD_SECONDS",
+        default_value_t = 10
+    )]
+    tls_reload_seconds: u64,
+    /// Generate a CA and serving certificate, keep them in a Secret shared by the replicas,
+    /// write the CA into the webhook configurations' caBundle, rotate before expiry.
+    #[arg(long, env = "HOSTPORT_WEBHOOK_SELF_SIGNED", default_value_t = false)]
+    self_signed: bool,
+    /// Secret holding the self-signed certificate.
+    #[arg(
+        long,
+        env = "HOSTPORT_WEBHOOK_SECRET",
+        default_value = "hostport-webhook-tls"
+    )]
+    secret: String,
+    /// Namespace of the Secret and the Service (default: $POD_NAMESPACE, else hostport-system).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Service in front of the webhook: the certificate is made for its DNS names.
+    #[arg(
+        long,
+        env = "HOSTPORT_WEBHOOK_SERVICE",
+        default_value = "hostport-webhook"
+    )]
+    service: String,
+    /// MutatingWebhookConfigurations whose caBundle --self-signed sets (repeatable).
+    #[arg(
+        long = "mutating-webhook-configuration",
+        env = "HOSTPORT_WEBHOOK_MUTATING_CONFIGURATIONS",
+        value_delimiter = ',',
+        default_value = "hostport-allocator"
+    )]
+    mutating: Vec<String>,
+    /// ValidatingWebhookConfigurations whose caBundle --self-signed sets (repeatable).
+    #[arg(
+        long = "validating-webhook-configuration",
+        env = "HOSTPORT_WEBHOOK_VALIDATING_CONFIGURATIONS",
+        value_delimiter = ',',
+        default_value = "hostport-allocator"
+    )]
+    validating: Vec<String>,
+    /// Users allowed to create and change HostPorts (repeatable; the controller's service account).
+    #[arg(
+        long = "allocator-user",
+        env = "HOSTPORT_WEBHOOK_ALLOCATOR_USERS",
+        value_delimiter = ',',
+        default_value = "system:serviceaccount:hostport-system:hostport-controller"
+    )]
+    allocator_users: Vec<String>,
+    /// Longest one API read may take while deciding, in milliseconds (keep it well below the
+    /// webhook configurations' timeoutSeconds).
+    #[arg(long, env = "HOSTPORT_WEBHOOK_API_TIMEOUT_MS", default_value_t = 2000)]
+    api_timeout_ms: u64,
+    /// Log format.
+    #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses the command line and serves until SIGTERM/ctrl-c.
+pub async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init(),
+    }
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+    match (&args.tls_cert_file, &args.tls_key_file, args.self_signed) {
+        (Some(_), None, _) => bail!("--tls-key-file must be set together with --tls-cert-file"),
+        (None, Some(_), _) => bail!("--tls-cert-file must be set together with --tls-key-file"),
+        (Some(_), Some(_), true) => {
+            bail!("use either --tls-cert-file/--tls-key-file or --self-signed, not both")
+        }
+        (None, None, false) => bail!(
+            "no serving certificate: set --tls-cert-file and --tls-key-file, or --self-signed"
+        ),
+        _ => {}
+    }
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+
+    let certs = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert_pem = std::fs::read(cert)
+                .with_context(|| format!("reading --tls-cert-file {}", cert.display()))?;
+            let key_pem = std::fs::read(key)
+                .with_context(|| format!("reading --tls-key-file {}", key.display()))?;
+            let loaded = tls::certified_key(&cert_pem, &key_pem)
+                .context("loading --tls-cert-file/--tls-key-file")?;
+            let certs = Arc::new(SwappableCert::new(loaded));
+            tokio::spawn(tls::reload_files(
+                cert.clone(),
+                key.clone(),
+                certs.clone(),
+                Duration::from_secs(args.tls_reload_seconds.max(1)),
+            ));
+            certs
+        }
+        _ => {
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "hostport-system".into());
+            let service = &args.service;
+            let config = SelfSigned {
+                dns_names: vec![
+                    service.clone(),
+                    format!("{service}.{namespace}"),
+                    format!("{service}.{namespace}.svc"),
+                    format!("{service}.{namespace}.svc.cluster.local"),
+                ],
+                namespace,
+                secret: args.secret.clone(),
+                mutating: args.mutating.clone(),
+                validating: args.validating.clone(),
+            };
+            let generated = self_signed::ensure(&client, &config)
+                .await
+                .context("--self-signed: preparing the certificate")?;
+            self_signed::patch_ca_bundles(&client, &config, &generated.ca_pem)
+                .await
+                .context("--self-signed: writing caBundle")?;
+            let certs = Arc::new(SwappableCert::new(tls::certified_key(
+                generated.cert_pem.as_bytes(),
+                generated.key_pem.as_bytes(),
+            )?));
+            tokio::spawn(self_signed::keep_rotated(
+                client.clone(),
+                config,
+                certs.clone(),
+                generated,
+                Duration::from_secs(3600),
+            ));
+            certs
+        }
+    };
+
+    let options = Options {
+        allocator_users: args.allocator_users.clone(),
+        api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
+        ..Options::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let health = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
+    let serve_health = axum::serve(
+        health,
+        runner::health_router(options.metrics.clone(), options.ready.clone()),
+    )
+    .with_graceful_shutdown(stopped());
+    tokio::spawn(async move {
+        if let Err(error) = serve_health.await {
+            tracing::error!(%error, "health server stopped");
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(listen = %args.listen, metrics = %args.metrics_address, "serving admission");
+    runner::run(
+        client,
+        listener,
+        tls::server_config(certs)?,
+        options,
+        stopped(),
+    )
+    .await;
+    Ok(())
+}
