@@ -36,8 +36,6 @@ pub mod reasons {
     pub const PORT_OUTSIDE_POOLS: &str = "PortOutsidePools";
     /// The claim is being deleted and pods still reference it.
     pub const IN_USE_BY_PODS: &str = "InUseByPods";
-    /// The HostPort's claim no longer exists.
-    pub const CLAIM_GONE: &str = "ClaimGone";
     /// Class: free ports remain.
     pub const PORTS_AVAILABLE: &str = "PortsAvailable";
     /// Class: no free port remains.
