@@ -14,6 +14,8 @@ pub mod crds;
 pub mod host_port;
 pub mod names;
 pub mod ports;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
 pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus, PortPool};

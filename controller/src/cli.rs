@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::{LeaseConfig, RunOptions, Settings};
 use anyhow::Context as _;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
+use hostport_api::serve::{LogFormat, init_logging, shutdown_signal};
 
 /// Binds HostPortClaims to HostPorts holding free node ports (hostport.rmb938.com).
 #[derive(Debug, Parser)]
@@ -50,41 +51,6 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }
 
 /// Parses the command line and runs until SIGTERM/ctrl-c.

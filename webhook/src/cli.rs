@@ -10,7 +10,8 @@ use crate::runner::{self, Options};
 use crate::self_signed::{self, SelfSigned};
 use crate::tls::{self, SwappableCert};
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use hostport_api::serve::{LogFormat, init_logging, shutdown_signal};
 
 /// Admission webhook of hostport-allocator: injects host ports into pods that name a bound
 /// HostPortClaim and guards the hostport.rmb938.com resources.
@@ -94,40 +95,10 @@ pub struct Args {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
-}
-
 /// Parses the command line and serves until SIGTERM/ctrl-c.
 pub async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init(),
-    }
+    init_logging(args.log_format);
     if rustls::crypto::ring::default_provider()
         .install_default()
         .is_err()

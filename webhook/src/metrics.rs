@@ -69,14 +69,6 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self
-            .registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
-            tracing::error!(%error, "encoding metrics");
-        }
-        out
+        hostport_api::serve::encode_metrics(&self.registry)
     }
 }
