@@ -56,10 +56,10 @@ use crate::ports::port_from_wire;
     )
 )]
 #[serde(rename_all = "camelCase")]
+// `hostPortName` has no CEL rule: CEL cannot tell the allocator from a tenant, and the
+// allocator must be able to re-point a claim whose HostPort is gone. The webhook denies every
+// other writer, and the controller never trusts the field (it adopts by claimRef.uid).
 #[x_kube(
-    validation = Rule::new(
-        "!has(oldSelf.hostPortName) || oldSelf.hostPortName == '' || (has(self.hostPortName) && self.hostPortName == oldSelf.hostPortName)"
-    ).message("hostPortName is set by the allocator and cannot be changed once set").field_path(".hostPortName"),
     validation = Rule::new(
         "has(self.port) == has(oldSelf.port) && (!has(self.port) || self.port == oldSelf.port)"
     ).message("port is immutable: delete and recreate the claim to request another port").field_path(".port")
@@ -70,8 +70,9 @@ pub struct HostPortClaimSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("hostPortClassName is immutable: delete and recreate the claim to use another class"))]
     pub host_port_class_name: String,
 
-    /// Name of the HostPort bound to this claim. Set by the allocator; leave it empty.
-    /// Immutable once set.
+    /// Name of the HostPort bound to this claim. Written by the allocator only: the webhook
+    /// denies anyone else who sets or changes it. Leave it empty.
+    #[schemars(length(max = 253))]
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -36,6 +36,14 @@ pub mod reasons {
     pub const PORT_OUTSIDE_POOLS: &str = "PortOutsidePools";
     /// The claim is being deleted and pods still reference it.
     pub const IN_USE_BY_PODS: &str = "InUseByPods";
+    /// HostPort: its claim is gone, but pods that named the claim still run, so the port
+    /// stays held until they stop.
+    pub const CLAIM_GONE_PODS_RUNNING: &str = "ClaimGonePodsRunning";
+    /// Claim: `spec.hostPortName` names a HostPort that does not exist or is not bound to
+    /// this claim (by UID); the allocator binds a port from the class pools instead.
+    pub const HOST_PORT_NOT_OWNED: &str = "HostPortNotOwned";
+    /// HostPort: a port held back by an administrator (no claimRef).
+    pub const RESERVED: &str = "Reserved";
     /// Class: free ports remain.
     pub const PORTS_AVAILABLE: &str = "PortsAvailable";
     /// Class: no free port remains.

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::conditions::Condition;
 use crate::ports::port_from_wire;
 
+/// Prefix of the names of HostPorts this project creates (`port-<number>`).
+const NAME_PREFIX: &str = "port-";
+
 /// One node host port allocated from a HostPortClass to a HostPortClaim. Created and managed
 /// by the allocator, named `port-<number>` so that a port can only ever be allocated once.
 // Several `printcolumn`s and `shortname`s are how kube-derive takes lists.
@@ -63,7 +66,8 @@ use crate::ports::port_from_wire;
     .message("port cannot be removed once set").field_path(".port"))]
 pub struct HostPortSpec {
     /// The claim this port is bound to (with its UID, so a recreated claim of the same name
-    /// does not inherit it).
+    /// does not inherit it). Omit it to reserve the port: a HostPort without claimRef, named
+    /// `port-<spec.port>`, keeps that port away from every claim (e.g. for a node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim_ref: Option<ClaimReference>,
 
@@ -174,6 +178,47 @@ impl HostPort {
     /// Name of the HostPort that holds `port`: the API server's name uniqueness is what makes
     /// a second allocation of the same port impossible.
     pub fn name_for_port(port: u16) -> String {
-        format!("port-{port}")
+        format!("{NAME_PREFIX}{port}")
+    }
+
+    /// The port a `port-<n>` name stands for (the inverse of [`HostPort::name_for_port`]);
+    /// `None` for any other name, e.g. the Go project's `hpc-<claimUID>`.
+    pub fn port_from_name(name: &str) -> Option<u16> {
+        let digits = name.strip_prefix(NAME_PREFIX)?;
+        let port: u16 = digits.parse().ok()?;
+        // Only the canonical spelling: `port-09000` is not the lock of port 9000.
+        (port >= crate::ports::MIN_PORT && digits == port.to_string()).then_some(port)
+    }
+
+    /// Whether this HostPort is a reservation: a port held back by an administrator, bound to
+    /// no claim, which the allocator never hands out.
+    pub fn is_reservation(&self) -> bool {
+        self.spec.claim_ref.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ports_are_inverse() {
+        for port in [1u16, 22, 9000, 65535] {
+            assert_eq!(
+                HostPort::port_from_name(&HostPort::name_for_port(port)),
+                Some(port)
+            );
+        }
+        for other in [
+            "hpc-6f1c",
+            "port-",
+            "port-0",
+            "port-09000",
+            "port-65536",
+            "port-+22",
+            "x-port-22",
+        ] {
+            assert_eq!(HostPort::port_from_name(other), None, "{other}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod class;
 pub mod conditions;
 pub mod crds;
 pub mod host_port;
+pub mod identity;
 pub mod names;
 pub mod ports;
 #[cfg(feature = "serve")]
@@ -34,6 +35,11 @@ pub const FINALIZER: &str = "hostport.rmb938.com";
 
 /// Namespace label that turns the pod webhook on for a namespace (value `"true"`).
 pub const NAMESPACE_LABEL: &str = "hostport.rmb938.com";
+
+/// Namespace annotation (value `"true"`, set by a cluster admin) that lets `hostNetwork`
+/// pods into a labelled namespace. Without it they are refused: a pod on the host network
+/// can bind every port of its node, bypassing the allocator.
+pub const ALLOW_HOST_NETWORK_ANNOTATION: &str = "hostport.rmb938.com/allow-host-network";
 
 /// `kubectl get hostport-allocator` lists all three kinds. Not `hostport`: that is the
 /// HostPort kind's singular name, which kubectl resolves before categories.

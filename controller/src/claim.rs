@@ -13,7 +13,6 @@ use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::PortRange;
 use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -23,6 +22,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::error::{Error, Result, status_code};
+use crate::pods;
 use crate::writes::{self, claim_name};
 
 /// Name of this reconciler in metrics and logs.
@@ -80,23 +80,21 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         claim = updated;
     }
 
-    let host_port = match find_host_port(&claim, &uid, ctx).await? {
-        Some(host_port) => host_port,
+    let (host_port, port) = match find_host_port(&claim, &uid, ctx).await? {
+        Some(found) => found,
         None => match allocate(&claim, &uid, ctx).await? {
-            Allocation::Got(host_port) => *host_port,
+            Allocation::Got(host_port) => {
+                let port = host_port.port().ok_or_else(|| Error::MissingField {
+                    kind: "HostPort",
+                    name: host_port.name_any(),
+                    field: "spec.port",
+                })?;
+                (*host_port, port)
+            }
             Allocation::Pending { reason, message } => {
                 return pending(&claim, reason, message, ctx).await;
             }
         },
-    };
-    let Some(port) = host_port.port() else {
-        return pending(
-            &claim,
-            reasons::WAITING_FOR_PORT,
-            format!("HostPort {} has no port yet", host_port.name_any()),
-            ctx,
-        )
-        .await;
     };
     let name = host_port.name_any();
     ensure_host_port_status(&host_port, &claim, port, ctx).await?;
@@ -134,16 +132,18 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     Ok(Action::await_change())
 }
 
-/// The HostPort this claim already has, if any: the one it is bound to, else one whose
-/// `claimRef.uid` matches (an interrupted earlier attempt), else the one this process just
-/// created and the watch has not delivered yet.
+/// The HostPort this claim already has, with its port, if any: the one it is bound to, else
+/// one whose `claimRef.uid` matches (an interrupted earlier attempt), else the one this
+/// process just created and the watch has not delivered yet. Only a HostPort whose
+/// `claimRef.uid` is the claim's counts: `spec.hostPortName` is a hint, never trusted (a
+/// Go-era HostPort that never got a port does not count either; the claim gets a new one).
 async fn find_host_port(
     claim: &HostPortClaim,
     uid: &str,
     ctx: &Context,
-) -> Result<Option<HostPort>> {
+) -> Result<Option<(HostPort, u16)>> {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    let owned = |hp: &HostPort| hp.claim_uid() == Some(uid);
+    let owned = |hp: &HostPort| hp.claim_uid() == Some(uid) && hp.port().is_some();
     let (cached, reserved) = ctx.book().of_claim(uid);
     let mut names: Vec<String> = claim.spec.host_port_name.iter().cloned().collect();
     let mut by_port = cached;
@@ -157,20 +157,42 @@ async fn find_host_port(
     names.extend(reserved.map(HostPort::name_for_port));
     names.dedup();
     for name in names {
-        if let Some(cached) = ctx.caches.host_ports.get(&ObjectRef::new(&name))
-            && owned(&cached)
+        let found = match ctx.caches.host_ports.get(&ObjectRef::new(&name)) {
+            Some(cached) if owned(&cached) => Some((*cached).clone()),
+            // Not (yet) in the cache, or not ours there: ask the API server before
+            // allocating anew.
+            _ => {
+                let fresh = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(Error::api("reading", "HostPort", &name))?;
+                let fresh = fresh.filter(owned);
+                if let Some(host_port) = &fresh {
+                    ctx.book().apply(host_port);
+                }
+                fresh
+            }
+        };
+        if let Some(host_port) = found
+            && let Some(port) = host_port.port()
         {
-            return Ok(Some((*cached).clone()));
+            return Ok(Some((host_port, port)));
         }
-        // Not (yet) in the cache: ask the API server before allocating anew.
-        let fresh = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::api("reading", "HostPort", &name))?;
-        if let Some(host_port) = fresh.filter(owned) {
-            ctx.book().apply(&host_port);
-            return Ok(Some(host_port));
-        }
+    }
+    if let Some(named) = &claim.spec.host_port_name {
+        let message = format!(
+            "spec.hostPortName names HostPort {named:?}, which does not exist, holds no port or is not bound to this claim (by UID): binding a port from the pools of HostPortClass {:?} instead",
+            claim.spec.host_port_class_name
+        );
+        tracing::warn!(claim = %claim_name(claim), host_port = %named, "claim names a HostPort that is not its own");
+        ctx.event(
+            claim,
+            EventType::Warning,
+            reasons::HOST_PORT_NOT_OWNED,
+            "Binding",
+            message,
+        )
+        .await;
     }
     Ok(None)
 }
@@ -195,16 +217,7 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
         });
     };
     let ranges = class.ranges();
-    // A claim bound to a `port-<n>` HostPort that vanished gets the same port back.
-    let lost = claim
-        .spec
-        .host_port_name
-        .as_deref()
-        .and_then(|n| n.strip_prefix("port-"))
-        .and_then(|p| p.parse::<u16>().ok());
-    let requested = lost.or_else(|| claim.requested_port());
-    if let Some(port) = requested
-        && lost.is_none()
+    if let Some(port) = claim.requested_port()
         && !ranges.iter().any(|r| r.contains(port))
     {
         return Ok(Allocation::Pending {
@@ -215,6 +228,15 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
             ),
         });
     }
+    let requested = claim.requested_port();
+    // A claim whose `port-<n>` HostPort vanished gets port n back when it is still free and
+    // in its class pools (its pods may still use it); any other port of the pools otherwise.
+    let previous = claim
+        .spec
+        .host_port_name
+        .as_deref()
+        .and_then(HostPort::port_from_name)
+        .filter(|port| ranges.iter().any(|r| r.contains(*port)));
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     for _ in 0..MAX_PICKS {
         let port = {
@@ -229,6 +251,11 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
                     });
                 }
                 Some(port) => {
+                    book.reserve(port, Some(uid), Instant::now());
+                    port
+                }
+                None if previous.is_some_and(|p| !book.is_used(p)) => {
+                    let port = previous.unwrap_or_default();
                     book.reserve(port, Some(uid), Instant::now());
                     port
                 }
@@ -265,10 +292,12 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
                         return Ok(Allocation::Got(Box::new(host_port)));
                     }
                     Some(host_port) => {
+                        // The holder is in the book now: its delete (seen by the watch) frees
+                        // the port at once, so a static claim waiting for it binds then.
                         tracing::debug!(claim = %claim_name(claim), %name, "port taken by another HostPort; picking again");
                         let mut book = ctx.book();
+                        book.release(port);
                         book.apply(&host_port);
-                        book.reserve(port, None, Instant::now());
                     }
                     None => ctx.book().release(port),
                 }
@@ -420,43 +449,22 @@ async fn delete_extra_host_ports(
     Ok(())
 }
 
-/// Running (not Succeeded/Failed) pods in the claim's namespace whose annotations name it.
-pub fn pods_using(claim: &HostPortClaim, pods: &[Arc<Pod>]) -> Vec<String> {
-    let namespace = claim.namespace().unwrap_or_default();
-    let name = claim.name_any();
-    let mut using: Vec<String> = pods
-        .iter()
-        .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
-        .filter(|pod| {
-            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded" | "Failed"))
-        })
-        .filter(|pod| {
-            hostport_api::annotations::referenced_claim_names(pod.annotations()).any(|c| c == name)
-        })
-        .map(|pod| pod.name_any())
-        .collect();
-    using.sort();
-    using
-}
-
 /// A deleting claim: wait for its pods, delete its HostPorts, drop the finalizer.
 async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Action> {
     if !claim.has_finalizer() {
         return Ok(Action::await_change());
     }
-    let using = pods_using(claim, &ctx.caches.pods.state());
+    let namespace = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let mut using = pods::using(&namespace, &name, &ctx.caches.pods.state());
+    if using.is_empty() {
+        // About to free the port: the API server has the last word on which pods exist.
+        using = pods::using_now(&ctx.client, &namespace, &name).await?;
+    }
     if !using.is_empty() {
-        let shown: Vec<&str> = using.iter().take(5).map(String::as_str).collect();
         let message = format!(
-            "deletion waits for {} pod(s) using this claim to terminate: {}{}",
-            using.len(),
-            shown.join(", "),
-            if using.len() > shown.len() {
-                ", ..."
-            } else {
-                ""
-            }
+            "deletion waits for {} using this claim to terminate",
+            pods::describe(&using)
         );
         let port = claim
             .status

@@ -11,6 +11,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, Resource};
 
+/// Longest object name (DNS-1123 subdomain).
+const MAX_NAME: usize = 253;
+
+/// `<object>.<nanoseconds in hex>`, as client-go names Events, with the object's name cut
+/// so the whole stays a valid name for objects named up to the 253-character limit.
+fn event_name(object: &str, nanos: i128) -> String {
+    let suffix = format!(".{nanos:x}");
+    let room = MAX_NAME.saturating_sub(suffix.len());
+    // Names are ASCII; a cut must not end on '.' or '-' (the suffix starts with '.').
+    let mut cut = &object[..object.len().min(room)];
+    cut = cut.trim_end_matches(['.', '-']);
+    format!("{cut}{suffix}")
+}
+
 /// Normal or Warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -65,10 +79,9 @@ impl Publisher {
         let event = Event {
             metadata: ObjectMeta {
                 // Unique per object and moment, as client-go names Events.
-                name: Some(format!(
-                    "{}.{:x}",
+                name: Some(event_name(
                     regarding.name.as_deref().unwrap_or("object"),
-                    now.as_nanosecond()
+                    now.as_nanosecond(),
                 )),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
@@ -90,5 +103,29 @@ impl Publisher {
         if let Err(error) = events.create(&PostParams::default(), &event).await {
             tracing::warn!(%error, reason, "publishing an Event failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_stay_valid_for_any_legal_object_name() {
+        let nanos = k8s_openapi::jiff::Timestamp::now().as_nanosecond();
+        for object in [
+            "web".to_owned(),
+            "a".repeat(253),
+            format!("{}-{}", "a".repeat(240), "b".repeat(12)),
+            format!("{}.x", "a".repeat(250)),
+        ] {
+            let name = event_name(&object, nanos);
+            assert_eq!(
+                hostport_api::names::validate_dns1123_subdomain(&name),
+                Ok(()),
+                "{name}"
+            );
+        }
+        assert_eq!(event_name("web", 255), "web.ff");
     }
 }

@@ -1,11 +1,14 @@
 //! The HostPort reconciler: deletes HostPorts whose claim is gone (matched by UID, so a
-//! recreated claim of the same name does not inherit a port) and lets go of HostPorts the
+//! recreated claim of the same name does not inherit a port) once no pod that named the claim
+//! still runs, marks reservations (HostPorts without claimRef), and lets go of HostPorts the
 //! Go project left with its finalizer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostport_api::{FINALIZER, HostPort, HostPortClaim};
+use hostport_api::conditions::{self, Condition, reasons, status, types};
+use hostport_api::{FINALIZER, HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -13,10 +16,17 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::pods;
 use crate::writes;
 
 /// Name of this reconciler in metrics and logs.
 pub const CONTROLLER: &str = "hostport";
+
+/// Retry when the API server has a claim the cache does not have yet.
+const CLAIM_CACHE_LAG: Duration = Duration::from_secs(5);
+
+/// Safety net while pods hold the port of a deleted claim (pod watch events wake it sooner).
+const PODS_RECHECK: Duration = Duration::from_secs(60);
 
 /// Reconciles one HostPort.
 pub async fn reconcile(host_port: Arc<HostPort>, ctx: Arc<Context>) -> Result<Action> {
@@ -48,6 +58,13 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     }
     let Some((namespace, claim_name)) = host_port.claim_key() else {
         // No claimRef: a port an admin holds back on purpose. It stays taken.
+        set_status(
+            host_port,
+            reasons::RESERVED,
+            "reserved by an administrator (no spec.claimRef): never handed to a claim".into(),
+            ctx,
+        )
+        .await?;
         return Ok(Action::await_change());
     };
     let claim_uid = host_port.claim_uid();
@@ -70,9 +87,62 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
         format!("{namespace}/{claim_name}"),
     ))?;
     if owner.as_ref().is_some_and(matches) {
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        return Ok(Action::requeue(CLAIM_CACHE_LAG));
+    }
+    // The claim is gone, but the port is free only once no pod that named the claim may
+    // still run: its finalizer can have been removed early (a mistaken RBAC grant, an
+    // uninstall), and the pod keeps the port on its node until it stops.
+    let using = pods::using_now(&ctx.client, namespace, claim_name).await?;
+    if !using.is_empty() {
+        let message = format!(
+            "HostPortClaim {namespace}/{claim_name} is gone, but {} that named it still exist; the port is released once they stop",
+            pods::describe(&using)
+        );
+        if set_status(host_port, reasons::CLAIM_GONE_PODS_RUNNING, message, ctx).await? {
+            tracing::warn!(host_port = %name, claim = %format!("{namespace}/{claim_name}"), pods = ?using, "claim gone while pods use its port; holding the port");
+        }
+        return Ok(Action::requeue(PODS_RECHECK));
     }
     tracing::info!(host_port = %name, port = ?host_port.port(), claim = ?host_port.claim_key(), "deleting HostPort whose claim is gone");
     writes::delete_host_port(&api, &name, host_port.uid()).await?;
     Ok(Action::await_change())
+}
+
+/// Sets the `Allocated` condition (True, `reason`) and the port in the HostPort's status if
+/// they differ; returns whether it wrote.
+async fn set_status(
+    host_port: &HostPort,
+    reason: &'static str,
+    message: String,
+    ctx: &Context,
+) -> Result<bool> {
+    let current = host_port.status.clone().unwrap_or_default();
+    let mut desired = current.clone();
+    desired.phase = Some(HostPortPhase::Allocated);
+    desired.port = host_port.port().map(i32::from);
+    conditions::set(
+        &mut desired.conditions,
+        Condition::new(
+            types::ALLOCATED,
+            status::TRUE,
+            reason,
+            message,
+            host_port.metadata.generation,
+            Time(k8s_openapi::jiff::Timestamp::now()),
+        ),
+    );
+    // Cached HostPorts carry no condition messages (memory), so compare without them.
+    let reason_of = |s: &HostPortStatus| {
+        conditions::find(&s.conditions, types::ALLOCATED).map(|c| c.reason.clone())
+    };
+    if (desired.phase, desired.port, reason_of(&desired))
+        == (current.phase, current.port, reason_of(&current))
+        || ctx.is_stale(host_port)
+    {
+        return Ok(false);
+    }
+    let api: Api<HostPort> = Api::all(ctx.client.clone());
+    writes::host_port_status(&api, &host_port.name_any(), &desired).await?;
+    ctx.wrote(host_port);
+    Ok(true)
 }

@@ -138,25 +138,34 @@ impl LeaseLock {
 
     /// Keeps renewing; returns when the Lease could not be renewed for its whole duration
     /// (or someone else took it).
+    ///
+    /// Every attempt is bounded by the renew interval, so a hung request cannot keep us
+    /// leading; and we give up one interval *before* the Lease expires for the others, so
+    /// two replicas never both think they lead (client-go's renewDeadline < leaseDuration).
     pub async fn hold(&self) -> Error {
         let mut last_renewed = tokio::time::Instant::now();
+        let give_up_after = self.config.duration.saturating_sub(self.renew_every());
         loop {
             tokio::time::sleep(self.renew_every()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = tokio::time::Instant::now(),
-                Ok(false) => {
+            let attempt =
+                tokio::time::timeout(self.renew_every(), self.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
+                Ok(Ok(false)) => {
                     return Error::LeadershipLost {
                         lease: self.lease_name(),
                     };
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "renewing the leader lease failed");
-                    if last_renewed.elapsed() >= self.config.duration {
-                        return Error::LeadershipLost {
-                            lease: self.lease_name(),
-                        };
-                    }
-                }
+                Ok(Err(error)) => tracing::warn!(%error, "renewing the leader lease failed"),
+                Err(_) => tracing::warn!(
+                    timeout = ?self.renew_every(),
+                    "renewing the leader lease did not finish in time"
+                ),
+            }
+            if last_renewed.elapsed() >= give_up_after {
+                return Error::LeadershipLost {
+                    lease: self.lease_name(),
+                };
             }
         }
     }

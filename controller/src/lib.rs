@@ -16,6 +16,7 @@ pub mod events;
 pub mod host_port;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod port_book;
 mod watches;
 mod writes;

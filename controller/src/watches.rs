@@ -26,6 +26,7 @@ fn strip_metadata<K: kube::Resource>(object: &mut K) {
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
+    meta.owner_references = None;
 }
 
 /// A HostPort as the caches keep it: what identifies its claim, its port and status, without
@@ -162,7 +163,9 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
 /// HostPortClasses: cache, their own reconciles, and retries of the claims waiting for them.
 pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     let api: Api<HostPortClass> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(strip_metadata);
     follow(stream, "HostPortClass", &mut writer, |event| {
         match event {
             Event::InitApply(class) => {
@@ -196,13 +199,27 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     .await;
 }
 
+/// Claim annotations kept per cached pod (a pod cannot use more: it has fewer named ports).
+const MAX_CLAIM_ANNOTATIONS: usize = 64;
+
 /// Keeps what deletion gating needs of a pod: name, namespace, claim annotations, phase.
 fn strip(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.labels = None;
     pod.metadata.owner_references = None;
+    pod.metadata.finalizers = None;
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
         annotations.retain(|key, _| key.starts_with(CLAIM_PREFIX));
+        // A pod has a handful of claimed ports; thousands of claim annotations are an
+        // attack on memory (the pod webhook refuses such pods in labelled namespaces).
+        if annotations.len() > MAX_CLAIM_ANNOTATIONS {
+            let keep: Vec<String> = annotations
+                .keys()
+                .take(MAX_CLAIM_ANNOTATIONS)
+                .cloned()
+                .collect();
+            annotations.retain(|key, _| keep.contains(key));
+        }
     }
     pod.spec = None;
     if let Some(status) = pod.status.as_mut() {
@@ -210,6 +227,19 @@ fn strip(pod: &mut Pod) {
             phase: status.phase.take(),
             ..PodStatus::default()
         };
+    }
+}
+
+/// Queues the HostPorts still bound to the deleted claim `namespace/claim` (held while its
+/// pods run). Rare: only pods that name a claim which no longer exists get here.
+fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
+    for host_port in ctx.caches.host_ports.state() {
+        if host_port.claim_key() == Some((namespace, claim)) {
+            let _ = ctx
+                .triggers
+                .host_ports
+                .send(ObjectRef::from_obj(host_port.as_ref()));
+        }
     }
 }
 
@@ -224,13 +254,13 @@ pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
             let namespace = pod.namespace().unwrap_or_default();
             for claim in referenced_claim_names(pod.annotations()) {
                 let key = ObjectRef::new(claim).within(&namespace);
-                if ctx
-                    .caches
-                    .claims
-                    .get(&key)
-                    .is_some_and(|c| c.metadata.deletion_timestamp.is_some())
-                {
-                    let _ = ctx.triggers.claims.send(key);
+                match ctx.caches.claims.get(&key) {
+                    Some(cached) if cached.metadata.deletion_timestamp.is_some() => {
+                        let _ = ctx.triggers.claims.send(key);
+                    }
+                    Some(_) => {}
+                    // The claim is gone: its HostPort may be held for this pod.
+                    None => wake_held_host_ports(&ctx, &namespace, claim),
                 }
             }
         }

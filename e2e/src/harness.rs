@@ -182,6 +182,46 @@ impl Env {
         }
     }
 
+    /// A tenant of this scenario's namespace: the ServiceAccount `tenant` there, allowed to
+    /// create, update, patch and delete claims and pods in it and nothing more (on a real
+    /// cluster with `E2E_RBAC=1` a Role and RoleBinding say so; impersonated). `None` on a
+    /// real cluster without `E2E_RBAC`, where every client is the kubeconfig's admin.
+    pub async fn tenant(&self) -> Option<Client> {
+        let user = UserInfo::service_account(&self.namespace, "tenant");
+        if self.server.is_some() {
+            return Some(self.client_as(user));
+        }
+        // Without impersonation every client is the admin: no tenant to play.
+        std::env::var_os("E2E_RBAC")?;
+        let apply = kube::api::PatchParams::apply("hostport-e2e").force();
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "tenant", "namespace": self.namespace},
+            "rules": [
+                {"apiGroups": [hostport_api::GROUP], "resources": ["hostportclaims"],
+                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+                {"apiGroups": [""], "resources": ["pods"],
+                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+            ],
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "tenant", "namespace": self.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+            "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": self.namespace}],
+        });
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+        Api::<Role>::namespaced(self.client.clone(), &self.namespace)
+            .patch("tenant", &apply, &kube::api::Patch::Apply(&role))
+            .await
+            .expect("tenant Role");
+        Api::<RoleBinding>::namespaced(self.client.clone(), &self.namespace)
+            .patch("tenant", &apply, &kube::api::Patch::Apply(&binding))
+            .await
+            .expect("tenant RoleBinding");
+        Some(self.client_as(user))
+    }
+
     /// Whether binaries run as their own ServiceAccounts (in-process server, or `E2E_RBAC`).
     pub fn as_service_accounts(&self) -> bool {
         self.server.is_some() || std::env::var_os("E2E_RBAC").is_some()

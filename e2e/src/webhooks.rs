@@ -27,8 +27,8 @@ fn webhook(
     webhook
 }
 
-fn rule(group: &str, resource: &str, operations: &[&str]) -> Value {
-    json!({"apiGroups": [group], "apiVersions": ["v1alpha1"], "resources": [resource], "operations": operations, "scope": "*"})
+fn rule(group: &str, resources: &[&str], operations: &[&str]) -> Value {
+    json!({"apiGroups": [group], "apiVersions": ["v1alpha1"], "resources": resources, "operations": operations, "scope": "*"})
 }
 
 /// `(mutating, validating)` configurations named `name`, calling `base_url` (e.g.
@@ -48,16 +48,16 @@ pub fn configurations(
         "metadata": {"name": name},
         "webhooks": [
             webhook("pods.hostport.rmb938.com", url(paths::MUTATE_POD), ca_bundle, pods, Some(pod_selector)),
-            webhook("hostportclaims.hostport.rmb938.com", url(paths::MUTATE_CLAIM), ca_bundle, rule(group, "hostportclaims", &["CREATE"]), None),
+            webhook("hostportclaims.hostport.rmb938.com", url(paths::MUTATE_CLAIM), ca_bundle, rule(group, &["hostportclaims"], &["CREATE"]), None),
         ],
     });
     let validating = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [
-            webhook("hostportclaims.hostport.rmb938.com", url(paths::VALIDATE_CLAIM), ca_bundle, rule(group, "hostportclaims", &["CREATE", "UPDATE"]), None),
-            webhook("hostportclasses.hostport.rmb938.com", url(paths::VALIDATE_CLASS), ca_bundle, rule(group, "hostportclasses", &["CREATE", "UPDATE"]), None),
-            webhook("hostports.hostport.rmb938.com", url(paths::VALIDATE_HOST_PORT), ca_bundle, rule(group, "hostports", &["CREATE", "UPDATE"]), None),
+            webhook("hostportclaims.hostport.rmb938.com", url(paths::VALIDATE_CLAIM), ca_bundle, rule(group, &["hostportclaims", "hostportclaims/status"], &["CREATE", "UPDATE"]), None),
+            webhook("hostportclasses.hostport.rmb938.com", url(paths::VALIDATE_CLASS), ca_bundle, rule(group, &["hostportclasses", "hostportclasses/status"], &["CREATE", "UPDATE"]), None),
+            webhook("hostports.hostport.rmb938.com", url(paths::VALIDATE_HOST_PORT), ca_bundle, rule(group, &["hostports", "hostports/status"], &["CREATE", "UPDATE"]), None),
         ],
     });
     (mutating, validating)

@@ -231,7 +231,11 @@ async fn resource_denials_through_the_api_server() {
     let host_port = HostPort::new(
         "port-9700",
         HostPortSpec {
-            claim_ref: None,
+            claim_ref: Some(hostport_api::ClaimReference {
+                name: Some("outside".into()),
+                namespace: Some(env.namespace.clone()),
+                ..Default::default()
+            }),
             host_port_class_name: class,
             port: Some(9700),
         },
@@ -244,7 +248,7 @@ async fn resource_denials_through_the_api_server() {
     );
     assert_eq!(code, 403);
     assert!(
-        message.contains("HostPorts are created and changed by the allocator only"),
+        message.contains("such HostPorts are created and changed by the hostport allocator only"),
         "{message}"
     );
     let _ = Duration::ZERO;

@@ -78,9 +78,21 @@ async fn verdicts_over_https() {
     let webhook = env.start_webhook().await;
     let client = https_client(&webhook.ca_pem);
     let class = env.create_class("sample", &[(9800, 9810)]).await;
-    // A bound claim, written as the controller would.
-    let claims = env.claims();
-    env.create_claim("echo-web", &class, None).await;
+    // A bound claim and its HostPort, written as the controller would (as its identity).
+    let allocator = env.client_as(hostport_e2e::harness::controller_user());
+    let claims: kube::Api<hostport_api::HostPortClaim> =
+        kube::Api::namespaced(allocator.clone(), &env.namespace);
+    let created = env.create_claim("echo-web", &class, None).await;
+    let host_port: hostport_api::HostPort = serde_json::from_value(json!({
+        "metadata": {"name": "port-9800"},
+        "spec": {"hostPortClassName": class, "port": 9800, "claimRef": {
+            "namespace": env.namespace, "name": "echo-web", "uid": created.metadata.uid}}
+    }))
+    .expect("HostPort");
+    kube::Api::<hostport_api::HostPort>::all(allocator)
+        .create(&Default::default(), &host_port)
+        .await
+        .expect("HostPort");
     claims
         .patch_status(
             "echo-web",
@@ -172,9 +184,9 @@ async fn verdicts_over_https() {
             .contains("\"nope\", which does not exist")
     );
 
-    // HostPort writes by anyone but the allocator.
+    // Claim-bound HostPort writes by anyone but the allocator.
     let host_port = json!({"apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPort", "metadata": {"name": "port-1"},
-                           "spec": {"hostPortClassName": class, "port": 1}});
+                           "spec": {"hostPortClassName": class, "port": 1, "claimRef": {"name": "x", "namespace": "y"}}});
     let kind = json!({"group": "hostport.rmb938.com", "version": "v1alpha1", "kind": "HostPort"});
     let body = review(
         "uid-3",

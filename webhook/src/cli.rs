@@ -11,6 +11,7 @@ use crate::self_signed::{self, SelfSigned};
 use crate::tls::{self, SwappableCert};
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use hostport_api::identity::{DEFAULT_NAMESPACE, allocator_user};
 use hostport_api::serve::{LogFormat, init_logging, shutdown_signal};
 
 /// Admission webhook of hostport-allocator: injects host ports into pods that name a bound
@@ -78,14 +79,26 @@ pub struct Args {
         default_value = "hostport-allocator"
     )]
     validating: Vec<String>,
-    /// Users allowed to create and change HostPorts (repeatable; the controller's service account).
+    /// The allocator identity: users who may write claim spec.hostPortName, the status of
+    /// the three kinds, the claim finalizer's removal and claim-bound HostPorts (repeatable).
+    /// Default: the ServiceAccount --controller-service-account in --controller-namespace.
     #[arg(
         long = "allocator-user",
         env = "HOSTPORT_WEBHOOK_ALLOCATOR_USERS",
-        value_delimiter = ',',
-        default_value = "system:serviceaccount:hostport-system:hostport-controller"
+        value_delimiter = ','
     )]
     allocator_users: Vec<String>,
+    /// Namespace of the controller's ServiceAccount (default: the webhook's own namespace,
+    /// --namespace/$POD_NAMESPACE, else hostport-system): both are installed together.
+    #[arg(long, env = "HOSTPORT_CONTROLLER_NAMESPACE")]
+    controller_namespace: Option<String>,
+    /// Name of the controller's ServiceAccount.
+    #[arg(
+        long,
+        env = "HOSTPORT_CONTROLLER_SERVICE_ACCOUNT",
+        default_value = "hostport-controller"
+    )]
+    controller_service_account: String,
     /// Longest one API read may take while deciding, in milliseconds (keep it well below the
     /// webhook configurations' timeoutSeconds).
     #[arg(long, env = "HOSTPORT_WEBHOOK_API_TIMEOUT_MS", default_value_t = 2000)]
@@ -142,7 +155,7 @@ pub async fn main() -> anyhow::Result<()> {
             let namespace = args
                 .namespace
                 .clone()
-                .unwrap_or_else(|| "hostport-system".into());
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
             let service = &args.service;
             let config = SelfSigned {
                 dns_names: vec![
@@ -177,8 +190,19 @@ pub async fn main() -> anyhow::Result<()> {
         }
     };
 
+    let allocator_users = if args.allocator_users.is_empty() {
+        let namespace = args
+            .controller_namespace
+            .clone()
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        vec![allocator_user(&namespace, &args.controller_service_account)]
+    } else {
+        args.allocator_users.clone()
+    };
+    tracing::info!(allocator = %allocator_users.join(","), "allocator identity");
     let options = Options {
-        allocator_users: args.allocator_users.clone(),
+        allocator_users,
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
         ..Options::default()
     };

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use hostport_api::ALLOW_HOST_NETWORK_ANNOTATION;
 use hostport_api::annotations::{
     CLAIM_PREFIX, ClaimAnnotation, PORT_PREFIX, is_hostport_annotation, parse_claim_annotations,
     port_annotation_key,
@@ -23,6 +24,12 @@ pub enum ClaimState {
     },
     /// Being deleted.
     Deleting,
+    /// Says it is Bound, but the chain claim → HostPort → `claimRef.uid` → port does not
+    /// hold (a forged or stale status, a HostPort gone or bound elsewhere).
+    Unverified {
+        /// What does not hold.
+        why: String,
+    },
     /// Bound to this port.
     Bound {
         /// The host port.
@@ -107,8 +114,29 @@ fn add(pointer: &str, value: Value) -> Option<PatchOperation> {
     }))
 }
 
-/// Admission of a new pod in a namespace with the webhook on.
-pub fn admit_create(pod: &Pod, claim: &mut dyn FnMut(&str) -> ClaimState) -> Verdict {
+/// Whether the pod asks for the node's network namespace.
+pub fn uses_host_network(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+}
+
+/// Admission of a new pod in a namespace with the webhook on. `host_network_allowed`: the
+/// namespace carries the admin's opt-out annotation for `hostNetwork` pods.
+pub fn admit_create(
+    pod: &Pod,
+    host_network_allowed: bool,
+    claim: &mut dyn FnMut(&str) -> ClaimState,
+) -> Verdict {
+    if uses_host_network(pod) && !host_network_allowed {
+        return deny(
+            "HostNetwork",
+            format!(
+                "spec.hostNetwork is true, so the pod uses every host port of its node: in this namespace host ports are handed out by HostPortClaims; remove hostNetwork and claim the ports you need with \"{CLAIM_PREFIX}<portName>: <claimName>\" (a cluster admin can allow hostNetwork pods here with the namespace annotation {ALLOW_HOST_NETWORK_ANNOTATION}: \"true\")"
+            ),
+        );
+    }
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     let claims = match parse_claim_annotations(annotations) {
@@ -204,6 +232,14 @@ pub fn admit_create(pod: &Pod, claim: &mut dyn FnMut(&str) -> ClaimState) -> Ver
                     "ClaimNotBound",
                     format!(
                         "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: waiting for the allocator; create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
+                    ),
+                );
+            }
+            ClaimState::Unverified { why } => {
+                return deny(
+                    "ClaimNotVerified",
+                    format!(
+                        "annotation {key:?} names HostPortClaim {claim_name:?}, which claims to be Bound but {why}: no port is injected; the allocator repairs the claim, then create the pod again"
                     ),
                 );
             }
@@ -319,7 +355,7 @@ mod tests {
             json!({"claim.hostport.rmb938.com/web": "echo-web"}),
             json!([{"name": "web", "containerPort": 8080}]),
         );
-        let verdict = admit_create(&p, &mut claims(ClaimState::Bound { port: 9000 }));
+        let verdict = admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9000 }));
         let Verdict::Patch(patch) = &verdict else {
             panic!("{verdict:?}")
         };
@@ -343,7 +379,7 @@ mod tests {
         );
         let patched = apply(
             &p,
-            &admit_create(&p, &mut claims(ClaimState::Bound { port: 27015 })),
+            &admit_create(&p, false, &mut claims(ClaimState::Bound { port: 27015 })),
         );
         assert_eq!(
             patched["spec"]["containers"][0]["ports"][0]["hostPort"],
@@ -373,7 +409,7 @@ mod tests {
         }));
         let patched = apply(
             &p,
-            &admit_create(&p, &mut claims(ClaimState::Bound { port: 9001 })),
+            &admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9001 })),
         );
         assert_eq!(
             patched["spec"]["initContainers"][1]["ports"][0]["hostPort"],
@@ -388,14 +424,14 @@ mod tests {
             json!([{"name": "web", "containerPort": 8080}]),
         );
         assert_eq!(
-            admit_create(&p, &mut claims(ClaimState::Missing)),
+            admit_create(&p, false, &mut claims(ClaimState::Missing)),
             Verdict::Allow
         );
         let bare = pod(
             json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}),
         );
         assert_eq!(
-            admit_create(&bare, &mut claims(ClaimState::Missing)),
+            admit_create(&bare, false, &mut claims(ClaimState::Missing)),
             Verdict::Allow
         );
     }
@@ -406,7 +442,8 @@ mod tests {
             json!({"claim.hostport.rmb938.com/web": "echo-web"}),
             json!([{"name": "web", "containerPort": 8080, "hostPort": 9000}]),
         );
-        let Verdict::Patch(patch) = admit_create(&p, &mut claims(ClaimState::Bound { port: 9000 }))
+        let Verdict::Patch(patch) =
+            admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9000 }))
         else {
             panic!()
         };
@@ -515,7 +552,7 @@ mod tests {
             ),
         ];
         for (pod, state, reason, message) in cases {
-            match admit_create(&pod, &mut claims(state)) {
+            match admit_create(&pod, false, &mut claims(state)) {
                 Verdict::Deny {
                     reason: got,
                     message: text,
@@ -526,6 +563,45 @@ mod tests {
                 other => panic!("{reason}: expected a denial, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn host_network_pods_are_refused_unless_the_namespace_allows_them() {
+        let p = pod(json!({
+            "metadata": {"name": "x"},
+            "spec": {"hostNetwork": true, "containers": [{"name": "a", "image": "a"}]}
+        }));
+        let Verdict::Deny { reason, message } =
+            admit_create(&p, false, &mut claims(ClaimState::Missing))
+        else {
+            panic!("hostNetwork admitted")
+        };
+        assert_eq!(reason, "HostNetwork");
+        assert!(
+            message.contains("uses every host port of its node"),
+            "{message}"
+        );
+        assert!(message.contains(ALLOW_HOST_NETWORK_ANNOTATION), "{message}");
+        assert_eq!(
+            admit_create(&p, true, &mut claims(ClaimState::Missing)),
+            Verdict::Allow
+        );
+    }
+
+    #[test]
+    fn an_unverified_binding_injects_nothing() {
+        let p = readme_pod(
+            json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+            json!([{"name": "web", "containerPort": 8080}]),
+        );
+        let state = ClaimState::Unverified {
+            why: "HostPort \"port-9000\" is bound to another claim".into(),
+        };
+        let Verdict::Deny { reason, message } = admit_create(&p, false, &mut claims(state)) else {
+            panic!("admitted")
+        };
+        assert_eq!(reason, "ClaimNotVerified");
+        assert!(message.contains("is bound to another claim"), "{message}");
     }
 
     #[test]

@@ -32,12 +32,55 @@ pub fn default_claim(claim: &HostPortClaim) -> Verdict {
     }
 }
 
-/// Claim validation. `class` is the claim's class when it exists.
+/// Who sent an admission request, as far as decisions go.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    /// User name from the request's `userInfo`.
+    pub user: &'a str,
+    /// Whether that is the allocator identity (the controller's ServiceAccount).
+    pub is_allocator: bool,
+}
+
+fn claim_label(claim: &HostPortClaim) -> String {
+    format!(
+        "{}/{}",
+        claim.metadata.namespace.as_deref().unwrap_or_default(),
+        claim.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn not_allocator(what: String, who: &str) -> Verdict {
+    deny(
+        "NotAllocator",
+        format!("{what} is written by the hostport allocator only, not by {who:?}"),
+    )
+}
+
+/// Claim validation. `class` is the claim's class when it exists; `subresource` is `status`
+/// for a status write.
 pub fn validate_claim(
     claim: &HostPortClaim,
     old: Option<&HostPortClaim>,
     class: Option<&HostPortClass>,
+    requester: Requester<'_>,
+    subresource: Option<&str>,
 ) -> Verdict {
+    if subresource.is_some() {
+        return if requester.is_allocator {
+            Verdict::Allow
+        } else {
+            not_allocator(
+                format!("the status of HostPortClaim {}", claim_label(claim)),
+                requester.user,
+            )
+        };
+    }
+    if !requester.is_allocator {
+        let verdict = guard_allocator_fields(claim, old, requester.user);
+        if verdict != Verdict::Allow {
+            return verdict;
+        }
+    }
     let name = &claim.spec.host_port_class_name;
     if name.is_empty() {
         return deny(
@@ -52,16 +95,6 @@ pub fn validate_claim(
                 format!(
                     "spec.hostPortClassName cannot change (was {:?}, now {name:?}): delete and recreate the claim to use another class",
                     old.spec.host_port_class_name
-                ),
-            );
-        }
-        if let Some(bound) = &old.spec.host_port_name
-            && claim.spec.host_port_name.as_ref() != Some(bound)
-        {
-            return deny(
-                "ImmutableField",
-                format!(
-                    "spec.hostPortName is set by the allocator and cannot change once set (it is {bound:?})"
                 ),
             );
         }
@@ -99,6 +132,63 @@ pub fn validate_claim(
     Verdict::Allow
 }
 
+/// What only the allocator may write on a claim: `spec.hostPortName` (set or changed) and
+/// the removal of the finalizer (which would free the port while pods still use it).
+/// Unchanged values pass, so objects the Go project stored keep working.
+fn guard_allocator_fields(
+    claim: &HostPortClaim,
+    old: Option<&HostPortClaim>,
+    user: &str,
+) -> Verdict {
+    let before = old.and_then(|o| o.spec.host_port_name.as_deref());
+    if let Some(name) = claim.spec.host_port_name.as_deref()
+        && before != Some(name)
+    {
+        return deny(
+            "AllocatorField",
+            format!(
+                "spec.hostPortName of HostPortClaim {} is set by the hostport allocator only, not by {user:?} (it names the HostPort the claim is bound to): remove spec.hostPortName{}",
+                claim_label(claim),
+                before.map_or_else(String::new, |b| format!(" or keep it {b:?}"))
+            ),
+        );
+    }
+    if let (Some(before), None) = (before, claim.spec.host_port_name.as_deref()) {
+        return deny(
+            "AllocatorField",
+            format!(
+                "spec.hostPortName of HostPortClaim {} is set by the hostport allocator only, not by {user:?}: keep it {before:?}",
+                claim_label(claim)
+            ),
+        );
+    }
+    let had_finalizer = old.is_some_and(HostPortClaim::has_finalizer);
+    if had_finalizer && !claim.has_finalizer() {
+        return deny(
+            "FinalizerProtected",
+            format!(
+                "finalizer {FINALIZER:?} of HostPortClaim {} is removed by the hostport allocator only, not by {user:?}: it keeps the port held while pods use it; delete the claim and the allocator releases it once no running pod names it (`kubectl describe hostportclaim` shows what it waits for)",
+                claim_label(claim)
+            ),
+        );
+    }
+    Verdict::Allow
+}
+
+/// Class validation of a status write: the allocator's only.
+pub fn validate_class_status(class: &HostPortClass, requester: Requester<'_>) -> Verdict {
+    if requester.is_allocator {
+        return Verdict::Allow;
+    }
+    not_allocator(
+        format!(
+            "the status of HostPortClass {:?}",
+            class.metadata.name.as_deref().unwrap_or_default()
+        ),
+        requester.user,
+    )
+}
+
 /// Class validation: pools within 1–65535, `start <= end`, no overlap inside the class.
 pub fn validate_class(class: &HostPortClass) -> Verdict {
     match validate_pools(&class.spec.pools) {
@@ -107,21 +197,22 @@ pub fn validate_class(class: &HostPortClass) -> Verdict {
     }
 }
 
-/// HostPort validation: only the allocator writes HostPorts, and a port never changes.
+/// HostPort validation. The allocator writes HostPorts bound to claims and every status;
+/// anyone else (RBAC keeps that to cluster admins) may only reserve a port: a HostPort
+/// without claimRef, named `port-<spec.port>` so the name locks the port like any other.
 pub fn validate_host_port(
     host_port: &HostPort,
     old: Option<&HostPort>,
-    user: &str,
-    allowed_users: &[String],
+    requester: Requester<'_>,
+    subresource: Option<&str>,
 ) -> Verdict {
-    if !allowed_users.iter().any(|u| u == user) {
-        return deny(
-            "NotAllocator",
-            format!(
-                "HostPorts are created and changed by the allocator only ({}), not by {user:?}: create a HostPortClaim instead",
-                allowed_users.join(", ")
-            ),
-        );
+    let name = host_port.metadata.name.as_deref().unwrap_or_default();
+    if subresource.is_some() {
+        return if requester.is_allocator {
+            Verdict::Allow
+        } else {
+            not_allocator(format!("the status of HostPort {name:?}"), requester.user)
+        };
     }
     if let Some(port) = host_port.spec.port
         && port_from_wire(port).is_none()
@@ -138,9 +229,35 @@ pub fn validate_host_port(
         return deny(
             "ImmutableField",
             format!(
-                "the port of HostPort {:?} cannot change (it holds {:?})",
-                host_port.metadata.name.as_deref().unwrap_or_default(),
+                "the port of HostPort {name:?} cannot change (it holds {:?})",
                 old.port().unwrap_or_default()
+            ),
+        );
+    }
+    if requester.is_allocator {
+        return Verdict::Allow;
+    }
+    let user = requester.user;
+    if !host_port.is_reservation() || old.is_some_and(|o| !o.is_reservation()) {
+        return deny(
+            "NotAllocator",
+            format!(
+                "HostPort {name:?} is bound to a claim (spec.claimRef), and such HostPorts are created and changed by the hostport allocator only, not by {user:?}: create a HostPortClaim instead, or omit spec.claimRef to reserve the port"
+            ),
+        );
+    }
+    let Some(port) = host_port.spec.port.and_then(port_from_wire) else {
+        return deny(
+            "InvalidReservation",
+            format!("HostPort {name:?} reserves no port: set spec.port to the port to hold back"),
+        );
+    };
+    if HostPort::port_from_name(name) != Some(port) {
+        return deny(
+            "InvalidReservation",
+            format!(
+                "HostPort {name:?} reserves port {port}, so it must be named {:?}: the name is what keeps two HostPorts from holding one port",
+                HostPort::name_for_port(port)
             ),
         );
     }
@@ -150,7 +267,9 @@ pub fn validate_host_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostport_api::{HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPool};
+    use hostport_api::{
+        ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPool,
+    };
 
     fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
         HostPortClaim::new(
@@ -176,6 +295,20 @@ mod tests {
                     .collect(),
             },
         )
+    }
+
+    const TENANT: Requester<'static> = Requester {
+        user: "system:serviceaccount:team-a:deployer",
+        is_allocator: false,
+    };
+    const ALLOCATOR: Requester<'static> = Requester {
+        user: "system:serviceaccount:hostport-system:hostport-controller",
+        is_allocator: true,
+    };
+
+    fn with_finalizer(mut claim: HostPortClaim) -> HostPortClaim {
+        claim.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        claim
     }
 
     fn denied(verdict: Verdict, expected: &str) {
@@ -216,30 +349,44 @@ mod tests {
     fn claim_rules() {
         let sample = class(&[(9000, 9500)]);
         assert_eq!(
-            validate_claim(&claim("sample", Some(9001), None), None, Some(&sample)),
+            validate_claim(
+                &claim("sample", Some(9001), None),
+                None,
+                Some(&sample),
+                TENANT,
+                None
+            ),
             Verdict::Allow
         );
         assert_eq!(
-            validate_claim(&claim("later", Some(20000), None), None, None),
+            validate_claim(&claim("later", Some(20000), None), None, None, TENANT, None),
             Verdict::Allow,
             "class checked when it exists"
         );
         denied(
-            validate_claim(&claim("sample", Some(20000), None), None, Some(&sample)),
+            validate_claim(
+                &claim("sample", Some(20000), None),
+                None,
+                Some(&sample),
+                TENANT,
+                None,
+            ),
             "spec.port 20000 is outside the pools of HostPortClass \"sample\" (9000-9500)",
         );
         denied(
-            validate_claim(&claim("sample", Some(0), None), None, None),
+            validate_claim(&claim("sample", Some(0), None), None, None, TENANT, None),
             "spec.port is 0",
         );
         denied(
-            validate_claim(&claim("", None, None), None, None),
+            validate_claim(&claim("", None, None), None, None, TENANT, None),
             "spec.hostPortClassName is empty",
         );
         denied(
             validate_claim(
                 &claim("other", None, None),
                 Some(&claim("sample", None, None)),
+                None,
+                TENANT,
                 None,
             ),
             "spec.hostPortClassName cannot change (was \"sample\", now \"other\")",
@@ -249,13 +396,28 @@ mod tests {
                 &claim("sample", None, Some("port-2")),
                 Some(&claim("sample", None, Some("port-1"))),
                 None,
+                TENANT,
+                None,
             ),
-            "cannot change once set (it is \"port-1\")",
+            "or keep it \"port-1\"",
+        );
+        assert_eq!(
+            validate_claim(
+                &claim("sample", None, Some("port-2")),
+                Some(&claim("sample", None, Some("port-1"))),
+                None,
+                ALLOCATOR,
+                None
+            ),
+            Verdict::Allow,
+            "the allocator re-points a claim whose HostPort is gone"
         );
         denied(
             validate_claim(
                 &claim("sample", Some(9001), None),
                 Some(&claim("sample", None, None)),
+                None,
+                TENANT,
                 None,
             ),
             "spec.port cannot change",
@@ -264,10 +426,94 @@ mod tests {
             validate_claim(
                 &claim("sample", None, Some("port-1")),
                 Some(&claim("sample", None, None)),
+                None,
+                ALLOCATOR,
                 None
             ),
             Verdict::Allow,
-            "binding is allowed"
+            "binding is the allocator's"
+        );
+    }
+
+    #[test]
+    fn tenants_cannot_write_what_decides_the_port() {
+        // Case 1: a claim created with spec.hostPortName.
+        denied(
+            validate_claim(
+                &claim("sample", None, Some("port-22")),
+                None,
+                None,
+                TENANT,
+                None,
+            ),
+            "spec.hostPortName of HostPortClaim /c is set by the hostport allocator only, not by \"system:serviceaccount:team-a:deployer\"",
+        );
+        // Case 2: set on a Pending claim, or changed, or removed.
+        denied(
+            validate_claim(
+                &claim("sample", None, Some("port-23")),
+                Some(&claim("sample", None, None)),
+                None,
+                TENANT,
+                None,
+            ),
+            "remove spec.hostPortName",
+        );
+        denied(
+            validate_claim(
+                &claim("sample", None, None),
+                Some(&claim("sample", None, Some("port-9000"))),
+                None,
+                TENANT,
+                None,
+            ),
+            "keep it \"port-9000\"",
+        );
+        // A Go-era claim updated without touching the field passes.
+        assert_eq!(
+            validate_claim(
+                &claim("sample", None, Some("hpc-1")),
+                Some(&claim("sample", None, Some("hpc-1"))),
+                None,
+                TENANT,
+                None
+            ),
+            Verdict::Allow
+        );
+        // Case 3: removing the finalizer.
+        let held = with_finalizer(claim("sample", None, Some("port-9000")));
+        denied(
+            validate_claim(
+                &claim("sample", None, Some("port-9000")),
+                Some(&held),
+                None,
+                TENANT,
+                None,
+            ),
+            "finalizer \"hostport.rmb938.com\" of HostPortClaim /c is removed by the hostport allocator only",
+        );
+        assert_eq!(
+            validate_claim(
+                &claim("sample", None, Some("port-9000")),
+                Some(&held),
+                None,
+                ALLOCATOR,
+                None
+            ),
+            Verdict::Allow
+        );
+        // Case 4: status writes.
+        denied(
+            validate_claim(&held, Some(&held), None, TENANT, Some("status")),
+            "the status of HostPortClaim /c is written by the hostport allocator only",
+        );
+        assert_eq!(
+            validate_claim(&held, Some(&held), None, ALLOCATOR, Some("status")),
+            Verdict::Allow
+        );
+        denied(
+            validate_class_status(&class(&[(1, 2)]), TENANT),
+            "the status of HostPortClass \"sample\" is written by the hostport allocator only",
         );
     }
 
@@ -288,38 +534,68 @@ mod tests {
 
     #[test]
     fn host_port_rules() {
-        let allocator =
-            vec!["system:serviceaccount:hostport-system:hostport-controller".to_owned()];
-        let hp = |port| {
+        let hp = |name: &str, port, bound: bool| {
             HostPort::new(
-                "port-9000",
+                name,
                 HostPortSpec {
-                    claim_ref: None,
+                    claim_ref: bound.then(ClaimReference::default),
                     host_port_class_name: "sample".into(),
                     port,
                 },
             )
         };
+        let bound = hp("port-9000", Some(9000), true);
         assert_eq!(
-            validate_host_port(&hp(Some(9000)), None, &allocator[0], &allocator),
+            validate_host_port(&bound, None, ALLOCATOR, None),
             Verdict::Allow
         );
         denied(
-            validate_host_port(&hp(Some(9000)), None, "jane", &allocator),
-            "HostPorts are created and changed by the allocator only",
+            validate_host_port(&bound, None, TENANT, None),
+            "HostPort \"port-9000\" is bound to a claim (spec.claimRef), and such HostPorts are created and changed by the hostport allocator only",
         );
         denied(
             validate_host_port(
-                &hp(Some(9001)),
-                Some(&hp(Some(9000))),
-                &allocator[0],
-                &allocator,
+                &hp("port-9000", Some(9001), true),
+                Some(&bound),
+                ALLOCATOR,
+                None,
             ),
             "cannot change (it holds 9000)",
         );
         denied(
-            validate_host_port(&hp(Some(70000)), None, &allocator[0], &allocator),
+            validate_host_port(&hp("port-9000", Some(70000), true), None, ALLOCATOR, None),
             "spec.port is 70000",
+        );
+        // Reservations: no claimRef, named after the port.
+        let reserved = hp("port-22", Some(22), false);
+        assert_eq!(
+            validate_host_port(&reserved, None, TENANT, None),
+            Verdict::Allow
+        );
+        assert_eq!(
+            validate_host_port(&reserved, Some(&reserved), TENANT, None),
+            Verdict::Allow
+        );
+        denied(
+            validate_host_port(&hp("ssh", Some(22), false), None, TENANT, None),
+            "so it must be named \"port-22\"",
+        );
+        denied(
+            validate_host_port(&hp("port-22", None, false), None, TENANT, None),
+            "reserves no port: set spec.port",
+        );
+        denied(
+            validate_host_port(
+                &hp("port-22", Some(22), true),
+                Some(&reserved),
+                TENANT,
+                None,
+            ),
+            "is bound to a claim",
+        );
+        denied(
+            validate_host_port(&reserved, Some(&reserved), TENANT, Some("status")),
+            "the status of HostPort \"port-22\" is written by the hostport allocator only",
         );
     }
 }

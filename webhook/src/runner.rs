@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use hostport_api::identity::{CONTROLLER_SERVICE_ACCOUNT, DEFAULT_NAMESPACE, allocator_user};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::Client;
 use kube::api::Api;
@@ -19,7 +20,8 @@ use crate::state::State;
 /// How the webhook runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Users allowed to create and change HostPorts.
+    /// The allocator identity: users who may write claim `spec.hostPortName`, statuses, the
+    /// claim finalizer's removal and claim-bound HostPorts.
     pub allocator_users: Vec<String>,
     /// Longest one API read may take.
     pub api_timeout: Duration,
@@ -32,7 +34,10 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            allocator_users: vec![default_allocator_user()],
+            allocator_users: vec![allocator_user(
+                DEFAULT_NAMESPACE,
+                CONTROLLER_SERVICE_ACCOUNT,
+            )],
             api_timeout: Duration::from_secs(2),
             metrics: Arc::default(),
             ready: Arc::default(),
@@ -40,12 +45,51 @@ impl Default for Options {
     }
 }
 
-/// The controller's service account in the default install.
-pub fn default_allocator_user() -> String {
-    "system:serviceaccount:hostport-system:hostport-controller".into()
+/// Drops what no decision reads before an object enters a cache, so memory grows with the
+/// number of objects, never with their size: a tenant's 200 KB of annotations on each claim
+/// must not exhaust the webhook (it fails closed, which would stop pod admission).
+pub fn strip_metadata<K: kube::Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+    meta.generate_name = None;
 }
 
-fn cache<K>(client: &Client) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// A claim as the webhook keeps it: identity, spec, and status without condition messages
+/// except the Bound condition's (a denial quotes it).
+pub fn strip_claim(claim: &mut HostPortClaim) {
+    strip_metadata(claim);
+    if let Some(status) = claim.status.as_mut() {
+        status
+            .conditions
+            .retain(|c| c.type_ == hostport_api::conditions::types::BOUND);
+    }
+}
+
+/// A HostPort as the webhook keeps it: name, claim UID, port.
+pub fn strip_host_port(host_port: &mut HostPort) {
+    strip_metadata(host_port);
+    if let Some(claim) = host_port.spec.claim_ref.as_mut() {
+        claim.api_version = None;
+        claim.kind = None;
+        claim.resource_version = None;
+        claim.field_path = None;
+    }
+    if let Some(status) = host_port.status.as_mut() {
+        status.conditions.clear();
+    }
+}
+
+/// A class as the webhook keeps it: name and pools.
+pub fn strip_class(class: &mut HostPortClass) {
+    strip_metadata(class);
+    class.status = None;
+}
+
+fn cache<K>(client: &Client, strip: fn(&mut K)) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -58,7 +102,9 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(strip),
     );
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -79,9 +125,9 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let (claims, claim_task) = cache::<HostPortClaim>(&client);
-    let (host_ports, host_port_task) = cache::<HostPort>(&client);
-    let (classes, class_task) = cache::<HostPortClass>(&client);
+    let (claims, claim_task) = cache(&client, strip_claim);
+    let (host_ports, host_port_task) = cache(&client, strip_host_port);
+    let (classes, class_task) = cache(&client, strip_class);
     let state = Arc::new(State {
         client,
         claims: claims.clone(),

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 
 use crate::metrics::{DenialLabels, RequestLabels};
 use crate::pod::{self, ClaimState, Verdict};
-use crate::resources;
+use crate::resources::{self, Requester};
 use crate::state::State;
 
 /// Largest AdmissionReview accepted (kube-apiserver's own request limit is 3 MiB).
@@ -210,6 +210,19 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Res
                     .clone()
                     .or_else(|| pod.metadata.namespace.clone())
                     .unwrap_or_default();
+                let host_network_allowed = if pod::uses_host_network(&pod) {
+                    match shared.host_network_allowed(&namespace).await {
+                        Ok(allowed) => allowed,
+                        Err(why) => {
+                            let message = format!(
+                                "spec.hostNetwork is true and the webhook cannot tell whether namespace {namespace:?} allows it ({why}); try again"
+                            );
+                            return (request, Verdict::Deny { reason: "HostNetwork", message });
+                        }
+                    }
+                } else {
+                    false
+                };
                 // Resolve every named claim first (cache, then one bounded API read each).
                 let mut states = BTreeMap::new();
                 let annotations = pod.metadata.annotations.clone().unwrap_or_default();
@@ -220,7 +233,7 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Res
                         slot.insert(shared.claim_state(&namespace, &claim.claim_name).await);
                     }
                 }
-                let verdict = pod::admit_create(&pod, &mut |name| {
+                let verdict = pod::admit_create(&pod, host_network_allowed, &mut |name| {
                     states.get(name).cloned().unwrap_or(ClaimState::Missing)
                 });
                 (request, verdict)
@@ -252,6 +265,14 @@ async fn mutate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> R
     .await
 }
 
+fn requester<'a>(state: &State, request: &'a Request) -> Requester<'a> {
+    let user = request.user_info.username.as_deref().unwrap_or_default();
+    Requester {
+        user,
+        is_allocator: state.is_allocator(user),
+    }
+}
+
 async fn validate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit(&state, paths::VALIDATE_CLAIM, &body, |request| async move {
@@ -264,26 +285,39 @@ async fn validate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) ->
             return (request, Verdict::Allow);
         };
         let class = shared.class(&claim.spec.host_port_class_name).await;
-        let verdict = resources::validate_claim(&claim, old.as_ref(), class.as_ref());
+        let verdict = resources::validate_claim(
+            &claim,
+            old.as_ref(),
+            class.as_ref(),
+            requester(&shared, &request),
+            request.sub_resource.as_deref(),
+        );
         (request, verdict)
     })
     .await
 }
 
 async fn validate_class(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+    let shared = state.clone();
     admit(&state, paths::VALIDATE_CLASS, &body, |request| async move {
         if !matches!(request.operation, Operation::Create | Operation::Update) {
             return (request, Verdict::Allow);
         }
         let class: Option<HostPortClass> = try_typed!(request, request.object.as_ref());
-        let verdict = class.map_or(Verdict::Allow, |c| resources::validate_class(&c));
+        let verdict = match (class, request.sub_resource.as_deref()) {
+            (None, _) => Verdict::Allow,
+            (Some(class), Some(_)) => {
+                resources::validate_class_status(&class, requester(&shared, &request))
+            }
+            (Some(class), None) => resources::validate_class(&class),
+        };
         (request, verdict)
     })
     .await
 }
 
 async fn validate_host_port(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
-    let allowed = state.allocator_users.clone();
+    let shared = state.clone();
     admit(
         &state,
         paths::VALIDATE_HOST_PORT,
@@ -294,9 +328,13 @@ async fn validate_host_port(AxumState(state): AxumState<Arc<State>>, body: Bytes
             }
             let host_port: Option<HostPort> = try_typed!(request, request.object.as_ref());
             let old: Option<HostPort> = try_typed!(request, request.old_object.as_ref());
-            let user = request.user_info.username.clone().unwrap_or_default();
             let verdict = host_port.map_or(Verdict::Allow, |hp| {
-                resources::validate_host_port(&hp, old.as_ref(), &user, &allowed)
+                resources::validate_host_port(
+                    &hp,
+                    old.as_ref(),
+                    requester(&shared, &request),
+                    request.sub_resource.as_deref(),
+                )
             });
             (request, verdict)
         },

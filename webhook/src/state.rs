@@ -1,12 +1,18 @@
 //! What admission decisions read: watch-fed caches of claims, HostPorts and classes, with one
 //! bounded API read on a miss or a not-yet-Bound claim (so a claim bound a moment ago is
 //! never wrongly denied because the cache lags).
+//!
+//! A port is injected only when the whole chain holds: the claim names a HostPort in
+//! `spec.hostPortName`, that HostPort's `claimRef.uid` is the claim's UID and it holds a
+//! port, and the claim's `status.port` (if any) agrees. A claim's status alone is never
+//! trusted: it is one RBAC mistake away from a tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_api::conditions::{self, types};
-use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+use hostport_api::{ALLOW_HOST_NETWORK_ANNOTATION, HostPort, HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
@@ -18,13 +24,13 @@ use crate::pod::ClaimState;
 pub struct State {
     /// API client for the reads behind a cache miss.
     pub client: Client,
-    /// Every HostPortClaim.
+    /// Every HostPortClaim (stripped: see `runner::strip`).
     pub claims: Store<HostPortClaim>,
-    /// Every HostPort.
+    /// Every HostPort (stripped).
     pub host_ports: Store<HostPort>,
-    /// Every HostPortClass.
+    /// Every HostPortClass (stripped).
     pub classes: Store<HostPortClass>,
-    /// Users allowed to create and change HostPorts (the controller's service account).
+    /// The allocator identity: the users who may write what decides a port.
     pub allocator_users: Vec<String>,
     /// Longest one API read may take (the webhook must answer within its timeout).
     pub api_timeout: Duration,
@@ -41,6 +47,11 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
+    /// Whether `user` is the allocator identity.
+    pub fn is_allocator(&self, user: &str) -> bool {
+        self.allocator_users.iter().any(|u| u == user)
+    }
+
     /// A claim's state for pod admission.
     pub async fn claim_state(&self, namespace: &str, name: &str) -> ClaimState {
         let cached = self.claims.get(&ObjectRef::new(name).within(namespace));
@@ -72,38 +83,56 @@ impl State {
         if claim.metadata.deletion_timestamp.is_some() {
             return ClaimState::Deleting;
         }
-        if let Some(port) = claim.bound_port() {
-            return ClaimState::Bound { port };
+        if claim.phase() != hostport_api::ClaimPhase::Bound {
+            let why = claim
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+                .map(|c| format!("{}: {}", c.reason, c.message));
+            return ClaimState::Pending { why };
         }
-        // Claims bound by the Go project carry no status.port: the port is their HostPort's.
-        if claim.phase() == hostport_api::ClaimPhase::Bound
-            && let Some(name) = &claim.spec.host_port_name
-            && let Some(port) = self.host_port_port(name).await
+        let Some(host_port_name) = claim.spec.host_port_name.as_deref() else {
+            return ClaimState::Unverified {
+                why: "its spec.hostPortName is empty".into(),
+            };
+        };
+        // The cache first; if it disagrees, the API server (the HostPort cache may lag the
+        // claim cache).
+        let cached = self.host_ports.get(&ObjectRef::new(host_port_name));
+        if let Some(host_port) = &cached
+            && let Ok(port) = verify_binding(claim, host_port)
         {
             return ClaimState::Bound { port };
-        }
-        let why = claim
-            .status
-            .as_ref()
-            .and_then(|s| conditions::find(&s.conditions, types::BOUND))
-            .map(|c| format!("{}: {}", c.reason, c.message));
-        ClaimState::Pending { why }
-    }
-
-    async fn host_port_port(&self, name: &str) -> Option<u16> {
-        if let Some(port) = self
-            .host_ports
-            .get(&ObjectRef::new(name))
-            .and_then(|hp| hp.port())
-        {
-            return Some(port);
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
-        let fetched = tokio::time::timeout(self.api_timeout, api.get_opt(name))
-            .await
-            .ok()?
-            .ok()??;
-        fetched.port()
+        let fresh = match tokio::time::timeout(self.api_timeout, api.get_opt(host_port_name)).await
+        {
+            Ok(Ok(fresh)) => fresh,
+            Ok(Err(error)) => {
+                return ClaimState::Pending {
+                    why: Some(format!(
+                        "the webhook could not read HostPort {host_port_name:?}: {error}"
+                    )),
+                };
+            }
+            Err(_) => {
+                return ClaimState::Pending {
+                    why: Some(format!(
+                        "the webhook could not read HostPort {host_port_name:?} within {:?}",
+                        self.api_timeout
+                    )),
+                };
+            }
+        };
+        let Some(host_port) = fresh else {
+            return ClaimState::Unverified {
+                why: format!("its HostPort {host_port_name:?} does not exist"),
+            };
+        };
+        match verify_binding(claim, &host_port) {
+            Ok(port) => ClaimState::Bound { port },
+            Err(why) => ClaimState::Unverified { why },
+        }
     }
 
     /// A class, from the cache, else from the API server (bounded).
@@ -117,5 +146,124 @@ impl State {
             .ok()?
             .ok()?
             .filter(|c| c.name_any() == name)
+    }
+
+    /// Whether a cluster admin allowed `hostNetwork` pods in `namespace` (its annotation
+    /// [`ALLOW_HOST_NETWORK_ANNOTATION`] is `"true"`). Read from the API server: only
+    /// `hostNetwork` pods ask, so no namespace cache is kept. `Err` says why it is unknown.
+    pub async fn host_network_allowed(&self, namespace: &str) -> Result<bool, String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        match tokio::time::timeout(self.api_timeout, api.get_opt(namespace)).await {
+            Ok(Ok(found)) => Ok(found.is_some_and(|ns| {
+                ns.annotations()
+                    .get(ALLOW_HOST_NETWORK_ANNOTATION)
+                    .is_some_and(|v| v == "true")
+            })),
+            Ok(Err(error)) => Err(format!("reading namespace {namespace:?} failed: {error}")),
+            Err(_) => Err(format!(
+                "reading namespace {namespace:?} took longer than {:?}",
+                self.api_timeout
+            )),
+        }
+    }
+}
+
+/// The port a Bound claim may inject, if the chain claim → HostPort → `claimRef.uid` → port
+/// holds; otherwise what breaks it.
+pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<u16, String> {
+    let name = host_port.name_any();
+    if host_port.metadata.deletion_timestamp.is_some() {
+        return Err(format!("its HostPort {name:?} is being deleted"));
+    }
+    let claim_uid = claim.uid();
+    if claim_uid.is_none() || host_port.claim_uid() != claim_uid.as_deref() {
+        return Err(format!(
+            "its HostPort {name:?} is not bound to it (spec.claimRef.uid differs)"
+        ));
+    }
+    let Some(port) = host_port.port() else {
+        return Err(format!("its HostPort {name:?} holds no port yet"));
+    };
+    let status_port = claim.status.as_ref().and_then(|s| s.port);
+    if let Some(status_port) = status_port
+        && status_port != i32::from(port)
+    {
+        return Err(format!(
+            "its status.port {status_port} differs from port {port} held by its HostPort {name:?}"
+        ));
+    }
+    Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostport_api::{
+        ClaimPhase, ClaimReference, HostPortClaimSpec, HostPortClaimStatus, HostPortSpec,
+    };
+
+    fn claim(uid: &str, status_port: Option<i32>) -> HostPortClaim {
+        let mut claim = HostPortClaim::new(
+            "web",
+            HostPortClaimSpec {
+                host_port_class_name: "sample".into(),
+                host_port_name: Some("port-9000".into()),
+                port: None,
+            },
+        );
+        claim.metadata.uid = Some(uid.into());
+        claim.status = Some(HostPortClaimStatus {
+            phase: Some(ClaimPhase::Bound),
+            port: status_port,
+            conditions: vec![],
+        });
+        claim
+    }
+
+    fn host_port(claim_uid: &str, port: i32) -> HostPort {
+        HostPort::new(
+            "port-9000",
+            HostPortSpec {
+                claim_ref: Some(ClaimReference {
+                    uid: Some(claim_uid.into()),
+                    ..ClaimReference::default()
+                }),
+                host_port_class_name: "sample".into(),
+                port: Some(port),
+            },
+        )
+    }
+
+    #[test]
+    fn the_chain_must_hold() {
+        assert_eq!(
+            verify_binding(&claim("a", Some(9000)), &host_port("a", 9000)),
+            Ok(9000)
+        );
+        // Go-era claims carry no status.port.
+        assert_eq!(
+            verify_binding(&claim("a", None), &host_port("a", 9000)),
+            Ok(9000)
+        );
+        let forged = verify_binding(&claim("a", Some(22)), &host_port("a", 9000));
+        assert!(
+            forged
+                .as_ref()
+                .is_err_and(|e| e.contains("status.port 22 differs")),
+            "{forged:?}"
+        );
+        let stolen = verify_binding(&claim("a", Some(9000)), &host_port("b", 9000));
+        assert!(
+            stolen
+                .as_ref()
+                .is_err_and(|e| e.contains("not bound to it")),
+            "{stolen:?}"
+        );
+        let mut deleting = host_port("a", 9000);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        assert!(verify_binding(&claim("a", None), &deleting).is_err());
     }
 }

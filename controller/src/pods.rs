@@ -1,0 +1,107 @@
+//! Which pods still use a claim: pods in the claim's namespace, not Succeeded or Failed,
+//! whose `claim.hostport.rmb938.com/<port>` annotations name it. Such a pod holds its host
+//! port on its node, so the port must not be handed to anyone else before it stops.
+//!
+//! The cache answers first; before a port is released the API server is asked as well
+//! (a pod created a moment ago may not be in the cache yet).
+
+use std::sync::Arc;
+
+use hostport_api::annotations::referenced_claim_names;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use crate::error::{Error, Result};
+
+/// Whether `pod` is in `namespace`, may still run, and names the claim `claim`.
+fn holds(pod: &Pod, namespace: &str, claim: &str) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.namespace().as_deref() == Some(namespace)
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && referenced_claim_names(pod.annotations()).any(|c| c == claim)
+}
+
+/// Names of the pods among `pods` that use claim `namespace/claim`, sorted.
+pub fn using(namespace: &str, claim: &str, pods: &[Arc<Pod>]) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter(|pod| holds(pod, namespace, claim))
+        .map(|pod| pod.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Names of the pods that use claim `namespace/claim`, as the API server has them now.
+pub async fn using_now(client: &Client, namespace: &str, claim: &str) -> Result<Vec<String>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut names = vec![];
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await.map_err(Error::api(
+            "listing",
+            "Pod",
+            format!("{namespace}/*"),
+        ))?;
+        names.extend(
+            page.items
+                .iter()
+                .filter(|pod| holds(pod, namespace, claim))
+                .map(ResourceExt::name_any),
+        );
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// "2 pod(s) …: a, b" with at most five names shown.
+pub fn describe(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    format!(
+        "{} pod(s): {}{}",
+        names.len(),
+        shown.join(", "),
+        if names.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, namespace: &str, claim: &str, phase: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": namespace,
+                    "annotations": {"claim.hostport.rmb938.com/web": claim}},
+                "status": {"phase": phase}
+            }))
+            .expect("pod"),
+        )
+    }
+
+    #[test]
+    fn only_live_pods_of_the_namespace_that_name_the_claim() {
+        let pods = [
+            pod("b", "team", "web", "Running"),
+            pod("a", "team", "web", "Pending"),
+            pod("done", "team", "web", "Succeeded"),
+            pod("failed", "team", "web", "Failed"),
+            pod("other-claim", "team", "db", "Running"),
+            pod("other-ns", "elsewhere", "web", "Running"),
+        ];
+        assert_eq!(using("team", "web", &pods), vec!["a", "b"]);
+        let many: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+        assert_eq!(describe(&many), "7 pod(s): p0, p1, p2, p3, p4, ...");
+    }
+}
