@@ -520,3 +520,72 @@ async fn serves_http2_and_http1() {
         assert_eq!(response.version(), expected);
     }
 }
+
+/// At the connection limit a new client waits until a slot frees, and a connection is closed
+/// once it reaches its maximum age, so idle clients cannot hold every slot.
+#[tokio::test]
+async fn connections_are_bounded_and_aged_out() {
+    use tokio::io::AsyncReadExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = tls::generate(
+        &["localhost".into()],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        Duration::from_secs(3600),
+    )
+    .expect("certs");
+    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
+    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let limits = tls::Limits {
+        max_connections: 1,
+        max_connection_age: Duration::from_millis(1500),
+        ..tls::Limits::default()
+    };
+    tokio::spawn(tls::serve_with_limits(
+        listener,
+        axum::Router::new(),
+        config,
+        limits,
+        std::future::pending(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(certs.ca_pem.as_bytes()) {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connect = || {
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(address).await.expect("tcp");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            connector.connect(name, tcp).await
+        }
+    };
+    let mut first = connect().await.expect("first connection");
+    let second = tokio::time::timeout(Duration::from_millis(500), connect()).await;
+    assert!(
+        second.is_err(),
+        "a second connection was served at the limit of one"
+    );
+    // The first one is closed by the server at its maximum age (EOF), freeing the slot.
+    let mut buffer = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buffer))
+        .await
+        .expect("closed within its maximum age");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    tokio::time::timeout(Duration::from_secs(5), connect())
+        .await
+        .expect("served once the slot is free")
+        .expect("handshake");
+}

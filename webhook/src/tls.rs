@@ -171,20 +171,67 @@ pub fn server_config(certs: Arc<SwappableCert>) -> Result<rustls::ServerConfig, 
     Ok(config)
 }
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds on what clients may hold of the server, so a flood of connections, streams or
+/// headers cannot exhaust memory (the webhook fails closed: an outage blocks admission).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// HTTP/2 streams in flight per connection.
+    pub max_streams: u32,
+    /// Largest request head (HTTP/1 buffer, HTTP/2 header list), in bytes.
+    pub max_header_bytes: usize,
+    /// How long a client may take to finish the TLS handshake, and to send a request head.
+    pub handshake_timeout: Duration,
+    /// A connection is closed gracefully after this long, busy or idle (kube-apiserver
+    /// reconnects at once), so an idle connection never holds its slot for long.
+    pub max_connection_age: Duration,
+}
 
-/// Serves `router` over HTTPS on `listener` until `shutdown` completes. Each connection is
-/// handled on its own task; a failed handshake only ends that connection.
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_streams: 64,
+            max_header_bytes: 64 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown` completes, within the default
+/// [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: rustls::ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
+    serve_with_limits(listener, router, config, Limits::default(), shutdown).await;
+}
+
+/// Serves `router` over HTTPS on `listener` until `shutdown` completes. Each connection is
+/// handled on its own task; a failed handshake only ends that connection.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    router: Router,
+    config: rustls::ServerConfig,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
     let acceptor = TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        // A free slot first: at the limit, new clients wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            () = &mut shutdown => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -198,7 +245,10 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -213,8 +263,27 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10));
-            if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+                .header_read_timeout(limits.handshake_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.max_streams)
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10));
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            let aged = tokio::time::sleep(limits.max_connection_age);
+            tokio::pin!(aged);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = &mut aged => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
