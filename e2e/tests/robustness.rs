@@ -450,3 +450,185 @@ async fn leader_election_lets_one_replica_work() {
     assert_eq!(ports.len(), 3);
     let _ = server;
 }
+
+/// A Go-era claim Bound to an `hpc-<uid>` HostPort that never got a port (status.port 0)
+/// gets a port from its pools, and the empty HostPort goes.
+#[tokio::test]
+async fn go_era_claim_without_a_port_gets_one() {
+    let env = Env::new("adopt-portless").await;
+    let class = env.create_class("sample", &[(23100, 23110)]).await;
+    let claims = env.claims();
+    let claim = claims
+        .create(
+            &PostParams::default(),
+            &claim_with_finalizer("legacy", &class),
+        )
+        .await
+        .expect("claim");
+    let uid = claim.uid().expect("uid");
+    let legacy_name = format!("hpc-{uid}");
+    let legacy: HostPort = serde_json::from_value(json!({
+        "metadata": {"name": legacy_name},
+        "spec": {"hostPortClassName": class, "claimRef": {
+            "namespace": env.namespace, "name": "legacy", "uid": uid}}
+    }))
+    .expect("HostPort");
+    env.host_ports()
+        .create(&PostParams::default(), &legacy)
+        .await
+        .expect("legacy HostPort");
+    env.host_ports()
+        .patch_status(
+            &legacy_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"port": 0, "phase": "Pending"}})),
+        )
+        .await
+        .expect("legacy status");
+    claims
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"hostPortName": legacy_name}})),
+        )
+        .await
+        .expect("bind legacy");
+    claims
+        .patch_status(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
+        )
+        .await
+        .expect("legacy claim status");
+    let _controller = env.start_controller(RunOptions::default());
+    let bound = env.bound("legacy").await;
+    assert_eq!(bound.bound_port(), Some(23100));
+    assert_eq!(bound.spec.host_port_name.as_deref(), Some("port-23100"));
+    env.wait_for(
+        "the portless HostPort deleted",
+        Duration::from_secs(10),
+        || {
+            let api = env.host_ports();
+            let name = legacy_name.clone();
+            async move { api.get_opt(&name).await.ok()?.is_none().then_some(()) }
+        },
+    )
+    .await;
+    env.cleanup().await;
+}
+
+/// A static-port claim that lost its port to another writer (409) binds as soon as that
+/// HostPort is deleted, not after a reservation times out.
+#[tokio::test]
+async fn static_claim_binds_once_its_port_frees_after_a_conflict() {
+    let env = Env::new("static-409").await;
+    let Some(server) = env.server() else {
+        return eprintln!("freezing the controller's watch needs the in-process API server");
+    };
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("sample", &[(23200, 23210)]).await;
+    env.create_claim("warm", &class, None).await;
+    env.bound("warm").await;
+    // Another writer takes port 23205 while the controller's HostPort watch is stalled.
+    server.freeze_watches(RequestMatch::resource("hostports").by_user(&controller_user().username));
+    let holder: HostPort = serde_json::from_value(json!({
+        "metadata": {"name": "port-23205"},
+        "spec": {"hostPortClassName": "other-writer", "port": 23205}
+    }))
+    .expect("HostPort");
+    env.host_ports()
+        .create(&PostParams::default(), &holder)
+        .await
+        .expect("holder");
+    let claims = env.claims();
+    claims
+        .create(
+            &PostParams::default(),
+            &HostPortClaim::new(
+                "static",
+                HostPortClaimSpec {
+                    host_port_class_name: class.clone(),
+                    host_port_name: None,
+                    port: Some(23205),
+                },
+            ),
+        )
+        .await
+        .expect("claim");
+    env.wait_for(
+        "PortUnavailable after the 409",
+        Duration::from_secs(10),
+        || {
+            let claims = claims.clone();
+            async move {
+                let claim = claims.get("static").await.ok()?;
+                let reason = claim
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Bound")?
+                    .reason;
+                (reason == "PortUnavailable").then_some(())
+            }
+        },
+    )
+    .await;
+    server.thaw_watches();
+    env.host_ports()
+        .delete("port-23205", &DeleteParams::default())
+        .await
+        .expect("release");
+    let claims = env.claims();
+    let bound = env
+        .wait_for("the static claim bound", Duration::from_secs(10), || {
+            let claims = claims.clone();
+            async move { claims.get("static").await.ok()?.bound_port() }
+        })
+        .await;
+    assert_eq!(bound, 23205);
+    env.cleanup().await;
+}
+
+/// A leader whose Lease renewals hang gives up leadership before the Lease expires for
+/// the others (never two leaders for longer than a renewal).
+#[tokio::test]
+async fn hung_lease_renewal_gives_up_leadership_in_time() {
+    let env = Env::new("lease-hang").await;
+    let Some(server) = env.server() else {
+        return eprintln!("injecting latency needs the in-process API server");
+    };
+    let user = UserInfo::service_account(SYSTEM_NAMESPACE, "replica-hung");
+    let leader = env.start_controller_as(
+        user.clone(),
+        RunOptions {
+            leader_election: Some(LeaseConfig {
+                namespace: SYSTEM_NAMESPACE.into(),
+                name: "hostport-controller-hang".into(),
+                identity: "hung".into(),
+                duration: Duration::from_secs(3),
+            }),
+            ..RunOptions::default()
+        },
+    );
+    let class = env.create_class("sample", &[(23300, 23310)]).await;
+    env.create_claim("a", &class, None).await;
+    env.bound("a").await;
+    server.add_latency(
+        RequestMatch::resource("leases").by_user(&user.username),
+        Duration::from_secs(120),
+    );
+    let hung_at = std::time::Instant::now();
+    env.wait_for("the leader to give up", Duration::from_secs(10), || {
+        let finished = leader.is_finished();
+        async move { finished.then_some(()) }
+    })
+    .await;
+    assert!(
+        hung_at.elapsed() < Duration::from_secs(3),
+        "still leading {:?} after renewals hung; the Lease lasts 3 s",
+        hung_at.elapsed()
+    );
+    server.clear_faults();
+    env.cleanup().await;
+}
