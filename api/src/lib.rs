@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+pub mod cache;
 pub mod claim;
 pub mod class;
 pub mod conditions;

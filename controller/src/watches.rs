@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hostport_api::annotations::{CLAIM_PREFIX, referenced_claim_names};
+use hostport_api::cache::{strip_host_port, strip_metadata};
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::ResourceExt;
@@ -17,34 +18,6 @@ use kube::runtime::watcher::{self, Event, watcher};
 
 use crate::context::Context;
 use crate::metrics::PhaseLabels;
-
-/// Drops what no reconciler reads (managed fields, labels, annotations such as kubectl's
-/// last-applied copy) before an object enters a cache: ten thousand claims and HostPorts
-/// must fit in a few tens of MiB.
-fn strip_metadata<K: kube::Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
-    meta.owner_references = None;
-}
-
-/// A HostPort as the caches keep it: what identifies its claim, its port and status, without
-/// the condition message (the claim reconciler compares conditions without it).
-fn strip_host_port(host_port: &mut HostPort) {
-    strip_metadata(host_port);
-    if let Some(claim) = host_port.spec.claim_ref.as_mut() {
-        claim.api_version = None;
-        claim.kind = None;
-        claim.resource_version = None;
-        claim.field_path = None;
-    }
-    if let Some(status) = host_port.status.as_mut() {
-        for condition in &mut status.conditions {
-            condition.message = String::new();
-        }
-    }
-}
 
 /// Drives a watch: every event goes into the cache, then to `on_event`; errors are logged
 /// (the stream backs off and resumes by itself).

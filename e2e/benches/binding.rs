@@ -16,37 +16,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
 use hostport_e2e::apiserver::{Options, RequestMatch, TestApiServer, UserInfo, Verb};
+use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 
 fn controller_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    // target/release/deps/binding-<hash> → target/release/hostport-controller
-    let release = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let binary = release.join("hostport-controller");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --release -p controller --bin hostport-controller` first",
-        binary.display()
-    );
-    binary
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    proc_status_kib(pid, "VmHWM:")
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
+    release_binary("hostport-controller", "controller")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

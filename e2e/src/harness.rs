@@ -412,6 +412,20 @@ impl Env {
         .await
     }
 
+    /// Reasons of the Events in this scenario's namespace.
+    pub async fn event_reasons(&self) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
     /// HostPorts bound to this scenario's namespace.
     pub async fn namespace_host_ports(&self) -> Vec<HostPort> {
         self.host_ports()

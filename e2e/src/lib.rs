@@ -7,5 +7,6 @@ pub mod apiserver;
 mod cluster;
 pub mod harness;
 pub mod local;
+pub mod measure;
 pub mod samples;
 pub mod webhooks;

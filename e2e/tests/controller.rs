@@ -38,19 +38,6 @@ async fn pending_with(env: &Env, name: &str, reason: &str) -> hostport_api::Host
     .await
 }
 
-async fn event_reasons(env: &Env) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(env.client.clone(), &env.namespace);
-    events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect()
-}
-
 #[tokio::test]
 async fn go_readme_flow_binds_the_lowest_port() {
     let env = Env::new("readme").await;
@@ -106,7 +93,7 @@ async fn go_readme_flow_binds_the_lowest_port() {
         (class_status.capacity, class_status.available),
         (Some(501), Some(500))
     );
-    assert!(event_reasons(&env).await.contains(&"Bound".to_owned()));
+    assert!(env.event_reasons().await.contains(&"Bound".to_owned()));
     env.cleanup().await;
 }
 
@@ -227,7 +214,7 @@ async fn exhaustion_then_recovery() {
         "{message}"
     );
     assert!(
-        event_reasons(&env)
+        env.event_reasons()
             .await
             .contains(&reasons::POOL_EXHAUSTED.to_owned())
     );
@@ -249,7 +236,7 @@ async fn unknown_class_then_created() {
     env.create_claim("early", &class, None).await;
     pending_with(&env, "early", reasons::CLASS_NOT_FOUND).await;
     assert!(
-        event_reasons(&env)
+        env.event_reasons()
             .await
             .contains(&reasons::CLASS_NOT_FOUND.to_owned())
     );

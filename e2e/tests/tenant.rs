@@ -159,7 +159,7 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
             .is_none(),
         "port 22 was never created"
     );
-    let events = event_reasons(&env).await;
+    let events = env.event_reasons().await;
     assert!(
         events.contains(&reasons::HOST_PORT_NOT_OWNED.to_owned()),
         "{events:?}"
@@ -196,19 +196,6 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
     let waiting = claims.get("waiting").await.expect("claim");
     assert_eq!(waiting.bound_port(), None);
     env.cleanup().await;
-}
-
-async fn event_reasons(env: &Env) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(env.client.clone(), &env.namespace);
-    events
-        .list(&ListParams::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect()
 }
 
 async fn wait_reason(env: &Env, name: &str, reason: &str) {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use hostport_api::cache::{strip_host_port, strip_metadata};
 use hostport_api::identity::{CONTROLLER_SERVICE_ACCOUNT, DEFAULT_NAMESPACE, allocator_user};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::Client;
@@ -45,23 +46,18 @@ impl Default for Options {
     }
 }
 
-/// Drops what no decision reads before an object enters a cache, so memory grows with the
-/// number of objects, never with their size: a tenant's 200 KB of annotations on each claim
-/// must not exhaust the webhook (it fails closed, which would stop pod admission).
-pub fn strip_metadata<K: kube::Resource>(object: &mut K) {
+/// The shared metadata strip, plus what the webhook never reads (finalizers).
+fn strip_webhook_metadata<K: kube::Resource>(object: &mut K) {
+    strip_metadata(object);
     let meta = object.meta_mut();
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.labels = None;
     meta.finalizers = None;
-    meta.owner_references = None;
     meta.generate_name = None;
 }
 
 /// A claim as the webhook keeps it: identity, spec, and status without condition messages
 /// except the Bound condition's (a denial quotes it).
 pub fn strip_claim(claim: &mut HostPortClaim) {
-    strip_metadata(claim);
+    strip_webhook_metadata(claim);
     if let Some(status) = claim.status.as_mut() {
         status
             .conditions
@@ -69,23 +65,9 @@ pub fn strip_claim(claim: &mut HostPortClaim) {
     }
 }
 
-/// A HostPort as the webhook keeps it: name, claim UID, port.
-pub fn strip_host_port(host_port: &mut HostPort) {
-    strip_metadata(host_port);
-    if let Some(claim) = host_port.spec.claim_ref.as_mut() {
-        claim.api_version = None;
-        claim.kind = None;
-        claim.resource_version = None;
-        claim.field_path = None;
-    }
-    if let Some(status) = host_port.status.as_mut() {
-        status.conditions.clear();
-    }
-}
-
 /// A class as the webhook keeps it: name and pools.
 pub fn strip_class(class: &mut HostPortClass) {
-    strip_metadata(class);
+    strip_webhook_metadata(class);
     class.status = None;
 }
 
@@ -126,7 +108,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let (claims, claim_task) = cache(&client, strip_claim);
-    let (host_ports, host_port_task) = cache(&client, strip_host_port);
+    let (host_ports, host_port_task) = cache(&client, |hp: &mut HostPort| {
+        strip_host_port(hp);
+        strip_webhook_metadata(hp);
+    });
     let (classes, class_task) = cache(&client, strip_class);
     let state = Arc::new(State {
         client,
