@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::PortRange;
-use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
+use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -97,7 +97,16 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         },
     };
     let name = host_port.name_any();
-    ensure_host_port_status(&host_port, &claim, port, ctx).await?;
+    crate::host_port::set_allocated(
+        &host_port,
+        reasons::ALLOCATED,
+        format!(
+            "port {port} allocated to HostPortClaim {}",
+            claim_name(&claim)
+        ),
+        ctx,
+    )
+    .await?;
     if claim.spec.host_port_name.as_deref() != Some(name.as_str()) {
         let updated = writes::bind_claim(&claims, &claim, &name).await?;
         ctx.wrote(&claim);
@@ -143,7 +152,7 @@ async fn find_host_port(
     ctx: &Context,
 ) -> Result<Option<(HostPort, u16)>> {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    let owned = |hp: &HostPort| hp.claim_uid() == Some(uid) && hp.port().is_some();
+    let owned = |hp: &HostPort| hp.claim_uid() == Some(uid);
     let (cached, reserved) = ctx.book().of_claim(uid);
     let mut names: Vec<String> = claim.spec.host_port_name.iter().cloned().collect();
     let mut by_port = cached;
@@ -241,7 +250,9 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
     for _ in 0..MAX_PICKS {
         let port = {
             let mut book = ctx.book();
-            match requested {
+            // A free previous port is picked like a requested one; a taken one is not
+            // waited for (the lowest free port is), unlike a requested one.
+            match requested.or(previous.filter(|p| !book.is_used(*p))) {
                 Some(port) if book.is_used(port) => {
                     return Ok(Allocation::Pending {
                         reason: reasons::PORT_UNAVAILABLE,
@@ -251,11 +262,6 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
                     });
                 }
                 Some(port) => {
-                    book.reserve(port, Some(uid), Instant::now());
-                    port
-                }
-                None if previous.is_some_and(|p| !book.is_used(p)) => {
-                    let port = previous.unwrap_or_default();
                     book.reserve(port, Some(uid), Instant::now());
                     port
                 }
@@ -380,46 +386,6 @@ async fn set_claim_status(
         ctx.wrote(claim);
     }
     Ok(reason_changed)
-}
-
-async fn ensure_host_port_status(
-    host_port: &HostPort,
-    claim: &HostPortClaim,
-    port: u16,
-    ctx: &Context,
-) -> Result<()> {
-    let current = host_port.status.clone().unwrap_or_default();
-    let mut desired = current.clone();
-    desired.phase = Some(HostPortPhase::Allocated);
-    desired.port = Some(i32::from(port));
-    conditions::set(
-        &mut desired.conditions,
-        Condition::new(
-            types::ALLOCATED,
-            status::TRUE,
-            reasons::ALLOCATED,
-            format!(
-                "port {port} allocated to HostPortClaim {}",
-                claim_name(claim)
-            ),
-            host_port.metadata.generation,
-            now(),
-        ),
-    );
-    // Cached HostPorts carry no condition messages (memory), so they are not compared.
-    let without_messages = |status: &HostPortStatus| {
-        let mut status = status.clone();
-        status.conditions.iter_mut().for_each(|c| c.message.clear());
-        status
-    };
-    if without_messages(&desired) == without_messages(&current) || ctx.is_stale(host_port) {
-        // Current, or a cached copy of a version whose status we already wrote.
-        return Ok(());
-    }
-    let api: Api<HostPort> = Api::all(ctx.client.clone());
-    writes::host_port_status(&api, &host_port.name_any(), &desired).await?;
-    ctx.wrote(host_port);
-    Ok(())
 }
 
 /// HostPorts left over for this claim besides the one it is bound to (from races between

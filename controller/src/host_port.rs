@@ -58,7 +58,7 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     }
     let Some((namespace, claim_name)) = host_port.claim_key() else {
         // No claimRef: a port an admin holds back on purpose. It stays taken.
-        set_status(
+        set_allocated(
             host_port,
             reasons::RESERVED,
             "reserved by an administrator (no spec.claimRef): never handed to a claim".into(),
@@ -98,7 +98,7 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
             "HostPortClaim {namespace}/{claim_name} is gone, but {} that named it still exist; the port is released once they stop",
             pods::describe(&using)
         );
-        if set_status(host_port, reasons::CLAIM_GONE_PODS_RUNNING, message, ctx).await? {
+        if set_allocated(host_port, reasons::CLAIM_GONE_PODS_RUNNING, message, ctx).await? {
             tracing::warn!(host_port = %name, claim = %format!("{namespace}/{claim_name}"), pods = ?using, "claim gone while pods use its port; holding the port");
         }
         return Ok(Action::requeue(PODS_RECHECK));
@@ -108,9 +108,10 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     Ok(Action::await_change())
 }
 
-/// Sets the `Allocated` condition (True, `reason`) and the port in the HostPort's status if
-/// they differ; returns whether it wrote.
-async fn set_status(
+/// Sets phase Allocated, the port and the `Allocated` condition (True, `reason`) in the
+/// HostPort's status if they differ; returns whether it wrote. Used for bound, held and
+/// reserved HostPorts alike.
+pub(crate) async fn set_allocated(
     host_port: &HostPort,
     reason: &'static str,
     message: String,
@@ -131,14 +132,14 @@ async fn set_status(
             Time(k8s_openapi::jiff::Timestamp::now()),
         ),
     );
-    // Cached HostPorts carry no condition messages (memory), so compare without them.
-    let reason_of = |s: &HostPortStatus| {
-        conditions::find(&s.conditions, types::ALLOCATED).map(|c| c.reason.clone())
+    // Cached HostPorts carry no condition messages (memory), so they are not compared.
+    let without_messages = |status: &HostPortStatus| {
+        let mut status = status.clone();
+        status.conditions.iter_mut().for_each(|c| c.message.clear());
+        status
     };
-    if (desired.phase, desired.port, reason_of(&desired))
-        == (current.phase, current.port, reason_of(&current))
-        || ctx.is_stale(host_port)
-    {
+    if without_messages(&desired) == without_messages(&current) || ctx.is_stale(host_port) {
+        // Current, or a cached copy of a version whose status we already wrote.
         return Ok(false);
     }
     let api: Api<HostPort> = Api::all(ctx.client.clone());

@@ -185,13 +185,8 @@ fn strip(pod: &mut Pod) {
         annotations.retain(|key, _| key.starts_with(CLAIM_PREFIX));
         // A pod has a handful of claimed ports; thousands of claim annotations are an
         // attack on memory (the pod webhook refuses such pods in labelled namespaces).
-        if annotations.len() > MAX_CLAIM_ANNOTATIONS {
-            let keep: Vec<String> = annotations
-                .keys()
-                .take(MAX_CLAIM_ANNOTATIONS)
-                .cloned()
-                .collect();
-            annotations.retain(|key, _| keep.contains(key));
+        if let Some(first_dropped) = annotations.keys().nth(MAX_CLAIM_ANNOTATIONS).cloned() {
+            annotations.split_off(&first_dropped);
         }
     }
     pod.spec = None;
@@ -266,5 +261,33 @@ pub async fn phase_gauges(ctx: Arc<Context>) {
                 })
                 .set(count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_pod_keeps_a_bounded_set_of_claim_annotations_and_nothing_else() {
+        let mut annotations: std::collections::BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("{CLAIM_PREFIX}p{i:03}"), format!("claim-{i}")))
+            .collect();
+        annotations.insert(
+            "kubectl.kubernetes.io/last-applied-configuration".into(),
+            "x".repeat(200 * 1024),
+        );
+        let mut pod = Pod::default();
+        pod.metadata.annotations = Some(annotations);
+        pod.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        strip(&mut pod);
+        let kept = pod.metadata.annotations.unwrap_or_default();
+        assert_eq!(kept.len(), MAX_CLAIM_ANNOTATIONS);
+        assert!(kept.keys().all(|k| k.starts_with(CLAIM_PREFIX)));
+        assert_eq!(
+            kept.keys().last().map(String::as_str),
+            Some("claim.hostport.rmb938.com/p063")
+        );
+        assert_eq!(pod.metadata.finalizers, None);
     }
 }

@@ -225,17 +225,15 @@ async fn killed_at_random_points_converges() {
     assert_consistent(&env, 70).await;
 }
 
-#[tokio::test]
-async fn go_project_objects_are_adopted() {
-    let env = Env::new("adopt").await;
-    let class = env.create_class("sample", &[(23000, 23010)]).await;
-    // A claim and HostPort exactly as the Go controller left them: HostPort named after the
-    // claim UID, port only in status, claim bound to it with an empty-string-free spec.
+/// A claim `legacy` and its HostPort as the Go controller left them: the HostPort named
+/// after the claim UID, with the Go finalizer, its port only in `status` (`host_port_status`),
+/// the claim bound to it and Bound. Returns the HostPort's name.
+async fn go_era_binding(env: &Env, class: &str, host_port_status: serde_json::Value) -> String {
     let claims = env.claims();
     let claim = claims
         .create(
             &PostParams::default(),
-            &claim_with_finalizer("legacy", &class),
+            &claim_with_finalizer("legacy", class),
         )
         .await
         .expect("claim");
@@ -257,7 +255,7 @@ async fn go_project_objects_are_adopted() {
         .patch_status(
             &legacy_name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"port": 23000, "phase": "Allocated"}})),
+            &Patch::Merge(json!({ "status": host_port_status })),
         )
         .await
         .expect("legacy status");
@@ -277,6 +275,16 @@ async fn go_project_objects_are_adopted() {
         )
         .await
         .expect("legacy claim status");
+    legacy_name
+}
+
+#[tokio::test]
+async fn go_project_objects_are_adopted() {
+    let env = Env::new("adopt").await;
+    let class = env.create_class("sample", &[(23000, 23010)]).await;
+    // A claim and HostPort exactly as the Go controller left them.
+    let legacy_name =
+        go_era_binding(&env, &class, json!({"port": 23000, "phase": "Allocated"})).await;
 
     let _controller = env.start_controller(RunOptions::default());
     env.create_claim("new", &class, None).await;
@@ -301,7 +309,7 @@ async fn go_project_objects_are_adopted() {
     );
 
     // Releasing the legacy claim deletes the Go HostPort (its finalizer is ours too).
-    claims
+    env.claims()
         .delete("legacy", &DeleteParams::default())
         .await
         .expect("delete");
@@ -457,50 +465,7 @@ async fn leader_election_lets_one_replica_work() {
 async fn go_era_claim_without_a_port_gets_one() {
     let env = Env::new("adopt-portless").await;
     let class = env.create_class("sample", &[(23100, 23110)]).await;
-    let claims = env.claims();
-    let claim = claims
-        .create(
-            &PostParams::default(),
-            &claim_with_finalizer("legacy", &class),
-        )
-        .await
-        .expect("claim");
-    let uid = claim.uid().expect("uid");
-    let legacy_name = format!("hpc-{uid}");
-    let legacy: HostPort = serde_json::from_value(json!({
-        "metadata": {"name": legacy_name},
-        "spec": {"hostPortClassName": class, "claimRef": {
-            "namespace": env.namespace, "name": "legacy", "uid": uid}}
-    }))
-    .expect("HostPort");
-    env.host_ports()
-        .create(&PostParams::default(), &legacy)
-        .await
-        .expect("legacy HostPort");
-    env.host_ports()
-        .patch_status(
-            &legacy_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"port": 0, "phase": "Pending"}})),
-        )
-        .await
-        .expect("legacy status");
-    claims
-        .patch(
-            "legacy",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"hostPortName": legacy_name}})),
-        )
-        .await
-        .expect("bind legacy");
-    claims
-        .patch_status(
-            "legacy",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Bound"}})),
-        )
-        .await
-        .expect("legacy claim status");
+    let legacy_name = go_era_binding(&env, &class, json!({"port": 0, "phase": "Pending"})).await;
     let _controller = env.start_controller(RunOptions::default());
     let bound = env.bound("legacy").await;
     assert_eq!(bound.bound_port(), Some(23100));

@@ -270,22 +270,7 @@ async fn finalizer_cannot_free_a_port_early() {
         async move { claims.get_opt("game").await.ok()?.is_none().then_some(()) }
     })
     .await;
-    let reason = env
-        .wait_for("HostPort held for the pod", Duration::from_secs(10), || {
-            let api = env.host_ports();
-            let held = held.clone();
-            async move {
-                let hp = api.get_opt(&held).await.ok()??;
-                let reason = hp
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, types::ALLOCATED))
-                    .map(|c| c.reason.clone())?;
-                (reason == reasons::CLAIM_GONE_PODS_RUNNING).then_some(reason)
-            }
-        })
-        .await;
-    assert_eq!(reason, reasons::CLAIM_GONE_PODS_RUNNING);
+    host_port_with_reason(&env, &held, reasons::CLAIM_GONE_PODS_RUNNING).await;
     // A new claim cannot get the held port.
     claims
         .create(&PostParams::default(), &claim("next", &class, None))
@@ -440,27 +425,35 @@ async fn reserved_ports_are_never_handed_out() {
     env.create_claim("web", &class, None).await;
     let bound = env.bound("web").await;
     assert_eq!(bound.bound_port(), Some(33401));
-    let reserved = env
-        .wait_for("reservation status", Duration::from_secs(10), || {
-            let api = env.host_ports();
-            async move {
-                let hp = api.get("port-33400").await.ok()?;
-                let reason = hp
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, types::ALLOCATED))?
-                    .reason
-                    .clone();
-                (reason == reasons::RESERVED).then_some(hp)
-            }
-        })
-        .await;
+    let reserved = host_port_with_reason(&env, "port-33400", reasons::RESERVED).await;
     assert_eq!(reserved.port(), Some(33400));
     let _ = env
         .host_ports()
         .delete("port-33400", &DeleteParams::default())
         .await;
     env.cleanup().await;
+}
+
+/// Waits until HostPort `name`'s `Allocated` condition has `reason`; returns the HostPort.
+async fn host_port_with_reason(env: &Env, name: &str, reason: &str) -> HostPort {
+    env.wait_for(
+        &format!("HostPort {name} with reason {reason}"),
+        Duration::from_secs(10),
+        || {
+            let api = env.host_ports();
+            async move {
+                let hp = api.get_opt(name).await.ok()??;
+                let found = hp
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, types::ALLOCATED))?
+                    .reason
+                    .clone();
+                (found == reason).then_some(hp)
+            }
+        },
+    )
+    .await
 }
 
 /// Every pod with a host port holds it through a HostPort of its claim, inside the pools.

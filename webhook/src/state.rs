@@ -62,20 +62,26 @@ impl State {
             }
         }
         let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), namespace);
+        match self.read(&api, name, "it from the API server").await {
+            Ok(Some(claim)) => self.state_of(&claim).await,
+            Ok(None) => ClaimState::Missing,
+            Err(why) => ClaimState::Pending { why: Some(why) },
+        }
+    }
+
+    /// One read from the API server, bounded by `api_timeout`; the error says what could not
+    /// be read (`what`) and why, for a denial message.
+    async fn read<K>(&self, api: &Api<K>, name: &str, what: &str) -> Result<Option<K>, String>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
         match tokio::time::timeout(self.api_timeout, api.get_opt(name)).await {
-            Ok(Ok(Some(claim))) => self.state_of(&claim).await,
-            Ok(Ok(None)) => ClaimState::Missing,
-            Ok(Err(error)) => ClaimState::Pending {
-                why: Some(format!(
-                    "the webhook could not read it from the API server: {error}"
-                )),
-            },
-            Err(_) => ClaimState::Pending {
-                why: Some(format!(
-                    "the webhook could not read it from the API server within {:?}",
-                    self.api_timeout
-                )),
-            },
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(error)) => Err(format!("the webhook could not read {what}: {error}")),
+            Err(_) => Err(format!(
+                "the webhook could not read {what} within {:?}",
+                self.api_timeout
+            )),
         }
     }
 
@@ -105,24 +111,10 @@ impl State {
             return ClaimState::Bound { port };
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
-        let fresh = match tokio::time::timeout(self.api_timeout, api.get_opt(host_port_name)).await
-        {
-            Ok(Ok(fresh)) => fresh,
-            Ok(Err(error)) => {
-                return ClaimState::Pending {
-                    why: Some(format!(
-                        "the webhook could not read HostPort {host_port_name:?}: {error}"
-                    )),
-                };
-            }
-            Err(_) => {
-                return ClaimState::Pending {
-                    why: Some(format!(
-                        "the webhook could not read HostPort {host_port_name:?} within {:?}",
-                        self.api_timeout
-                    )),
-                };
-            }
+        let what = format!("HostPort {host_port_name:?}");
+        let fresh = match self.read(&api, host_port_name, &what).await {
+            Ok(fresh) => fresh,
+            Err(why) => return ClaimState::Pending { why: Some(why) },
         };
         let Some(host_port) = fresh else {
             return ClaimState::Unverified {
@@ -141,9 +133,8 @@ impl State {
             return Some((*class).clone());
         }
         let api: Api<HostPortClass> = Api::all(self.client.clone());
-        tokio::time::timeout(self.api_timeout, api.get_opt(name))
+        self.read(&api, name, "the class")
             .await
-            .ok()?
             .ok()?
             .filter(|c| c.name_any() == name)
     }
@@ -153,18 +144,13 @@ impl State {
     /// `hostNetwork` pods ask, so no namespace cache is kept. `Err` says why it is unknown.
     pub async fn host_network_allowed(&self, namespace: &str) -> Result<bool, String> {
         let api: Api<Namespace> = Api::all(self.client.clone());
-        match tokio::time::timeout(self.api_timeout, api.get_opt(namespace)).await {
-            Ok(Ok(found)) => Ok(found.is_some_and(|ns| {
-                ns.annotations()
-                    .get(ALLOW_HOST_NETWORK_ANNOTATION)
-                    .is_some_and(|v| v == "true")
-            })),
-            Ok(Err(error)) => Err(format!("reading namespace {namespace:?} failed: {error}")),
-            Err(_) => Err(format!(
-                "reading namespace {namespace:?} took longer than {:?}",
-                self.api_timeout
-            )),
-        }
+        let what = format!("namespace {namespace:?}");
+        let found = self.read(&api, namespace, &what).await?;
+        Ok(found.is_some_and(|ns| {
+            ns.annotations()
+                .get(ALLOW_HOST_NETWORK_ANNOTATION)
+                .is_some_and(|v| v == "true")
+        }))
     }
 }
 
