@@ -10,4 +10,9 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/hostport-controller /usr/local/bin/hostport-controller
 COPY --from=build /src/target/release/hostport-webhook /usr/local/bin/hostport-webhook
 USER 65532:65532
+# glibc raises its mmap threshold after the first large buffer is freed, so later 200 KB
+# response buffers (a tenant's big annotations) come from the heap and its high-water mark
+# stays: +50 % RSS in `cargo bench -p e2e --bench memory`. A fixed threshold returns them to
+# the kernel: the same RSS within 3 % whatever objects weigh (BENCHMARKS.md).
+ENV MALLOC_MMAP_THRESHOLD_=131072
 ENTRYPOINT ["/usr/local/bin/hostport-controller"]

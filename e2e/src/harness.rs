@@ -285,16 +285,15 @@ impl Env {
             SYSTEM_NAMESPACE,
             "hostport-webhook",
         ));
-        let webhook = crate::local::start_webhook(client, allocator_users).await;
+        let mut webhook = crate::local::start_webhook(client, allocator_users).await;
         let selector = json!({"matchLabels": {"hostport.rmb938.com": "true", "hostport-e2e/scenario": self.prefix}});
-        crate::local::register_webhooks(
-            &self.client,
-            &format!("hostport-e2e-{}", self.prefix),
-            &webhook,
-            selector,
-        )
-        .await
-        .expect("registering the webhooks");
+        let name = format!("hostport-e2e-{}", self.prefix);
+        crate::local::register_webhooks(&self.client, &name, &webhook, selector)
+            .await
+            .expect("registering the webhooks");
+        if let Some(config) = &self.cluster_config {
+            webhook.unregister_on_drop(config.clone(), name);
+        }
         webhook
     }
 
@@ -457,19 +456,47 @@ impl Env {
         let _ = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(self.client.clone())
             .delete(&webhooks, &DeleteParams::default())
             .await;
-        for class in self
-            .classes()
+        for class in self.own_classes().await {
+            let _ = self
+                .classes()
+                .delete(&class.name_any(), &DeleteParams::default())
+                .await;
+        }
+        // The scenario's controller still runs (its handle is dropped after this returns):
+        // wait for it to release the claims and classes, so nothing is left Terminating.
+        let namespaces = Api::<Namespace>::all(self.client.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let namespace_left = matches!(namespaces.get_opt(&self.namespace).await, Ok(Some(_)));
+            let classes_left = self.own_classes().await.len();
+            if !namespace_left && classes_left == 0 {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                eprintln!(
+                    "cleanup of {}: after 120 s the namespace is {}and {classes_left} class(es) remain",
+                    self.prefix,
+                    if namespace_left {
+                        "still there "
+                    } else {
+                        "gone "
+                    }
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Classes this scenario created (named with its prefix).
+    async fn own_classes(&self) -> Vec<HostPortClass> {
+        self.classes()
             .list(&ListParams::default())
             .await
             .map(|l| l.items)
             .unwrap_or_default()
-        {
-            if class.name_any().starts_with(&self.prefix) {
-                let _ = self
-                    .classes()
-                    .delete(&class.name_any(), &DeleteParams::default())
-                    .await;
-            }
-        }
+            .into_iter()
+            .filter(|class| class.name_any().starts_with(&self.prefix))
+            .collect()
     }
 }

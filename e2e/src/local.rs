@@ -22,11 +22,46 @@ pub struct LocalWebhook {
     /// The CA that signed its serving certificate (PEM).
     pub ca_pem: String,
     task: tokio::task::JoinHandle<()>,
+    /// On a shared cluster: the configurations to delete when the webhook goes away.
+    registered: Option<(kube::Config, String)>,
+}
+
+impl LocalWebhook {
+    /// Deletes the webhook configurations `name` when this webhook stops, even when a
+    /// scenario panics: on a shared cluster a configuration left pointing at a stopped
+    /// webhook (failurePolicy Fail) would refuse every later write of claims, classes and
+    /// HostPorts, in every scenario.
+    pub fn unregister_on_drop(&mut self, config: kube::Config, name: String) {
+        self.registered = Some((config, name));
+    }
 }
 
 impl Drop for LocalWebhook {
     fn drop(&mut self) {
         self.task.abort();
+        let Some((config, name)) = self.registered.take() else {
+            return;
+        };
+        // Drop cannot await, and the scenario's runtime may be unwinding: a thread with a
+        // runtime and a client of its own.
+        let unregister = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let client = Client::try_from(config).ok()?;
+                let params = kube::api::DeleteParams::default();
+                let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+                    .delete(&name, &params)
+                    .await;
+                let _ = Api::<ValidatingWebhookConfiguration>::all(client)
+                    .delete(&name, &params)
+                    .await;
+                Some(())
+            })
+        });
+        let _ = unregister.join();
     }
 }
 
@@ -78,6 +113,7 @@ pub async fn start_webhook(client: Client, allocator_users: Vec<String>) -> Loca
         url,
         ca_pem: certs.ca_pem,
         task,
+        registered: None,
     }
 }
 

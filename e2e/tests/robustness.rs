@@ -489,7 +489,8 @@ async fn go_era_claim_without_a_port_gets_one() {
 async fn static_claim_binds_once_its_port_frees_after_a_conflict() {
     let env = Env::new("static-409").await;
     let Some(server) = env.server() else {
-        return eprintln!("freezing the controller's watch needs the in-process API server");
+        eprintln!("freezing the controller's watch needs the in-process API server");
+        return env.cleanup().await;
     };
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("sample", &[(23200, 23210)]).await;
@@ -561,7 +562,8 @@ async fn static_claim_binds_once_its_port_frees_after_a_conflict() {
 async fn hung_lease_renewal_gives_up_leadership_in_time() {
     let env = Env::new("lease-hang").await;
     let Some(server) = env.server() else {
-        return eprintln!("injecting latency needs the in-process API server");
+        eprintln!("injecting latency needs the in-process API server");
+        return env.cleanup().await;
     };
     let user = UserInfo::service_account(SYSTEM_NAMESPACE, "replica-hung");
     let leader = env.start_controller_as(
