@@ -287,7 +287,7 @@ impl Env {
         ));
         let mut webhook = crate::local::start_webhook(client, allocator_users).await;
         let selector = json!({"matchLabels": {"hostport.rmb938.com": "true", "hostport-e2e/scenario": self.prefix}});
-        let name = format!("hostport-e2e-{}", self.prefix);
+        let name = self.webhook_configurations();
         crate::local::register_webhooks(&self.client, &name, &webhook, selector)
             .await
             .expect("registering the webhooks");
@@ -295,6 +295,11 @@ impl Env {
             webhook.unregister_on_drop(config.clone(), name);
         }
         webhook
+    }
+
+    /// Name of this scenario's webhook configurations.
+    pub fn webhook_configurations(&self) -> String {
+        format!("hostport-e2e-{}", self.prefix)
     }
 
     /// The user name the admin client authenticates as on a real cluster.
@@ -446,16 +451,7 @@ impl Env {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
-        let webhooks = format!("hostport-e2e-{}", self.prefix);
-        let _ =
-            Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-                self.client.clone(),
-            )
-            .delete(&webhooks, &DeleteParams::default())
-            .await;
-        let _ = Api::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>::all(self.client.clone())
-            .delete(&webhooks, &DeleteParams::default())
-            .await;
+        crate::local::unregister_webhooks(&self.client, &self.webhook_configurations()).await;
         for class in self.own_classes().await {
             let _ = self
                 .classes()

@@ -50,14 +50,7 @@ impl Drop for LocalWebhook {
                 .build()
                 .ok()?;
             runtime.block_on(async move {
-                let client = Client::try_from(config).ok()?;
-                let params = kube::api::DeleteParams::default();
-                let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
-                    .delete(&name, &params)
-                    .await;
-                let _ = Api::<ValidatingWebhookConfiguration>::all(client)
-                    .delete(&name, &params)
-                    .await;
+                unregister_webhooks(&Client::try_from(config).ok()?, &name).await;
                 Some(())
             })
         });
@@ -136,6 +129,17 @@ pub async fn register_webhooks(
         .patch(name, &apply, &Patch::Apply(&validating))
         .await?;
     Ok(())
+}
+
+/// Deletes the webhook configurations `name` (mutating and validating); gone already is fine.
+pub async fn unregister_webhooks(client: &Client, name: &str) {
+    let params = kube::api::DeleteParams::default();
+    let _ = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(name, &params)
+        .await;
+    let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .delete(name, &params)
+        .await;
 }
 
 /// The controller and the webhook running against an in-process API server the way a cluster

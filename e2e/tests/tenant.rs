@@ -114,6 +114,20 @@ async fn grant_claim_status(env: &Env) {
     .await;
 }
 
+/// Creates claim `name` of `class` through `claims` (the tenant's) and waits until it is Bound.
+async fn create_bound(
+    env: &Env,
+    claims: &Api<HostPortClaim>,
+    name: &str,
+    class: &str,
+) -> HostPortClaim {
+    claims
+        .create(&PostParams::default(), &claim(name, class, None))
+        .await
+        .expect("claim");
+    env.bound(name).await
+}
+
 fn host_port_name(claim: &HostPortClaim) -> String {
     claim.spec.host_port_name.clone().expect("bound")
 }
@@ -224,11 +238,7 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
     );
 
     // A Pending claim (class full) patched to name port 23 stays Pending on the pools.
-    claims
-        .create(&PostParams::default(), &claim("second", &class, None))
-        .await
-        .expect("claim");
-    env.bound("second").await;
+    create_bound(&env, &claims, "second", &class).await;
     claims
         .create(&PostParams::default(), &claim("waiting", &class, None))
         .await
@@ -289,11 +299,7 @@ async fn finalizer_cannot_free_a_port_early() {
     let class = env.create_class("pool", &[(33200, 33201)]).await;
     let claims: Api<HostPortClaim> = Api::namespaced(tenant.clone(), &env.namespace);
     let pods: Api<Pod> = Api::namespaced(tenant.clone(), &env.namespace);
-    claims
-        .create(&PostParams::default(), &claim("game", &class, None))
-        .await
-        .expect("claim");
-    let bound = env.bound("game").await;
+    let bound = create_bound(&env, &claims, "game", &class).await;
     let held = host_port_name(&bound);
     pods.create(&PostParams::default(), &pod("server", "game"))
         .await
@@ -317,7 +323,7 @@ async fn finalizer_cannot_free_a_port_early() {
     if env.server().is_none() {
         return env.cleanup().await;
     }
-    unregister_webhooks(&env).await;
+    hostport_e2e::local::unregister_webhooks(&env.client, &env.webhook_configurations()).await;
     drop(webhook);
     claims
         .patch("game", &PatchParams::default(), &remove)
@@ -330,11 +336,7 @@ async fn finalizer_cannot_free_a_port_early() {
     .await;
     host_port_with_reason(&env, &held, reasons::CLAIM_GONE_PODS_RUNNING).await;
     // A new claim cannot get the held port.
-    claims
-        .create(&PostParams::default(), &claim("next", &class, None))
-        .await
-        .expect("claim");
-    let next = env.bound("next").await;
+    let next = create_bound(&env, &claims, "next", &class).await;
     assert_ne!(host_port_name(&next), held);
     // The pod goes: the port is released.
     pods.delete("server", &DeleteParams::default().grace_period(0))
@@ -349,19 +351,6 @@ async fn finalizer_cannot_free_a_port_early() {
     env.cleanup().await;
 }
 
-async fn unregister_webhooks(env: &Env) {
-    use k8s_openapi::api::admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-    };
-    let name = format!("hostport-e2e-{}", env.prefix);
-    let _ = Api::<MutatingWebhookConfiguration>::all(env.client.clone())
-        .delete(&name, &DeleteParams::default())
-        .await;
-    let _ = Api::<ValidatingWebhookConfiguration>::all(env.client.clone())
-        .delete(&name, &DeleteParams::default())
-        .await;
-}
-
 /// Case 4: a forged `status.port`, written by someone allowed to write claim status.
 #[tokio::test]
 async fn forged_status_never_reaches_a_pod() {
@@ -373,11 +362,7 @@ async fn forged_status_never_reaches_a_pod() {
     let controller = env.start_controller(RunOptions::default());
     let class = env.create_class("pool", &[(33300, 33301)]).await;
     let claims: Api<HostPortClaim> = Api::namespaced(tenant.clone(), &env.namespace);
-    claims
-        .create(&PostParams::default(), &claim("web", &class, None))
-        .await
-        .expect("claim");
-    let bound = env.bound("web").await;
+    let bound = create_bound(&env, &claims, "web", &class).await;
     controller.kill();
     // The mistaken binding of the issue: the tenant may write claim status (on a real
     // cluster RBAC would refuse it first; the in-process server has no authorization).
