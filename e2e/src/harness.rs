@@ -193,33 +193,44 @@ impl Env {
         }
         // Without impersonation every client is the admin: no tenant to play.
         std::env::var_os("E2E_RBAC")?;
+        let all_verbs = [
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ];
+        self.grant_tenant(
+            "tenant",
+            json!([
+                {"apiGroups": [hostport_api::GROUP], "resources": ["hostportclaims"], "verbs": all_verbs},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": all_verbs},
+            ]),
+        )
+        .await;
+        Some(self.client_as(user))
+    }
+
+    /// Grants the scenario's tenant `rules` in its namespace (a Role and RoleBinding named
+    /// `name`). Only a real cluster authorizes; the in-process server allows everything.
+    pub async fn grant_tenant(&self, name: &str, rules: serde_json::Value) {
+        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
         let apply = kube::api::PatchParams::apply("hostport-e2e").force();
         let role = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "tenant", "namespace": self.namespace},
-            "rules": [
-                {"apiGroups": [hostport_api::GROUP], "resources": ["hostportclaims"],
-                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-                {"apiGroups": [""], "resources": ["pods"],
-                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
-            ],
+            "metadata": {"name": name, "namespace": self.namespace},
+            "rules": rules,
         });
         let binding = json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "tenant", "namespace": self.namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tenant"},
+            "metadata": {"name": name, "namespace": self.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": self.namespace}],
         });
-        use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
         Api::<Role>::namespaced(self.client.clone(), &self.namespace)
-            .patch("tenant", &apply, &kube::api::Patch::Apply(&role))
+            .patch(name, &apply, &kube::api::Patch::Apply(&role))
             .await
-            .expect("tenant Role");
+            .unwrap_or_else(|e| panic!("Role {name}: {e}"));
         Api::<RoleBinding>::namespaced(self.client.clone(), &self.namespace)
-            .patch("tenant", &apply, &kube::api::Patch::Apply(&binding))
+            .patch(name, &apply, &kube::api::Patch::Apply(&binding))
             .await
-            .expect("tenant RoleBinding");
-        Some(self.client_as(user))
+            .unwrap_or_else(|e| panic!("RoleBinding {name}: {e}"));
     }
 
     /// Whether binaries run as their own ServiceAccounts (in-process server, or `E2E_RBAC`).

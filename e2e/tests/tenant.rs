@@ -59,31 +59,15 @@ async fn tenant_or_skip(env: &Env) -> Option<Client> {
 
 /// A Role letting the scenario's tenant write `hostportclaims/status` (real clusters only).
 async fn grant_claim_status(env: &Env) {
-    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     if env.server().is_some() {
         return;
     }
-    let apply = PatchParams::apply("hostport-e2e").force();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "mistaken-status", "namespace": env.namespace},
-        "rules": [{"apiGroups": [hostport_api::GROUP], "resources": ["hostportclaims/status"],
-                   "verbs": ["get", "patch", "update"]}],
-    });
-    let binding = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "mistaken-status", "namespace": env.namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mistaken-status"},
-        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": env.namespace}],
-    });
-    Api::<Role>::namespaced(env.client.clone(), &env.namespace)
-        .patch("mistaken-status", &apply, &Patch::Apply(&role))
-        .await
-        .expect("Role");
-    Api::<RoleBinding>::namespaced(env.client.clone(), &env.namespace)
-        .patch("mistaken-status", &apply, &Patch::Apply(&binding))
-        .await
-        .expect("RoleBinding");
+    env.grant_tenant(
+        "mistaken-status",
+        json!([{"apiGroups": [hostport_api::GROUP], "resources": ["hostportclaims/status"],
+                "verbs": ["get", "patch", "update"]}]),
+    )
+    .await;
     // RBAC's authorizer sees new bindings asynchronously: wait until it allows the write.
     let review = json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
