@@ -172,18 +172,18 @@ pub async fn main() -> anyhow::Result<()> {
             let generated = self_signed::ensure(&client, &config)
                 .await
                 .context("--self-signed: preparing the certificate")?;
-            self_signed::patch_ca_bundles(&client, &config, &generated.ca_pem)
+            self_signed::patch_ca_bundles(&client, &config, &generated.bundle)
                 .await
                 .context("--self-signed: writing caBundle")?;
             let certs = Arc::new(SwappableCert::new(tls::certified_key(
-                generated.cert_pem.as_bytes(),
-                generated.key_pem.as_bytes(),
+                generated.certs.cert_pem.as_bytes(),
+                generated.certs.key_pem.as_bytes(),
             )?));
             tokio::spawn(self_signed::keep_rotated(
                 client.clone(),
                 config,
                 certs.clone(),
-                generated,
+                generated.certs,
                 Duration::from_secs(3600),
             ));
             certs

@@ -1,6 +1,13 @@
 //! `--self-signed`: the webhook makes its own CA and serving certificate, keeps them in a
 //! Secret so every replica serves the same one, writes the CA into the webhook
 //! configurations' `caBundle`, and rotates well before expiry.
+//!
+//! Rotation with several replicas never leaves one serving a certificate the `caBundle`
+//! does not trust: the replica that rotates keeps the previous CA in the Secret
+//! (`previous-ca.crt`, trusted until [`PREVIOUS_CA_UNTIL_ANNOTATION`]); every replica, on
+//! seeing the Secret change (it watches it), first publishes the whole trust bundle (new and
+//! previous CA) into `caBundle`, then serves the new certificate. The previous CA leaves the
+//! bundle once its overlap has passed, by which time every replica serves the new one.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +30,26 @@ pub const VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 pub const ROTATE_BEFORE: Duration = Duration::from_secs(60 * 86_400);
 /// Annotation on the Secret holding the certificate's expiry (RFC 3339).
 pub const NOT_AFTER_ANNOTATION: &str = "hostport.rmb938.com/not-after";
+/// Annotation on the Secret: until when (RFC 3339) the previous CA stays in the trust bundle.
+pub const PREVIOUS_CA_UNTIL_ANNOTATION: &str = "hostport.rmb938.com/previous-ca-until";
+/// Secret key of the previous CA after a rotation.
+const PREVIOUS_CA_KEY: &str = "previous-ca.crt";
+/// How long the previous CA stays trusted after a rotation: far longer than replicas take to
+/// see the new Secret through their watch, and than the hourly fallback check.
+pub const PREVIOUS_CA_OVERLAP: Duration = Duration::from_secs(2 * 3600);
+
+/// What the Secret holds, as a replica uses it.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The certificate to serve.
+    pub certs: GeneratedCerts,
+    /// The CAs to trust, PEM: the current CA, plus the previous one during its overlap.
+    pub bundle: String,
+}
+
+fn signed(duration: Duration) -> SignedDuration {
+    SignedDuration::try_from(duration).unwrap_or_default()
+}
 
 /// Where the certificate lives and who must trust it.
 #[derive(Clone, Debug)]
@@ -61,47 +88,67 @@ fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> SelfSigne
     move |source| SelfSignedError::Api { action, source }
 }
 
-fn from_secret(secret: &Secret) -> Option<(GeneratedCerts, Timestamp)> {
+/// What a Secret holds: the certificate, its expiry, and the previous CA with the end of its
+/// overlap (if a rotation kept one).
+struct Stored {
+    certs: GeneratedCerts,
+    not_after: Timestamp,
+    previous: Option<(String, Timestamp)>,
+}
+
+impl Stored {
+    /// The trust bundle at `now`: the current CA, and the previous one while it overlaps.
+    fn published(self, now: Timestamp) -> Published {
+        let mut bundle = self.certs.ca_pem.clone();
+        if let Some((previous, until)) = self.previous
+            && until > now
+        {
+            bundle.push_str(&previous);
+        }
+        Published {
+            certs: self.certs,
+            bundle,
+        }
+    }
+}
+
+fn from_secret(secret: &Secret) -> Option<Stored> {
     let data = secret.data.as_ref()?;
     let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
-    let not_after: Timestamp = secret
-        .annotations()
-        .get(NOT_AFTER_ANNOTATION)?
-        .parse()
-        .ok()?;
-    Some((
-        GeneratedCerts {
+    let annotation =
+        |key: &str| -> Option<Timestamp> { secret.annotations().get(key)?.parse().ok() };
+    let previous = text(PREVIOUS_CA_KEY).zip(annotation(PREVIOUS_CA_UNTIL_ANNOTATION));
+    Some(Stored {
+        certs: GeneratedCerts {
             ca_pem: text("ca.crt")?,
             cert_pem: text("tls.crt")?,
             key_pem: text("tls.key")?,
         },
-        not_after,
-    ))
+        not_after: annotation(NOT_AFTER_ANNOTATION)?,
+        previous,
+    })
 }
 
-fn secret_for(config: &SelfSigned, certs: &GeneratedCerts, not_after: Timestamp) -> Secret {
-    let data = BTreeMap::from([
-        (
-            "ca.crt".to_owned(),
-            ByteString(certs.ca_pem.clone().into_bytes()),
-        ),
-        (
-            "tls.crt".to_owned(),
-            ByteString(certs.cert_pem.clone().into_bytes()),
-        ),
-        (
-            "tls.key".to_owned(),
-            ByteString(certs.key_pem.clone().into_bytes()),
-        ),
+fn secret_for(config: &SelfSigned, stored: &Stored) -> Secret {
+    let pem = |text: &str| ByteString(text.as_bytes().to_vec());
+    let mut data = BTreeMap::from([
+        ("ca.crt".to_owned(), pem(&stored.certs.ca_pem)),
+        ("tls.crt".to_owned(), pem(&stored.certs.cert_pem)),
+        ("tls.key".to_owned(), pem(&stored.certs.key_pem)),
     ]);
+    let mut annotations = BTreeMap::from([(
+        NOT_AFTER_ANNOTATION.to_owned(),
+        stored.not_after.to_string(),
+    )]);
+    if let Some((previous, until)) = &stored.previous {
+        data.insert(PREVIOUS_CA_KEY.to_owned(), pem(previous));
+        annotations.insert(PREVIOUS_CA_UNTIL_ANNOTATION.to_owned(), until.to_string());
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(config.secret.clone()),
             namespace: Some(config.namespace.clone()),
-            annotations: Some(BTreeMap::from([(
-                NOT_AFTER_ANNOTATION.to_owned(),
-                not_after.to_string(),
-            )])),
+            annotations: Some(annotations),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/tls".into()),
@@ -110,12 +157,10 @@ fn secret_for(config: &SelfSigned, certs: &GeneratedCerts, not_after: Timestamp)
     }
 }
 
-/// The certificate in the Secret, made (or remade, when it expires within `ROTATE_BEFORE`)
-/// if needed. Replicas racing to make it agree on the first one written.
-pub async fn ensure(
-    client: &Client,
-    config: &SelfSigned,
-) -> Result<GeneratedCerts, SelfSignedError> {
+/// The certificate in the Secret, made (or remade, when it expires within `ROTATE_BEFORE`,
+/// keeping the old CA trusted for [`PREVIOUS_CA_OVERLAP`]) if needed. Replicas racing to
+/// make it agree on the first one written.
+pub async fn ensure(client: &Client, config: &SelfSigned) -> Result<Published, SelfSignedError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
     let name = format!("Secret {}/{}", config.namespace, config.secret);
     for _ in 0..3 {
@@ -123,18 +168,21 @@ pub async fn ensure(
             .get_opt(&config.secret)
             .await
             .map_err(api_error(format!("reading {name}")))?;
-        let fresh_enough = |not_after: &Timestamp| {
-            *not_after - SignedDuration::try_from(ROTATE_BEFORE).unwrap_or_default()
-                > Timestamp::now()
+        let now = Timestamp::now();
+        let stored = existing.as_ref().and_then(from_secret);
+        let previous_ca = match stored {
+            Some(stored) if stored.not_after - signed(ROTATE_BEFORE) > now => {
+                return Ok(stored.published(now));
+            }
+            Some(stored) => Some(stored.certs.ca_pem),
+            None => None,
         };
-        if let Some((certs, not_after)) = existing.as_ref().and_then(from_secret)
-            && fresh_enough(&not_after)
-        {
-            return Ok(certs);
-        }
-        let certs = generate(&config.dns_names, &[], VALIDITY)?;
-        let not_after = Timestamp::now() + SignedDuration::try_from(VALIDITY).unwrap_or_default();
-        let mut secret = secret_for(config, &certs, not_after);
+        let fresh = Stored {
+            certs: generate(&config.dns_names, &[], VALIDITY)?,
+            not_after: now + signed(VALIDITY),
+            previous: previous_ca.map(|ca| (ca, now + signed(PREVIOUS_CA_OVERLAP))),
+        };
+        let mut secret = secret_for(config, &fresh);
         let written = match existing {
             None => secrets.create(&PostParams::default(), &secret).await,
             Some(old) => {
@@ -146,8 +194,8 @@ pub async fn ensure(
         };
         match written {
             Ok(_) => {
-                tracing::info!(secret = %name, %not_after, "generated a new self-signed webhook certificate");
-                return Ok(certs);
+                tracing::info!(secret = %name, not_after = %fresh.not_after, "generated a new self-signed webhook certificate");
+                return Ok(fresh.published(now));
             }
             // Another replica wrote it first: use theirs.
             Err(kube::Error::Api(status)) if status.code == 409 => continue,
@@ -233,13 +281,13 @@ async fn set_ca_bundle<K: WebhookConfiguration>(
     Ok(())
 }
 
-/// Sets `caBundle` on every webhook of the named configurations.
+/// Sets `caBundle` (`bundle`, PEM) on every webhook of the named configurations.
 pub async fn patch_ca_bundles(
     client: &Client,
     config: &SelfSigned,
-    ca_pem: &str,
+    bundle: &str,
 ) -> Result<(), SelfSignedError> {
-    let bundle = ByteString(ca_pem.as_bytes().to_vec());
+    let bundle = ByteString(bundle.as_bytes().to_vec());
     for name in &config.mutating {
         set_ca_bundle::<MutatingWebhookConfiguration>(client, name, &bundle).await?;
     }
@@ -249,8 +297,30 @@ pub async fn patch_ca_bundles(
     Ok(())
 }
 
-/// Keeps the certificate current: re-checks the Secret every `every` and swaps in a new
-/// certificate (and CA bundle) once one was made.
+/// Brings this replica in line with the Secret: publishes its trust bundle, then serves its
+/// certificate (trust first, so clients accept the new certificate when it arrives).
+async fn follow_secret(
+    client: &Client,
+    config: &SelfSigned,
+    certs: &SwappableCert,
+    served: &mut GeneratedCerts,
+) -> Result<(), SelfSignedError> {
+    let published = ensure(client, config).await?;
+    patch_ca_bundles(client, config, &published.bundle).await?;
+    if published.certs.cert_pem != served.cert_pem {
+        certs.swap(certified_key(
+            published.certs.cert_pem.as_bytes(),
+            published.certs.key_pem.as_bytes(),
+        )?);
+        tracing::info!("serving the rotated self-signed webhook certificate");
+        *served = published.certs;
+    }
+    Ok(())
+}
+
+/// Keeps the certificate current: follows the Secret whenever its watch reports a change
+/// (another replica rotated), and re-checks it every `every` (time alone brings a rotation,
+/// and ends a previous CA's overlap).
 pub async fn keep_rotated(
     client: Client,
     config: SelfSigned,
@@ -258,31 +328,45 @@ pub async fn keep_rotated(
     mut served: GeneratedCerts,
     every: Duration,
 ) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let watch = tokio::spawn(watch_secret(
+        client.clone(),
+        config.clone(),
+        changed.clone(),
+    ));
     loop {
-        tokio::time::sleep(every).await;
-        let result = async {
-            let current = ensure(&client, &config).await?;
-            if current.cert_pem != served.cert_pem {
-                // Trust first, then serve: clients must accept the new certificate when it arrives.
-                patch_ca_bundles(
-                    &client,
-                    &config,
-                    &format!("{}{}", current.ca_pem, served.ca_pem),
-                )
-                .await?;
-                certs.swap(certified_key(
-                    current.cert_pem.as_bytes(),
-                    current.key_pem.as_bytes(),
-                )?);
-                patch_ca_bundles(&client, &config, &current.ca_pem).await?;
-                tracing::info!("rotated the self-signed webhook certificate");
-                served = current;
-            }
-            Ok::<_, SelfSignedError>(())
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = changed.notified() => {}
         }
-        .await;
-        if let Err(error) = result {
+        if let Err(error) = follow_secret(&client, &config, &certs, &mut served).await {
             tracing::warn!(%error, "checking the self-signed certificate failed; retrying later");
+        }
+        if watch.is_finished() {
+            tracing::warn!(
+                "the watch of the certificate Secret ended; checking every {every:?} only"
+            );
+        }
+    }
+}
+
+/// Notifies `changed` on every change of the certificate Secret.
+async fn watch_secret(client: Client, config: SelfSigned, changed: Arc<tokio::sync::Notify>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let secrets: Api<Secret> = Api::namespaced(client, &config.namespace);
+    let selector = format!("metadata.name={}", config.secret);
+    let stream = watcher(secrets, watcher::Config::default().fields(&selector)).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                changed.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "watching the certificate Secret failed; retrying")
+            }
         }
     }
 }
