@@ -172,7 +172,7 @@ pub async fn main() -> anyhow::Result<()> {
             let generated = self_signed::ensure(&client, &config)
                 .await
                 .context("--self-signed: preparing the certificate")?;
-            self_signed::patch_ca_bundles(&client, &config, &generated.bundle)
+            self_signed::publish_trust(&client, &config)
                 .await
                 .context("--self-signed: writing caBundle")?;
             let certs = Arc::new(SwappableCert::new(tls::certified_key(

@@ -78,6 +78,14 @@ pub enum SelfSignedError {
         #[source]
         source: kube::Error,
     },
+    /// The Secret lacks a key or annotation this project writes.
+    #[error(
+        "{secret} is incomplete (ca.crt, tls.crt, tls.key and the not-after annotation are needed): delete it and the webhook makes a new one"
+    )]
+    Incomplete {
+        /// The Secret.
+        secret: String,
+    },
     /// Generating or loading the certificate failed.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -247,21 +255,44 @@ impl WebhookConfiguration for ValidatingWebhookConfiguration {
     }
 }
 
-/// Sets `caBundle` on every webhook of configuration `name` (no write when already set).
+/// The trust bundle the Secret holds now (read from the API server).
+async fn current_bundle(client: &Client, config: &SelfSigned) -> Result<String, SelfSignedError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.namespace);
+    let name = format!("Secret {}/{}", config.namespace, config.secret);
+    let secret = secrets
+        .get(&config.secret)
+        .await
+        .map_err(api_error(format!("reading {name}")))?;
+    let stored =
+        from_secret(&secret).ok_or_else(|| SelfSignedError::Incomplete { secret: name })?;
+    Ok(stored.published(Timestamp::now()).bundle)
+}
+
+/// Sets `caBundle` on every webhook of configuration `name` to the Secret's trust bundle.
+///
+/// The bundle is computed from a read of the Secret made *after* the read of the
+/// configuration, and the write is guarded by the configuration's resourceVersion: a replica
+/// that read an older Secret can therefore never overwrite the bundle another replica
+/// published for a newer one (which would leave that replica's certificate untrusted).
 async fn set_ca_bundle<K: WebhookConfiguration>(
     client: &Client,
     name: &str,
-    bundle: &ByteString,
+    config: &SelfSigned,
 ) -> Result<(), SelfSignedError> {
     let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&());
+    let mut last_conflict = None;
     for _ in 0..5 {
         let mut object = api
             .get(name)
             .await
             .map_err(api_error(format!("reading {kind} {name}")))?;
+        let bundle = ByteString(current_bundle(client, config).await?.into_bytes());
         let configs = object.client_configs();
-        if configs.iter().all(|c| c.ca_bundle.as_ref() == Some(bundle)) {
+        if configs
+            .iter()
+            .all(|c| c.ca_bundle.as_ref() == Some(&bundle))
+        {
             return Ok(());
         }
         configs
@@ -269,7 +300,9 @@ async fn set_ca_bundle<K: WebhookConfiguration>(
             .for_each(|c| c.ca_bundle = Some(bundle.clone()));
         match api.replace(name, &PostParams::default(), &object).await {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                last_conflict = Some(kube::Error::Api(status));
+            }
             Err(source) => {
                 return Err(SelfSignedError::Api {
                     action: format!("writing the caBundle of {kind} {name}"),
@@ -278,21 +311,25 @@ async fn set_ca_bundle<K: WebhookConfiguration>(
             }
         }
     }
-    Ok(())
+    // Unwritten: the caller must not serve a certificate the bundle may not trust yet.
+    Err(SelfSignedError::Api {
+        action: format!("writing the caBundle of {kind} {name} (kept conflicting)"),
+        source: last_conflict.unwrap_or_else(|| {
+            kube::Error::Api(Box::new(kube::core::Status::failure(
+                "conflict", "Conflict",
+            )))
+        }),
+    })
 }
 
-/// Sets `caBundle` (`bundle`, PEM) on every webhook of the named configurations.
-pub async fn patch_ca_bundles(
-    client: &Client,
-    config: &SelfSigned,
-    bundle: &str,
-) -> Result<(), SelfSignedError> {
-    let bundle = ByteString(bundle.as_bytes().to_vec());
+/// Publishes the Secret's trust bundle as `caBundle` on every webhook of the named
+/// configurations.
+pub async fn publish_trust(client: &Client, config: &SelfSigned) -> Result<(), SelfSignedError> {
     for name in &config.mutating {
-        set_ca_bundle::<MutatingWebhookConfiguration>(client, name, &bundle).await?;
+        set_ca_bundle::<MutatingWebhookConfiguration>(client, name, config).await?;
     }
     for name in &config.validating {
-        set_ca_bundle::<ValidatingWebhookConfiguration>(client, name, &bundle).await?;
+        set_ca_bundle::<ValidatingWebhookConfiguration>(client, name, config).await?;
     }
     Ok(())
 }
@@ -306,7 +343,7 @@ async fn follow_secret(
     served: &mut GeneratedCerts,
 ) -> Result<(), SelfSignedError> {
     let published = ensure(client, config).await?;
-    patch_ca_bundles(client, config, &published.bundle).await?;
+    publish_trust(client, config).await?;
     if published.certs.cert_pem != served.cert_pem {
         certs.swap(certified_key(
             published.certs.cert_pem.as_bytes(),
