@@ -178,6 +178,24 @@ async fn tenant_cannot_choose_the_host_port_name() {
             .is_none(),
         "no HostPort for a port outside the pools"
     );
+    // Nor can a tenant write the HostPort itself, pointing at its own claim.
+    let own = claims.get("pending").await.expect("claim");
+    let forged: HostPort = serde_json::from_value(json!({
+        "metadata": {"name": "port-22"},
+        "spec": {"hostPortClassName": class, "port": 22, "claimRef": {
+            "namespace": env.namespace, "name": "pending", "uid": own.metadata.uid}}
+    }))
+    .expect("HostPort");
+    let written = Api::<HostPort>::all(tenant.clone())
+        .create(&PostParams::default(), &forged)
+        .await;
+    // A real cluster's RBAC refuses it before the webhook does.
+    let expected = if env.server().is_some() {
+        "such HostPorts are created and changed by the hostport allocator only"
+    } else {
+        "forbidden"
+    };
+    denied(written, expected);
     env.cleanup().await;
 }
 
