@@ -27,6 +27,24 @@ pub struct LocalWebhook {
 }
 
 impl LocalWebhook {
+    /// A rustls client (ring, TLS 1.2+) trusting exactly the CAs in `bundle` (PEM), as
+    /// kube-apiserver trusts a webhook configuration's `caBundle`.
+    pub fn client_trusting(bundle: &[u8]) -> Result<rustls::ClientConfig, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(bundle) {
+            roots
+                .add(cert.map_err(|e| format!("caBundle: {e}"))?)
+                .map_err(|e| format!("caBundle: {e}"))?;
+        }
+        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+    }
+
     /// Deletes the webhook configurations `name` when this webhook stops, even when a
     /// scenario panics: on a shared cluster a configuration left pointing at a stopped
     /// webhook (failurePolicy Fail) would refuse every later write of claims, classes and
@@ -129,6 +147,24 @@ pub async fn register_webhooks(
         .patch(name, &apply, &Patch::Apply(&validating))
         .await?;
     Ok(())
+}
+
+/// A rustls client (ring, TLS 1.2+) trusting exactly the CAs in `bundle` (PEM), as
+/// kube-apiserver trusts a webhook configuration's `caBundle`.
+pub fn client_trusting(bundle: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(bundle) {
+        roots
+            .add(cert.map_err(|e| format!("caBundle: {e}"))?)
+            .map_err(|e| format!("caBundle: {e}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Deletes the webhook configurations `name` (mutating and validating); gone already is fine.

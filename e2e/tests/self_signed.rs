@@ -196,19 +196,7 @@ async fn trusted_by_ca_bundle(
 
 /// A TLS handshake with `replica` trusting only the CAs in `bundle` (PEM).
 async fn handshake(bundle: &[u8], dns_name: &str, replica: &Replica) -> Result<(), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(bundle) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let client = hostport_e2e::local::client_trusting(bundle)?;
     let tcp = tokio::net::TcpStream::connect(replica.address)
         .await
         .map_err(|e| e.to_string())?;

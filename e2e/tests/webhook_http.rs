@@ -7,23 +7,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use hostport_e2e::harness::Env;
-use hostport_e2e::local::LocalWebhook;
+use hostport_e2e::local::{LocalWebhook, client_trusting};
 use hostport_webhook::tls;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn https_client(ca_pem: &str) -> reqwest::Client {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_trusting(ca_pem.as_bytes()).expect("client TLS");
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .build()
@@ -495,17 +485,7 @@ async fn serves_http2_and_http1() {
         (b"h2".to_vec(), reqwest::Version::HTTP_2),
         (b"http/1.1".to_vec(), reqwest::Version::HTTP_11),
     ] {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(webhook.ca_pem.as_bytes()) {
-            roots.add(cert.expect("pem")).expect("root");
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut config = client_trusting(webhook.ca_pem.as_bytes()).expect("client TLS");
         config.alpn_protocols = vec![alpn];
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(config)
@@ -551,19 +531,7 @@ async fn connections_are_bounded_and_aged_out() {
         limits,
         std::future::pending(),
     ));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(certs.ca_pem.as_bytes()) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let client = Arc::new(client_trusting(certs.ca_pem.as_bytes()).expect("client TLS"));
     let connect = || {
         let connector = tokio_rustls::TlsConnector::from(client.clone());
         async move {
