@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostport_api::{HostPortClaim, HostPortClaimSpec};
-use hostport_e2e::apiserver::TestApiServer;
 use kube::Api;
 use kube::api::{PostParams, WatchEvent, WatchParams};
 
@@ -26,7 +25,7 @@ fn claim(i: usize) -> HostPortClaim {
 }
 
 async fn run() -> (Duration, Duration) {
-    let server = TestApiServer::start().await.expect("server");
+    let server = hostport_e2e::start_test_server().await;
     let claims: Api<HostPortClaim> = Api::namespaced(server.client(), "default");
     let mut stream = claims
         .watch(&WatchParams::default(), "0")

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
-use hostport_e2e::apiserver::{Options, RequestMatch, TestApiServer, UserInfo, Verb};
 use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
+use kube_testserver::{Options, RequestMatch, TestApiServer, UserInfo, Verb};
 
 fn controller_binary() -> PathBuf {
     release_binary("hostport-controller", "controller")
@@ -33,7 +33,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn run(claims_count: usize) {
     let server = TestApiServer::start_with(Options {
         log_capacity: 200_000,
-        ..Options::default()
+        ..hostport_e2e::test_server_options()
     })
     .await
     .expect("server");

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use hostport_api::{
     HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool,
 };
-use hostport_e2e::apiserver::{Options, TestApiServer, UserInfo};
 use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::api::{Api, ListParams, PostParams};
+use kube_testserver::{Options, TestApiServer, UserInfo};
 
 /// The glibc setting the image ships (`ENV` in the Dockerfile): a fixed mmap threshold, so
 /// freed large buffers go back to the kernel instead of raising the heap's high-water mark.
@@ -55,7 +55,7 @@ fn figures(pid: u32) -> Figures {
 async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures) {
     let server = TestApiServer::start_with(Options {
         log_capacity: 10_000,
-        ..Options::default()
+        ..hostport_e2e::test_server_options()
     })
     .await
     .expect("server");

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use hostport_api::{
-    HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool,
+    HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, NAMESPACE_LABEL,
+    PortPool,
 };
 use hostport_controller::RunOptions;
 use k8s_openapi::api::core::v1::Namespace;
@@ -14,16 +15,58 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use crate::apiserver::{TestApiServer, UserInfo};
 use crate::local::LocalWebhook;
+use kube_testserver::{TestApiServer, UserInfo};
 
-/// Namespace of the controller's service account in scenarios.
-pub const SYSTEM_NAMESPACE: &str = "hostport-system";
+/// Namespace of the controller's service account in scenarios: the install's.
+pub const SYSTEM_NAMESPACE: &str = hostport_api::identity::DEFAULT_NAMESPACE;
 
 /// The controller's identity.
 pub fn controller_user() -> UserInfo {
-    UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-controller")
+    UserInfo::service_account(
+        SYSTEM_NAMESPACE,
+        hostport_api::identity::CONTROLLER_SERVICE_ACCOUNT,
+    )
 }
+
+/// The webhook's identity.
+pub fn webhook_user() -> UserInfo {
+    UserInfo::service_account(
+        SYSTEM_NAMESPACE,
+        hostport_api::identity::WEBHOOK_SERVICE_ACCOUNT,
+    )
+}
+
+/// Creates namespace `name` with `labels`; one that exists already is fine.
+pub async fn ensure_namespace(
+    client: &Client,
+    name: &str,
+    labels: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let object: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+            .map_err(kube::Error::SerdeError)?;
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// Runs the controller in-process on `client` until the handle is dropped.
+pub fn spawn_controller(client: Client, options: RunOptions) -> ControllerHandle {
+    ControllerHandle {
+        task: tokio::spawn(async move {
+            hostport_controller::run(client, options, std::future::pending()).await
+        }),
+    }
+}
+
+/// Label that ties a namespace to its scenario (webhooks of one scenario see only its pods).
+const SCENARIO_LABEL: &str = "hostport-e2e/scenario";
 
 /// A scenario's environment.
 pub struct Env {
@@ -124,7 +167,7 @@ impl Env {
                 (Client::try_from(config).expect("client"), None)
             }
             None => {
-                let server = TestApiServer::start().await.expect("in-process API server");
+                let server = crate::start_test_server().await;
                 (server.client(), Some(server))
             }
         };
@@ -138,23 +181,14 @@ impl Env {
         if env.server.is_none() {
             crate::cluster::prepare(&env.client, std::env::var_os("E2E_RBAC").is_some()).await;
         }
-        for namespace in [env.namespace.as_str(), SYSTEM_NAMESPACE] {
-            let labels = if namespace == env.namespace {
-                json!({"hostport.rmb938.com": "true", "hostport-e2e/scenario": env.prefix})
-            } else {
-                json!({})
-            };
-            let object: Namespace =
-                serde_json::from_value(json!({"metadata": {"name": namespace, "labels": labels}}))
-                    .expect("namespace");
-            match Api::<Namespace>::all(env.client.clone())
-                .create(&PostParams::default(), &object)
+        let labels = json!({NAMESPACE_LABEL: "true", SCENARIO_LABEL: env.prefix});
+        for (namespace, labels) in [
+            (env.namespace.as_str(), labels),
+            (SYSTEM_NAMESPACE, json!({})),
+        ] {
+            ensure_namespace(&env.client, namespace, labels)
                 .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(error) => panic!("creating namespace {namespace}: {error}"),
-            }
+                .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
         }
         env
     }
@@ -275,12 +309,7 @@ impl Env {
 
     /// Starts a controller in-process as `user`.
     pub fn start_controller_as(&self, user: UserInfo, options: RunOptions) -> ControllerHandle {
-        let client = self.client_as(user);
-        ControllerHandle {
-            task: tokio::spawn(async move {
-                hostport_controller::run(client, options, std::future::pending()).await
-            }),
-        }
+        spawn_controller(self.client_as(user), options)
     }
 
     /// Starts the webhook in-process on 127.0.0.1 and registers its configurations (pods
@@ -292,12 +321,10 @@ impl Env {
         } else {
             vec![controller_user().username, self.admin_username().await]
         };
-        let client = self.client_as(UserInfo::service_account(
-            SYSTEM_NAMESPACE,
-            "hostport-webhook",
-        ));
+        let client = self.client_as(webhook_user());
         let mut webhook = crate::local::start_webhook(client, allocator_users).await;
-        let selector = json!({"matchLabels": {"hostport.rmb938.com": "true", "hostport-e2e/scenario": self.prefix}});
+        let selector =
+            json!({"matchLabels": {NAMESPACE_LABEL: "true", SCENARIO_LABEL: self.prefix}});
         let name = self.webhook_configurations();
         crate::local::register_webhooks(&self.client, &name, &webhook, selector)
             .await

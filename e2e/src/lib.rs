@@ -1,12 +1,33 @@
-//! End-to-end scenarios for hostport-allocator and the in-process Kubernetes API server they
-//! run on by default (`apiserver`). With `E2E_KUBECONFIG` set, the same scenarios run against
-//! a real cluster.
+//! End-to-end scenarios for hostport-allocator: the harness that starts the product against
+//! the in-process Kubernetes API server (`kube-testserver`, in `e2e/apiserver`) or, with
+//! `E2E_KUBECONFIG` set, a real cluster, and the scenarios that run unchanged on both.
 #![forbid(unsafe_code)]
 
-pub mod apiserver;
 mod cluster;
 pub mod harness;
 pub mod local;
 pub mod measure;
 pub mod samples;
 pub mod webhooks;
+
+use std::path::PathBuf;
+
+/// This repository's `crds/`, which the in-process API server installs at start.
+pub fn crds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")
+}
+
+/// Options for the in-process API server with this project's CRDs installed.
+pub fn test_server_options() -> kube_testserver::Options {
+    kube_testserver::Options {
+        crds_dir: Some(crds_dir()),
+        ..kube_testserver::Options::default()
+    }
+}
+
+/// Starts the in-process API server with this project's CRDs installed.
+pub async fn start_test_server() -> kube_testserver::TestApiServer {
+    kube_testserver::TestApiServer::start_with(test_server_options())
+        .await
+        .unwrap_or_else(|e| panic!("in-process API server: {e}"))
+}

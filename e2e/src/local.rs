@@ -6,6 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::harness::{
+    ControllerHandle, SYSTEM_NAMESPACE, controller_user, ensure_namespace, spawn_controller,
+    webhook_user,
+};
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -180,41 +184,22 @@ pub async fn unregister_webhooks(client: &Client, name: &str) {
 
 /// The controller and the webhook running against an in-process API server the way a cluster
 /// install runs them: as their ServiceAccounts, the webhook registered as
-/// `hostport-allocator` for namespaces labelled `hostport.rmb938.com: "true"`.
+/// `hostport-allocator` for namespaces labelled `hostport.rmb938.com: "true"`. Scenarios use
+/// `harness::Env`, which starts the same pieces per scenario; this is the whole install on a
+/// server of its own (the demo, the samples).
 #[derive(Debug)]
 pub struct Stack {
     /// The webhook.
     pub webhook: LocalWebhook,
-    controller: tokio::task::JoinHandle<hostport_controller::Result<()>>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.controller.abort();
-    }
+    _controller: ControllerHandle,
 }
 
 /// Starts the stack on `server` (creating the `hostport-system` namespace).
-pub async fn start_stack(server: &crate::apiserver::TestApiServer) -> Result<Stack, kube::Error> {
-    use crate::apiserver::UserInfo;
-    use crate::harness::{SYSTEM_NAMESPACE, controller_user};
+pub async fn start_stack(server: &kube_testserver::TestApiServer) -> Result<Stack, kube::Error> {
     let admin = server.client();
-    let namespace: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": SYSTEM_NAMESPACE}}))
-            .map_err(kube::Error::SerdeError)?;
-    match Api::all(admin.clone())
-        .create(&Default::default(), &namespace)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 409 => {}
-        Err(error) => return Err(error),
-    }
+    ensure_namespace(&admin, SYSTEM_NAMESPACE, serde_json::json!({})).await?;
     let webhook = start_webhook(
-        server.client_as(UserInfo::service_account(
-            SYSTEM_NAMESPACE,
-            "hostport-webhook",
-        )),
+        server.client_as(webhook_user()),
         vec![controller_user().username],
     )
     .await;
@@ -222,16 +207,15 @@ pub async fn start_stack(server: &crate::apiserver::TestApiServer) -> Result<Sta
         &admin,
         "hostport-allocator",
         &webhook,
-        serde_json::json!({"matchLabels": {"hostport.rmb938.com": "true"}}),
+        serde_json::json!({"matchLabels": {hostport_api::NAMESPACE_LABEL: "true"}}),
     )
     .await?;
-    let controller = tokio::spawn(hostport_controller::run(
+    let controller = spawn_controller(
         server.client_as(controller_user()),
         hostport_controller::RunOptions::default(),
-        std::future::pending(),
-    ));
+    );
     Ok(Stack {
         webhook,
-        controller,
+        _controller: controller,
     })
 }

@@ -11,12 +11,12 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hostport_e2e::apiserver::{TestApiServer, UserInfo};
 use hostport_webhook::tls;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
+use kube_testserver::UserInfo;
 use serde_json::{Value, json};
 
 type Seen = Arc<Mutex<Vec<Value>>>;
@@ -130,7 +130,7 @@ fn api_message(error: kube::Error) -> (u16, String) {
 
 #[tokio::test]
 async fn mutating_webhook_round_trip() {
-    let server = TestApiServer::start().await.expect("server");
+    let server = hostport_e2e::start_test_server().await;
     let admin = server.client();
     let webhook = start_webhook().await;
     let url = format!("https://127.0.0.1:{}/mutate", webhook.port);
@@ -221,7 +221,7 @@ async fn mutating_webhook_round_trip() {
 
 #[tokio::test]
 async fn failure_policy_and_ca_bundle() {
-    let server = TestApiServer::start().await.expect("server");
+    let server = hostport_e2e::start_test_server().await;
     let admin = server.client();
     let webhook = start_webhook().await;
     namespace(&admin, "games", true).await;

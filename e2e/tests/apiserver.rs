@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass};
-use hostport_e2e::apiserver::{RequestMatch, TestApiServer, UserInfo, Verb};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use kube_testserver::{RequestMatch, TestApiServer, UserInfo, Verb};
 use serde_json::json;
 
 fn claim(name: &str, class: &str) -> HostPortClaim {
@@ -39,7 +39,7 @@ fn message(error: &kube::Error) -> String {
 }
 
 async fn server() -> (TestApiServer, Client) {
-    let server = TestApiServer::start().await.expect("server starts");
+    let server = hostport_e2e::start_test_server().await;
     let client = server.client();
     (server, client)
 }
@@ -517,9 +517,9 @@ async fn frozen_watch_is_a_stale_cache_until_thawed() {
 
 #[tokio::test]
 async fn bookmarks_and_streaming_lists() {
-    let server = TestApiServer::start_with(hostport_e2e::apiserver::Options {
+    let server = TestApiServer::start_with(kube_testserver::Options {
         bookmark_interval: Duration::from_millis(50),
-        ..Default::default()
+        ..hostport_e2e::test_server_options()
     })
     .await
     .expect("start");

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostport_controller::{LeaseConfig, RunOptions};
-use hostport_e2e::apiserver::UserInfo;
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE, controller_user};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube_testserver::UserInfo;
 use serde_json::{Value, json};
 
 /// API group of a resource plural as the counters name it.

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClaimSpec};
 use hostport_controller::{LeaseConfig, RunOptions};
-use hostport_e2e::apiserver::{RequestMatch, UserInfo, Verb};
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE, controller_user};
 use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube_testserver::{RequestMatch, UserInfo, Verb};
 use serde_json::json;
 
 /// Claims as the webhook would hand them over: with the finalizer already set.

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use hostport_api::HostPortClaim;
-use hostport_e2e::apiserver::TestApiServer;
 use hostport_e2e::{local, samples};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -15,7 +14,7 @@ const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/samples");
 async fn every_sample_applies_and_works() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The samples use fixed names (namespace demo, class sample): a server of their own.
-    let server = TestApiServer::start().await.expect("server");
+    let server = hostport_e2e::start_test_server().await;
     let admin = server.client();
     let _stack = local::start_stack(&server)
         .await

@@ -15,12 +15,12 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hostport_api::conditions::{self, types};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
-use hostport_e2e::apiserver::{TestApiServer, UserInfo};
 use hostport_e2e::harness::controller_user;
 use hostport_e2e::{local, samples};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
+use kube_testserver::{TestApiServer, UserInfo};
 use serde_json::json;
 
 /// Runs hostport-allocator end to end against an in-process API server.
@@ -95,7 +95,7 @@ fn describe_claim(claim: &HostPortClaim) -> String {
 }
 
 async fn demo(args: &Args) -> anyhow::Result<()> {
-    let server = TestApiServer::start()
+    let server = TestApiServer::start_with(hostport_e2e::test_server_options())
         .await
         .context("starting the in-process API server")?;
     let admin = server.client();

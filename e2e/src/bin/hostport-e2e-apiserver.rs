@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hostport_e2e::apiserver::{Options, TestApiServer, UserInfo};
+use kube_testserver::{Options, TestApiServer, UserInfo};
 
 /// The hostport-allocator test API server.
 #[derive(Debug, Parser)]
@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut options = Options {
         listen: args.listen,
-        ..Options::default()
+        ..hostport_e2e::test_server_options()
     };
     if let Some(crds) = args.crds {
         options.crds_dir = Some(crds);

@@ -286,3 +286,17 @@ fn first_compile_error(schema: &CompiledSchema) -> Option<String> {
         .chain(schema.additional_properties.as_deref())
         .find_map(first_compile_error)
 }
+
+/// The status kube-apiserver gives a CRD it serves: names accepted, established.
+pub(crate) fn crd_status(rt: &ResourceType) -> Value {
+    let time = crate::object::now();
+    serde_json::json!({
+        "acceptedNames": {"kind": rt.kind, "plural": rt.plural, "singular": rt.singular,
+                          "shortNames": rt.short_names, "categories": rt.categories},
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": time},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": time},
+        ],
+        "storedVersions": [rt.version],
+    })
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::status::ApiError;
+use crate::status::ApiError;
 
 #[derive(Clone, Debug, PartialEq)]
 enum Requirement {

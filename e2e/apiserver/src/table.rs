@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::registry::ResourceType;
+use crate::registry::ResourceType;
 
 /// Whether the request asks for a Table.
 pub fn wants_table(accept: Option<&str>) -> bool {

@@ -14,11 +14,11 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
 
-use super::identity::UserInfo;
-use super::registry::ResourceType;
-use super::selectors::{LabelSelector, labels_of};
-use super::server::Shared;
-use super::status::{ApiError, ApiResult};
+use crate::db::Db;
+use crate::identity::UserInfo;
+use crate::registry::ResourceType;
+use crate::selectors::{LabelSelector, labels_of};
+use crate::status::{ApiError, ApiResult};
 
 /// Default `timeoutSeconds` of a webhook (kube-apiserver's).
 const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
@@ -94,7 +94,8 @@ struct Due {
 /// One request as admission sees it.
 #[derive(Clone, Copy)]
 pub(crate) struct Admission<'a> {
-    pub shared: &'a Arc<Shared>,
+    pub db: &'a Db,
+    pub webhooks: &'a WebhookCaller,
     pub rt: &'a ResourceType,
     pub operation: Operation,
     pub subresource: Option<&'a str>,
@@ -127,7 +128,7 @@ impl Admission<'_> {
 
     fn due(&self, configurations: &str, object: &Value) -> Vec<Due> {
         due_webhooks(
-            self.shared,
+            self.db,
             configurations,
             self.rt,
             self.operation,
@@ -149,9 +150,9 @@ impl Admission<'_> {
             self.user,
             self.namespace,
             self.dry_run,
-            self.shared,
+            self.db.new_uid(),
         );
-        let response = call(self.shared, webhook, &review).await?;
+        let response = call(self.webhooks, webhook, &review).await?;
         if let Some(response) = &response {
             verdict(webhook, response)?;
         }
@@ -167,7 +168,7 @@ fn name_of(webhook: &Due) -> &str {
 
 #[allow(clippy::too_many_arguments)]
 fn due_webhooks(
-    shared: &Arc<Shared>,
+    db: &Db,
     configurations: &str,
     rt: &ResourceType,
     operation: Operation,
@@ -176,7 +177,7 @@ fn due_webhooks(
     old: Option<&Value>,
     namespace: Option<&str>,
 ) -> Vec<Due> {
-    let state = shared.state();
+    let state = db.state();
     let key = (
         "admissionregistration.k8s.io".to_owned(),
         configurations.to_owned(),
@@ -299,7 +300,7 @@ fn review(
     user: &UserInfo,
     namespace: Option<&str>,
     dry_run: bool,
-    shared: &Arc<Shared>,
+    uid: String,
 ) -> Value {
     let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
     let resource = json!({"group": rt.group, "version": rt.version, "resource": rt.plural});
@@ -313,7 +314,7 @@ fn review(
         Operation::Delete => "DeleteOptions",
     };
     let mut request = json!({
-        "uid": shared.new_uid(),
+        "uid": uid,
         "kind": kind,
         "resource": resource,
         "requestKind": kind,
@@ -339,7 +340,7 @@ fn review(
 }
 
 /// Calls one webhook; `Ok(None)` when it failed and its failurePolicy is Ignore.
-async fn call(shared: &Arc<Shared>, due: &Due, review: &Value) -> ApiResult<Option<Value>> {
+async fn call(webhooks: &WebhookCaller, due: &Due, review: &Value) -> ApiResult<Option<Value>> {
     let name = name_of(due);
     let fail = |message: String| -> ApiResult<Option<Value>> {
         if due.webhook["failurePolicy"].as_str() == Some("Ignore") {
@@ -358,10 +359,7 @@ async fn call(shared: &Arc<Shared>, due: &Due, review: &Value) -> ApiResult<Opti
     let Some(url) = config["url"].as_str() else {
         return fail("clientConfig.service is not supported by the test API server: register the webhook with clientConfig.url".into());
     };
-    let client = match shared
-        .webhooks
-        .client(config["caBundle"].as_str().unwrap_or_default())
-    {
+    let client = match webhooks.client(config["caBundle"].as_str().unwrap_or_default()) {
         Ok(client) => client,
         Err(e) => return fail(format!("failed to call webhook: {e}")),
     };

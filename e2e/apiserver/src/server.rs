@@ -2,8 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,21 +13,22 @@ use kube::config::{
     AuthInfo, Cluster, Context, Kubeconfig, NamedAuthInfo, NamedCluster, NamedContext,
 };
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::admission::WebhookCaller;
-use super::faults::{Faults, RequestMatch, Verb};
-use super::identity::{Tokens, UserInfo};
-use super::registry::Registry;
-use super::request::{Query, Route, parse_path};
-use super::status::ApiError;
-use super::store::{DEFAULT_LOG_CAPACITY, Store};
-use super::{discovery, handlers};
+use crate::admission::WebhookCaller;
+use crate::db::Db;
+use crate::faults::{RequestMatch, Verb};
+use crate::identity::{Tokens, UserInfo};
+use crate::request::{Query, Route, parse_path};
+use crate::status::ApiError;
+use crate::store::DEFAULT_LOG_CAPACITY;
+use crate::watch::WatchHub;
+use crate::{discovery, verbs};
 
 /// How to start the server.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Directory whose `*.yaml` CRDs are created at start (default: this repository's `crds/`).
+    /// Directory whose `*.yaml` CRDs are created at start (default: none).
     pub crds_dir: Option<PathBuf>,
     /// Writes a watch can resume across before it gets 410 Gone.
     pub log_capacity: usize,
@@ -43,7 +43,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            crds_dir: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds")),
+            crds_dir: None,
             log_capacity: DEFAULT_LOG_CAPACITY,
             bookmark_interval: Duration::from_secs(5),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -52,66 +52,23 @@ impl Default for Options {
     }
 }
 
-/// Everything behind the one lock: kept short, never held across an await.
+/// What the HTTP entry point hands out: each verb gets only the part it needs.
 #[derive(Debug)]
-pub(crate) struct State {
-    pub registry: Registry,
-    pub store: Store,
-    pub faults: Faults,
-}
-
-/// What request handlers share.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    pub tokens: Tokens,
-    pub webhooks: WebhookCaller,
-    /// Bumped when frozen watches are thawed, so they deliver what they held back.
-    pub thawed: watch::Sender<u64>,
-    pub options: Options,
-    ids: AtomicU64,
+struct Shared {
+    db: Arc<Db>,
+    tokens: Tokens,
+    webhooks: WebhookCaller,
+    watches: WatchHub,
 }
 
 impl Shared {
-    /// The state, even if a panicking request poisoned the lock (state stays consistent:
-    /// every mutation is a single `put`/`remove`).
-    pub fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn handles(&self) -> verbs::Handles<'_> {
+        verbs::Handles {
+            db: &self.db,
+            webhooks: &self.webhooks,
+            watches: &self.watches,
+        }
     }
-
-    /// A fresh UUID-shaped id (unique per server, random-looking).
-    pub fn new_uid(&self) -> String {
-        let n = splitmix64(self.ids.fetch_add(1, Ordering::Relaxed));
-        let m = splitmix64(n);
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            n >> 32,
-            (n >> 16) & 0xffff,
-            n & 0xfff,
-            m >> 52,
-            m & 0xffff_ffff_ffff
-        )
-    }
-
-    /// Five lowercase alphanumerics for `generateName`.
-    pub fn name_suffix(&self) -> String {
-        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-        let mut n = splitmix64(self.ids.fetch_add(1, Ordering::Relaxed));
-        (0..5)
-            .map(|_| {
-                let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
-                n /= ALPHABET.len() as u64;
-                c
-            })
-            .collect()
-    }
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A running server. Dropping it stops it.
@@ -153,7 +110,7 @@ pub enum StartError {
 }
 
 impl TestApiServer {
-    /// Starts a server with the default options (this repository's CRDs installed).
+    /// Starts a server with the default options (no CRDs installed).
     pub async fn start() -> Result<Self, StartError> {
         Self::start_with(Options::default()).await
     }
@@ -171,20 +128,14 @@ impl TestApiServer {
             source,
         })?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                registry: Registry::default(),
-                store: Store::with_log_capacity(options.log_capacity),
-                faults: Faults::default(),
-            }),
+            db: Arc::new(Db::new(options.log_capacity)),
             tokens: Tokens::default(),
             webhooks: WebhookCaller::default(),
-            thawed: watch::channel(0).0,
-            ids: AtomicU64::new(k8s_openapi::jiff::Timestamp::now().as_nanosecond() as u64),
-            options: options.clone(),
+            watches: WatchHub::new(options.bookmark_interval),
         });
         for namespace in &options.namespaces {
-            handlers::seed(
-                &shared,
+            verbs::seed(
+                shared.handles(),
                 "",
                 "namespaces",
                 serde_json::json!({
@@ -197,7 +148,7 @@ impl TestApiServer {
             })?;
         }
         if let Some(dir) = &options.crds_dir {
-            load_crds(&shared, dir)?;
+            load_crds(shared.handles(), dir)?;
         }
         let app = Router::new().fallback(entry).with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -247,7 +198,7 @@ impl TestApiServer {
     /// A kubeconfig pointing at this server as `user` (for `kubectl` and the binaries).
     pub fn kubeconfig(&self, user: UserInfo) -> Kubeconfig {
         let token = self.shared.tokens.issue(user.clone());
-        let name = "hostport-e2e".to_owned();
+        let name = "kube-testserver".to_owned();
         Kubeconfig {
             clusters: vec![NamedCluster {
                 name: name.clone(),
@@ -282,59 +233,59 @@ impl TestApiServer {
 
     /// Requests served so far that match.
     pub fn count(&self, target: &RequestMatch) -> u64 {
-        self.shared.state().faults.count(target)
+        self.shared.db.state().faults.count(target)
     }
 
     /// Every request counter: `(user, verb, resource) → requests`.
     pub fn counts(&self) -> std::collections::BTreeMap<(String, Verb, String), u64> {
-        self.shared.state().faults.counts()
+        self.shared.db.state().faults.counts()
     }
 
     /// Zeroes the request counters.
     pub fn reset_counts(&self) {
-        self.shared.state().faults.reset_counts();
+        self.shared.db.state().faults.reset_counts();
     }
 
     /// Fails the next `count` matching requests with HTTP `code`.
     pub fn fail_next(&self, target: RequestMatch, count: u32, code: u16) {
-        self.shared.state().faults.fail_next(target, count, code);
+        self.shared.db.state().faults.fail_next(target, count, code);
     }
 
     /// Delays every matching request until `clear_faults`.
     pub fn add_latency(&self, target: RequestMatch, delay: Duration) {
-        self.shared.state().faults.add_latency(target, delay);
+        self.shared.db.state().faults.add_latency(target, delay);
     }
 
     /// Holds back events of matching watches (a stale cache) until `thaw_watches`.
     pub fn freeze_watches(&self, target: RequestMatch) {
-        self.shared.state().faults.freeze_watches(target);
+        self.shared.db.state().faults.freeze_watches(target);
     }
 
     /// Delivers what frozen watches held back and lets them run.
     pub fn thaw_watches(&self) {
-        self.shared.state().faults.thaw_watches();
-        self.shared.thawed.send_modify(|n| *n += 1);
+        self.shared.db.state().faults.thaw_watches();
+        self.shared.watches.thawed();
     }
 
     /// Removes every fault (and thaws watches).
     pub fn clear_faults(&self) {
-        self.shared.state().faults.clear();
-        self.shared.thawed.send_modify(|n| *n += 1);
+        self.shared.db.state().faults.clear();
+        self.shared.watches.thawed();
     }
 
     /// Closes every open watch; clients re-watch from their last resourceVersion.
     pub fn close_watches(&self) {
-        self.shared.state().store.close_watches();
+        self.shared.db.state().store.close_watches();
     }
 
     /// Drops the watch history, so resuming any earlier resourceVersion gets 410 Gone.
     pub fn compact(&self) {
-        self.shared.state().store.compact();
+        self.shared.db.state().store.compact();
     }
 
     /// Number of open watches.
     pub fn watch_count(&self) -> usize {
-        self.shared.state().store.watch_count()
+        self.shared.db.state().store.watch_count()
     }
 
     /// The stored object, bypassing the API (for assertions).
@@ -345,7 +296,7 @@ impl TestApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Value> {
-        let state = self.shared.state();
+        let state = self.shared.db.state();
         state
             .store
             .get(
@@ -356,7 +307,7 @@ impl TestApiServer {
     }
 }
 
-fn load_crds(shared: &Arc<Shared>, dir: &std::path::Path) -> Result<(), StartError> {
+fn load_crds(handles: verbs::Handles<'_>, dir: &std::path::Path) -> Result<(), StartError> {
     let crd_error = |path: &std::path::Path, message: String| StartError::Crd {
         path: path.to_owned(),
         message,
@@ -373,8 +324,8 @@ fn load_crds(shared: &Arc<Shared>, dir: &std::path::Path) -> Result<(), StartErr
         let text = std::fs::read_to_string(&path).map_err(|e| crd_error(&path, e.to_string()))?;
         let crd: Value =
             serde_saphyr::from_str(&text).map_err(|e| crd_error(&path, e.to_string()))?;
-        handlers::seed(
-            shared,
+        verbs::seed(
+            handles,
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             crd,
@@ -403,9 +354,18 @@ async fn entry(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> R
                         .into_response();
                 }
             };
-            handlers::serve(shared, parts.method, parts.headers, path, query, body, user).await
+            verbs::serve(
+                shared.handles(),
+                parts.method,
+                parts.headers,
+                path,
+                query,
+                body,
+                user,
+            )
+            .await
         }
-        Some(route) => discovery::serve(&shared, &route, &parts.headers),
+        Some(route) => discovery::serve(&shared.db, &route),
     }
 }
 

@@ -6,8 +6,8 @@
 use kube::core::cel::{Validator, apply_defaults};
 use serde_json::{Map, Value};
 
-use super::registry::CustomSchema;
-use super::status::FieldError;
+use crate::registry::CustomSchema;
+use crate::status::FieldError;
 
 thread_local! {
     // Building a validator registers every Kubernetes CEL function: do it once per thread.

@@ -9,15 +9,15 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use super::identity::UserInfo;
-use super::registry::ResourceType;
-use super::request::Query;
-use super::selectors::{FieldSelector, LabelSelector};
-use super::server::Shared;
-use super::status::ApiError;
-use super::store::{EventKind, LogEntry};
+use crate::db::Db;
+use crate::identity::UserInfo;
+use crate::registry::ResourceType;
+use crate::request::Query;
+use crate::selectors::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::store::{EventKind, LogEntry};
 
 /// Longest a watch stays open when the client does not say (kube-apiserver picks 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -67,9 +67,32 @@ fn bookmark(rt: &ResourceType, revision: u64, initial_events_end: bool) -> Bytes
     )
 }
 
+/// What every open watch listens to besides its own events: thaws of frozen watches, and the
+/// bookmark interval.
+#[derive(Debug)]
+pub(crate) struct WatchHub {
+    thaws: watch::Sender<u64>,
+    bookmark_interval: Duration,
+}
+
+impl WatchHub {
+    pub fn new(bookmark_interval: Duration) -> Self {
+        Self {
+            thaws: watch::channel(0).0,
+            bookmark_interval,
+        }
+    }
+
+    /// Tells frozen watches to check whether they may deliver what they held back.
+    pub fn thawed(&self) {
+        self.thaws.send_modify(|n| *n += 1);
+    }
+}
+
 /// Starts a watch; the response streams until timeout, client disconnect or `close_watches`.
 pub(crate) fn serve(
-    shared: Arc<Shared>,
+    db: Arc<Db>,
+    hub: &WatchHub,
     rt: ResourceType,
     namespace: Option<String>,
     query: Query,
@@ -102,7 +125,7 @@ pub(crate) fn serve(
 
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(256);
     let subscription = {
-        let mut state = shared.state();
+        let mut state = db.state();
         let revision = state.store.revision();
         let initial = if from.is_none() || send_initial_events {
             state.store.list(&rt.key(), namespace.as_deref())
@@ -120,6 +143,8 @@ pub(crate) fn serve(
             .map(|(backlog, live)| (initial, backlog, live, revision))
     };
     let counted = rt.plural.clone();
+    let thaws = hub.thaws.subscribe();
+    let bookmark_interval = hub.bookmark_interval;
     match subscription {
         Err(too_old) => {
             let status = ApiError::gone(format!(
@@ -133,7 +158,9 @@ pub(crate) fn serve(
         Ok((initial, backlog, live, revision)) => {
             tokio::spawn(async move {
                 let stream = WatchStream {
-                    shared,
+                    db,
+                    thaws,
+                    bookmark_interval,
                     rt,
                     user: user.username,
                     counted,
@@ -167,7 +194,9 @@ pub(crate) fn serve(
 }
 
 struct WatchStream {
-    shared: Arc<Shared>,
+    db: Arc<Db>,
+    thaws: watch::Receiver<u64>,
+    bookmark_interval: Duration,
     rt: ResourceType,
     user: String,
     counted: String,
@@ -179,10 +208,7 @@ struct WatchStream {
 
 impl WatchStream {
     fn frozen(&self) -> bool {
-        self.shared
-            .state()
-            .faults
-            .is_frozen(&self.counted, &self.user)
+        self.db.state().faults.is_frozen(&self.counted, &self.user)
     }
 
     async fn emit(&self, entry: &LogEntry) -> bool {
@@ -224,8 +250,7 @@ impl WatchStream {
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut thawed = self.shared.thawed.subscribe();
-        let mut ticker = tokio::time::interval(self.shared.options.bookmark_interval);
+        let mut ticker = tokio::time::interval(self.bookmark_interval);
         ticker.tick().await;
         loop {
             tokio::select! {
@@ -239,7 +264,7 @@ impl WatchStream {
                         return;
                     }
                 }
-                changed = thawed.changed() => {
+                changed = self.thaws.changed() => {
                     if changed.is_err() { return; }
                     if !self.frozen() {
                         for entry in std::mem::take(&mut self.held) {
@@ -254,7 +279,7 @@ impl WatchStream {
                     // Everything already queued has a revision at or below the current one:
                     // send it first so the bookmark never runs ahead of delivered events.
                     let (queued, current) = {
-                        let state = self.shared.state();
+                        let state = self.db.state();
                         let mut queued = vec![];
                         while let Ok(entry) = live.try_recv() {
                             queued.push(entry);

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::registry::ResourceType;
+use crate::registry::ResourceType;
 
 /// One invalid field, as in `Status.details.causes`.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::status::ApiError;
+
 /// The Kubernetes verb of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Verb {
@@ -112,6 +114,26 @@ pub struct Injected {
     pub delay: Duration,
     /// Then fail with this HTTP code instead of serving.
     pub fail_with: Option<u16>,
+}
+
+impl Injected {
+    /// The error an injected failure answers with, its reason as kube-apiserver names it for
+    /// that code (clients retry on the reason, not only the code).
+    pub fn error(code: u16, verb: Verb, resource: &str) -> ApiError {
+        let reason = match code {
+            409 => "Conflict",
+            429 => "TooManyRequests",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ => "Unknown",
+        };
+        ApiError::with_code(
+            code,
+            reason,
+            format!("injected fault: {} {resource}", verb.as_str()),
+        )
+    }
 }
 
 /// Counters and faults; lives inside the server's state.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::registry::ResourceKey;
+use crate::registry::ResourceKey;
 
 /// `(namespace or "", name)`.
 pub type ObjectKey = (String, String);

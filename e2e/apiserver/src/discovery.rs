@@ -2,16 +2,15 @@
 //! in the legacy (non-aggregated) format that kube-rs and kubectl both understand.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::response::{IntoResponse, Response};
-use http::HeaderMap;
 use serde_json::{Value, json};
 
-use super::registry::ResourceType;
-use super::request::Route;
-use super::server::{Shared, ok_text};
-use super::status::ApiError;
+use crate::db::Db;
+use crate::registry::ResourceType;
+use crate::request::Route;
+use crate::server::ok_text;
+use crate::status::ApiError;
 
 const VERBS: [&str; 8] = [
     "create",
@@ -55,8 +54,8 @@ fn group_entry(group: &str, versions: &[String]) -> Value {
 }
 
 /// Serves a discovery route.
-pub(crate) fn serve(shared: &Arc<Shared>, route: &Route, _headers: &HeaderMap) -> Response {
-    let types: Vec<ResourceType> = shared.state().registry.all().cloned().collect();
+pub(crate) fn serve(db: &Db, route: &Route) -> Response {
+    let types: Vec<ResourceType> = db.state().registry.all().cloned().collect();
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for rt in types.iter().filter(|t| !t.group.is_empty()) {
         let versions = groups.entry(rt.group.clone()).or_default();
@@ -67,7 +66,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, route: &Route, _headers: &HeaderMap) -
     let body = match route {
         Route::Health => return ok_text("ok"),
         Route::Version => json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-hostport-e2e",
+            "major": "1", "minor": "33", "gitVersion": "v1.33.0-kube-testserver",
             "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
             "goVersion": "n/a", "compiler": "rustc", "platform": "linux/amd64",
         }),

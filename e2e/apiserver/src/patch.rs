@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::status::{ApiError, ApiResult};
+use crate::status::{ApiError, ApiResult};
 
 /// The patch flavours, from the request's `Content-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
