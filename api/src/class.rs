@@ -4,7 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::Condition;
-use crate::ports::{PortRange, usable_ranges};
+use crate::ports::{PortPool, PortRange, describe_ranges, usable_ranges};
 
 /// A pool of host ports that HostPortClaims of this class are allocated from. Admins create
 /// one class per purpose (e.g. `game-servers` on 27000-27100); tenants name it in their claims.
@@ -58,19 +58,6 @@ pub struct HostPortClassSpec {
     pub pools: Vec<PortPool>,
 }
 
-/// An inclusive range of node ports.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.start <= self.end").message("pool start must be less than or equal to pool end"))]
-pub struct PortPool {
-    /// First port of the pool (1-65535).
-    #[schemars(range(min = 1, max = 65535))]
-    pub start: i32,
-    /// Last port of the pool, inclusive (1-65535, not below start).
-    #[schemars(range(min = 1, max = 65535))]
-    pub end: i32,
-}
-
 /// Observed state of a HostPortClass, written by the controller.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -98,5 +85,18 @@ impl HostPortClass {
     /// The well-formed pools of the class (a malformed stored pool is skipped, not fatal).
     pub fn ranges(&self) -> Vec<PortRange> {
         usable_ranges(&self.spec.pools)
+    }
+
+    /// Why `port` may not be asked of this class, if it is outside its pools; the caller
+    /// appends the fix that fits where the message goes.
+    pub fn port_outside_pools(&self, port: u16) -> Option<String> {
+        let ranges = self.ranges();
+        (!ranges.iter().any(|r| r.contains(port))).then(|| {
+            format!(
+                "spec.port {port} is outside the pools of HostPortClass {:?} ({})",
+                self.metadata.name.as_deref().unwrap_or_default(),
+                describe_ranges(&ranges)
+            )
+        })
     }
 }

@@ -12,6 +12,7 @@ pub mod claim;
 pub mod class;
 pub mod conditions;
 pub mod crds;
+pub mod finalizer;
 pub mod host_port;
 pub mod identity;
 pub mod names;
@@ -20,9 +21,10 @@ pub mod ports;
 pub mod serve;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
-pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus, PortPool};
+pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus};
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};
+pub use ports::PortPool;
 
 /// API group of every resource in this crate.
 pub const GROUP: &str = "hostport.rmb938.com";

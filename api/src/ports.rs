@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use crate::class::PortPool;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
 
 /// Lowest port a pool or claim may name.
 pub const MIN_PORT: u16 = 1;
@@ -50,6 +51,28 @@ impl PortRange {
     pub fn overlaps(&self, other: &PortRange) -> bool {
         self.start <= other.end && other.start <= self.end
     }
+}
+
+/// An inclusive range of node ports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.start <= self.end").message("pool start must be less than or equal to pool end"))]
+pub struct PortPool {
+    /// First port of the pool (1-65535).
+    #[schemars(range(min = 1, max = 65535))]
+    pub start: i32,
+    /// Last port of the pool, inclusive (1-65535, not below start).
+    #[schemars(range(min = 1, max = 65535))]
+    pub end: i32,
+}
+
+/// `9000-9099, 30000-30010`: ranges as messages show them.
+pub fn describe_ranges(ranges: &[PortRange]) -> String {
+    ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for PortRange {

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
-use hostport_api::ports::PortRange;
-use hostport_api::{ClaimPhase, FINALIZER, HostPort, HostPortClaim};
+use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -22,6 +21,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::error::{Error, Result, status_code};
+use crate::pick::{Pick, pick_port};
 use crate::pods;
 use crate::writes::{self, claim_name};
 
@@ -44,14 +44,7 @@ fn now() -> Time {
 
 /// Reconciles one claim.
 pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = reconcile_claim(&claim, &ctx).await;
-    ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&ObjectRef::from_obj(claim.as_ref()).erase());
-    }
-    result
+    reconcile_claim(&claim, &ctx).await
 }
 
 async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
@@ -60,9 +53,6 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         name: claim_name(claim),
         field: "metadata.uid",
     })?;
-    if !ctx.book().is_synced() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
     if ctx.is_stale(claim) {
         // Our own write is on its way through the watch; it will trigger the next reconcile.
         return Ok(Action::requeue(STALE_RECHECK));
@@ -73,10 +63,7 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     let claims: Api<HostPortClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
     let mut claim = claim.clone();
-    if let Some(updated) =
-        writes::add_finalizer(&claims, &claim, FINALIZER, "HostPortClaim").await?
-    {
-        ctx.wrote(&claim);
+    if let Some(updated) = writes::add_finalizer(ctx, &claims, &claim).await? {
         claim = updated;
     }
 
@@ -108,9 +95,7 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     )
     .await?;
     if claim.spec.host_port_name.as_deref() != Some(name.as_str()) {
-        let updated = writes::bind_claim(&claims, &claim, &name).await?;
-        ctx.wrote(&claim);
-        claim = updated;
+        claim = writes::bind_claim(ctx, &claim, &name).await?;
     }
     let bound = Condition::new(
         types::BOUND,
@@ -214,74 +199,30 @@ enum Allocation {
     },
 }
 
+/// Picks ports until a create of `port-<n>` succeeds (the lock) or the pick says to wait;
+/// a 409 means the port was taken behind the book's back, so the next pick goes on.
 async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Allocation> {
-    let class_name = &claim.spec.host_port_class_name;
-    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
-    let Some(class) = class.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
-        return Ok(Allocation::Pending {
-            reason: reasons::CLASS_NOT_FOUND,
-            message: format!(
-                "HostPortClass {class_name:?} does not exist (or is being deleted): create it, or recreate the claim with an existing spec.hostPortClassName"
-            ),
-        });
-    };
-    let ranges = class.ranges();
-    if let Some(port) = claim.requested_port()
-        && !ranges.iter().any(|r| r.contains(port))
-    {
-        return Ok(Allocation::Pending {
-            reason: reasons::PORT_OUTSIDE_POOLS,
-            message: format!(
-                "spec.port {port} is outside the pools of HostPortClass {class_name:?} ({}): recreate the claim with a port inside them, or without spec.port",
-                describe(&ranges)
-            ),
-        });
-    }
-    let requested = claim.requested_port();
-    // A claim whose `port-<n>` HostPort vanished gets port n back when it is still free and
-    // in its class pools (its pods may still use it); any other port of the pools otherwise.
-    let previous = claim
-        .spec
-        .host_port_name
-        .as_deref()
-        .and_then(HostPort::port_from_name)
-        .filter(|port| ranges.iter().any(|r| r.contains(*port)));
+    let class = ctx
+        .caches
+        .classes
+        .get(&ObjectRef::new(&claim.spec.host_port_class_name));
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     for _ in 0..MAX_PICKS {
-        let port = {
-            let mut book = ctx.book();
-            // A free previous port is picked like a requested one; a taken one is not
-            // waited for (the lowest free port is), unlike a requested one.
-            match requested.or(previous.filter(|p| !book.is_used(*p))) {
-                Some(port) if book.is_used(port) => {
-                    return Ok(Allocation::Pending {
-                        reason: reasons::PORT_UNAVAILABLE,
-                        message: format!(
-                            "port {port} is held by another HostPort; the claim binds when it is released"
-                        ),
-                    });
-                }
-                Some(port) => {
-                    book.reserve(port, Some(uid), Instant::now());
-                    port
-                }
-                None => match book.reserve_lowest(&ranges, uid, Instant::now()) {
-                    Some(port) => port,
-                    None => {
-                        return Ok(Allocation::Pending {
-                            reason: reasons::POOL_EXHAUSTED,
-                            message: format!(
-                                "all {} ports of HostPortClass {class_name:?} ({}) are in use; the claim binds when one is released",
-                                hostport_api::ports::distinct_port_count(&ranges),
-                                describe(&ranges)
-                            ),
-                        });
-                    }
-                },
+        let pick = pick_port(
+            claim,
+            uid,
+            class.as_deref(),
+            &mut ctx.book(),
+            Instant::now(),
+        );
+        let port = match pick {
+            Pick::Port(port) => port,
+            Pick::Wait { reason, message } => {
+                return Ok(Allocation::Pending { reason, message });
             }
         };
         let name = HostPort::name_for_port(port);
-        match writes::create_host_port(&api, claim, uid, class_name, port).await {
+        match writes::create_host_port(ctx, claim, uid, port).await {
             Ok(host_port) => {
                 tracing::debug!(claim = %claim_name(claim), %name, "created HostPort");
                 return Ok(Allocation::Got(Box::new(host_port)));
@@ -310,12 +251,7 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
             }
             Err(source) => {
                 ctx.book().release(port);
-                return Err(Error::Api {
-                    action: "creating",
-                    kind: "HostPort",
-                    name,
-                    source,
-                });
+                return Err(Error::api("creating", "HostPort", name)(source));
             }
         }
     }
@@ -323,14 +259,6 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
         name: claim_name(claim),
         attempts: MAX_PICKS,
     })
-}
-
-fn describe(ranges: &[PortRange]) -> String {
-    ranges
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Leaves the claim Pending with `reason`, announcing a new reason with an Event.
@@ -377,13 +305,10 @@ async fn set_claim_status(
     desired.port = port.map(i32::from);
     conditions::set(&mut desired.conditions, condition);
     if desired != current {
-        let api: Api<HostPortClaim> =
-            Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
         // Explicit nulls so a merge patch also clears what is gone.
         let status =
             json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
-        writes::claim_status(&api, claim, status).await?;
-        ctx.wrote(claim);
+        writes::claim_status(ctx, claim, status).await?;
     }
     Ok(reason_changed)
 }
@@ -410,7 +335,7 @@ async fn delete_extra_host_ports(
             continue;
         };
         tracing::info!(claim = %claim_name(claim), host_port = %extra.name, "deleting a duplicate HostPort of the claim");
-        writes::delete_host_port(&api, &extra.name, current.uid()).await?;
+        writes::delete_host_port(ctx, &extra.name, current.uid()).await?;
     }
     Ok(())
 }
@@ -476,12 +401,12 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
         let Some(host_port) = host_port.filter(|hp| hp.claim_uid() == Some(uid)) else {
             continue;
         };
-        writes::delete_host_port(&api, &name, host_port.uid()).await?;
+        writes::delete_host_port(ctx, &name, host_port.uid()).await?;
         released.extend(host_port.port());
     }
     let claims: Api<HostPortClaim> =
         Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default());
-    writes::remove_finalizer(&claims, claim, FINALIZER, "HostPortClaim").await?;
+    writes::remove_finalizer(ctx, &claims, claim).await?;
     let ports: Vec<String> = released.iter().map(ToString::to_string).collect();
     tracing::info!(claim = %claim_name(claim), ports = %ports.join(","), "released");
     if !ports.is_empty() {

@@ -3,36 +3,34 @@
 //! at most once per class per interval so bursts of bindings cost one status write.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::{PortRange, distinct_port_count};
-use hostport_api::{FINALIZER, HostPortClass, HostPortClassStatus};
+use hostport_api::{HostPortClass, HostPortClassStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::metrics::ClassLabels;
 use crate::writes;
 
 /// Name of this reconciler in metrics and logs.
 pub const CONTROLLER: &str = "class";
 
+/// Safety net while a deleted class waits for its users (their watch events wake it sooner).
+const USERS_RECHECK: Duration = Duration::from_secs(30);
+
+/// Safety net for a class whose cached copy predates our own write (the watch event of the
+/// write triggers the next reconcile well before this).
+const STALE_RECHECK: Duration = Duration::from_secs(5);
+
 /// Reconciles one class.
 pub async fn reconcile(class: Arc<HostPortClass>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = reconcile_class(&class, &ctx).await;
-    ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&ObjectRef::from_obj(class.as_ref()).erase());
-    }
-    result
+    reconcile_class(&class, &ctx).await
 }
 
 /// Names of the claims and HostPorts that use a class.
@@ -66,18 +64,10 @@ fn users(class: &str, ctx: &Context) -> Vec<String> {
 async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action> {
     let api: Api<HostPortClass> = Api::all(ctx.client.clone());
     let name = class.name_any();
-    if !ctx.book().is_synced() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
     if class.metadata.deletion_timestamp.is_some() {
         let users = users(&name, ctx);
         if users.is_empty() {
-            if writes::remove_finalizer(&api, class, FINALIZER, "HostPortClass")
-                .await?
-                .is_some()
-            {
-                ctx.wrote(class);
-            }
+            writes::remove_finalizer(ctx, &api, class).await?;
             for labels in [
                 &ctx.metrics.class_capacity,
                 &ctx.metrics.class_allocated,
@@ -90,14 +80,13 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
             return Ok(Action::await_change());
         }
         tracing::info!(class = %name, users = users.len(), "deletion waits for the claims and HostPorts using the class");
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        return Ok(Action::requeue(USERS_RECHECK));
     }
     if ctx.is_stale(class) {
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        return Ok(Action::requeue(STALE_RECHECK));
     }
     let mut class = class.clone();
-    if let Some(updated) = writes::add_finalizer(&api, &class, FINALIZER, "HostPortClass").await? {
-        ctx.wrote(&class);
+    if let Some(updated) = writes::add_finalizer(ctx, &api, &class).await? {
         class = updated;
     }
 
@@ -169,14 +158,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         // Coalesce: one write for a burst of changes.
         return Ok(Action::requeue(wait));
     }
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": desired })),
-    )
-    .await
-    .map_err(Error::api("writing the status of", "HostPortClass", &name))?;
-    ctx.wrote(&class);
+    writes::class_status(ctx, &class, &desired).await?;
     if available > 0 && current.available == Some(0) {
         ctx.wake_waiting();
     }

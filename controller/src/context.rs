@@ -7,14 +7,15 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::backoff::Backoff;
 use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
 use crate::port_book::PortBook;
+use crate::superseded::Superseded;
 
 /// Tunables of the controller.
 #[derive(Clone, Debug)]
@@ -76,11 +77,11 @@ pub struct Context {
     waiting: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
     /// When each class's status was last written.
     class_status_written: Mutex<HashMap<String, Instant>>,
-    /// Versions of objects this process has replaced with its own writes: a cached copy at
-    /// one of them is stale, and acting on it would repeat a write.
-    superseded: Mutex<HashMap<String, Superseded>>,
-    /// Consecutive failed reconciles per object (exponential retry backoff).
-    failures: Mutex<HashMap<ObjectRef<DynamicObject>, u32>>,
+    /// Versions of objects this process has replaced with its own writes (recorded by
+    /// `writes`): a cached copy at one of them is stale.
+    pub(crate) superseded: Superseded,
+    /// Retry delays after failed reconciles.
+    pub backoff: Backoff,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Queues reconciles of related objects.
@@ -88,21 +89,6 @@ pub struct Context {
     /// Tunables.
     pub settings: Settings,
 }
-
-/// A compact key for an object: its UID (names are reused, UIDs are not).
-fn object_key<K: Resource>(object: &K) -> String {
-    object
-        .meta()
-        .uid
-        .clone()
-        .unwrap_or_else(|| object.meta().name.clone().unwrap_or_default())
-}
-
-/// When we last wrote over an object, and the versions we wrote over.
-type Superseded = (Instant, Vec<String>);
-
-/// How long a record of our own write is kept (a watch this late is broken anyway).
-const SUPERSEDED_TTL: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +98,7 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -138,8 +124,8 @@ impl Context {
             book: Mutex::new(book),
             waiting: Mutex::default(),
             class_status_written: Mutex::default(),
-            failures: Mutex::default(),
-            superseded: Mutex::default(),
+            superseded: Superseded::default(),
+            backoff: Backoff::default(),
             metrics,
             triggers,
             settings,
@@ -179,55 +165,10 @@ impl Context {
         None
     }
 
-    /// The retry delay after another failed reconcile of `object`: 100 ms doubling to 60 s.
-    pub fn backoff(&self, object: &ObjectRef<DynamicObject>) -> Duration {
-        let mut failures = lock(&self.failures);
-        let count = failures.entry(object.clone()).or_default();
-        *count = count.saturating_add(1);
-        let exponent = (*count - 1).min(10);
-        (Duration::from_millis(100) * 2u32.pow(exponent)).min(Duration::from_secs(60))
-    }
-
-    /// Forgets the failures of `object` after a successful reconcile.
-    pub fn succeeded(&self, object: &ObjectRef<DynamicObject>) {
-        let mut failures = lock(&self.failures);
-        if !failures.is_empty() {
-            failures.remove(object);
-        }
-    }
-
-    /// Records that we wrote over `before` (its version is now superseded).
-    pub fn wrote<K: Resource<DynamicType = ()>>(&self, before: &K) {
-        let Some(version) = before.meta().resource_version.clone() else {
-            return;
-        };
-        let mut superseded = lock(&self.superseded);
-        let now = Instant::now();
-        superseded.retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
-        let entry = superseded
-            .entry(object_key(before))
-            .or_insert_with(|| (now, vec![]));
-        entry.0 = now;
-        entry.1.push(version);
-    }
-
     /// Whether `object` is a cached copy of a version we already wrote over (the watch has
     /// not caught up): acting on it would repeat work, so wait for the newer copy.
     pub fn is_stale<K: Resource<DynamicType = ()>>(&self, object: &K) -> bool {
-        let Some(version) = object.meta().resource_version.as_deref() else {
-            return false;
-        };
-        let key = object_key(object);
-        let mut superseded = lock(&self.superseded);
-        match superseded.get(&key) {
-            Some((_, versions)) if versions.iter().any(|v| v == version) => true,
-            Some(_) => {
-                // The cache moved past our writes.
-                superseded.remove(&key);
-                false
-            }
-            None => false,
-        }
+        self.superseded.is_stale(object)
     }
 
     /// Publishes an Event about `object`; a failure is logged, never fatal.

@@ -17,6 +17,27 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Another writer changed the object first (409 Conflict): a fresh copy resolves it.
+    #[error("{action} {kind} {name}: changed by another writer first; retrying on a fresh copy")]
+    Conflict {
+        /// What was being done, e.g. `binding`.
+        action: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// `namespace/name` or `name`.
+        name: String,
+    },
+    /// A guarded patch found our copy outdated (its JSON-patch `test` failed, 422): a fresh
+    /// copy resolves it.
+    #[error("{action} {kind} {name}: our copy was outdated; retrying on a fresh copy")]
+    StaleCopy {
+        /// What was being done, e.g. `adding the finalizer to`.
+        action: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// `namespace/name` or `name`.
+        name: String,
+    },
     /// An object lacks a field the API server always sets.
     #[error("{kind} {name} has no {field}; it cannot be reconciled")]
     MissingField {
@@ -67,10 +88,8 @@ impl Error {
     /// A fixed PascalCase reason (metric label, Event reason).
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Api {
-                source: kube::Error::Api(status),
-                ..
-            } if status.code == 409 => "Conflict",
+            Error::Conflict { .. } => "Conflict",
+            Error::StaleCopy { .. } => "StaleCopy",
             Error::Api {
                 source: kube::Error::Api(status),
                 ..
@@ -88,18 +107,27 @@ impl Error {
         }
     }
 
-    /// An `Api` error for `action` on `kind` `name`.
+    /// A race with another writer that a reconcile on a fresh copy resolves: retried
+    /// quietly, not worth a warning.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Conflict { .. } | Error::StaleCopy { .. })
+    }
+
+    /// The error of API call `action` on `kind` `name`: `Conflict` for a 409, `Api` else.
     pub fn api(
         action: &'static str,
         kind: &'static str,
         name: impl Into<String>,
     ) -> impl FnOnce(kube::Error) -> Error {
         let name = name.into();
-        move |source| Error::Api {
-            action,
-            kind,
-            name,
-            source,
+        move |source| match status_code(&source) {
+            Some(409) => Error::Conflict { action, kind, name },
+            _ => Error::Api {
+                action,
+                kind,
+                name,
+                source,
+            },
         }
     }
 }

@@ -4,10 +4,10 @@
 //! Go project left with its finalizer.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostport_api::conditions::{self, Condition, reasons, status, types};
-use hostport_api::{FINALIZER, HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
+use hostport_api::{HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -30,14 +30,7 @@ const PODS_RECHECK: Duration = Duration::from_secs(60);
 
 /// Reconciles one HostPort.
 pub async fn reconcile(host_port: Arc<HostPort>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = reconcile_host_port(&host_port, &ctx).await;
-    ctx.metrics
-        .reconciled(CONTROLLER, started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&ObjectRef::from_obj(host_port.as_ref()).erase());
-    }
-    result
+    reconcile_host_port(&host_port, &ctx).await
 }
 
 async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Action> {
@@ -45,16 +38,8 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     let name = host_port.name_any();
     if host_port.metadata.deletion_timestamp.is_some() {
         // Only HostPorts written by the Go project carry this finalizer; nothing to wait for.
-        if writes::remove_finalizer(&api, host_port, FINALIZER, "HostPort")
-            .await?
-            .is_some()
-        {
-            ctx.wrote(host_port);
-        }
+        writes::remove_finalizer(ctx, &api, host_port).await?;
         return Ok(Action::await_change());
-    }
-    if !ctx.book().is_synced() {
-        return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let Some((namespace, claim_name)) = host_port.claim_key() else {
         // No claimRef: a port an admin holds back on purpose. It stays taken.
@@ -104,7 +89,7 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(PODS_RECHECK));
     }
     tracing::info!(host_port = %name, port = ?host_port.port(), claim = ?host_port.claim_key(), "deleting HostPort whose claim is gone");
-    writes::delete_host_port(&api, &name, host_port.uid()).await?;
+    writes::delete_host_port(ctx, &name, host_port.uid()).await?;
     Ok(Action::await_change())
 }
 
@@ -142,8 +127,6 @@ pub(crate) async fn set_allocated(
         // Current, or a cached copy of a version whose status we already wrote.
         return Ok(false);
     }
-    let api: Api<HostPort> = Api::all(ctx.client.clone());
-    writes::host_port_status(&api, &host_port.name_any(), &desired).await?;
-    ctx.wrote(host_port);
+    writes::host_port_status(ctx, host_port, &desired).await?;
     Ok(true)
 }

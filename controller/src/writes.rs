@@ -1,13 +1,23 @@
-//! The API writes of the controller, each scoped to the fields it owns, safe to repeat, and
-//! returning the object as the API server stored it (so the next step never works on a
-//! stale copy).
+//! Every API write of the controller. Each is scoped to the fields it owns, safe to repeat,
+//! returns the object as the API server stored it (so the next step never works on a stale
+//! copy), and records the version it wrote over, so a reconcile handed that version later by
+//! the lagging watch cache waits instead of repeating the write (`Context::is_stale`).
+//! Nothing else in the controller writes: a new write belongs here.
 
-use hostport_api::{ClaimReference, HostPort, HostPortClaim, HostPortSpec, HostPortStatus};
+use std::time::Instant;
+
+use hostport_api::{
+    ClaimReference, HostPort, HostPortClaim, HostPortClass, HostPortClassStatus, HostPortSpec,
+    HostPortStatus,
+};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::context::Context;
+use crate::error::{Error, Result, status_code};
 
 /// `namespace/name` of a claim, for messages.
 pub fn claim_name(claim: &HostPortClaim) -> String {
@@ -18,12 +28,16 @@ pub fn claim_name(claim: &HostPortClaim) -> String {
     )
 }
 
-/// Creates the HostPort `port-<port>` for `claim`: the create is the lock on the port.
+fn claims(ctx: &Context, claim: &HostPortClaim) -> Api<HostPortClaim> {
+    Api::namespaced(ctx.client.clone(), &claim.namespace().unwrap_or_default())
+}
+
+/// Creates the HostPort `port-<port>` for `claim`: the create is the lock on the port. The
+/// raw client error is returned, as 409 is an answer here (the port is taken), not a failure.
 pub async fn create_host_port(
-    api: &Api<HostPort>,
+    ctx: &Context,
     claim: &HostPortClaim,
     uid: &str,
-    class: &str,
     port: u16,
 ) -> std::result::Result<HostPort, kube::Error> {
     let host_port = HostPort::new(
@@ -37,52 +51,80 @@ pub async fn create_host_port(
                 uid: Some(uid.to_owned()),
                 ..ClaimReference::default()
             }),
-            host_port_class_name: class.to_owned(),
+            host_port_class_name: claim.spec.host_port_class_name.clone(),
             port: Some(i32::from(port)),
         },
     );
-    api.create(&PostParams::default(), &host_port).await
+    Api::<HostPort>::all(ctx.client.clone())
+        .create(&PostParams::default(), &host_port)
+        .await
 }
 
 /// Writes a HostPort's status (merge patch on `/status`).
 pub async fn host_port_status(
-    api: &Api<HostPort>,
-    name: &str,
+    ctx: &Context,
+    host_port: &HostPort,
     status: &HostPortStatus,
 ) -> Result<HostPort> {
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(Error::api("writing the status of", "HostPort", name))
+    let name = host_port.name_any();
+    let written = Api::<HostPort>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(Error::api("writing the status of", "HostPort", &name))?;
+    wrote_over(ctx, host_port);
+    Ok(written)
+}
+
+/// Writes a class's status (merge patch on `/status`).
+pub async fn class_status(
+    ctx: &Context,
+    class: &HostPortClass,
+    status: &HostPortClassStatus,
+) -> Result<HostPortClass> {
+    let name = class.name_any();
+    let written = Api::<HostPortClass>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(Error::api("writing the status of", "HostPortClass", &name))?;
+    wrote_over(ctx, class);
+    Ok(written)
 }
 
 /// Writes a claim's status (merge patch on `/status`; `status` carries explicit nulls for
 /// what must be cleared).
 pub async fn claim_status(
-    api: &Api<HostPortClaim>,
+    ctx: &Context,
     claim: &HostPortClaim,
     status: serde_json::Value,
 ) -> Result<HostPortClaim> {
-    api.patch_status(
-        &claim.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(Error::api(
-        "writing the status of",
-        "HostPortClaim",
-        claim_name(claim),
-    ))
+    let written = claims(ctx, claim)
+        .patch_status(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(Error::api(
+            "writing the status of",
+            "HostPortClaim",
+            claim_name(claim),
+        ))?;
+    wrote_over(ctx, claim);
+    Ok(written)
 }
 
 /// Sets `spec.hostPortName`, only if the claim is still the version we read (a stale copy
 /// gets 409 and is reconciled again; the field is immutable once set).
 pub async fn bind_claim(
-    api: &Api<HostPortClaim>,
+    ctx: &Context,
     claim: &HostPortClaim,
     host_port: &str,
 ) -> Result<HostPortClaim> {
@@ -90,18 +132,21 @@ pub async fn bind_claim(
         "metadata": { "resourceVersion": claim.resource_version() },
         "spec": { "hostPortName": host_port },
     });
-    api.patch(
-        &claim.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .map_err(Error::api("binding", "HostPortClaim", claim_name(claim)))
+    let written = claims(ctx, claim)
+        .patch(
+            &claim.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(Error::api("binding", "HostPortClaim", claim_name(claim)))?;
+    wrote_over(ctx, claim);
+    Ok(written)
 }
 
 /// Deletes a HostPort; `uid` (when known) makes sure it is the object we looked at. Gone
 /// already is success.
-pub async fn delete_host_port(api: &Api<HostPort>, name: &str, uid: Option<String>) -> Result<()> {
+pub async fn delete_host_port(ctx: &Context, name: &str, uid: Option<String>) -> Result<()> {
     let params = DeleteParams {
         preconditions: uid.map(|uid| Preconditions {
             uid: Some(uid),
@@ -109,80 +154,57 @@ pub async fn delete_host_port(api: &Api<HostPort>, name: &str, uid: Option<Strin
         }),
         ..DeleteParams::default()
     };
-    match api.delete(name, &params).await {
+    match Api::<HostPort>::all(ctx.client.clone())
+        .delete(name, &params)
+        .await
+    {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::Api {
-            action: "deleting",
-            kind: "HostPort",
-            name: name.to_owned(),
-            source,
-        }),
+        Err(error) if status_code(&error) == Some(404) => Ok(()),
+        Err(error) => Err(Error::api("deleting", "HostPort", name)(error)),
     }
 }
 
-/// Adds `finalizer` if missing (JSON patch guarded by a test of the current list); the
-/// updated object when it wrote.
-pub async fn add_finalizer<K>(
-    api: &Api<K>,
-    object: &K,
-    finalizer: &str,
-    kind: &'static str,
-) -> Result<Option<K>>
+/// Adds our finalizer if missing; the updated object when it wrote.
+pub async fn add_finalizer<K>(ctx: &Context, api: &Api<K>, object: &K) -> Result<Option<K>>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    let finalizers = object.finalizers();
-    if finalizers.iter().any(|f| f == finalizer) {
-        return Ok(None);
+    match hostport_api::finalizer::add_patch(object.meta().finalizers.as_deref()) {
+        Some(operations) => {
+            guarded_patch(ctx, api, object, operations, "adding the finalizer to").await
+        }
+        None => Ok(None),
     }
-    let operations = if finalizers.is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
-        ])
-    } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer},
-        ])
-    };
-    json_patch_object(api, object, operations, "adding the finalizer to", kind).await
 }
 
-/// Removes `finalizer` if present (JSON patch guarded by a test of its position); the
-/// updated object when it wrote (`None` also when the object is gone).
-pub async fn remove_finalizer<K>(
-    api: &Api<K>,
-    object: &K,
-    finalizer: &str,
-    kind: &'static str,
-) -> Result<Option<K>>
+/// Removes our finalizer if present; the updated object when it wrote (`None` also when
+/// the object is gone).
+pub async fn remove_finalizer<K>(ctx: &Context, api: &Api<K>, object: &K) -> Result<Option<K>>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    let Some(index) = object.finalizers().iter().position(|f| f == finalizer) else {
-        return Ok(None);
-    };
-    let path = format!("/metadata/finalizers/{index}");
-    let operations = json!([
-        {"op": "test", "path": path, "value": finalizer},
-        {"op": "remove", "path": path},
-    ]);
-    json_patch_object(api, object, operations, "removing the finalizer from", kind).await
+    match hostport_api::finalizer::remove_patch(object.finalizers()) {
+        Some(operations) => {
+            guarded_patch(ctx, api, object, operations, "removing the finalizer from").await
+        }
+        None => Ok(None),
+    }
 }
 
-async fn json_patch_object<K>(
+/// A JSON patch whose `test` operations guard it: a failed test (422) means our copy was
+/// outdated, a `StaleCopy`, retried on a fresh one.
+async fn guarded_patch<K>(
+    ctx: &Context,
     api: &Api<K>,
     object: &K,
     operations: serde_json::Value,
     action: &'static str,
-    kind: &'static str,
 ) -> Result<Option<K>>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = object.name_any();
+    let kind = kind_of(object);
     let patch: json_patch::Patch =
         serde_json::from_value(operations).map_err(|source| Error::Serialize {
             name: name.clone(),
@@ -192,24 +214,29 @@ where
         .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
     {
-        Ok(updated) => Ok(Some(updated)),
-        // Gone while we looked: nothing left to do.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-        // The guarding test failed: our copy was stale. Retried like a conflict.
-        Err(kube::Error::Api(mut status)) if status.code == 422 => {
-            status.code = 409;
-            Err(Error::Api {
-                action,
-                kind,
-                name,
-                source: kube::Error::Api(status),
-            })
+        Ok(updated) => {
+            wrote_over(ctx, object);
+            Ok(Some(updated))
         }
-        Err(source) => Err(Error::Api {
-            action,
-            kind,
-            name,
-            source,
-        }),
+        // Gone while we looked: nothing left to do.
+        Err(error) if status_code(&error) == Some(404) => Ok(None),
+        Err(error) if status_code(&error) == Some(422) => {
+            Err(Error::StaleCopy { action, kind, name })
+        }
+        Err(error) => Err(Error::api(action, kind, name)(error)),
     }
+}
+
+/// The kind of a statically typed object, for messages (`'static`, like every other error
+/// field; derived kinds are borrowed from the type).
+fn kind_of<K: Resource<DynamicType = ()>>(_: &K) -> &'static str {
+    static STATIC_TYPE: () = ();
+    match K::kind(&STATIC_TYPE) {
+        std::borrow::Cow::Borrowed(kind) => kind,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+fn wrote_over<K: Resource>(ctx: &Context, before: &K) {
+    ctx.superseded.wrote_over(before, Instant::now());
 }

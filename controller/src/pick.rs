@@ -1,0 +1,244 @@
+//! Which port a claim should try next, decided from its class and the port book alone: the
+//! requested port, else its previous port while free, else the lowest free port of the
+//! class's pools — or why it has to wait. Pure (no I/O); `claim::allocate` turns the pick
+//! into the create that locks it.
+
+use std::time::Instant;
+
+use hostport_api::conditions::reasons;
+use hostport_api::ports::{describe_ranges, distinct_port_count};
+use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+
+use crate::port_book::PortBook;
+
+/// The outcome of a pick.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Try this port (reserved in the book for the claim).
+    Port(u16),
+    /// No port now: the `Bound=False` reason and message.
+    Wait {
+        /// A reason of `hostport_api::conditions::reasons`.
+        reason: &'static str,
+        /// What is wrong and what fixes it.
+        message: String,
+    },
+}
+
+fn wait(reason: &'static str, message: String) -> Pick {
+    Pick::Wait { reason, message }
+}
+
+/// Picks the port `claim` (UID `uid`) should try next from `class` (as cached; `None` when
+/// missing), reserving it in `book`.
+pub fn pick_port(
+    claim: &HostPortClaim,
+    uid: &str,
+    class: Option<&HostPortClass>,
+    book: &mut PortBook,
+    now: Instant,
+) -> Pick {
+    let class_name = &claim.spec.host_port_class_name;
+    let Some(class) = class.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
+        return wait(
+            reasons::CLASS_NOT_FOUND,
+            format!(
+                "HostPortClass {class_name:?} does not exist (or is being deleted): create it, or recreate the claim with an existing spec.hostPortClassName"
+            ),
+        );
+    };
+    let requested = claim.requested_port();
+    if let Some(outside) = requested.and_then(|port| class.port_outside_pools(port)) {
+        return wait(
+            reasons::PORT_OUTSIDE_POOLS,
+            format!("{outside}: recreate the claim with a port inside them, or without spec.port"),
+        );
+    }
+    let ranges = class.ranges();
+    // A claim whose `port-<n>` HostPort vanished gets port n back when it is still free and
+    // in its class pools (its pods may still use it); a taken one is not waited for (the
+    // lowest free port is), unlike a requested one.
+    let previous = claim
+        .spec
+        .host_port_name
+        .as_deref()
+        .and_then(HostPort::port_from_name)
+        .filter(|port| ranges.iter().any(|r| r.contains(*port)) && !book.is_used(*port));
+    match requested.or(previous) {
+        Some(port) if book.is_used(port) => wait(
+            reasons::PORT_UNAVAILABLE,
+            format!("port {port} is held by another HostPort; the claim binds when it is released"),
+        ),
+        Some(port) => {
+            book.reserve(port, Some(uid), now);
+            Pick::Port(port)
+        }
+        None => match book.reserve_lowest(&ranges, uid, now) {
+            Some(port) => Pick::Port(port),
+            None => wait(
+                reasons::POOL_EXHAUSTED,
+                format!(
+                    "all {} ports of HostPortClass {class_name:?} ({}) are in use; the claim binds when one is released",
+                    distinct_port_count(&ranges),
+                    describe_ranges(&ranges)
+                ),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostport_api::{
+        ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPool,
+    };
+
+    fn class(pools: &[(i32, i32)]) -> HostPortClass {
+        HostPortClass::new(
+            "games",
+            HostPortClassSpec {
+                pools: pools
+                    .iter()
+                    .map(|&(start, end)| PortPool { start, end })
+                    .collect(),
+            },
+        )
+    }
+
+    fn claim(port: Option<i32>, host_port_name: Option<&str>) -> HostPortClaim {
+        HostPortClaim::new(
+            "web",
+            HostPortClaimSpec {
+                host_port_class_name: "games".into(),
+                host_port_name: host_port_name.map(str::to_owned),
+                port,
+            },
+        )
+    }
+
+    /// A book in which `ports` are held by other claims' HostPorts.
+    fn book(ports: &[u16]) -> PortBook {
+        let mut book = PortBook::default();
+        book.relist_start();
+        for &port in ports {
+            book.relist_apply(&HostPort::new(
+                &HostPort::name_for_port(port),
+                HostPortSpec {
+                    claim_ref: Some(ClaimReference {
+                        uid: Some(format!("other-{port}")),
+                        ..ClaimReference::default()
+                    }),
+                    host_port_class_name: "games".into(),
+                    port: Some(i32::from(port)),
+                },
+            ));
+        }
+        book.relist_done();
+        book
+    }
+
+    fn reason(pick: &Pick) -> &'static str {
+        match pick {
+            Pick::Wait { reason, .. } => reason,
+            Pick::Port(port) => panic!("expected a wait, got port {port}"),
+        }
+    }
+
+    #[test]
+    fn the_lowest_free_port_of_the_pools_and_reserves_it() {
+        let class = class(&[(9000, 9002), (30000, 30000)]);
+        let mut book = book(&[9000]);
+        let now = Instant::now();
+        let claim = claim(None, None);
+        assert_eq!(
+            pick_port(&claim, "a", Some(&class), &mut book, now),
+            Pick::Port(9001)
+        );
+        assert_eq!(
+            pick_port(&claim, "b", Some(&class), &mut book, now),
+            Pick::Port(9002)
+        );
+        assert_eq!(
+            pick_port(&claim, "c", Some(&class), &mut book, now),
+            Pick::Port(30000)
+        );
+        let exhausted = pick_port(&claim, "d", Some(&class), &mut book, now);
+        assert_eq!(reason(&exhausted), reasons::POOL_EXHAUSTED);
+        let Pick::Wait { message, .. } = exhausted else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("all 4 ports") && message.contains("9000-9002, 30000-30000"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_requested_port_is_taken_or_waited_for() {
+        let class = class(&[(9000, 9010)]);
+        let now = Instant::now();
+        let mut book = book(&[9005]);
+        assert_eq!(
+            pick_port(&claim(Some(9007), None), "a", Some(&class), &mut book, now),
+            Pick::Port(9007)
+        );
+        let taken = pick_port(&claim(Some(9005), None), "b", Some(&class), &mut book, now);
+        assert_eq!(reason(&taken), reasons::PORT_UNAVAILABLE);
+        let outside = pick_port(&claim(Some(80), None), "c", Some(&class), &mut book, now);
+        assert_eq!(reason(&outside), reasons::PORT_OUTSIDE_POOLS);
+        let Pick::Wait { message, .. } = outside else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("spec.port 80") && message.contains("9000-9010"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_previous_port_comes_back_when_free_and_in_the_pools_only() {
+        let class = class(&[(9000, 9010)]);
+        let now = Instant::now();
+        let mut book = book(&[9003]);
+        let back = claim(None, Some("port-9008"));
+        assert_eq!(
+            pick_port(&back, "a", Some(&class), &mut book, now),
+            Pick::Port(9008)
+        );
+        // Taken since: the lowest free port instead, not a wait.
+        let taken = claim(None, Some("port-9003"));
+        assert_eq!(
+            pick_port(&taken, "b", Some(&class), &mut book, now),
+            Pick::Port(9000)
+        );
+        // Outside the pools now, or a Go-era name: the lowest free port.
+        for (name, lowest) in [("port-20000", 9001), ("hpc-1234", 9002)] {
+            let other = claim(None, Some(name));
+            assert_eq!(
+                pick_port(&other, "c", Some(&class), &mut book, now),
+                Pick::Port(lowest),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_deleting_class_is_waited_for() {
+        let now = Instant::now();
+        let mut book = book(&[]);
+        let missing = pick_port(&claim(None, None), "a", None, &mut book, now);
+        assert_eq!(reason(&missing), reasons::CLASS_NOT_FOUND);
+        let mut deleting = class(&[(9000, 9010)]);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
+        let gone = pick_port(&claim(None, None), "a", Some(&deleting), &mut book, now);
+        assert_eq!(reason(&gone), reasons::CLASS_NOT_FOUND);
+        assert!(
+            !book.is_used(9000),
+            "nothing reserved for a claim that waits"
+        );
+    }
+}
