@@ -7,18 +7,27 @@ use serde_json::{Value, json};
 use crate::FINALIZER;
 
 /// Operations that add our finalizer to an object whose finalizers are `current` (`None`: the
-/// field is absent); `None` when it is there already.
+/// field is absent), guarded by a test of `current`; `None` when it is there already.
 pub fn add_patch(current: Option<&[String]>) -> Option<Value> {
+    let add = add_operation(current)?;
+    let tested = current.map_or(Value::Null, |list| json!(list));
+    Some(json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": tested},
+        add,
+    ]))
+}
+
+/// The one operation that adds our finalizer, unguarded: for an admission patch, which
+/// applies to the very object it was computed from. `None` when it is there already.
+pub fn add_operation(current: Option<&[String]>) -> Option<Value> {
     match current {
         Some(list) if list.iter().any(|f| f == FINALIZER) => None,
-        None | Some([]) => Some(json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": current.map(|_| json!([])).unwrap_or(Value::Null)},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ])),
-        Some(list) => Some(json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": list},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-        ])),
+        None | Some([]) => Some(json!(
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}
+        )),
+        Some(_) => Some(json!(
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}
+        )),
     }
 }
 

@@ -102,12 +102,12 @@ pub async fn start_webhook(client: Client, allocator_users: Vec<String>) -> Loca
         "https://127.0.0.1:{}",
         listener.local_addr().expect("addr").port()
     );
-    let options = hostport_webhook::runner::Options {
+    let options = hostport_webhook::RunOptions {
         allocator_users,
         ..Default::default()
     };
     let ready = options.ready.clone();
-    let task = tokio::spawn(hostport_webhook::runner::run(
+    let task = tokio::spawn(hostport_webhook::run(
         client,
         listener,
         tls,

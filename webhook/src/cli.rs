@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runner::{self, Options};
+use crate::runner::{self, RunOptions};
 use crate::self_signed::{self, SelfSigned};
 use crate::tls::{self, SwappableCert};
 use anyhow::{Context as _, bail};
@@ -201,10 +201,10 @@ pub async fn main() -> anyhow::Result<()> {
         args.allocator_users.clone()
     };
     tracing::info!(allocator = %allocator_users.join(","), "allocator identity");
-    let options = Options {
+    let options = RunOptions {
         allocator_users,
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
-        ..Options::default()
+        ..RunOptions::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

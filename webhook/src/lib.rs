@@ -4,14 +4,16 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod context;
 pub mod metrics;
 pub mod pod;
 pub mod resources;
 pub mod runner;
 pub mod self_signed;
 pub mod server;
-pub mod state;
 pub mod tls;
+pub mod verdict;
 
+pub use context::Context;
+pub use runner::{RunOptions, run};
 pub use server::router;
-pub use state::State;

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hostport_api::ALLOW_HOST_NETWORK_ANNOTATION;
 use hostport_api::annotations::{
-    CLAIM_PREFIX, ClaimAnnotation, PORT_PREFIX, is_hostport_annotation, parse_claim_annotations,
-    port_annotation_key,
+    AnnotationError, CLAIM_PREFIX, ClaimAnnotation, PORT_PREFIX, claim_annotation_key,
+    is_hostport_annotation, parse_claim_annotations, port_annotation_key,
 };
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
+
+use crate::verdict::{Verdict, deny, reasons};
 
 /// What the webhook knows about a claim the pod names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,25 +39,8 @@ pub enum ClaimState {
     },
 }
 
-/// The verdict on a pod.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
-    /// Admit unchanged.
-    Allow,
-    /// Admit with this patch.
-    Patch(Patch),
-    /// Refuse, with the reason (a fixed PascalCase word) and the message.
-    Deny {
-        /// Fixed reason for metrics, e.g. `ClaimNotBound`.
-        reason: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-fn deny(reason: &'static str, message: String) -> Verdict {
-    Verdict::Deny { reason, message }
-}
+/// What the webhook knows about each claim a pod names, by claim name (absent: `Missing`).
+pub type ClaimStates = BTreeMap<String, ClaimState>;
 
 /// A container port of the pod, where it is.
 #[derive(Clone, Debug)]
@@ -122,164 +107,223 @@ pub fn uses_host_network(pod: &Pod) -> bool {
         .unwrap_or(false)
 }
 
+/// A new pod as admission reads it, once: its annotations, its claim annotations and its
+/// container ports.
+#[derive(Debug)]
+pub struct NewPod<'a> {
+    pod: &'a Pod,
+    annotations: BTreeMap<String, String>,
+    claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
+    named: BTreeMap<String, Vec<PortSlot>>,
+    unnamed: Vec<PortSlot>,
+}
+
+impl<'a> NewPod<'a> {
+    /// Reads `pod`.
+    pub fn new(pod: &'a Pod) -> Self {
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let claims = parse_claim_annotations(&annotations);
+        let (named, unnamed) = named_ports(pod);
+        Self {
+            pod,
+            annotations,
+            claims,
+            named,
+            unnamed,
+        }
+    }
+
+    /// The claims the pod names (each once), whose state admission needs.
+    pub fn claim_names(&self) -> BTreeSet<&str> {
+        self.claims
+            .iter()
+            .flatten()
+            .map(|c| c.claim_name.as_str())
+            .collect()
+    }
+
+    /// Whether the pod asks for the node's network namespace.
+    pub fn uses_host_network(&self) -> bool {
+        uses_host_network(self.pod)
+    }
+}
+
 /// Admission of a new pod in a namespace with the webhook on. `host_network_allowed`: the
-/// namespace carries the admin's opt-out annotation for `hostNetwork` pods.
-pub fn admit_create(
-    pod: &Pod,
-    host_network_allowed: bool,
-    claim: &mut dyn FnMut(&str) -> ClaimState,
-) -> Verdict {
-    if uses_host_network(pod) && !host_network_allowed {
-        return deny(
-            "HostNetwork",
+/// namespace carries the admin's opt-out annotation for `hostNetwork` pods; `states`: the
+/// claims of [`NewPod::claim_names`].
+pub fn admit_create(pod: &NewPod, host_network_allowed: bool, states: &ClaimStates) -> Verdict {
+    let phases = || -> Result<Patch, Verdict> {
+        check_host_network(pod, host_network_allowed)?;
+        let claims = pod
+            .claims
+            .as_ref()
+            .map_err(|error| deny(reasons::INVALID_ANNOTATION, error.to_string()))?;
+        let claimed: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
+        check_stray_port_annotations(pod, &claimed)?;
+        check_unclaimed_host_ports(pod, &claimed)?;
+        let mut operations = vec![];
+        for claim in claims {
+            operations.extend(patch_claimed_port(pod, claim, states)?);
+        }
+        Ok(Patch(operations))
+    };
+    match phases() {
+        Err(denial) => denial,
+        Ok(patch) if patch.0.is_empty() => Verdict::Allow,
+        Ok(patch) => Verdict::Patch(patch),
+    }
+}
+
+fn check_host_network(pod: &NewPod, allowed: bool) -> Result<(), Verdict> {
+    if pod.uses_host_network() && !allowed {
+        return Err(deny(
+            reasons::HOST_NETWORK,
             format!(
                 "spec.hostNetwork is true, so the pod uses every host port of its node: in this namespace host ports are handed out by HostPortClaims; remove hostNetwork and claim the ports you need with \"{CLAIM_PREFIX}<portName>: <claimName>\" (a cluster admin can allow hostNetwork pods here with the namespace annotation {ALLOW_HOST_NETWORK_ANNOTATION}: \"true\")"
             ),
-        );
+        ));
     }
-    let empty = BTreeMap::new();
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let claims = match parse_claim_annotations(annotations) {
-        Ok(claims) => claims,
-        Err(error) => return deny("InvalidAnnotation", error.to_string()),
-    };
-    let (named, unnamed) = named_ports(pod);
-    let claimed_names: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
+    Ok(())
+}
 
-    for key in annotations.keys() {
+/// Port annotations are the webhook's to write, for claimed ports only.
+fn check_stray_port_annotations(pod: &NewPod, claimed: &BTreeSet<&str>) -> Result<(), Verdict> {
+    for key in pod.annotations.keys() {
         if let Some(port_name) = key.strip_prefix(PORT_PREFIX)
-            && !claimed_names.contains(port_name)
+            && !claimed.contains(port_name)
         {
-            return deny(
-                "StrayPortAnnotation",
+            return Err(deny(
+                reasons::STRAY_PORT_ANNOTATION,
                 format!(
                     "annotation {key:?} is written by the hostport webhook for a claimed port; remove it, or add \"{CLAIM_PREFIX}{port_name}: <claimName>\" to claim a port"
                 ),
-            );
+            ));
         }
     }
-    // Every hostPort must come from a claim.
-    for (name, slots) in &named {
-        if claimed_names.contains(name.as_str()) {
+    Ok(())
+}
+
+/// Every hostPort must come from a claim.
+fn check_unclaimed_host_ports(pod: &NewPod, claimed: &BTreeSet<&str>) -> Result<(), Verdict> {
+    for (name, slots) in &pod.named {
+        if claimed.contains(name.as_str()) {
             continue;
         }
         if let Some(slot) = slots.iter().find(|s| s.host_port.is_some()) {
-            return deny(
-                "HostPortWithoutClaim",
+            return Err(deny(
+                reasons::HOST_PORT_WITHOUT_CLAIM,
                 format!(
                     "{} (port {name:?}) sets hostPort {} without a claim: in this namespace host ports are handed out by HostPortClaims; remove hostPort and add the annotation \"{CLAIM_PREFIX}{name}: <claimName>\"",
                     slot.field,
                     slot.host_port.unwrap_or_default()
                 ),
-            );
+            ));
         }
     }
-    if let Some(slot) = unnamed.iter().find(|s| s.host_port.is_some()) {
-        return deny(
-            "HostPortWithoutClaim",
+    if let Some(slot) = pod.unnamed.iter().find(|s| s.host_port.is_some()) {
+        return Err(deny(
+            reasons::HOST_PORT_WITHOUT_CLAIM,
             format!(
                 "{} sets hostPort {} without a claim: in this namespace host ports are handed out by HostPortClaims; give the port a name, remove hostPort and add the annotation \"{CLAIM_PREFIX}<portName>: <claimName>\"",
                 slot.field,
                 slot.host_port.unwrap_or_default()
             ),
-        );
+        ));
     }
-    if claims.is_empty() {
-        return Verdict::Allow;
-    }
+    Ok(())
+}
 
-    // Claim annotations exist, so `/metadata/annotations` does: adding keys to it is valid.
-    let mut operations = vec![];
-    for ClaimAnnotation {
+/// The operations that give the port a claim annotation names its claim's host port and the
+/// port annotation (none when both are there already). Claim annotations exist, so
+/// `/metadata/annotations` does: adding keys to it is valid.
+fn patch_claimed_port(
+    pod: &NewPod,
+    claim: &ClaimAnnotation,
+    states: &ClaimStates,
+) -> Result<Vec<PatchOperation>, Verdict> {
+    let ClaimAnnotation {
         port_name,
         claim_name,
-    } in &claims
-    {
-        let key = format!("{CLAIM_PREFIX}{port_name}");
-        let Some(slots) = named.get(port_name) else {
-            return deny(
-                "UnknownPortName",
+    } = claim;
+    let key = claim_annotation_key(port_name);
+    let Some(slots) = pod.named.get(port_name) else {
+        return Err(deny(
+            reasons::UNKNOWN_PORT_NAME,
+            format!(
+                "annotation {key:?} names container port {port_name:?}, but no container port of the pod has that name: add `name: {port_name}` to a port in spec.containers[].ports, or fix the annotation"
+            ),
+        ));
+    };
+    let [slot] = slots.as_slice() else {
+        let fields: Vec<&str> = slots.iter().map(|s| s.field.as_str()).collect();
+        return Err(deny(
+            reasons::DUPLICATE_PORT_NAME,
+            format!(
+                "annotation {key:?} names container port {port_name:?}, which {} ports share ({}): give each port its own name and one annotation each (several annotations may name the same claim)",
+                slots.len(),
+                fields.join(", ")
+            ),
+        ));
+    };
+    let port = bound_port(&key, claim_name, states.get(claim_name))?;
+    let mut operations = vec![];
+    match slot.host_port {
+        Some(existing) if existing != i32::from(port) => {
+            return Err(deny(
+                reasons::HOST_PORT_MISMATCH,
                 format!(
-                    "annotation {key:?} names container port {port_name:?}, but no container port of the pod has that name: add `name: {port_name}` to a port in spec.containers[].ports, or fix the annotation"
+                    "{} (port {port_name:?}) sets hostPort {existing}, but HostPortClaim {claim_name:?} is bound to port {port}: remove hostPort, the webhook sets it",
+                    slot.field
                 ),
-            );
-        };
-        if slots.len() > 1 {
-            let fields: Vec<&str> = slots.iter().map(|s| s.field.as_str()).collect();
-            return deny(
-                "DuplicatePortName",
-                format!(
-                    "annotation {key:?} names container port {port_name:?}, which {} ports share ({}): give each port its own name and one annotation each (several annotations may name the same claim)",
-                    slots.len(),
-                    fields.join(", ")
-                ),
-            );
-        }
-        let slot = &slots[0];
-        let port = match claim(claim_name) {
-            ClaimState::Bound { port } => port,
-            ClaimState::Missing => {
-                return deny(
-                    "ClaimNotFound",
-                    format!(
-                        "annotation {key:?} names HostPortClaim {claim_name:?}, which does not exist in the pod's namespace: create the claim first, or fix the annotation"
-                    ),
-                );
-            }
-            ClaimState::Pending { why } => {
-                let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-                return deny(
-                    "ClaimNotBound",
-                    format!(
-                        "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: waiting for the allocator; create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
-                    ),
-                );
-            }
-            ClaimState::Unverified { why } => {
-                return deny(
-                    "ClaimNotVerified",
-                    format!(
-                        "annotation {key:?} names HostPortClaim {claim_name:?}, which claims to be Bound but {why}: no port is injected; the allocator repairs the claim, then create the pod again"
-                    ),
-                );
-            }
-            ClaimState::Deleting => {
-                return deny(
-                    "ClaimDeleting",
-                    format!(
-                        "annotation {key:?} names HostPortClaim {claim_name:?}, which is being deleted: use another claim"
-                    ),
-                );
-            }
-        };
-        match slot.host_port {
-            Some(existing) if existing != i32::from(port) => {
-                return deny(
-                    "HostPortMismatch",
-                    format!(
-                        "{} (port {port_name:?}) sets hostPort {existing}, but HostPortClaim {claim_name:?} is bound to port {port}: remove hostPort, the webhook sets it",
-                        slot.field
-                    ),
-                );
-            }
-            Some(_) => {}
-            None => operations.extend(add(
-                &format!("{}/hostPort", slot.pointer),
-                Value::from(port),
-            )),
-        }
-        let annotation = port_annotation_key(port_name);
-        if annotations.get(&annotation).map(String::as_str) != Some(port.to_string().as_str()) {
-            operations.extend(add(
-                &format!("/metadata/annotations/{}", escape(&annotation)),
-                Value::String(port.to_string()),
             ));
         }
+        Some(_) => {}
+        None => operations.extend(add(
+            &format!("{}/hostPort", slot.pointer),
+            Value::from(port),
+        )),
     }
-    if operations.is_empty() {
-        Verdict::Allow
-    } else {
-        Verdict::Patch(Patch(operations))
+    let annotation = port_annotation_key(port_name);
+    if pod.annotations.get(&annotation).map(String::as_str) != Some(port.to_string().as_str()) {
+        operations.extend(add(
+            &format!("/metadata/annotations/{}", escape(&annotation)),
+            Value::String(port.to_string()),
+        ));
+    }
+    Ok(operations)
+}
+
+/// The port of the claim annotation `key` names, or why the pod cannot have it.
+fn bound_port(key: &str, claim_name: &str, state: Option<&ClaimState>) -> Result<u16, Verdict> {
+    match state.unwrap_or(&ClaimState::Missing) {
+        ClaimState::Bound { port } => Ok(*port),
+        ClaimState::Missing => Err(deny(
+            reasons::CLAIM_NOT_FOUND,
+            format!(
+                "annotation {key:?} names HostPortClaim {claim_name:?}, which does not exist in the pod's namespace: create the claim first, or fix the annotation"
+            ),
+        )),
+        ClaimState::Pending { why } => {
+            let why = why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default();
+            Err(deny(
+                reasons::CLAIM_NOT_BOUND,
+                format!(
+                    "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: waiting for the allocator; create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
+                ),
+            ))
+        }
+        ClaimState::Unverified { why } => Err(deny(
+            reasons::CLAIM_NOT_VERIFIED,
+            format!(
+                "annotation {key:?} names HostPortClaim {claim_name:?}, which claims to be Bound but {why}: no port is injected; the allocator repairs the claim, then create the pod again"
+            ),
+        )),
+        ClaimState::Deleting => Err(deny(
+            reasons::CLAIM_DELETING,
+            format!(
+                "annotation {key:?} names HostPortClaim {claim_name:?}, which is being deleted: use another claim"
+            ),
+        )),
     }
 }
 
@@ -299,7 +343,7 @@ pub fn admit_update(old: &Pod, new: &Pod) -> Verdict {
             let show =
                 |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
             return deny(
-                "AnnotationChanged",
+                reasons::ANNOTATION_CHANGED,
                 format!(
                     "annotation {key:?} cannot change once the pod exists (was {}, now {}): delete the pod and create it again",
                     show(was),
@@ -331,14 +375,16 @@ mod tests {
         }))
     }
 
-    fn claims(state: ClaimState) -> impl FnMut(&str) -> ClaimState {
-        move |name| {
-            if name == "echo-web" || name == "game" {
-                state.clone()
-            } else {
-                ClaimState::Missing
-            }
-        }
+    /// The claims `echo-web` and `game` in `state`; any other is missing.
+    fn claims(state: ClaimState) -> ClaimStates {
+        ["echo-web", "game"]
+            .into_iter()
+            .map(|name| (name.to_owned(), state.clone()))
+            .collect()
+    }
+
+    fn admit(pod: &Pod, host_network_allowed: bool, states: ClaimStates) -> Verdict {
+        admit_create(&NewPod::new(pod), host_network_allowed, &states)
     }
 
     fn apply(pod: &Pod, verdict: &Verdict) -> Value {
@@ -355,7 +401,7 @@ mod tests {
             json!({"claim.hostport.rmb938.com/web": "echo-web"}),
             json!([{"name": "web", "containerPort": 8080}]),
         );
-        let verdict = admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9000 }));
+        let verdict = admit(&p, false, claims(ClaimState::Bound { port: 9000 }));
         let Verdict::Patch(patch) = &verdict else {
             panic!("{verdict:?}")
         };
@@ -379,7 +425,7 @@ mod tests {
         );
         let patched = apply(
             &p,
-            &admit_create(&p, false, &mut claims(ClaimState::Bound { port: 27015 })),
+            &admit(&p, false, claims(ClaimState::Bound { port: 27015 })),
         );
         assert_eq!(
             patched["spec"]["containers"][0]["ports"][0]["hostPort"],
@@ -409,7 +455,7 @@ mod tests {
         }));
         let patched = apply(
             &p,
-            &admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9001 })),
+            &admit(&p, false, claims(ClaimState::Bound { port: 9001 })),
         );
         assert_eq!(
             patched["spec"]["initContainers"][1]["ports"][0]["hostPort"],
@@ -424,14 +470,14 @@ mod tests {
             json!([{"name": "web", "containerPort": 8080}]),
         );
         assert_eq!(
-            admit_create(&p, false, &mut claims(ClaimState::Missing)),
+            admit(&p, false, claims(ClaimState::Missing)),
             Verdict::Allow
         );
         let bare = pod(
             json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}),
         );
         assert_eq!(
-            admit_create(&bare, false, &mut claims(ClaimState::Missing)),
+            admit(&bare, false, claims(ClaimState::Missing)),
             Verdict::Allow
         );
     }
@@ -442,8 +488,7 @@ mod tests {
             json!({"claim.hostport.rmb938.com/web": "echo-web"}),
             json!([{"name": "web", "containerPort": 8080, "hostPort": 9000}]),
         );
-        let Verdict::Patch(patch) =
-            admit_create(&p, false, &mut claims(ClaimState::Bound { port: 9000 }))
+        let Verdict::Patch(patch) = admit(&p, false, claims(ClaimState::Bound { port: 9000 }))
         else {
             panic!()
         };
@@ -552,7 +597,7 @@ mod tests {
             ),
         ];
         for (pod, state, reason, message) in cases {
-            match admit_create(&pod, false, &mut claims(state)) {
+            match admit(&pod, false, claims(state)) {
                 Verdict::Deny {
                     reason: got,
                     message: text,
@@ -571,8 +616,7 @@ mod tests {
             "metadata": {"name": "x"},
             "spec": {"hostNetwork": true, "containers": [{"name": "a", "image": "a"}]}
         }));
-        let Verdict::Deny { reason, message } =
-            admit_create(&p, false, &mut claims(ClaimState::Missing))
+        let Verdict::Deny { reason, message } = admit(&p, false, claims(ClaimState::Missing))
         else {
             panic!("hostNetwork admitted")
         };
@@ -582,10 +626,7 @@ mod tests {
             "{message}"
         );
         assert!(message.contains(ALLOW_HOST_NETWORK_ANNOTATION), "{message}");
-        assert_eq!(
-            admit_create(&p, true, &mut claims(ClaimState::Missing)),
-            Verdict::Allow
-        );
+        assert_eq!(admit(&p, true, claims(ClaimState::Missing)), Verdict::Allow);
     }
 
     #[test]
@@ -597,7 +638,7 @@ mod tests {
         let state = ClaimState::Unverified {
             why: "HostPort \"port-9000\" is bound to another claim".into(),
         };
-        let Verdict::Deny { reason, message } = admit_create(&p, false, &mut claims(state)) else {
+        let Verdict::Deny { reason, message } = admit(&p, false, claims(state)) else {
             panic!("admitted")
         };
         assert_eq!(reason, "ClaimNotVerified");

@@ -3,32 +3,23 @@
 
 use hostport_api::ports::{port_from_wire, validate_pools};
 use hostport_api::{FINALIZER, HostPort, HostPortClaim, HostPortClass};
-use json_patch::{AddOperation, Patch, PatchOperation};
-use serde_json::Value;
+use json_patch::Patch;
 
-use crate::pod::Verdict;
-
-fn deny(reason: &'static str, message: String) -> Verdict {
-    Verdict::Deny { reason, message }
-}
+use crate::verdict::{Verdict, deny, reasons};
 
 /// Claim defaulting on CREATE: the finalizer (so deletion waits for pods from the start).
 pub fn default_claim(claim: &HostPortClaim) -> Verdict {
-    let finalizers = claim.metadata.finalizers.as_deref().unwrap_or_default();
-    if finalizers.iter().any(|f| f == FINALIZER) {
+    let Some(operation) =
+        hostport_api::finalizer::add_operation(claim.metadata.finalizers.as_deref())
+    else {
         return Verdict::Allow;
-    }
-    let (path, value) = if claim.metadata.finalizers.is_none() {
-        ("/metadata/finalizers", Value::from(vec![FINALIZER]))
-    } else {
-        ("/metadata/finalizers/-", Value::from(FINALIZER))
     };
-    match json_patch::jsonptr::PointerBuf::parse(path) {
-        Ok(path) => Verdict::Patch(Patch(vec![PatchOperation::Add(AddOperation {
-            path,
-            value,
-        })])),
-        Err(_) => Verdict::Allow,
+    match serde_json::from_value::<Patch>(serde_json::json!([operation])) {
+        Ok(patch) => Verdict::Patch(patch),
+        Err(error) => deny(
+            reasons::UNDECODABLE,
+            format!("building the finalizer patch failed: {error}"),
+        ),
     }
 }
 
@@ -51,7 +42,7 @@ fn claim_label(claim: &HostPortClaim) -> String {
 
 fn not_allocator(what: String, who: &str) -> Verdict {
     deny(
-        "NotAllocator",
+        reasons::NOT_ALLOCATOR,
         format!("{what} is written by the hostport allocator only, not by {who:?}"),
     )
 }
@@ -84,14 +75,14 @@ pub fn validate_claim(
     let name = &claim.spec.host_port_class_name;
     if name.is_empty() {
         return deny(
-            "InvalidClaim",
+            reasons::INVALID_CLAIM,
             "spec.hostPortClassName is empty: name the HostPortClass to allocate from".into(),
         );
     }
     if let Some(old) = old {
         if old.spec.host_port_class_name != *name {
             return deny(
-                "ImmutableField",
+                reasons::IMMUTABLE_FIELD,
                 format!(
                     "spec.hostPortClassName cannot change (was {:?}, now {name:?}): delete and recreate the claim to use another class",
                     old.spec.host_port_class_name
@@ -100,7 +91,7 @@ pub fn validate_claim(
         }
         if old.spec.port != claim.spec.port {
             return deny(
-                "ImmutableField",
+                reasons::IMMUTABLE_FIELD,
                 "spec.port cannot change: delete and recreate the claim to request another port"
                     .into(),
             );
@@ -109,24 +100,17 @@ pub fn validate_claim(
     if let Some(requested) = claim.spec.port {
         let Some(port) = port_from_wire(requested) else {
             return deny(
-                "InvalidClaim",
+                reasons::INVALID_CLAIM,
                 format!("spec.port is {requested}: a port must be between 1 and 65535"),
             );
         };
         if old.is_none()
-            && let Some(class) = class
+            && let Some(outside) = class.and_then(|c| c.port_outside_pools(port))
         {
-            let ranges = class.ranges();
-            if !ranges.iter().any(|r| r.contains(port)) {
-                let pools: Vec<String> = ranges.iter().map(ToString::to_string).collect();
-                return deny(
-                    "PortOutsidePools",
-                    format!(
-                        "spec.port {port} is outside the pools of HostPortClass {name:?} ({}): pick a port inside them, or omit spec.port",
-                        pools.join(", ")
-                    ),
-                );
-            }
+            return deny(
+                reasons::PORT_OUTSIDE_POOLS,
+                format!("{outside}: pick a port inside them, or omit spec.port"),
+            );
         }
     }
     Verdict::Allow
@@ -145,7 +129,7 @@ fn guard_allocator_fields(
         && before != Some(name)
     {
         return deny(
-            "AllocatorField",
+            reasons::ALLOCATOR_FIELD,
             format!(
                 "spec.hostPortName of HostPortClaim {} is set by the hostport allocator only, not by {user:?} (it names the HostPort the claim is bound to): remove spec.hostPortName{}",
                 claim_label(claim),
@@ -155,7 +139,7 @@ fn guard_allocator_fields(
     }
     if let (Some(before), None) = (before, claim.spec.host_port_name.as_deref()) {
         return deny(
-            "AllocatorField",
+            reasons::ALLOCATOR_FIELD,
             format!(
                 "spec.hostPortName of HostPortClaim {} is set by the hostport allocator only, not by {user:?}: keep it {before:?}",
                 claim_label(claim)
@@ -165,7 +149,7 @@ fn guard_allocator_fields(
     let had_finalizer = old.is_some_and(HostPortClaim::has_finalizer);
     if had_finalizer && !claim.has_finalizer() {
         return deny(
-            "FinalizerProtected",
+            reasons::FINALIZER_PROTECTED,
             format!(
                 "finalizer {FINALIZER:?} of HostPortClaim {} is removed by the hostport allocator only, not by {user:?}: it keeps the port held while pods use it; delete the claim and the allocator releases it once no running pod names it (`kubectl describe hostportclaim` shows what it waits for)",
                 claim_label(claim)
@@ -193,7 +177,7 @@ pub fn validate_class_status(class: &HostPortClass, requester: Requester<'_>) ->
 pub fn validate_class(class: &HostPortClass) -> Verdict {
     match validate_pools(&class.spec.pools) {
         Ok(_) => Verdict::Allow,
-        Err(error) => deny("InvalidPools", error.to_string()),
+        Err(error) => deny(reasons::INVALID_POOLS, error.to_string()),
     }
 }
 
@@ -218,7 +202,7 @@ pub fn validate_host_port(
         && port_from_wire(port).is_none()
     {
         return deny(
-            "InvalidHostPort",
+            reasons::INVALID_HOST_PORT,
             format!("spec.port is {port}: a port must be between 1 and 65535"),
         );
     }
@@ -227,7 +211,7 @@ pub fn validate_host_port(
         && old.port() != host_port.port()
     {
         return deny(
-            "ImmutableField",
+            reasons::IMMUTABLE_FIELD,
             format!(
                 "the port of HostPort {name:?} cannot change (it holds {:?})",
                 old.port().unwrap_or_default()
@@ -240,7 +224,7 @@ pub fn validate_host_port(
     let user = requester.user;
     if !host_port.is_reservation() || old.is_some_and(|o| !o.is_reservation()) {
         return deny(
-            "NotAllocator",
+            reasons::NOT_ALLOCATOR,
             format!(
                 "HostPort {name:?} is bound to a claim (spec.claimRef), and such HostPorts are created and changed by the hostport allocator only, not by {user:?}: create a HostPortClaim instead, or omit spec.claimRef to reserve the port"
             ),
@@ -248,13 +232,13 @@ pub fn validate_host_port(
     }
     let Some(port) = host_port.spec.port.and_then(port_from_wire) else {
         return deny(
-            "InvalidReservation",
+            reasons::INVALID_RESERVATION,
             format!("HostPort {name:?} reserves no port: set spec.port to the port to hold back"),
         );
     };
     if HostPort::port_from_name(name) != Some(port) {
         return deny(
-            "InvalidReservation",
+            reasons::INVALID_RESERVATION,
             format!(
                 "HostPort {name:?} reserves port {port}, so it must be named {:?}: the name is what keeps two HostPorts from holding one port",
                 HostPort::name_for_port(port)

@@ -15,12 +15,12 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::net::TcpListener;
 
+use crate::context::Context;
 use crate::metrics::Metrics;
-use crate::state::State;
 
 /// How the webhook runs.
 #[derive(Clone, Debug)]
-pub struct Options {
+pub struct RunOptions {
     /// The allocator identity: users who may write claim `spec.hostPortName`, statuses, the
     /// claim finalizer's removal and claim-bound HostPorts.
     pub allocator_users: Vec<String>,
@@ -32,7 +32,7 @@ pub struct Options {
     pub ready: Arc<AtomicBool>,
 }
 
-impl Default for Options {
+impl Default for RunOptions {
     fn default() -> Self {
         Self {
             allocator_users: vec![allocator_user(
@@ -104,7 +104,7 @@ pub async fn run(
     client: Client,
     listener: TcpListener,
     tls: rustls::ServerConfig,
-    options: Options,
+    options: RunOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let (claims, claim_task) = cache(&client, strip_claim);
@@ -113,7 +113,7 @@ pub async fn run(
         strip_webhook_metadata(hp);
     });
     let (classes, class_task) = cache(&client, strip_class);
-    let state = Arc::new(State {
+    let state = Arc::new(Context {
         client,
         claims: claims.clone(),
         host_ports: host_ports.clone(),

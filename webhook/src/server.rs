@@ -2,7 +2,6 @@
 //! project's paths. Undecodable input gets HTTP 400 with an error review; a decodable
 //! request always gets HTTP 200 with the verdict in the body.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +12,6 @@ use axum::extract::{DefaultBodyLimit, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hostport_api::annotations::parse_claim_annotations;
 use hostport_api::webhook_paths as paths;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
@@ -21,16 +19,17 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde::de::DeserializeOwned;
 
+use crate::context::Context;
 use crate::metrics::{DenialLabels, RequestLabels};
-use crate::pod::{self, ClaimState, Verdict};
+use crate::pod::{self, ClaimStates};
 use crate::resources::{self, Requester};
-use crate::state::State;
+use crate::verdict::{Verdict, deny, reasons};
 
 /// Largest AdmissionReview accepted (kube-apiserver's own request limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// Every webhook path of the compatibility contract.
-pub fn router(state: Arc<State>) -> Router {
+pub fn router(state: Arc<Context>) -> Router {
     Router::new()
         .route(paths::MUTATE_POD, post(mutate_pod))
         .route(paths::MUTATE_CLAIM, post(mutate_claim))
@@ -54,7 +53,7 @@ fn error_review(status: StatusCode, message: String) -> Response {
 }
 
 /// Decodes, decides, answers and counts one admission request.
-async fn admit<F, Fut>(state: &State, path: &'static str, body: &[u8], decide: F) -> Response
+async fn admit<F, Fut>(state: &Context, path: &'static str, body: &[u8], decide: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = (Request, Verdict)>,
@@ -151,7 +150,7 @@ fn typed<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
 ) -> Result<Option<K>, Verdict> {
     if request.kind.kind != K::kind(&()) || request.kind.group != K::group(&()) {
         return Err(Verdict::Deny {
-            reason: "WrongKind",
+            reason: reasons::WRONG_KIND,
             message: format!(
                 "this webhook admits {} objects, not {}",
                 K::kind(&()),
@@ -163,13 +162,13 @@ fn typed<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
         return Ok(None);
     };
     let value = serde_json::to_value(object).map_err(|e| Verdict::Deny {
-        reason: "Undecodable",
+        reason: reasons::UNDECODABLE,
         message: e.to_string(),
     })?;
     serde_json::from_value(value)
         .map(Some)
         .map_err(|e| Verdict::Deny {
-            reason: "Undecodable",
+            reason: reasons::UNDECODABLE,
             message: format!("the {} in the request cannot be decoded: {e}", K::kind(&())),
         })
 }
@@ -183,14 +182,14 @@ macro_rules! try_typed {
     };
 }
 
-async fn allow(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn allow(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     admit(&state, "allow", &body, |request| async move {
         (request, Verdict::Allow)
     })
     .await
 }
 
-async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit(&state, paths::MUTATE_POD, &body, |request| async move {
         match request.operation {
@@ -199,43 +198,37 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Res
                     return (
                         request,
                         Verdict::Deny {
-                            reason: "Undecodable",
+                            reason: reasons::UNDECODABLE,
                             message: "the request has no pod".into(),
                         },
                     );
                 };
                 let pod: Pod = pod;
+                let new_pod = pod::NewPod::new(&pod);
                 let namespace = request
                     .namespace
                     .clone()
                     .or_else(|| pod.metadata.namespace.clone())
                     .unwrap_or_default();
-                let host_network_allowed = if pod::uses_host_network(&pod) {
+                let host_network_allowed = if new_pod.uses_host_network() {
                     match shared.host_network_allowed(&namespace).await {
                         Ok(allowed) => allowed,
                         Err(why) => {
                             let message = format!(
                                 "spec.hostNetwork is true and the webhook cannot tell whether namespace {namespace:?} allows it ({why}); try again"
                             );
-                            return (request, Verdict::Deny { reason: "HostNetwork", message });
+                            return (request, deny(reasons::HOST_NETWORK, message));
                         }
                     }
                 } else {
                     false
                 };
                 // Resolve every named claim first (cache, then one bounded API read each).
-                let mut states = BTreeMap::new();
-                let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-                for claim in parse_claim_annotations(&annotations).unwrap_or_default() {
-                    if let std::collections::btree_map::Entry::Vacant(slot) =
-                        states.entry(claim.claim_name.clone())
-                    {
-                        slot.insert(shared.claim_state(&namespace, &claim.claim_name).await);
-                    }
+                let mut states = ClaimStates::new();
+                for name in new_pod.claim_names() {
+                    states.insert(name.to_owned(), shared.claim_state(&namespace, name).await);
                 }
-                let verdict = pod::admit_create(&pod, host_network_allowed, &mut |name| {
-                    states.get(name).cloned().unwrap_or(ClaimState::Missing)
-                });
+                let verdict = pod::admit_create(&new_pod, host_network_allowed, &states);
                 (request, verdict)
             }
             Operation::Update => {
@@ -253,7 +246,7 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Res
     .await
 }
 
-async fn mutate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn mutate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     admit(&state, paths::MUTATE_CLAIM, &body, |request| async move {
         if request.operation != Operation::Create {
             return (request, Verdict::Allow);
@@ -265,7 +258,7 @@ async fn mutate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> R
     .await
 }
 
-fn requester<'a>(state: &State, request: &'a Request) -> Requester<'a> {
+fn requester<'a>(state: &Context, request: &'a Request) -> Requester<'a> {
     let user = request.user_info.username.as_deref().unwrap_or_default();
     Requester {
         user,
@@ -273,7 +266,7 @@ fn requester<'a>(state: &State, request: &'a Request) -> Requester<'a> {
     }
 }
 
-async fn validate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn validate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit(&state, paths::VALIDATE_CLAIM, &body, |request| async move {
         if !matches!(request.operation, Operation::Create | Operation::Update) {
@@ -297,7 +290,7 @@ async fn validate_claim(AxumState(state): AxumState<Arc<State>>, body: Bytes) ->
     .await
 }
 
-async fn validate_class(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn validate_class(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit(&state, paths::VALIDATE_CLASS, &body, |request| async move {
         if !matches!(request.operation, Operation::Create | Operation::Update) {
@@ -316,7 +309,7 @@ async fn validate_class(AxumState(state): AxumState<Arc<State>>, body: Bytes) ->
     .await
 }
 
-async fn validate_host_port(AxumState(state): AxumState<Arc<State>>, body: Bytes) -> Response {
+async fn validate_host_port(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit(
         &state,

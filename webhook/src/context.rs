@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::pod::ClaimState;
 
 /// Shared by every admission request.
-pub struct State {
+pub struct Context {
     /// API client for the reads behind a cache miss.
     pub client: Client,
     /// Every HostPortClaim (stripped: see `runner::strip`).
@@ -38,15 +38,15 @@ pub struct State {
     pub metrics: Arc<Metrics>,
 }
 
-impl std::fmt::Debug for State {
+impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
+        f.debug_struct("Context")
             .field("allocator_users", &self.allocator_users)
             .finish_non_exhaustive()
     }
 }
 
-impl State {
+impl Context {
     /// Whether `user` is the allocator identity.
     pub fn is_allocator(&self, user: &str) -> bool {
         self.allocator_users.iter().any(|u| u == user)
