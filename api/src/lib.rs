@@ -17,8 +17,6 @@ pub mod host_port;
 pub mod identity;
 pub mod names;
 pub mod ports;
-#[cfg(feature = "serve")]
-pub mod serve;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
 pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::{LeaseConfig, RunOptions, Settings};
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
-use hostport_api::serve::{LogFormat, init_logging, shutdown_signal};
+use hostport_process::{LogFormat, Stop};
 
 /// Binds HostPortClaims to HostPorts holding free node ports (hostport.rmb938.com).
 #[derive(Debug, Parser)]
@@ -56,13 +56,7 @@ pub struct Args {
 /// Parses the command line and runs until SIGTERM/ctrl-c.
 pub async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
+    hostport_process::start(args.log_format);
     let config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -94,29 +88,13 @@ pub async fn main() -> anyhow::Result<()> {
         ..RunOptions::default()
     };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+    let stop = Stop::on_signal();
+    let health = crate::health_router(options.metrics.clone(), Arc::clone(&options.ready));
+    let health_server = hostport_process::serve_health(args.metrics_address, health, &stop)
         .await
         .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
-    let health = crate::health_router(options.metrics.clone(), Arc::clone(&options.ready));
-    let serve_health = axum::serve(listener, health).with_graceful_shutdown(stopped());
-    let health_server = tokio::spawn(async move {
-        if let Err(error) = serve_health.await {
-            tracing::error!(%error, "health server stopped");
-        }
-    });
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(metrics = %args.metrics_address, leader_election = args.leader_election, "starting");
-    let result = crate::run(client, options, stopped()).await;
+    let result = crate::run(client, options, stop.stopped()).await;
     health_server.abort();
     result.context("hostport-controller stopped")
 }

@@ -36,5 +36,5 @@ pub use runner::{RunOptions, check_crds, run};
 
 /// `/healthz` (alive), `/readyz` (caches synced) and `/metrics` (OpenMetrics text).
 pub fn health_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
-    hostport_api::serve::health_router(move || metrics.encode(), ready)
+    hostport_process::health_router(move || metrics.encode(), ready)
 }

@@ -128,7 +128,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        hostport_api::serve::encode_metrics(&self.registry)
+        hostport_process::encode_metrics(&self.registry)
     }
 
     /// Counts a failed reconcile.

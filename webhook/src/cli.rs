@@ -12,7 +12,7 @@ use crate::tls::{self, SwappableCert};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use hostport_api::identity::{DEFAULT_NAMESPACE, allocator_user};
-use hostport_api::serve::{LogFormat, init_logging, shutdown_signal};
+use hostport_process::{LogFormat, Stop};
 
 /// Admission webhook of hostport-allocator: injects host ports into pods that name a bound
 /// HostPortClaim and guards the hostport.rmb938.com resources.
@@ -111,13 +111,7 @@ pub struct Args {
 /// Parses the command line and serves until SIGTERM/ctrl-c.
 pub async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        tracing::debug!("a rustls crypto provider was already installed");
-    }
+    hostport_process::start(args.log_format);
     match (&args.tls_cert_file, &args.tls_key_file, args.self_signed) {
         (Some(_), None, _) => bail!("--tls-key-file must be set together with --tls-cert-file"),
         (None, Some(_), _) => bail!("--tls-cert-file must be set together with --tls-key-file"),
@@ -206,40 +200,21 @@ pub async fn main() -> anyhow::Result<()> {
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
         ..RunOptions::default()
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let health = tokio::net::TcpListener::bind(args.metrics_address)
+    let stop = Stop::on_signal();
+    let health = runner::health_router(options.metrics.clone(), options.ready.clone());
+    hostport_process::serve_health(args.metrics_address, health, &stop)
         .await
         .with_context(|| format!("binding --metrics-address {}", args.metrics_address))?;
-    let serve_health = axum::serve(
-        health,
-        runner::health_router(options.metrics.clone(), options.ready.clone()),
-    )
-    .with_graceful_shutdown(stopped());
-    tokio::spawn(async move {
-        if let Err(error) = serve_health.await {
-            tracing::error!(%error, "health server stopped");
-        }
-    });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
     tracing::info!(listen = %args.listen, metrics = %args.metrics_address, "serving admission");
     runner::run(
         client,
         listener,
         tls::server_config(certs)?,
         options,
-        stopped(),
+        stop.stopped(),
     )
     .await;
     Ok(())

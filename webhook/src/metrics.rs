@@ -69,6 +69,6 @@ impl Default for Metrics {
 impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        hostport_api::serve::encode_metrics(&self.registry)
+        hostport_process::encode_metrics(&self.registry)
     }
 }

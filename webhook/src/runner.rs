@@ -138,5 +138,5 @@ pub async fn run(
 
 /// `/healthz`, `/readyz` (caches synced, certificate loaded) and `/metrics`, plain HTTP.
 pub fn health_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
-    hostport_api::serve::health_router(move || metrics.encode(), ready)
+    hostport_process::health_router(move || metrics.encode(), ready)
 }

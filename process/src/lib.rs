@@ -1,8 +1,16 @@
-//! What both binaries' `main`s share (feature `serve`): the log format flag and logging set-up,
-//! the SIGTERM/ctrl-c future, and the plain-HTTP `/healthz` `/readyz` `/metrics` router.
+//! What the hostport-controller and hostport-webhook processes share around their work: the
+//! log format flag and logging set-up, the rustls crypto provider, the SIGTERM/ctrl-c stop
+//! signal every task of the process waits on, and the plain-HTTP `/healthz` `/readyz`
+//! `/metrics` server. Nothing here knows Kubernetes or this project's API.
+#![forbid(unsafe_code)]
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -22,6 +30,60 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Sets up a process: logging in `format`, then the `ring` rustls provider (the one kube and
+/// our TLS code are built with; a second provider would make rustls panic).
+pub fn start(format: LogFormat) {
+    init_logging(format);
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        tracing::debug!("a rustls crypto provider was already installed");
+    }
+}
+
+/// The process's stop signal: SIGTERM or ctrl-c, handed to as many tasks as need it.
+#[derive(Clone, Debug)]
+pub struct Stop {
+    stopped: watch::Receiver<bool>,
+}
+
+impl Stop {
+    /// Starts listening for SIGTERM and ctrl-c.
+    pub fn on_signal() -> Self {
+        let (tx, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self { stopped }
+    }
+
+    /// Completes once the process is told to stop.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Serves `router` (the health and metrics endpoints) on `address` until `stop`; the bind
+/// happens before this returns, so a taken address is an error at start-up.
+pub async fn serve_health(
+    address: SocketAddr,
+    router: axum::Router,
+    stop: &Stop,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let serve = axum::serve(listener, router).with_graceful_shutdown(stop.stopped());
+    Ok(tokio::spawn(async move {
+        if let Err(error) = serve.await {
+            tracing::error!(%error, "health server stopped");
+        }
+    }))
 }
 
 /// Completes on SIGTERM or ctrl-c.
