@@ -81,6 +81,18 @@ pub struct HostPortClassStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl HostPortClassSpec {
+    /// A spec with the inclusive `(start, end)` pools.
+    pub fn with_pools(pools: &[(i32, i32)]) -> Self {
+        Self {
+            pools: pools
+                .iter()
+                .map(|&(start, end)| PortPool { start, end })
+                .collect(),
+        }
+    }
+}
+
 impl HostPortClass {
     /// The well-formed pools of the class (a malformed stored pool is skipped, not fatal).
     pub fn ranges(&self) -> Vec<PortRange> {

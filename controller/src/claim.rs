@@ -308,7 +308,7 @@ async fn set_claim_status(
         // Explicit nulls so a merge patch also clears what is gone.
         let status =
             json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
-        writes::claim_status(ctx, claim, status).await?;
+        writes::claim_status(ctx, claim, &status).await?;
     }
     Ok(reason_changed)
 }

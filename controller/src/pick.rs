@@ -90,20 +90,10 @@ pub fn pick_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostport_api::{
-        ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPool,
-    };
+    use hostport_api::{ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec};
 
     fn class(pools: &[(i32, i32)]) -> HostPortClass {
-        HostPortClass::new(
-            "games",
-            HostPortClassSpec {
-                pools: pools
-                    .iter()
-                    .map(|&(start, end)| PortPool { start, end })
-                    .collect(),
-            },
-        )
+        HostPortClass::new("games", HostPortClassSpec::with_pools(pools))
     }
 
     fn claim(port: Option<i32>, host_port_name: Option<&str>) -> HostPortClaim {

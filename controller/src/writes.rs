@@ -21,11 +21,7 @@ use crate::error::{Error, Result, status_code};
 
 /// `namespace/name` of a claim, for messages.
 pub fn claim_name(claim: &HostPortClaim) -> String {
-    format!(
-        "{}/{}",
-        claim.namespace().unwrap_or_default(),
-        claim.name_any()
-    )
+    display_name(claim)
 }
 
 fn claims(ctx: &Context, claim: &HostPortClaim) -> Api<HostPortClaim> {
@@ -60,65 +56,64 @@ pub async fn create_host_port(
         .await
 }
 
-/// Writes a HostPort's status (merge patch on `/status`).
+/// Writes a HostPort's status.
 pub async fn host_port_status(
     ctx: &Context,
     host_port: &HostPort,
     status: &HostPortStatus,
 ) -> Result<HostPort> {
-    let name = host_port.name_any();
-    let written = Api::<HostPort>::all(ctx.client.clone())
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(Error::api("writing the status of", "HostPort", &name))?;
-    wrote_over(ctx, host_port);
-    Ok(written)
+    let api = Api::<HostPort>::all(ctx.client.clone());
+    write_status(ctx, &api, host_port, status).await
 }
 
-/// Writes a class's status (merge patch on `/status`).
+/// Writes a class's status.
 pub async fn class_status(
     ctx: &Context,
     class: &HostPortClass,
     status: &HostPortClassStatus,
 ) -> Result<HostPortClass> {
-    let name = class.name_any();
-    let written = Api::<HostPortClass>::all(ctx.client.clone())
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(Error::api("writing the status of", "HostPortClass", &name))?;
-    wrote_over(ctx, class);
-    Ok(written)
+    let api = Api::<HostPortClass>::all(ctx.client.clone());
+    write_status(ctx, &api, class, status).await
 }
 
-/// Writes a claim's status (merge patch on `/status`; `status` carries explicit nulls for
-/// what must be cleared).
+/// Writes a claim's status (`status` carries explicit nulls for what must be cleared).
 pub async fn claim_status(
     ctx: &Context,
     claim: &HostPortClaim,
-    status: serde_json::Value,
+    status: &serde_json::Value,
 ) -> Result<HostPortClaim> {
-    let written = claims(ctx, claim)
+    write_status(ctx, &claims(ctx, claim), claim, status).await
+}
+
+/// A merge patch of `status` on the object's `/status`.
+async fn write_status<K, S>(ctx: &Context, api: &Api<K>, object: &K, status: &S) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let name = object.name_any();
+    let written = api
         .patch_status(
-            &claim.name_any(),
+            &name,
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": status })),
         )
         .await
         .map_err(Error::api(
             "writing the status of",
-            "HostPortClaim",
-            claim_name(claim),
+            kind_of(object),
+            display_name(object),
         ))?;
-    wrote_over(ctx, claim);
+    wrote_over(ctx, object);
     Ok(written)
+}
+
+/// `namespace/name` of a namespaced object, `name` of a cluster-scoped one.
+fn display_name<K: Resource>(object: &K) -> String {
+    match &object.meta().namespace {
+        Some(namespace) => format!("{namespace}/{}", object.name_any()),
+        None => object.name_any(),
+    }
 }
 
 /// Sets `spec.hostPortName`, only if the claim is still the version we read (a stale copy

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use hostport_api::{
     HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, NAMESPACE_LABEL,
-    PortPool,
 };
 use hostport_controller::RunOptions;
 use k8s_openapi::api::core::v1::Namespace;
@@ -379,20 +378,16 @@ impl Env {
     }
 
     /// Creates a class with `pools` (inclusive `(start, end)`); returns its name.
+    ///
+    /// Every scenario has port ranges of its own, because on a real cluster the port space
+    /// is one for all classes: HostPorts an earlier run left in them (it crashed before its
+    /// cleanup) are deleted first, so a second run on the same cluster starts clean.
     pub async fn create_class(&self, name: &str, pools: &[(i32, i32)]) -> String {
         let name = self.class_name(name);
-        let class = HostPortClass::new(
-            &name,
-            HostPortClassSpec {
-                pools: pools
-                    .iter()
-                    .map(|(start, end)| PortPool {
-                        start: *start,
-                        end: *end,
-                    })
-                    .collect(),
-            },
-        );
+        if self.server.is_none() {
+            self.sweep_host_ports(pools).await;
+        }
+        let class = HostPortClass::new(&name, HostPortClassSpec::with_pools(pools));
         self.classes()
             .create(&PostParams::default(), &class)
             .await
@@ -480,31 +475,38 @@ impl Env {
             .collect()
     }
 
-    /// Deletes what the scenario created on a real cluster (classes, namespace); the
-    /// in-process server just goes away.
+    /// Deletes what the scenario created on a real cluster (namespace, classes, HostPorts in
+    /// its port ranges) and waits until it is gone; the in-process server just goes away.
+    ///
+    /// A controller of its own runs meanwhile, whatever became of the scenario's (killed,
+    /// crashed, never started): it removes the finalizers, so nothing is left Terminating.
     pub async fn cleanup(self) {
         if self.server.is_some() {
             return;
         }
+        let _controller = self.start_controller(RunOptions::default());
+        crate::local::unregister_webhooks(&self.client, &self.webhook_configurations()).await;
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
-        crate::local::unregister_webhooks(&self.client, &self.webhook_configurations()).await;
-        for class in self.own_classes().await {
+        let classes = self.own_classes().await;
+        let pools: Vec<(i32, i32)> = classes
+            .iter()
+            .flat_map(|class| class.spec.pools.iter().map(|p| (p.start, p.end)))
+            .collect();
+        for class in &classes {
             let _ = self
                 .classes()
                 .delete(&class.name_any(), &DeleteParams::default())
                 .await;
         }
-        // The scenario's controller still runs (its handle is dropped after this returns):
-        // wait for it to release the claims and classes, so nothing is left Terminating.
         let namespaces = Api::<Namespace>::all(self.client.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
             let namespace_left = matches!(namespaces.get_opt(&self.namespace).await, Ok(Some(_)));
             let classes_left = self.own_classes().await.len();
             if !namespace_left && classes_left == 0 {
-                return;
+                break;
             }
             if tokio::time::Instant::now() >= deadline {
                 eprintln!(
@@ -516,9 +518,42 @@ impl Env {
                         "gone "
                     }
                 );
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // What the scenario wrote itself (reservations, other writers' HostPorts).
+        self.sweep_host_ports(&pools).await;
+    }
+
+    /// Deletes every HostPort holding a port in `pools` (finalizers of the Go project's
+    /// HostPorts included): on a real cluster only, in this scenario's own ranges only.
+    async fn sweep_host_ports(&self, pools: &[(i32, i32)]) {
+        let in_pools = |hp: &HostPort| {
+            hp.port().is_some_and(|p| {
+                pools
+                    .iter()
+                    .any(|&(start, end)| (start..=end).contains(&i32::from(p)))
+            })
+        };
+        let host_ports = self.host_ports();
+        let found = host_ports
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for host_port in found.iter().filter(|hp| in_pools(hp)) {
+            let name = host_port.name_any();
+            if !host_port.finalizers().is_empty() {
+                let _ = host_ports
+                    .patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+            let _ = host_ports.delete(&name, &DeleteParams::default()).await;
         }
     }
 

@@ -109,9 +109,9 @@ fn pod_using(name: &str, claim: &str) -> Pod {
 async fn deletion_waits_for_pods_then_frees_the_port() {
     let env = Env::new("deletion").await;
     let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("sample", &[(9100, 9200)]).await;
+    let class = env.create_class("sample", &[(11100, 11200)]).await;
     env.create_claim("echo-web", &class, None).await;
-    assert_eq!(env.bound("echo-web").await.bound_port(), Some(9100));
+    assert_eq!(env.bound("echo-web").await.bound_port(), Some(11100));
 
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     pods.create(&PostParams::default(), &pod_using("echo", "echo-web"))
@@ -139,7 +139,7 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
         .await;
     assert_eq!(reason_of(&held).as_deref(), Some(reasons::IN_USE_BY_PODS));
     assert!(
-        env.host_ports().get("port-9100").await.is_ok(),
+        env.host_ports().get("port-11100").await.is_ok(),
         "the port stays held"
     );
 
@@ -150,7 +150,7 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
         let (claims, host_ports) = (env.claims(), env.host_ports());
         async move {
             let gone = claims.get_opt("echo-web").await.ok()?.is_none()
-                && host_ports.get_opt("port-9100").await.ok()?.is_none();
+                && host_ports.get_opt("port-11100").await.ok()?.is_none();
             gone.then_some(())
         }
     })
@@ -158,7 +158,7 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
     env.create_claim("next", &class, None).await;
     assert_eq!(
         env.bound("next").await.bound_port(),
-        Some(9100),
+        Some(11100),
         "the freed port is reused"
     );
     env.cleanup().await;
@@ -168,7 +168,7 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
 async fn finished_pods_do_not_hold_a_claim() {
     let env = Env::new("finished").await;
     let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("sample", &[(9300, 9300)]).await;
+    let class = env.create_class("sample", &[(11300, 11300)]).await;
     env.create_claim("job", &class, None).await;
     env.bound("job").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
@@ -198,7 +198,7 @@ async fn finished_pods_do_not_hold_a_claim() {
 async fn exhaustion_then_recovery() {
     let env = Env::new("exhaustion").await;
     let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("tiny", &[(9400, 9401)]).await;
+    let class = env.create_class("tiny", &[(11400, 11401)]).await;
     env.create_claim("a", &class, None).await;
     env.create_claim("b", &class, None).await;
     let a_port = env.bound("a").await.bound_port();
@@ -240,8 +240,8 @@ async fn unknown_class_then_created() {
             .await
             .contains(&reasons::CLASS_NOT_FOUND.to_owned())
     );
-    env.create_class("later", &[(9500, 9510)]).await;
-    assert_eq!(env.bound("early").await.bound_port(), Some(9500));
+    env.create_class("later", &[(11500, 11510)]).await;
+    assert_eq!(env.bound("early").await.bound_port(), Some(11500));
     env.cleanup().await;
 }
 
@@ -249,12 +249,12 @@ async fn unknown_class_then_created() {
 async fn static_ports() {
     let env = Env::new("static").await;
     let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("sample", &[(9600, 9610)]).await;
-    env.create_claim("fixed", &class, Some(9605)).await;
-    assert_eq!(env.bound("fixed").await.bound_port(), Some(9605));
+    let class = env.create_class("sample", &[(11600, 11610)]).await;
+    env.create_claim("fixed", &class, Some(11605)).await;
+    assert_eq!(env.bound("fixed").await.bound_port(), Some(11605));
     env.create_claim("dynamic", &class, None).await;
-    assert_eq!(env.bound("dynamic").await.bound_port(), Some(9600));
-    env.create_claim("taken", &class, Some(9605)).await;
+    assert_eq!(env.bound("dynamic").await.bound_port(), Some(11600));
+    env.create_claim("taken", &class, Some(11605)).await;
     pending_with(&env, "taken", reasons::PORT_UNAVAILABLE).await;
     env.create_claim("outside", &class, Some(20000)).await;
     pending_with(&env, "outside", reasons::PORT_OUTSIDE_POOLS).await;
@@ -264,7 +264,7 @@ async fn static_ports() {
         .expect("delete");
     assert_eq!(
         env.bound("taken").await.bound_port(),
-        Some(9605),
+        Some(11605),
         "bound once the port is free"
     );
     env.cleanup().await;
@@ -367,7 +367,7 @@ async fn health_readiness_and_metrics() {
     );
 
     let _controller = env.start_controller(options);
-    let class = env.create_class("sample", &[(9900, 9909)]).await;
+    let class = env.create_class("sample", &[(11900, 11909)]).await;
     env.create_claim("a", &class, None).await;
     env.bound("a").await;
     assert_eq!(
@@ -420,7 +420,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn controller_binary_binds_and_stops_gracefully() {
     let env = Env::new("process").await;
-    let class = env.create_class("sample", &[(9990, 9999)]).await;
+    let class = env.create_class("sample", &[(11990, 11999)]).await;
     let lease_namespace = hostport_e2e::harness::SYSTEM_NAMESPACE;
     let process = env.start_controller_process(
         std::path::Path::new(env!("CARGO_BIN_EXE_hostport-controller-under-test")),
@@ -434,7 +434,7 @@ async fn controller_binary_binds_and_stops_gracefully() {
         ],
     );
     env.create_claim("a", &class, None).await;
-    assert_eq!(env.bound("a").await.bound_port(), Some(9990));
+    assert_eq!(env.bound("a").await.bound_port(), Some(11990));
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(env.client.clone(), lease_namespace);
     let held = leases.get(&env.prefix).await.expect("lease");

@@ -94,7 +94,7 @@ async fn rbac_covers_every_call_of_each_binary() {
     });
 
     // Bind, use, release; a class deleted after its claims; a Go-era HostPort released.
-    let class = env.create_class("sample", &[(9950, 9960)]).await;
+    let class = env.create_class("sample", &[(12950, 12960)]).await;
     env.create_claim("echo-web", &class, None).await;
     env.bound("echo-web").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);

@@ -223,6 +223,7 @@ async fn killed_at_random_points_converges() {
     )
     .await;
     assert_consistent(&env, 70).await;
+    env.cleanup().await;
 }
 
 /// A claim `legacy` and its HostPort as the Go controller left them: the HostPort named

@@ -464,6 +464,7 @@ async fn reserved_ports_are_never_handed_out() {
     let env = Env::new("reservation").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("pool", &[(33400, 33401)]).await;
     let reservation: HostPort = serde_json::from_value(json!({
         "metadata": {"name": "port-33400"},
         "spec": {"hostPortClassName": "node-agent", "port": 33400}
@@ -486,7 +487,6 @@ async fn reserved_ports_are_never_handed_out() {
             "so it must be named \"port-33401\"",
         );
     }
-    let class = env.create_class("pool", &[(33400, 33401)]).await;
     env.create_claim("web", &class, None).await;
     let bound = env.bound("web").await;
     assert_eq!(bound.bound_port(), Some(33401));

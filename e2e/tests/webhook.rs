@@ -39,7 +39,7 @@ async fn go_readme_flow_end_to_end() {
     let env = Env::new("readme-webhook").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("sample", &[(9000, 9500)]).await;
+    let class = env.create_class("sample", &[(12000, 12500)]).await;
     let created = env.create_claim("echo-web", &class, None).await;
     assert!(
         created.has_finalizer(),
@@ -117,7 +117,7 @@ async fn go_readme_flow_end_to_end() {
 async fn pod_denials_through_the_api_server() {
     let env = Env::new("pod-denials").await;
     let _webhook = env.start_webhook().await;
-    let class = env.create_class("sample", &[(9600, 9610)]).await;
+    let class = env.create_class("sample", &[(12600, 12610)]).await;
     // No controller yet: the claim stays unbound.
     env.create_claim("waiting", &class, None).await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
@@ -206,7 +206,7 @@ async fn resource_denials_through_the_api_server() {
         return eprintln!("the admin is an allocator user on a real cluster; skipped");
     }
     let _webhook = env.start_webhook().await;
-    let class = env.create_class("sample", &[(9700, 9710)]).await;
+    let class = env.create_class("sample", &[(12700, 12710)]).await;
     let claims = env.claims();
     let outside = HostPortClaim::new(
         "outside",
@@ -229,7 +229,7 @@ async fn resource_denials_through_the_api_server() {
     );
 
     let host_port = HostPort::new(
-        "port-9700",
+        "port-12700",
         HostPortSpec {
             claim_ref: Some(hostport_api::ClaimReference {
                 name: Some("outside".into()),
@@ -237,7 +237,7 @@ async fn resource_denials_through_the_api_server() {
                 ..Default::default()
             }),
             host_port_class_name: class,
-            port: Some(9700),
+            port: Some(12700),
         },
     );
     let (code, message) = denial(

@@ -67,15 +67,15 @@ async fn verdicts_over_https() {
     let env = Env::new("https").await;
     let webhook = env.start_webhook().await;
     let client = https_client(&webhook.ca_pem);
-    let class = env.create_class("sample", &[(9800, 9810)]).await;
+    let class = env.create_class("sample", &[(12800, 12810)]).await;
     // A bound claim and its HostPort, written as the controller would (as its identity).
     let allocator = env.client_as(hostport_e2e::harness::controller_user());
     let claims: kube::Api<hostport_api::HostPortClaim> =
         kube::Api::namespaced(allocator.clone(), &env.namespace);
     let created = env.create_claim("echo-web", &class, None).await;
     let host_port: hostport_api::HostPort = serde_json::from_value(json!({
-        "metadata": {"name": "port-9800"},
-        "spec": {"hostPortClassName": class, "port": 9800, "claimRef": {
+        "metadata": {"name": "port-12800"},
+        "spec": {"hostPortClassName": class, "port": 12800, "claimRef": {
             "namespace": env.namespace, "name": "echo-web", "uid": created.metadata.uid}}
     }))
     .expect("HostPort");
@@ -87,7 +87,7 @@ async fn verdicts_over_https() {
         .patch_status(
             "echo-web",
             &Default::default(),
-            &kube::api::Patch::Merge(json!({"status": {"phase": "Bound", "port": 9800}})),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Bound", "port": 12800}})),
         )
         .await
         .expect("status");
@@ -95,7 +95,7 @@ async fn verdicts_over_https() {
         .patch(
             "echo-web",
             &Default::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"hostPortName": "port-9800"}})),
+            &kube::api::Patch::Merge(json!({"spec": {"hostPortName": "port-12800"}})),
         )
         .await
         .expect("bind");
@@ -141,8 +141,8 @@ async fn verdicts_over_https() {
     let mut patched = pod.clone();
     json_patch::patch(&mut patched, &patch).expect("applies");
     let mut expected = pod.clone();
-    expected["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(9800);
-    expected["metadata"]["annotations"]["port.hostport.rmb938.com/web"] = json!("9800");
+    expected["spec"]["containers"][0]["ports"][0]["hostPort"] = json!(12800);
+    expected["metadata"]["annotations"]["port.hostport.rmb938.com/web"] = json!("12800");
     assert_eq!(patched, expected);
 
     // Denied, with the reason in the status.
@@ -227,6 +227,7 @@ async fn verdicts_over_https() {
             .expect("message")
             .contains("this webhook admits Pod objects, not Namespace")
     );
+    env.cleanup().await;
 }
 
 #[tokio::test]
@@ -257,6 +258,7 @@ async fn malformed_requests_get_400_and_an_error_review() {
         .await
         .expect("send");
     assert_eq!(response.status().as_u16(), 413, "bodies are limited");
+    env.cleanup().await;
 }
 
 fn arbitrary_json() -> impl Strategy<Value = Value> {
@@ -348,6 +350,8 @@ fn fuzzed_input_never_panics_and_always_answers_the_request_uid() {
         prop_assert!(status == 400 || status == 200);
         prop_assert_eq!(&answer["response"]["allowed"], &json!(false));
     });
+    drop(webhook);
+    runtime.block_on(env.cleanup());
 }
 
 #[tokio::test]
@@ -499,6 +503,7 @@ async fn serves_http2_and_http1() {
             .expect("send");
         assert_eq!(response.version(), expected);
     }
+    env.cleanup().await;
 }
 
 /// At the connection limit a new client waits until a slot frees, and a connection is closed

@@ -251,9 +251,7 @@ pub fn validate_host_port(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostport_api::{
-        ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPool,
-    };
+    use hostport_api::{ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec};
 
     fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
         HostPortClaim::new(
@@ -267,18 +265,7 @@ mod tests {
     }
 
     fn class(pools: &[(i32, i32)]) -> HostPortClass {
-        HostPortClass::new(
-            "sample",
-            HostPortClassSpec {
-                pools: pools
-                    .iter()
-                    .map(|(start, end)| PortPool {
-                        start: *start,
-                        end: *end,
-                    })
-                    .collect(),
-            },
-        )
+        HostPortClass::new("sample", HostPortClassSpec::with_pools(pools))
     }
 
     const TENANT: Requester<'static> = Requester {
