@@ -18,8 +18,9 @@ use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::api::{Api, ListParams};
 use kube::runtime::applier;
 use kube::runtime::controller::{Action, Config};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::context::{self, Context, Settings};
@@ -151,54 +152,30 @@ pub async fn run(
     }
 
     let config = Config::default().concurrency(options.concurrency);
-    let claim_loop = applier(
-        |claim, ctx| {
-            Box::pin(instrumented(
-                claim::CONTROLLER,
-                claim,
-                ctx,
-                claim::reconcile,
-            ))
-        },
-        |claim, error, ctx| retry(claim::CONTROLLER, claim.as_ref(), error, &ctx),
-        ctx.clone(),
-        claims.clone(),
-        queue(claim_rx),
-        config.clone(),
-    )
-    .for_each(|_| async {});
-    let host_port_loop = applier(
-        |host_port, ctx| {
-            Box::pin(instrumented(
-                host_port::CONTROLLER,
-                host_port,
-                ctx,
-                host_port::reconcile,
-            ))
-        },
-        |host_port, error, ctx| retry(host_port::CONTROLLER, host_port.as_ref(), error, &ctx),
-        ctx.clone(),
-        host_ports.clone(),
-        queue(host_port_rx),
-        config.clone(),
-    )
-    .for_each(|_| async {});
-    let class_loop = applier(
-        |class, ctx| {
-            Box::pin(instrumented(
-                class::CONTROLLER,
-                class,
-                ctx,
-                class::reconcile,
-            ))
-        },
-        |class, error, ctx| retry(class::CONTROLLER, class.as_ref(), error, &ctx),
-        ctx.clone(),
-        classes.clone(),
-        queue(class_rx),
-        config,
-    )
-    .for_each(|_| async {});
+    let claim_loop = reconcile_loop(
+        claim::CONTROLLER,
+        claim::reconcile,
+        &ctx,
+        claims,
+        claim_rx,
+        &config,
+    );
+    let host_port_loop = reconcile_loop(
+        host_port::CONTROLLER,
+        host_port::reconcile,
+        &ctx,
+        host_ports,
+        host_port_rx,
+        &config,
+    );
+    let class_loop = reconcile_loop(
+        class::CONTROLLER,
+        class::reconcile,
+        &ctx,
+        classes,
+        class_rx,
+        &config,
+    );
 
     let held = async {
         match &lease {
@@ -227,6 +204,37 @@ impl Drop for AbortOnDrop {
             handle.abort();
         }
     }
+}
+
+/// The reconciles of one kind: objects queued on `queued` are reconciled from `store`,
+/// instrumented, and retried with backoff on failure.
+fn reconcile_loop<K, Fut>(
+    controller: &'static str,
+    reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
+    ctx: &Arc<Context>,
+    store: Store<K>,
+    queued: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    config: &Config,
+) -> impl Future<Output = ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    Fut: Future<Output = Result<Action>> + Send + 'static,
+{
+    applier(
+        move |object, ctx| Box::pin(instrumented(controller, object, ctx, reconcile)),
+        move |object, error, ctx| retry(controller, object.as_ref(), error, &ctx),
+        ctx.clone(),
+        store,
+        queue(queued),
+        config.clone(),
+    )
+    .for_each(|_| async {})
 }
 
 /// One reconcile, timed and counted; a success resets the object's retry backoff.

@@ -14,6 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+pub use crate::controllers::{ControllerHandle, ControllerProcess, spawn_controller};
 use crate::local::LocalWebhook;
 use kube_testserver::{TestApiServer, UserInfo};
 
@@ -55,15 +56,6 @@ pub async fn ensure_namespace(
     }
 }
 
-/// Runs the controller in-process on `client` until the handle is dropped.
-pub fn spawn_controller(client: Client, options: RunOptions) -> ControllerHandle {
-    ControllerHandle {
-        task: tokio::spawn(async move {
-            hostport_controller::run(client, options, std::future::pending()).await
-        }),
-    }
-}
-
 /// Label that ties a namespace to its scenario (webhooks of one scenario see only its pods).
 const SCENARIO_LABEL: &str = "hostport-e2e/scenario";
 
@@ -86,62 +78,6 @@ impl std::fmt::Debug for Env {
             .field("namespace", &self.namespace)
             .field("in_process", &self.server.is_some())
             .finish()
-    }
-}
-
-/// A controller started for a scenario; dropping it stops it (like a crash).
-#[derive(Debug)]
-pub struct ControllerHandle {
-    task: tokio::task::JoinHandle<hostport_controller::Result<()>>,
-}
-
-impl ControllerHandle {
-    /// Kills the controller wherever it is, between or during API calls.
-    pub fn kill(self) {
-        self.task.abort();
-    }
-
-    /// Whether it stopped on its own (an error).
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-}
-
-impl Drop for ControllerHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A `hostport-controller` process; killed when dropped.
-#[derive(Debug)]
-pub struct ControllerProcess {
-    /// The process.
-    pub child: std::process::Child,
-}
-
-impl ControllerProcess {
-    /// Sends SIGTERM and waits (at most `timeout`) for the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+pub mod controllers;
 pub mod harness;
 pub mod local;
 pub mod measure;

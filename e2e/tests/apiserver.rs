@@ -1,6 +1,9 @@
 //! The in-process API server behaves like kube-apiserver for what kube-rs, kube-runtime and
 //! this project use: CRUD, conflicts, finalizers, status, selectors, watches (bookmarks,
 //! 410 Gone, reconnects), CRD validation (pruning, OpenAPI, CEL) and fault injection.
+//!
+//! Longer than ~500 lines on purpose: one short test per behaviour of the server, each
+//! independent; they stay together as the server's conformance list.
 
 use std::time::Duration;
 

@@ -1,6 +1,9 @@
 //! Correctness under the conditions that break naive allocators: two controllers at once,
 //! stale caches, injected API errors, controllers killed between any two calls, objects
 //! left by the Go project, orphans. In-process only where faults must be injected.
+//!
+//! Longer than ~500 lines on purpose: one scenario per failure mode, each independent, with
+//! the consistency checks they share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

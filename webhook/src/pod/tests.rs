@@ -1,0 +1,318 @@
+use super::*;
+use serde_json::json;
+
+fn pod(value: Value) -> Pod {
+    serde_json::from_value(value).expect("pod")
+}
+
+/// The Go project's README pod, with extra ports as a case needs.
+fn readme_pod(annotations: Value, ports: Value) -> Pod {
+    pod(json!({
+        "metadata": {"name": "echo", "namespace": "default", "annotations": annotations},
+        "spec": {"containers": [{
+            "name": "echo", "image": "k8s.gcr.io/echoserver:1.4", "ports": ports,
+            "env": [{"name": "MY_HOST_PORT", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['port.hostport.rmb938.com/web']"}}}]
+        }]}
+    }))
+}
+
+/// The claims `echo-web` and `game` in `state`; any other is missing.
+fn claims(state: ClaimState) -> ClaimStates {
+    ["echo-web", "game"]
+        .into_iter()
+        .map(|name| (name.to_owned(), state.clone()))
+        .collect()
+}
+
+fn admit(pod: &Pod, host_network_allowed: bool, states: ClaimStates) -> Verdict {
+    admit_create(&NewPod::new(pod), host_network_allowed, &states)
+}
+
+fn apply(pod: &Pod, verdict: &Verdict) -> Value {
+    let mut value = serde_json::to_value(pod).expect("json");
+    if let Verdict::Patch(patch) = verdict {
+        json_patch::patch(&mut value, patch).expect("patch applies");
+    }
+    value
+}
+
+#[test]
+fn readme_pod_gets_its_host_port_and_annotation() {
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    );
+    let verdict = admit(&p, false, claims(ClaimState::Bound { port: 9000 }));
+    let Verdict::Patch(patch) = &verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(patch.0.len(), 2, "minimal: hostPort and the annotation");
+    let patched = apply(&p, &verdict);
+    assert_eq!(
+        patched["spec"]["containers"][0]["ports"][0]["hostPort"],
+        9000
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["port.hostport.rmb938.com/web"],
+        "9000"
+    );
+}
+
+#[test]
+fn two_ports_share_one_claim() {
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/game-tcp": "game", "claim.hostport.rmb938.com/game-udp": "game"}),
+        json!([{"name": "game-tcp", "containerPort": 7777, "protocol": "TCP"}, {"name": "game-udp", "containerPort": 7777, "protocol": "UDP"}]),
+    );
+    let patched = apply(
+        &p,
+        &admit(&p, false, claims(ClaimState::Bound { port: 27015 })),
+    );
+    assert_eq!(
+        patched["spec"]["containers"][0]["ports"][0]["hostPort"],
+        27015
+    );
+    assert_eq!(
+        patched["spec"]["containers"][0]["ports"][1]["hostPort"],
+        27015
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["port.hostport.rmb938.com/game-udp"],
+        "27015"
+    );
+}
+
+#[test]
+fn sidecar_ports_can_be_claimed_but_plain_init_containers_cannot() {
+    let p = pod(json!({
+        "metadata": {"name": "x", "annotations": {"claim.hostport.rmb938.com/proxy": "echo-web"}},
+        "spec": {
+            "initContainers": [
+                {"name": "setup", "image": "i", "ports": [{"name": "setup", "containerPort": 1}]},
+                {"name": "proxy", "image": "p", "restartPolicy": "Always", "ports": [{"name": "proxy", "containerPort": 8443}]}
+            ],
+            "containers": [{"name": "app", "image": "a"}]
+        }
+    }));
+    let patched = apply(
+        &p,
+        &admit(&p, false, claims(ClaimState::Bound { port: 9001 })),
+    );
+    assert_eq!(
+        patched["spec"]["initContainers"][1]["ports"][0]["hostPort"],
+        9001
+    );
+}
+
+#[test]
+fn pods_without_claims_or_host_ports_pass_unchanged() {
+    let p = readme_pod(
+        json!({"other": "x"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    );
+    assert_eq!(
+        admit(&p, false, claims(ClaimState::Missing)),
+        Verdict::Allow
+    );
+    let bare = pod(
+        json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "a", "image": "a"}]}}),
+    );
+    assert_eq!(
+        admit(&bare, false, claims(ClaimState::Missing)),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn already_correct_host_port_needs_only_the_annotation() {
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 8080, "hostPort": 9000}]),
+    );
+    let Verdict::Patch(patch) = admit(&p, false, claims(ClaimState::Bound { port: 9000 })) else {
+        panic!()
+    };
+    assert_eq!(patch.0.len(), 1);
+}
+
+#[test]
+fn every_denial_names_the_problem_and_the_fix() {
+    let web = json!([{"name": "web", "containerPort": 8080}]);
+    let cases: Vec<(Pod, ClaimState, &str, &str)> = vec![
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/": "echo-web"}),
+                web.clone(),
+            ),
+            ClaimState::Missing,
+            "InvalidAnnotation",
+            "has no port name after the prefix",
+        ),
+        (
+            readme_pod(json!({"claim.hostport.rmb938.com/web": ""}), web.clone()),
+            ClaimState::Missing,
+            "InvalidAnnotation",
+            "has an empty value",
+        ),
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/http": "echo-web"}),
+                web.clone(),
+            ),
+            ClaimState::Bound { port: 9000 },
+            "UnknownPortName",
+            "no container port of the pod has that name: add `name: http`",
+        ),
+        (
+            pod(
+                json!({"metadata": {"name": "d", "annotations": {"claim.hostport.rmb938.com/web": "echo-web"}},
+                "spec": {"containers": [{"name": "a", "image": "a", "ports": [{"name": "web", "containerPort": 1}]},
+                                        {"name": "b", "image": "b", "ports": [{"name": "web", "containerPort": 2}]}]}}),
+            ),
+            ClaimState::Bound { port: 9000 },
+            "DuplicatePortName",
+            "which 2 ports share (spec.containers[0].ports[0], spec.containers[1].ports[0])",
+        ),
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/web": "nope"}),
+                web.clone(),
+            ),
+            ClaimState::Missing,
+            "ClaimNotFound",
+            "names HostPortClaim \"nope\", which does not exist",
+        ),
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                web.clone(),
+            ),
+            ClaimState::Pending {
+                why: Some("PoolExhausted: all 2 ports are in use".into()),
+            },
+            "ClaimNotBound",
+            "is not Bound yet (PoolExhausted: all 2 ports are in use): waiting for the allocator",
+        ),
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                web.clone(),
+            ),
+            ClaimState::Deleting,
+            "ClaimDeleting",
+            "which is being deleted",
+        ),
+        (
+            readme_pod(
+                json!({}),
+                json!([{"name": "web", "containerPort": 8080, "hostPort": 8080}]),
+            ),
+            ClaimState::Missing,
+            "HostPortWithoutClaim",
+            "spec.containers[0].ports[0] (port \"web\") sets hostPort 8080 without a claim",
+        ),
+        (
+            readme_pod(
+                json!({}),
+                json!([{"containerPort": 8080, "hostPort": 8080}]),
+            ),
+            ClaimState::Missing,
+            "HostPortWithoutClaim",
+            "spec.containers[0].ports[0] sets hostPort 8080 without a claim: in this namespace",
+        ),
+        (
+            readme_pod(
+                json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+                json!([{"name": "web", "containerPort": 8080, "hostPort": 1234}]),
+            ),
+            ClaimState::Bound { port: 9000 },
+            "HostPortMismatch",
+            "sets hostPort 1234, but HostPortClaim \"echo-web\" is bound to port 9000",
+        ),
+        (
+            readme_pod(json!({"port.hostport.rmb938.com/web": "9000"}), web.clone()),
+            ClaimState::Missing,
+            "StrayPortAnnotation",
+            "annotation \"port.hostport.rmb938.com/web\" is written by the hostport webhook",
+        ),
+    ];
+    for (pod, state, reason, message) in cases {
+        match admit(&pod, false, claims(state)) {
+            Verdict::Deny {
+                reason: got,
+                message: text,
+            } => {
+                assert_eq!(got, reason, "{text}");
+                assert!(text.contains(message), "{reason}: {text}");
+            }
+            other => panic!("{reason}: expected a denial, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn host_network_pods_are_refused_unless_the_namespace_allows_them() {
+    let p = pod(json!({
+        "metadata": {"name": "x"},
+        "spec": {"hostNetwork": true, "containers": [{"name": "a", "image": "a"}]}
+    }));
+    let Verdict::Deny { reason, message } = admit(&p, false, claims(ClaimState::Missing)) else {
+        panic!("hostNetwork admitted")
+    };
+    assert_eq!(reason, "HostNetwork");
+    assert!(
+        message.contains("uses every host port of its node"),
+        "{message}"
+    );
+    assert!(message.contains(ALLOW_HOST_NETWORK_ANNOTATION), "{message}");
+    assert_eq!(admit(&p, true, claims(ClaimState::Missing)), Verdict::Allow);
+}
+
+#[test]
+fn an_unverified_binding_injects_nothing() {
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    );
+    let state = ClaimState::Unverified {
+        why: "HostPort \"port-9000\" is bound to another claim".into(),
+    };
+    let Verdict::Deny { reason, message } = admit(&p, false, claims(state)) else {
+        panic!("admitted")
+    };
+    assert_eq!(reason, "ClaimNotVerified");
+    assert!(message.contains("is bound to another claim"), "{message}");
+}
+
+#[test]
+fn updates_may_not_touch_hostport_annotations() {
+    let old = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web", "port.hostport.rmb938.com/web": "9000"}),
+        json!([]),
+    );
+    let mut relabelled = old.clone();
+    relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+    assert_eq!(admit_update(&old, &relabelled), Verdict::Allow);
+    let mut changed = old.clone();
+    changed
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .insert("port.hostport.rmb938.com/web".into(), "9001".into());
+    let Verdict::Deny { message, .. } = admit_update(&old, &changed) else {
+        panic!()
+    };
+    assert!(
+        message.contains("cannot change once the pod exists (was \"9000\", now \"9001\")"),
+        "{message}"
+    );
+    let mut removed = old.clone();
+    removed
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .remove("claim.hostport.rmb938.com/web");
+    assert!(matches!(admit_update(&old, &removed), Verdict::Deny { .. }));
+}

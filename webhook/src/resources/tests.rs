@@ -1,0 +1,319 @@
+use super::*;
+use hostport_api::{ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec};
+
+fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
+    HostPortClaim::new(
+        "c",
+        HostPortClaimSpec {
+            host_port_class_name: class.into(),
+            host_port_name: bound.map(Into::into),
+            port,
+        },
+    )
+}
+
+fn class(pools: &[(i32, i32)]) -> HostPortClass {
+    HostPortClass::new("sample", HostPortClassSpec::with_pools(pools))
+}
+
+const TENANT: Requester<'static> = Requester {
+    user: "system:serviceaccount:team-a:deployer",
+    is_allocator: false,
+};
+const ALLOCATOR: Requester<'static> = Requester {
+    user: "system:serviceaccount:hostport-system:hostport-controller",
+    is_allocator: true,
+};
+
+fn with_finalizer(mut claim: HostPortClaim) -> HostPortClaim {
+    claim.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    claim
+}
+
+fn denied(verdict: Verdict, expected: &str) {
+    match verdict {
+        Verdict::Deny { message, .. } => assert!(message.contains(expected), "{message}"),
+        other => panic!("expected a denial containing {expected:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn claim_defaulting_adds_the_finalizer_once() {
+    let fresh = claim("sample", None, None);
+    let Verdict::Patch(patch) = default_claim(&fresh) else {
+        panic!()
+    };
+    let mut value = serde_json::to_value(&fresh).expect("json");
+    json_patch::patch(&mut value, &patch).expect("applies");
+    assert_eq!(
+        value["metadata"]["finalizers"],
+        serde_json::json!(["hostport.rmb938.com"])
+    );
+    let mut other = fresh.clone();
+    other.metadata.finalizers = Some(vec!["other".into()]);
+    let Verdict::Patch(patch) = default_claim(&other) else {
+        panic!()
+    };
+    let mut value = serde_json::to_value(&other).expect("json");
+    json_patch::patch(&mut value, &patch).expect("applies");
+    assert_eq!(
+        value["metadata"]["finalizers"],
+        serde_json::json!(["other", "hostport.rmb938.com"])
+    );
+    let done: HostPortClaim = serde_json::from_value(value).expect("claim");
+    assert_eq!(default_claim(&done), Verdict::Allow);
+}
+
+#[test]
+fn claim_rules() {
+    let sample = class(&[(9000, 9500)]);
+    assert_eq!(
+        validate_claim(
+            &claim("sample", Some(9001), None),
+            None,
+            Some(&sample),
+            TENANT,
+            None
+        ),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_claim(&claim("later", Some(20000), None), None, None, TENANT, None),
+        Verdict::Allow,
+        "class checked when it exists"
+    );
+    denied(
+        validate_claim(
+            &claim("sample", Some(20000), None),
+            None,
+            Some(&sample),
+            TENANT,
+            None,
+        ),
+        "spec.port 20000 is outside the pools of HostPortClass \"sample\" (9000-9500)",
+    );
+    denied(
+        validate_claim(&claim("sample", Some(0), None), None, None, TENANT, None),
+        "spec.port is 0",
+    );
+    denied(
+        validate_claim(&claim("", None, None), None, None, TENANT, None),
+        "spec.hostPortClassName is empty",
+    );
+    denied(
+        validate_claim(
+            &claim("other", None, None),
+            Some(&claim("sample", None, None)),
+            None,
+            TENANT,
+            None,
+        ),
+        "spec.hostPortClassName cannot change (was \"sample\", now \"other\")",
+    );
+    denied(
+        validate_claim(
+            &claim("sample", None, Some("port-2")),
+            Some(&claim("sample", None, Some("port-1"))),
+            None,
+            TENANT,
+            None,
+        ),
+        "or keep it \"port-1\"",
+    );
+    assert_eq!(
+        validate_claim(
+            &claim("sample", None, Some("port-2")),
+            Some(&claim("sample", None, Some("port-1"))),
+            None,
+            ALLOCATOR,
+            None
+        ),
+        Verdict::Allow,
+        "the allocator re-points a claim whose HostPort is gone"
+    );
+    denied(
+        validate_claim(
+            &claim("sample", Some(9001), None),
+            Some(&claim("sample", None, None)),
+            None,
+            TENANT,
+            None,
+        ),
+        "spec.port cannot change",
+    );
+    assert_eq!(
+        validate_claim(
+            &claim("sample", None, Some("port-1")),
+            Some(&claim("sample", None, None)),
+            None,
+            ALLOCATOR,
+            None
+        ),
+        Verdict::Allow,
+        "binding is the allocator's"
+    );
+}
+
+#[test]
+fn tenants_cannot_write_what_decides_the_port() {
+    // Case 1: a claim created with spec.hostPortName.
+    denied(
+        validate_claim(
+            &claim("sample", None, Some("port-22")),
+            None,
+            None,
+            TENANT,
+            None,
+        ),
+        "spec.hostPortName of HostPortClaim /c is set by the hostport allocator only, not by \"system:serviceaccount:team-a:deployer\"",
+    );
+    // Case 2: set on a Pending claim, or changed, or removed.
+    denied(
+        validate_claim(
+            &claim("sample", None, Some("port-23")),
+            Some(&claim("sample", None, None)),
+            None,
+            TENANT,
+            None,
+        ),
+        "remove spec.hostPortName",
+    );
+    denied(
+        validate_claim(
+            &claim("sample", None, None),
+            Some(&claim("sample", None, Some("port-9000"))),
+            None,
+            TENANT,
+            None,
+        ),
+        "keep it \"port-9000\"",
+    );
+    // A Go-era claim updated without touching the field passes.
+    assert_eq!(
+        validate_claim(
+            &claim("sample", None, Some("hpc-1")),
+            Some(&claim("sample", None, Some("hpc-1"))),
+            None,
+            TENANT,
+            None
+        ),
+        Verdict::Allow
+    );
+    // Case 3: removing the finalizer.
+    let held = with_finalizer(claim("sample", None, Some("port-9000")));
+    denied(
+        validate_claim(
+            &claim("sample", None, Some("port-9000")),
+            Some(&held),
+            None,
+            TENANT,
+            None,
+        ),
+        "finalizer \"hostport.rmb938.com\" of HostPortClaim /c is removed by the hostport allocator only",
+    );
+    assert_eq!(
+        validate_claim(
+            &claim("sample", None, Some("port-9000")),
+            Some(&held),
+            None,
+            ALLOCATOR,
+            None
+        ),
+        Verdict::Allow
+    );
+    // Case 4: status writes.
+    denied(
+        validate_claim(&held, Some(&held), None, TENANT, Some("status")),
+        "the status of HostPortClaim /c is written by the hostport allocator only",
+    );
+    assert_eq!(
+        validate_claim(&held, Some(&held), None, ALLOCATOR, Some("status")),
+        Verdict::Allow
+    );
+    denied(
+        validate_class_status(&class(&[(1, 2)]), TENANT),
+        "the status of HostPortClass \"sample\" is written by the hostport allocator only",
+    );
+}
+
+#[test]
+fn class_rules() {
+    assert_eq!(validate_class(&class(&[(9000, 9500)])), Verdict::Allow);
+    denied(validate_class(&class(&[])), "spec.pools is empty");
+    denied(
+        validate_class(&class(&[(9500, 9000)])),
+        "starts at 9500 after its end 9000",
+    );
+    denied(
+        validate_class(&class(&[(0, 10)])),
+        "spec.pools[0].start is 0",
+    );
+    denied(validate_class(&class(&[(1, 10), (10, 20)])), "overlaps");
+}
+
+#[test]
+fn host_port_rules() {
+    let hp = |name: &str, port, bound: bool| {
+        HostPort::new(
+            name,
+            HostPortSpec {
+                claim_ref: bound.then(ClaimReference::default),
+                host_port_class_name: "sample".into(),
+                port,
+            },
+        )
+    };
+    let bound = hp("port-9000", Some(9000), true);
+    assert_eq!(
+        validate_host_port(&bound, None, ALLOCATOR, None),
+        Verdict::Allow
+    );
+    denied(
+        validate_host_port(&bound, None, TENANT, None),
+        "HostPort \"port-9000\" is bound to a claim (spec.claimRef), and such HostPorts are created and changed by the hostport allocator only",
+    );
+    denied(
+        validate_host_port(
+            &hp("port-9000", Some(9001), true),
+            Some(&bound),
+            ALLOCATOR,
+            None,
+        ),
+        "cannot change (it holds 9000)",
+    );
+    denied(
+        validate_host_port(&hp("port-9000", Some(70000), true), None, ALLOCATOR, None),
+        "spec.port is 70000",
+    );
+    // Reservations: no claimRef, named after the port.
+    let reserved = hp("port-22", Some(22), false);
+    assert_eq!(
+        validate_host_port(&reserved, None, TENANT, None),
+        Verdict::Allow
+    );
+    assert_eq!(
+        validate_host_port(&reserved, Some(&reserved), TENANT, None),
+        Verdict::Allow
+    );
+    denied(
+        validate_host_port(&hp("ssh", Some(22), false), None, TENANT, None),
+        "so it must be named \"port-22\"",
+    );
+    denied(
+        validate_host_port(&hp("port-22", None, false), None, TENANT, None),
+        "reserves no port: set spec.port",
+    );
+    denied(
+        validate_host_port(
+            &hp("port-22", Some(22), true),
+            Some(&reserved),
+            TENANT,
+            None,
+        ),
+        "is bound to a claim",
+    );
+    denied(
+        validate_host_port(&reserved, Some(&reserved), TENANT, Some("status")),
+        "the status of HostPort \"port-22\" is written by the hostport allocator only",
+    );
+}
