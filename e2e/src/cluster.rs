@@ -1,8 +1,16 @@
 //! Real-cluster mode (`E2E_KUBECONFIG`): what the scenarios need installed first.
 
+use hostport_api::{HostPort, HostPortClaim, HostPortClass};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::harness::SCENARIO_LABEL;
 
 /// Applies this repository's CRDs (server-side apply) and waits until they are Established;
 /// with `rbac`, also `config/rbac`, so the binaries can run impersonating their
@@ -40,4 +48,85 @@ pub async fn prepare(client: &Client, rbac: bool) {
             .unwrap_or_else(|_| panic!("CRD {name} not Established after 30s"))
             .unwrap_or_else(|e| panic!("waiting for CRD {name}: {e}"));
     }
+}
+
+/// What earlier runs left on the cluster, deleted once per test process: a run that panicked
+/// never reached its cleanup, and its claims would keep competing for the scenarios' port
+/// ranges. Scenario objects carry the process id in their names (`<scenario>-<pid>-<n>`),
+/// so only other processes' are touched. One run per cluster at a time.
+pub async fn sweep_earlier_runs(client: &Client) {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| sweep(client.clone(), format!("-{}-", std::process::id())))
+        .await;
+}
+
+async fn sweep(client: Client, ours: String) {
+    let stale = |name: &str| !name.contains(&ours);
+    let delete = DeleteParams::default();
+    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    let merge = PatchParams::default();
+    // Webhooks first: a dead run's configurations would refuse every write in its namespaces.
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    for name in names(&mutating).await {
+        if name.starts_with("hostport-e2e-") && stale(&name) {
+            let _ = mutating.delete(&name, &delete).await;
+            let _ = validating.delete(&name, &delete).await;
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let scenario_namespaces: Vec<String> = namespaces
+        .list(&ListParams::default().labels(SCENARIO_LABEL))
+        .await
+        .map(|list| list.items.iter().map(ResourceExt::name_any).collect())
+        .unwrap_or_default();
+    let stale_namespaces: Vec<&String> = scenario_namespaces.iter().filter(|n| stale(n)).collect();
+    for namespace in &stale_namespaces {
+        let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), namespace);
+        for name in names(&claims).await {
+            let _ = claims.patch(&name, &merge, &unfinalize).await;
+        }
+        let _ = namespaces.delete(namespace, &delete).await;
+    }
+    let classes: Api<HostPortClass> = Api::all(client.clone());
+    for name in names(&classes).await {
+        if stale_namespaces
+            .iter()
+            .any(|ns| name.starts_with(&format!("{ns}-")))
+        {
+            let _ = classes.patch(&name, &merge, &unfinalize).await;
+            let _ = classes.delete(&name, &delete).await;
+        }
+    }
+    let host_ports: Api<HostPort> = Api::all(client.clone());
+    for host_port in host_ports
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let owner = host_port.claim_key().map(|(namespace, _)| namespace);
+        if owner.is_some_and(|ns| stale_namespaces.iter().any(|s| **s == ns)) {
+            let name = host_port.name_any();
+            let _ = host_ports.patch(&name, &merge, &unfinalize).await;
+            let _ = host_ports.delete(&name, &delete).await;
+        }
+    }
+    if !stale_namespaces.is_empty() {
+        eprintln!(
+            "swept {} namespace(s) an earlier run left behind",
+            stale_namespaces.len()
+        );
+    }
+}
+
+async fn names<K>(api: &Api<K>) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.list_metadata(&ListParams::default())
+        .await
+        .map(|list| list.items.iter().map(ResourceExt::name_any).collect())
+        .unwrap_or_default()
 }

@@ -57,7 +57,7 @@ pub async fn ensure_namespace(
 }
 
 /// Label that ties a namespace to its scenario (webhooks of one scenario see only its pods).
-const SCENARIO_LABEL: &str = "hostport-e2e/scenario";
+pub(crate) const SCENARIO_LABEL: &str = "hostport-e2e/scenario";
 
 /// A scenario's environment.
 pub struct Env {
@@ -70,7 +70,15 @@ pub struct Env {
     server: Option<TestApiServer>,
     /// The real cluster's client configuration (`E2E_KUBECONFIG`).
     cluster_config: Option<kube::Config>,
+    /// On a real cluster, scenarios of one process run one at a time: each runs a controller
+    /// that watches the whole cluster, and parallel ones would race for each other's claims
+    /// (safe, and what `robustness` tests on purpose, but it makes who wrote which Event, or
+    /// when a Lease is held, a matter of timing).
+    _one_at_a_time: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
+
+static CLUSTER_TURN: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -91,8 +99,10 @@ impl Env {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let unique = format!("{name}-{}-{n}", std::process::id());
         let mut cluster_config = None;
+        let mut turn = None;
         let (client, server) = match std::env::var_os("E2E_KUBECONFIG") {
             Some(path) => {
+                turn = Some(CLUSTER_TURN.clone().lock_owned().await);
                 let kubeconfig = kube::config::Kubeconfig::read_from(&path)
                     .unwrap_or_else(|e| panic!("E2E_KUBECONFIG {path:?}: {e}"));
                 let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -112,9 +122,11 @@ impl Env {
             prefix: unique,
             server,
             cluster_config,
+            _one_at_a_time: turn,
         };
         if env.server.is_none() {
             crate::cluster::prepare(&env.client, std::env::var_os("E2E_RBAC").is_some()).await;
+            crate::cluster::sweep_earlier_runs(&env.client).await;
         }
         let labels = json!({NAMESPACE_LABEL: "true", SCENARIO_LABEL: env.prefix});
         for (namespace, labels) in [
@@ -397,6 +409,21 @@ impl Env {
             .into_iter()
             .filter_map(|e| e.reason)
             .collect()
+    }
+
+    /// Whether an Event with `reason` shows up in the scenario's namespace within 10 s (an
+    /// Event is written after the status it announces, by whichever controller wrote it).
+    pub async fn has_event(&self, reason: &str) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.event_reasons().await.iter().any(|r| r == reason) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// HostPorts bound to this scenario's namespace.

@@ -236,10 +236,10 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
             .is_none(),
         "port 22 was never created"
     );
-    let events = env.event_reasons().await;
     assert!(
-        events.contains(&reasons::HOST_PORT_NOT_OWNED.to_owned()),
-        "{events:?}"
+        env.has_event(reasons::HOST_PORT_NOT_OWNED).await,
+        "{:?}",
+        env.event_reasons().await
     );
 
     // A Pending claim (class full) patched to name port 23 stays Pending on the pools.
