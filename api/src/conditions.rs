@@ -52,6 +52,16 @@ pub mod reasons {
     pub const OVERLAP: &str = "Overlap";
     /// Class: no pool overlaps another class.
     pub const NO_OVERLAP: &str = "NoOverlap";
+
+    /// Whether a claim Pending for `reason` stays Pending until someone acts (creates the
+    /// class, frees a port, recreates the claim): a pod naming it is told at once rather
+    /// than made to wait for a binding that will not come by itself.
+    pub fn blocks_binding(reason: &str) -> bool {
+        matches!(
+            reason,
+            CLASS_NOT_FOUND | POOL_EXHAUSTED | PORT_UNAVAILABLE | PORT_OUTSIDE_POOLS
+        )
+    }
 }
 
 /// `True`, `False` or `Unknown`, as `metav1.ConditionStatus`.

@@ -262,6 +262,12 @@ impl Env {
     /// Starts the webhook in-process on 127.0.0.1 and registers its configurations (pods
     /// in this scenario's namespace only, so scenarios sharing a real cluster do not meet).
     pub async fn start_webhook(&self) -> LocalWebhook {
+        self.start_webhook_with(hostport_webhook::RunOptions::default())
+            .await
+    }
+
+    /// [`Env::start_webhook`] with `options` (its allocator users are the scenario's).
+    pub async fn start_webhook_with(&self, options: hostport_webhook::RunOptions) -> LocalWebhook {
         // Without impersonation, the in-process controller writes as the kubeconfig's user.
         let allocator_users = if self.as_service_accounts() {
             vec![controller_user().username]
@@ -269,7 +275,11 @@ impl Env {
             vec![controller_user().username, self.admin_username().await]
         };
         let client = self.client_as(webhook_user());
-        let mut webhook = crate::local::start_webhook(client, allocator_users).await;
+        let options = hostport_webhook::RunOptions {
+            allocator_users,
+            ..options
+        };
+        let mut webhook = crate::local::start_webhook(client, options).await;
         let selector =
             json!({"matchLabels": {NAMESPACE_LABEL: "true", SCENARIO_LABEL: self.prefix}});
         let name = self.webhook_configurations();

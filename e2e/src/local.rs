@@ -25,30 +25,14 @@ pub struct LocalWebhook {
     pub url: String,
     /// The CA that signed its serving certificate (PEM).
     pub ca_pem: String,
+    /// Its metrics.
+    pub metrics: Arc<hostport_webhook::metrics::Metrics>,
     task: tokio::task::JoinHandle<()>,
     /// On a shared cluster: the configurations to delete when the webhook goes away.
     registered: Option<(kube::Config, String)>,
 }
 
 impl LocalWebhook {
-    /// A rustls client (ring, TLS 1.2+) trusting exactly the CAs in `bundle` (PEM), as
-    /// kube-apiserver trusts a webhook configuration's `caBundle`.
-    pub fn client_trusting(bundle: &[u8]) -> Result<rustls::ClientConfig, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(bundle) {
-            roots
-                .add(cert.map_err(|e| format!("caBundle: {e}"))?)
-                .map_err(|e| format!("caBundle: {e}"))?;
-        }
-        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-    }
-
     /// Deletes the webhook configurations `name` when this webhook stops, even when a
     /// scenario panics: on a shared cluster a configuration left pointing at a stopped
     /// webhook (failurePolicy Fail) would refuse every later write of claims, classes and
@@ -80,8 +64,8 @@ impl Drop for LocalWebhook {
     }
 }
 
-/// Starts the webhook on 127.0.0.1 (caches synced when this returns).
-pub async fn start_webhook(client: Client, allocator_users: Vec<String>) -> LocalWebhook {
+/// Starts the webhook on 127.0.0.1 with `options` (caches synced when this returns).
+pub async fn start_webhook(client: Client, options: hostport_webhook::RunOptions) -> LocalWebhook {
     let certs = hostport_webhook::tls::generate(
         &["localhost".into()],
         &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
@@ -102,11 +86,8 @@ pub async fn start_webhook(client: Client, allocator_users: Vec<String>) -> Loca
         "https://127.0.0.1:{}",
         listener.local_addr().expect("addr").port()
     );
-    let options = hostport_webhook::RunOptions {
-        allocator_users,
-        ..Default::default()
-    };
     let ready = options.ready.clone();
+    let metrics = options.metrics.clone();
     let task = tokio::spawn(hostport_webhook::run(
         client,
         listener,
@@ -127,6 +108,7 @@ pub async fn start_webhook(client: Client, allocator_users: Vec<String>) -> Loca
     LocalWebhook {
         url,
         ca_pem: certs.ca_pem,
+        metrics,
         task,
         registered: None,
     }
@@ -198,11 +180,11 @@ pub struct Stack {
 pub async fn start_stack(server: &kube_testserver::TestApiServer) -> Result<Stack, kube::Error> {
     let admin = server.client();
     ensure_namespace(&admin, SYSTEM_NAMESPACE, serde_json::json!({})).await?;
-    let webhook = start_webhook(
-        server.client_as(webhook_user()),
-        vec![controller_user().username],
-    )
-    .await;
+    let options = hostport_webhook::RunOptions {
+        allocator_users: vec![controller_user().username],
+        ..Default::default()
+    };
+    let webhook = start_webhook(server.client_as(webhook_user()), options).await;
     register_webhooks(
         &admin,
         "hostport-allocator",

@@ -26,6 +26,8 @@ fn demo_runs_end_to_end() {
         "metadata.annotations[\"port.hostport.rmb938.com/web\"]: \"9000\"",
         "the container sees MY_HOST_PORT=9000",
         "sets hostPort 80 without a claim",
+        "pod/demo/app admitted the first time",
+        "port.hostport.rmb938.com/web = \"9001\"",
         "Deleting — InUseByPods",
         "port 9000 is free again",
         "Demo complete",

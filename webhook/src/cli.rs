@@ -103,6 +103,11 @@ pub struct Args {
     /// webhook configurations' timeoutSeconds).
     #[arg(long, env = "HOSTPORT_WEBHOOK_API_TIMEOUT_MS", default_value_t = 2000)]
     api_timeout_ms: u64,
+    /// Longest a pod's admission waits, in milliseconds, for the claims it names to appear
+    /// and bind (a claim and its pod applied in one go); 0 turns waiting off. Keep it plus
+    /// --api-timeout-ms below the webhook configurations' timeoutSeconds.
+    #[arg(long, env = "HOSTPORT_WEBHOOK_BIND_WAIT_MS", default_value_t = 2000)]
+    bind_wait_ms: u64,
     /// Log format.
     #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -198,6 +203,7 @@ pub async fn main() -> anyhow::Result<()> {
     let options = RunOptions {
         allocator_users,
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
+        bind_wait: Duration::from_millis(args.bind_wait_ms),
         ..RunOptions::default()
     };
     let stop = Stop::on_signal();

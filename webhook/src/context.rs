@@ -2,6 +2,12 @@
 //! bounded API read on a miss or a not-yet-Bound claim (so a claim bound a moment ago is
 //! never wrongly denied because the cache lags).
 //!
+//! A pod admitted together with its claim (one `kubectl apply` of both) waits for the claim
+//! to appear and bind, fed by the claim watch: no API call per waiting pod, bounded by
+//! `bind_wait`, and over as soon as the claim binds or is Pending for a reason that needs
+//! someone to act (`reasons::blocks_binding`). The wait is a future of the request: a
+//! client that goes away drops it.
+//!
 //! A port is injected only when the whole chain holds: the claim names a HostPort in
 //! `spec.hostPortName`, that HostPort's `claimRef.uid` is the claim's UID and it holds a
 //! port, and the claim's `status.port` (if any) agrees. A claim's status alone is never
@@ -10,7 +16,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostport_api::conditions::{self, types};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use hostport_api::conditions::{self, reasons, types};
 use hostport_api::{ALLOW_HOST_NETWORK_ANNOTATION, HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
@@ -26,6 +35,8 @@ pub struct Context {
     pub client: Client,
     /// Every HostPortClaim (stripped: see `runner::strip`).
     pub claims: Store<HostPortClaim>,
+    /// Bumped after every change of `claims`.
+    pub claim_changes: watch::Receiver<u64>,
     /// Every HostPort (stripped).
     pub host_ports: Store<HostPort>,
     /// Every HostPortClass (stripped).
@@ -34,6 +45,8 @@ pub struct Context {
     pub allocator_users: Vec<String>,
     /// Longest one API read may take (the webhook must answer within its timeout).
     pub api_timeout: Duration,
+    /// Longest a pod's admission waits for its claims to appear and bind.
+    pub bind_wait: Duration,
     /// Metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -50,6 +63,49 @@ impl Context {
     /// Whether `user` is the allocator identity.
     pub fn is_allocator(&self, user: &str) -> bool {
         self.allocator_users.iter().any(|u| u == user)
+    }
+
+    /// A claim's state for pod admission, after waiting (until `deadline`) while it does not
+    /// exist yet or is Pending for a reason the allocator gets past by itself.
+    pub async fn claim_state_when_settled(
+        &self,
+        namespace: &str,
+        name: &str,
+        deadline: Instant,
+    ) -> ClaimState {
+        let key = ObjectRef::new(name).within(namespace);
+        let mut changes = self.claim_changes.clone();
+        let mut waiting: Option<WaitGuard> = None;
+        let settled = loop {
+            // Marked seen before the look, so a change right after it still wakes us.
+            changes.borrow_and_update();
+            let settled = self
+                .claims
+                .get(&key)
+                .is_some_and(|claim| is_settled(&claim));
+            if settled || Instant::now() >= deadline {
+                break settled;
+            }
+            waiting.get_or_insert_with(|| WaitGuard::start(&self.metrics));
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break false },
+                () = tokio::time::sleep_until(deadline) => {},
+            }
+        };
+        let waited = waiting.is_some();
+        drop(waiting);
+        match self.claim_state(namespace, name).await {
+            ClaimState::Pending { why } if waited && !settled => {
+                let waited = format!(
+                    "not Bound after the webhook waited {:?} for the allocator",
+                    self.bind_wait
+                );
+                ClaimState::Pending {
+                    why: Some(why.map_or(waited.clone(), |why| format!("{why}; {waited}"))),
+                }
+            }
+            state => state,
+        }
     }
 
     /// A claim's state for pod admission.
@@ -151,6 +207,47 @@ impl Context {
                 .get(ALLOW_HOST_NETWORK_ANNOTATION)
                 .is_some_and(|v| v == "true")
         }))
+    }
+}
+
+/// Whether a cached claim is as bound as it will get without someone acting: Bound, being
+/// deleted, or Pending for a reason that blocks binding.
+fn is_settled(claim: &HostPortClaim) -> bool {
+    if claim.metadata.deletion_timestamp.is_some()
+        || claim.phase() == hostport_api::ClaimPhase::Bound
+    {
+        return true;
+    }
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+        .is_some_and(|c| reasons::blocks_binding(&c.reason))
+}
+
+/// One admission waiting for a claim, counted while it waits (also when the request is
+/// dropped mid-wait: the gauge is what shows nothing is left waiting).
+struct WaitGuard<'a> {
+    metrics: &'a Metrics,
+    started: Instant,
+}
+
+impl<'a> WaitGuard<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        metrics.claim_waits.inc();
+        Self {
+            metrics,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.claim_waits.dec();
+        self.metrics
+            .claim_wait_seconds
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 

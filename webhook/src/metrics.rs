@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub denials: Family<DenialLabels, Counter>,
     /// Time to answer, seconds.
     pub latency: Histogram,
+    /// Admissions waiting right now for a claim to appear or bind.
+    pub claim_waits: Gauge,
+    /// How long admissions waited for claims, seconds (only those that waited).
+    pub claim_wait_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -57,11 +62,25 @@ impl Default for Metrics {
             "Time to answer an admission request",
             latency.clone(),
         );
+        let claim_waits = Gauge::default();
+        registry.register(
+            "claim_waits",
+            "Pod admissions waiting right now for a named claim to appear or bind",
+            claim_waits.clone(),
+        );
+        let claim_wait_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 13));
+        registry.register(
+            "claim_wait_duration_seconds",
+            "Time pod admissions waited for named claims to appear or bind",
+            claim_wait_seconds.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
             denials,
             latency,
+            claim_waits,
+            claim_wait_seconds,
         }
     }
 }

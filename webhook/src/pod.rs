@@ -308,7 +308,7 @@ fn bound_port(key: &str, claim_name: &str, state: Option<&ClaimState>) -> Result
             Err(deny(
                 reasons::CLAIM_NOT_BOUND,
                 format!(
-                    "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: waiting for the allocator; create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
+                    "annotation {key:?} names HostPortClaim {claim_name:?}, which is not Bound yet{why}: create the pod again once `kubectl get hostportclaim {claim_name}` shows a port"
                 ),
             ))
         }

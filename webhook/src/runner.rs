@@ -14,6 +14,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::metrics::Metrics;
@@ -26,6 +27,10 @@ pub struct RunOptions {
     pub allocator_users: Vec<String>,
     /// Longest one API read may take.
     pub api_timeout: Duration,
+    /// Longest a pod's admission waits for the claims it names to appear and bind (a claim
+    /// and its pod applied together); keep it and `api_timeout` together below the webhook
+    /// configuration's `timeoutSeconds`.
+    pub bind_wait: Duration,
     /// Metrics to update.
     pub metrics: Arc<Metrics>,
     /// Set once the caches are synced (a certificate is loaded before `run` is called).
@@ -40,6 +45,7 @@ impl Default for RunOptions {
                 CONTROLLER_SERVICE_ACCOUNT,
             )],
             api_timeout: Duration::from_secs(2),
+            bind_wait: Duration::from_secs(2),
             metrics: Arc::default(),
             ready: Arc::default(),
         }
@@ -71,7 +77,13 @@ pub fn strip_class(class: &mut HostPortClass) {
     class.status = None;
 }
 
-fn cache<K>(client: &Client, strip: fn(&mut K)) -> (Store<K>, tokio::task::JoinHandle<()>)
+/// A watch-fed cache of `K`, the task that feeds it, and a counter bumped after each change
+/// has reached the cache (what admissions waiting for an object to change wait on: no API
+/// call per waiter).
+fn cache<K>(
+    client: &Client,
+    strip: fn(&mut K),
+) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -88,15 +100,20 @@ where
             .default_backoff()
             .modify(strip),
     );
+    let (changed, changes) = watch::channel(0u64);
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff");
+            match event {
+                // The reflector has applied the event to the store before it is yielded.
+                Ok(_) => changed.send_modify(|n| *n = n.wrapping_add(1)),
+                Err(error) => {
+                    tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff")
+                }
             }
         }
     });
-    (reader, task)
+    (reader, changes, task)
 }
 
 /// Serves admission on `listener` with `tls` until `shutdown` completes.
@@ -107,19 +124,21 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let (claims, claim_task) = cache(&client, strip_claim);
-    let (host_ports, host_port_task) = cache(&client, |hp: &mut HostPort| {
+    let (claims, claim_changes, claim_task) = cache(&client, strip_claim);
+    let (host_ports, _, host_port_task) = cache(&client, |hp: &mut HostPort| {
         strip_host_port(hp);
         strip_webhook_metadata(hp);
     });
-    let (classes, class_task) = cache(&client, strip_class);
+    let (classes, _, class_task) = cache(&client, strip_class);
     let state = Arc::new(Context {
         client,
         claims: claims.clone(),
         host_ports: host_ports.clone(),
         classes: classes.clone(),
+        claim_changes,
         allocator_users: options.allocator_users.clone(),
         api_timeout: options.api_timeout,
+        bind_wait: options.bind_wait,
         metrics: options.metrics.clone(),
     });
     let ready = options.ready.clone();

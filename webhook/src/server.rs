@@ -223,10 +223,16 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> R
                 } else {
                     false
                 };
-                // Resolve every named claim first (cache, then one bounded API read each).
+                // Resolve every named claim first: waiting (one deadline for them all) for
+                // claims applied together with the pod, then the cache or one bounded API
+                // read each.
+                let deadline = tokio::time::Instant::now() + shared.bind_wait;
                 let mut states = ClaimStates::new();
                 for name in new_pod.claim_names() {
-                    states.insert(name.to_owned(), shared.claim_state(&namespace, name).await);
+                    let state = shared
+                        .claim_state_when_settled(&namespace, name, deadline)
+                        .await;
+                    states.insert(name.to_owned(), state);
                 }
                 let verdict = pod::admit_create(&new_pod, host_network_allowed, &states);
                 (request, verdict)

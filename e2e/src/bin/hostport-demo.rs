@@ -244,6 +244,23 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         Err(other) => return Err(other.into()),
     }
 
+    println!("\n3b. One file: a claim and its pod applied together (config/samples/app.yaml)");
+    let started = std::time::Instant::now();
+    apply_samples(&admin, &args.samples, &["app.yaml"]).await?;
+    let app = pods.get("app").await?;
+    let app_port = app
+        .annotations()
+        .get("port.hostport.rmb938.com/web")
+        .cloned()
+        .unwrap_or_default();
+    if app_port.is_empty() {
+        bail!("the pod applied with its claim got no port");
+    }
+    println!(
+        "   pod/demo/app admitted the first time, {} ms after the apply began: port.hostport.rmb938.com/web = {app_port:?}",
+        started.elapsed().as_millis()
+    );
+
     if args.keep_running {
         println!("\nThe server keeps running with these objects. Try:");
         println!("   export KUBECONFIG={}", args.kubeconfig.display());
@@ -283,6 +300,9 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     );
     pods.delete("echo", &DeleteParams::default()).await?;
     println!("   pod/demo/echo deleted");
+    pods.delete("app", &DeleteParams::default()).await?;
+    claims.delete("app-web", &DeleteParams::default()).await?;
+    println!("   pod/demo/app and hostportclaim/demo/app-web deleted");
     wait_for("the HostPort and the claim to go", || {
         let (claims, host_ports) = (claims.clone(), Api::<HostPort>::all(admin.clone()));
         let name = host_port_name.clone();

@@ -191,7 +191,7 @@ fn every_denial_names_the_problem_and_the_fix() {
                 why: Some("PoolExhausted: all 2 ports are in use".into()),
             },
             "ClaimNotBound",
-            "is not Bound yet (PoolExhausted: all 2 ports are in use): waiting for the allocator",
+            "is not Bound yet (PoolExhausted: all 2 ports are in use): create the pod again once",
         ),
         (
             readme_pod(
