@@ -1,8 +1,10 @@
-//! Every API write of the controller. Each is scoped to the fields it owns, safe to repeat,
-//! returns the object as the API server stored it (so the next step never works on a stale
-//! copy), and records the version it wrote over, so a reconcile handed that version later by
-//! the lagging watch cache waits instead of repeating the write (`Context::is_stale`).
-//! Nothing else in the controller writes: a new write belongs here.
+//! Every API write to the objects the controller reconciles: claims, HostPorts, classes (the
+//! only other writes are Events, in `events.rs`, and the leader Lease, in `leader.rs`). Each
+//! is scoped to the fields it owns, safe to repeat, returns the object as the API server
+//! stored it (so the next step never works on a stale copy), and records the version it
+//! wrote over, so a reconcile handed that version later by the lagging watch cache waits
+//! instead of repeating the write (`Context::is_stale`). Nothing else writes these objects:
+//! a new write belongs here.
 
 use std::time::Instant;
 
