@@ -1,10 +1,13 @@
 //! `HostPortClass`: a cluster-wide pool of node ports that claims allocate from.
 
+use std::collections::BTreeMap;
+
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::conditions::Condition;
+use crate::conditions::{Condition, reasons};
 use crate::ports::{PortPool, PortRange, describe_ranges, usable_ranges};
+use crate::selector::LabelSelector;
 
 /// A pool of host ports that HostPortClaims of this class are allocated from. Admins create
 /// one class per purpose (e.g. `game-servers` on 27000-27100); tenants name it in their claims.
@@ -56,6 +59,18 @@ pub struct HostPortClassSpec {
     /// claim asks first: a node port is only ever allocated once.
     #[schemars(length(min = 1, max = 128))]
     pub pools: Vec<PortPool>,
+    /// Which namespaces may claim ports of this class, by the labels of the Namespace
+    /// (e.g. `matchLabels: {kubernetes.io/metadata.name: games}`). Unset or empty: every
+    /// namespace. The webhook denies claims from other namespaces (`NamespaceNotAllowed`);
+    /// the allocator never binds one that got past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Most claims of this class one namespace may hold (unset: no limit). The webhook
+    /// denies the claim over the limit (`NamespaceLimitReached`); the allocator leaves claims
+    /// over it Pending until one of the namespace's claims of the class is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_claims_per_namespace: Option<i32>,
 }
 
 /// Observed state of a HostPortClass, written by the controller.
@@ -89,6 +104,8 @@ impl HostPortClassSpec {
                 .iter()
                 .map(|&(start, end)| PortPool { start, end })
                 .collect(),
+            namespace_selector: None,
+            max_claims_per_namespace: None,
         }
     }
 }
@@ -97,6 +114,39 @@ impl HostPortClass {
     /// The well-formed pools of the class (a malformed stored pool is skipped, not fatal).
     pub fn ranges(&self) -> Vec<PortRange> {
         usable_ranges(&self.spec.pools)
+    }
+
+    /// Why a claim in `namespace` (whose labels are `labels`) may not take a port of this
+    /// class while the namespace holds `holding` other claims of it: the condition reason
+    /// and a message naming the rule and the fix; `None` when it may. One rule for the
+    /// webhook (at creation) and the allocator (before binding).
+    pub fn refuses_namespace(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        holding: usize,
+    ) -> Option<(&'static str, String)> {
+        let class = self.metadata.name.as_deref().unwrap_or_default();
+        if let Some(selector) = &self.spec.namespace_selector
+            && !selector.matches(labels)
+        {
+            return Some((
+                reasons::NAMESPACE_NOT_ALLOWED,
+                format!(
+                    "namespace {namespace:?} is not selected by the namespaceSelector of HostPortClass {class:?} ({}): use a class this namespace may claim from, or ask a cluster admin to label the namespace",
+                    selector.describe()
+                ),
+            ));
+        }
+        match self.spec.max_claims_per_namespace {
+            Some(max) if i64::try_from(holding).unwrap_or(i64::MAX) >= i64::from(max) => Some((
+                reasons::NAMESPACE_LIMIT_REACHED,
+                format!(
+                    "namespace {namespace:?} already holds {holding} claim(s) of HostPortClass {class:?}, its maxClaimsPerNamespace is {max}: delete one of them, or use another class"
+                ),
+            )),
+            _ => None,
+        }
     }
 
     /// Why `port` may not be asked of this class, if it is outside its pools; the caller

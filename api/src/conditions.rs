@@ -34,6 +34,10 @@ pub mod reasons {
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     /// The claim's requested `spec.port` is in none of its class's pools.
     pub const PORT_OUTSIDE_POOLS: &str = "PortOutsidePools";
+    /// The claim's namespace is not selected by its class's `namespaceSelector`.
+    pub const NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
+    /// The claim's namespace already holds `maxClaimsPerNamespace` claims of its class.
+    pub const NAMESPACE_LIMIT_REACHED: &str = "NamespaceLimitReached";
     /// The claim is being deleted and pods still reference it.
     pub const IN_USE_BY_PODS: &str = "InUseByPods";
     /// HostPort: its claim is gone, but pods that named the claim still run, so the port
@@ -59,7 +63,12 @@ pub mod reasons {
     pub fn blocks_binding(reason: &str) -> bool {
         matches!(
             reason,
-            CLASS_NOT_FOUND | POOL_EXHAUSTED | PORT_UNAVAILABLE | PORT_OUTSIDE_POOLS
+            CLASS_NOT_FOUND
+                | POOL_EXHAUSTED
+                | PORT_UNAVAILABLE
+                | PORT_OUTSIDE_POOLS
+                | NAMESPACE_NOT_ALLOWED
+                | NAMESPACE_LIMIT_REACHED
         )
     }
 }

@@ -17,6 +17,7 @@ pub mod host_port;
 pub mod identity;
 pub mod names;
 pub mod ports;
+pub mod selector;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
 pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus};

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -21,7 +22,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::error::{Error, Result, status_code};
-use crate::pick::{Pick, pick_port};
+use crate::pick::{NamespaceAccess, Pick, pick_port};
 use crate::pods;
 use crate::writes::{self, claim_name};
 
@@ -202,16 +203,27 @@ enum Allocation {
 /// Picks ports until a create of `port-<n>` succeeds (the lock) or the pick says to wait;
 /// a 409 means the port was taken behind the book's back, so the next pick goes on.
 async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Allocation> {
-    let class = ctx
-        .caches
-        .classes
-        .get(&ObjectRef::new(&claim.spec.host_port_class_name));
+    let class_name = &claim.spec.host_port_class_name;
+    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
+    let namespace = claim.namespace().unwrap_or_default();
+    // With a per-namespace limit, the claims of one namespace and class are given ports one
+    // at a time, so two reconciles in flight cannot both take the last place.
+    let limited = class
+        .as_ref()
+        .is_some_and(|c| c.spec.max_claims_per_namespace.is_some());
+    let quota_lock = limited.then(|| ctx.quota_lock(&namespace, class_name));
+    let _one_at_a_time = match &quota_lock {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
+    let access = namespace_access(claim, uid, class.as_deref(), ctx).await?;
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     for _ in 0..MAX_PICKS {
         let pick = pick_port(
             claim,
             uid,
             class.as_deref(),
+            &access,
             &mut ctx.book(),
             Instant::now(),
         );
@@ -261,6 +273,49 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
     })
 }
 
+/// What the class's access rules need to know of the claim's namespace: its labels (read from
+/// the API server, only when the class selects namespaces) and how many other claims of the
+/// class there hold a port or are being given one (from the caches and the book).
+async fn namespace_access(
+    claim: &HostPortClaim,
+    uid: &str,
+    class: Option<&hostport_api::HostPortClass>,
+    ctx: &Context,
+) -> Result<NamespaceAccess> {
+    let Some(class) = class else {
+        return Ok(NamespaceAccess::default());
+    };
+    let namespace = claim.namespace().unwrap_or_default();
+    let mut access = NamespaceAccess::default();
+    if class.spec.namespace_selector.is_some() {
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        let found = namespaces.get_opt(&namespace).await.map_err(Error::api(
+            "reading",
+            "Namespace",
+            &namespace,
+        ))?;
+        access.labels = found.map(|ns| ns.labels().clone()).unwrap_or_default();
+    }
+    if class.spec.max_claims_per_namespace.is_some() {
+        let claims = ctx.caches.claims.state();
+        let book = ctx.book();
+        access.holding = claims
+            .iter()
+            .filter(|other| {
+                other.namespace().as_deref() == Some(namespace.as_str())
+                    && other.spec.host_port_class_name == claim.spec.host_port_class_name
+            })
+            .filter_map(|other| other.uid())
+            .filter(|other_uid| other_uid != uid)
+            .filter(|other_uid| {
+                let (held, reserved) = book.of_claim(other_uid);
+                !held.is_empty() || reserved.is_some()
+            })
+            .count();
+    }
+    Ok(access)
+}
+
 /// Leaves the claim Pending with `reason`, announcing a new reason with an Event.
 async fn pending(
     claim: &HostPortClaim,
@@ -281,7 +336,10 @@ async fn pending(
         ctx.event(claim, EventType::Warning, reason, "Binding", message)
             .await;
     }
-    if matches!(reason, reasons::POOL_EXHAUSTED | reasons::PORT_UNAVAILABLE) {
+    if matches!(
+        reason,
+        reasons::POOL_EXHAUSTED | reasons::PORT_UNAVAILABLE | reasons::NAMESPACE_LIMIT_REACHED
+    ) {
         ctx.wait_for_port(ObjectRef::from_obj(claim));
     }
     Ok(Action::requeue(RECHECK))

@@ -63,6 +63,9 @@ pub struct Triggers {
     pub classes: UnboundedSender<ObjectRef<HostPortClass>>,
 }
 
+/// Serializes the allocations of one (namespace, class) with a per-namespace limit.
+pub type QuotaLock = Arc<tokio::sync::Mutex<()>>;
+
 /// Shared by every reconcile.
 pub struct Context {
     /// API client.
@@ -75,6 +78,9 @@ pub struct Context {
     book: Mutex<PortBook>,
     /// Claims waiting for a port to free (PoolExhausted, PortUnavailable).
     waiting: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
+    /// One lock per (namespace, class) with a per-namespace limit: such claims get ports
+    /// one at a time.
+    quota_locks: Mutex<HashMap<(String, String), QuotaLock>>,
     /// When each class's status was last written.
     class_status_written: Mutex<HashMap<String, Instant>>,
     /// Versions of objects this process has replaced with its own writes (recorded by
@@ -124,6 +130,7 @@ impl Context {
             book: Mutex::new(book),
             waiting: Mutex::default(),
             class_status_written: Mutex::default(),
+            quota_locks: Mutex::default(),
             superseded: Superseded::default(),
             backoff: Backoff::default(),
             metrics,
@@ -135,6 +142,14 @@ impl Context {
     /// The port book (held briefly, never across an await).
     pub fn book(&self) -> MutexGuard<'_, PortBook> {
         lock(&self.book)
+    }
+
+    /// The lock that serializes allocations of `class` in `namespace`.
+    pub fn quota_lock(&self, namespace: &str, class: &str) -> QuotaLock {
+        lock(&self.quota_locks)
+            .entry((namespace.to_owned(), class.to_owned()))
+            .or_default()
+            .clone()
     }
 
     /// Remembers a claim that waits for a port to free.

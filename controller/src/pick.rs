@@ -3,6 +3,7 @@
 //! class's pools — or why it has to wait. Pure (no I/O); `claim::allocate` turns the pick
 //! into the create that locks it.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use hostport_api::conditions::reasons;
@@ -29,12 +30,22 @@ fn wait(reason: &'static str, message: String) -> Pick {
     Pick::Wait { reason, message }
 }
 
+/// What the allocator knows of a claim's namespace for its class's access rules.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceAccess {
+    /// The Namespace's labels (read only when the class has a `namespaceSelector`).
+    pub labels: BTreeMap<String, String>,
+    /// Other claims of the class in the namespace that hold or are being given a port.
+    pub holding: usize,
+}
+
 /// Picks the port `claim` (UID `uid`) should try next from `class` (as cached; `None` when
 /// missing), reserving it in `book`.
 pub fn pick_port(
     claim: &HostPortClaim,
     uid: &str,
     class: Option<&HostPortClass>,
+    access: &NamespaceAccess,
     book: &mut PortBook,
     now: Instant,
 ) -> Pick {
@@ -47,6 +58,12 @@ pub fn pick_port(
             ),
         );
     };
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some((reason, message)) =
+        class.refuses_namespace(namespace, &access.labels, access.holding)
+    {
+        return wait(reason, message);
+    }
     let requested = claim.requested_port();
     if let Some(outside) = requested.and_then(|port| class.port_outside_pools(port)) {
         return wait(
@@ -128,6 +145,11 @@ mod tests {
         book
     }
 
+    /// A namespace every class lets in.
+    fn open() -> NamespaceAccess {
+        NamespaceAccess::default()
+    }
+
     fn reason(pick: &Pick) -> &'static str {
         match pick {
             Pick::Wait { reason, .. } => reason,
@@ -142,18 +164,18 @@ mod tests {
         let now = Instant::now();
         let claim = claim(None, None);
         assert_eq!(
-            pick_port(&claim, "a", Some(&class), &mut book, now),
+            pick_port(&claim, "a", Some(&class), &open(), &mut book, now),
             Pick::Port(9001)
         );
         assert_eq!(
-            pick_port(&claim, "b", Some(&class), &mut book, now),
+            pick_port(&claim, "b", Some(&class), &open(), &mut book, now),
             Pick::Port(9002)
         );
         assert_eq!(
-            pick_port(&claim, "c", Some(&class), &mut book, now),
+            pick_port(&claim, "c", Some(&class), &open(), &mut book, now),
             Pick::Port(30000)
         );
-        let exhausted = pick_port(&claim, "d", Some(&class), &mut book, now);
+        let exhausted = pick_port(&claim, "d", Some(&class), &open(), &mut book, now);
         assert_eq!(reason(&exhausted), reasons::POOL_EXHAUSTED);
         let Pick::Wait { message, .. } = exhausted else {
             unreachable!()
@@ -170,12 +192,33 @@ mod tests {
         let now = Instant::now();
         let mut book = book(&[9005]);
         assert_eq!(
-            pick_port(&claim(Some(9007), None), "a", Some(&class), &mut book, now),
+            pick_port(
+                &claim(Some(9007), None),
+                "a",
+                Some(&class),
+                &open(),
+                &mut book,
+                now
+            ),
             Pick::Port(9007)
         );
-        let taken = pick_port(&claim(Some(9005), None), "b", Some(&class), &mut book, now);
+        let taken = pick_port(
+            &claim(Some(9005), None),
+            "b",
+            Some(&class),
+            &open(),
+            &mut book,
+            now,
+        );
         assert_eq!(reason(&taken), reasons::PORT_UNAVAILABLE);
-        let outside = pick_port(&claim(Some(80), None), "c", Some(&class), &mut book, now);
+        let outside = pick_port(
+            &claim(Some(80), None),
+            "c",
+            Some(&class),
+            &open(),
+            &mut book,
+            now,
+        );
         assert_eq!(reason(&outside), reasons::PORT_OUTSIDE_POOLS);
         let Pick::Wait { message, .. } = outside else {
             unreachable!()
@@ -193,20 +236,20 @@ mod tests {
         let mut book = book(&[9003]);
         let back = claim(None, Some("port-9008"));
         assert_eq!(
-            pick_port(&back, "a", Some(&class), &mut book, now),
+            pick_port(&back, "a", Some(&class), &open(), &mut book, now),
             Pick::Port(9008)
         );
         // Taken since: the lowest free port instead, not a wait.
         let taken = claim(None, Some("port-9003"));
         assert_eq!(
-            pick_port(&taken, "b", Some(&class), &mut book, now),
+            pick_port(&taken, "b", Some(&class), &open(), &mut book, now),
             Pick::Port(9000)
         );
         // Outside the pools now, or a Go-era name: the lowest free port.
         for (name, lowest) in [("port-20000", 9001), ("hpc-1234", 9002)] {
             let other = claim(None, Some(name));
             assert_eq!(
-                pick_port(&other, "c", Some(&class), &mut book, now),
+                pick_port(&other, "c", Some(&class), &open(), &mut book, now),
                 Pick::Port(lowest),
                 "{name}"
             );
@@ -217,18 +260,63 @@ mod tests {
     fn a_missing_or_deleting_class_is_waited_for() {
         let now = Instant::now();
         let mut book = book(&[]);
-        let missing = pick_port(&claim(None, None), "a", None, &mut book, now);
+        let missing = pick_port(&claim(None, None), "a", None, &open(), &mut book, now);
         assert_eq!(reason(&missing), reasons::CLASS_NOT_FOUND);
         let mut deleting = class(&[(9000, 9010)]);
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-        let gone = pick_port(&claim(None, None), "a", Some(&deleting), &mut book, now);
+        let gone = pick_port(
+            &claim(None, None),
+            "a",
+            Some(&deleting),
+            &open(),
+            &mut book,
+            now,
+        );
         assert_eq!(reason(&gone), reasons::CLASS_NOT_FOUND);
         assert!(
             !book.is_used(9000),
             "nothing reserved for a claim that waits"
         );
+    }
+
+    #[test]
+    fn namespace_selector_and_limit_are_enforced_before_a_port_is_taken() {
+        let now = Instant::now();
+        let mut book = book(&[]);
+        let mut class = class(&[(9000, 9010)]);
+        class.spec.namespace_selector = Some(hostport_api::selector::LabelSelector {
+            match_labels: [("team".to_owned(), "a".to_owned())].into(),
+            ..Default::default()
+        });
+        class.spec.max_claims_per_namespace = Some(2);
+        let mut claim = claim(None, None);
+        claim.metadata.namespace = Some("team-b".into());
+        let outsider = NamespaceAccess {
+            labels: [("team".to_owned(), "b".to_owned())].into(),
+            holding: 0,
+        };
+        let refused = pick_port(&claim, "a", Some(&class), &outsider, &mut book, now);
+        assert_eq!(reason(&refused), reasons::NAMESPACE_NOT_ALLOWED);
+        let Pick::Wait { message, .. } = refused else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("\"team-b\"") && message.contains("team=a"),
+            "{message}"
+        );
+        let member = |holding| NamespaceAccess {
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            holding,
+        };
+        assert_eq!(
+            pick_port(&claim, "a", Some(&class), &member(1), &mut book, now),
+            Pick::Port(9000)
+        );
+        let full = pick_port(&claim, "b", Some(&class), &member(2), &mut book, now);
+        assert_eq!(reason(&full), reasons::NAMESPACE_LIMIT_REACHED);
+        assert!(!book.is_used(9001), "nothing reserved for a refused claim");
     }
 }

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool};
+use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
@@ -47,15 +47,7 @@ async fn run(claims_count: usize) {
     .expect("kubeconfig");
     let client = server.client();
     let classes: Api<HostPortClass> = Api::all(client.clone());
-    let class = HostPortClass::new(
-        "bench",
-        HostPortClassSpec {
-            pools: vec![PortPool {
-                start: 1024,
-                end: 65535,
-            }],
-        },
-    );
+    let class = HostPortClass::new("bench", HostPortClassSpec::with_pools(&[(1024, 65535)]));
     classes
         .create(&PostParams::default(), &class)
         .await

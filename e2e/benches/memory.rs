@@ -15,9 +15,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hostport_api::{
-    HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec, PortPool,
-};
+use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::api::{Api, ListParams, PostParams};
 use kube_testserver::{Options, TestApiServer, UserInfo};
@@ -87,15 +85,7 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
     Api::<HostPortClass>::all(client.clone())
         .create(
             &PostParams::default(),
-            &HostPortClass::new(
-                "bench",
-                HostPortClassSpec {
-                    pools: vec![PortPool {
-                        start: 1024,
-                        end: 65535,
-                    }],
-                },
-            ),
+            &HostPortClass::new("bench", HostPortClassSpec::with_pools(&[(1024, 65535)])),
         )
         .await
         .expect("class");

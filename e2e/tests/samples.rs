@@ -81,9 +81,33 @@ async fn every_sample_applies_and_works() {
             .expect("annotations")
             .contains_key("port.hostport.rmb938.com/web")
     );
-    let quota: Api<k8s_openapi::api::core::v1::ResourceQuota> = Api::namespaced(admin, "demo");
+    let quota: Api<k8s_openapi::api::core::v1::ResourceQuota> =
+        Api::namespaced(admin.clone(), "demo");
     quota
         .get("host-ports")
         .await
         .expect("the quota sample is stored");
+
+    // team-class.yaml: namespace demo (by its kubernetes.io/metadata.name label) only.
+    let team_claim = |name: &str| {
+        HostPortClaim::new(
+            name,
+            hostport_api::HostPortClaimSpec {
+                host_port_class_name: "team-demo".into(),
+                host_port_name: None,
+                port: None,
+            },
+        )
+    };
+    claims
+        .create(&Default::default(), &team_claim("team"))
+        .await
+        .expect("demo may claim from team-demo");
+    let elsewhere = Api::<HostPortClaim>::namespaced(admin, "default")
+        .create(&Default::default(), &team_claim("team"))
+        .await;
+    assert!(
+        matches!(&elsewhere, Err(kube::Error::Api(s)) if s.message.contains("is not selected by the namespaceSelector")),
+        "{elsewhere:?}"
+    );
 }

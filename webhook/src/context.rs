@@ -195,6 +195,32 @@ impl Context {
             .filter(|c| c.name_any() == name)
     }
 
+    /// The labels of `namespace`, read from the API server (bounded): only claims of a class
+    /// with a `namespaceSelector` ask. `Err` says why they are unknown.
+    pub async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let what = format!("namespace {namespace:?}");
+        let found = self.read(&api, namespace, &what).await?;
+        Ok(found.map(|ns| ns.labels().clone()).unwrap_or_default())
+    }
+
+    /// Claims of `class` in `namespace` other than `name`, from the cache.
+    pub fn claims_of_class(&self, namespace: &str, class: &str, name: &str) -> usize {
+        self.claims
+            .state()
+            .iter()
+            .filter(|c| {
+                c.namespace().as_deref() == Some(namespace)
+                    && c.spec.host_port_class_name == class
+                    && c.name_any() != name
+                    && c.metadata.deletion_timestamp.is_none()
+            })
+            .count()
+    }
+
     /// Whether a cluster admin allowed `hostNetwork` pods in `namespace` (its annotation
     /// [`ALLOW_HOST_NETWORK_ANNOTATION`] is `"true"`). Read from the API server: only
     /// `hostNetwork` pods ask, so no namespace cache is kept. `Err` says why it is unknown.

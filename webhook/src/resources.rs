@@ -116,6 +116,25 @@ pub fn validate_claim(
     Verdict::Allow
 }
 
+/// A new claim against its class's access rules: its namespace must be selected by the
+/// class's `namespaceSelector` (`labels`) and hold fewer than `maxClaimsPerNamespace` other
+/// claims of the class (`holding`). The allocator applies the same rule before binding.
+pub fn check_class_access(
+    claim: &HostPortClaim,
+    class: &HostPortClass,
+    labels: &std::collections::BTreeMap<String, String>,
+    holding: usize,
+) -> Verdict {
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+    match class.refuses_namespace(namespace, labels, holding) {
+        Some((reason, message)) => deny(
+            reason,
+            format!("HostPortClaim {}: {message}", claim_label(claim)),
+        ),
+        None => Verdict::Allow,
+    }
+}
+
 /// What only the allocator may write on a claim: `spec.hostPortName` (set or changed) and
 /// the removal of the finalizer (which would free the port while pods still use it).
 /// Unchanged values pass, so objects the Go project stored keep working.

@@ -15,6 +15,7 @@ use axum::routing::post;
 use hostport_api::webhook_paths as paths;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde::de::DeserializeOwned;
@@ -291,9 +292,42 @@ async fn validate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) 
             requester(&shared, &request),
             request.sub_resource.as_deref(),
         );
+        let verdict = match (verdict, class, &request.operation) {
+            (Verdict::Allow, Some(class), Operation::Create) => {
+                class_access(&shared, &claim, &class).await
+            }
+            (verdict, ..) => verdict,
+        };
         (request, verdict)
     })
     .await
+}
+
+/// A new claim against its class's `namespaceSelector` and `maxClaimsPerNamespace`.
+async fn class_access(shared: &Context, claim: &HostPortClaim, class: &HostPortClass) -> Verdict {
+    let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+    let labels = if class.spec.namespace_selector.is_some() {
+        match shared.namespace_labels(&namespace).await {
+            Ok(labels) => labels,
+            Err(why) => {
+                return deny(
+                    reasons::NAMESPACE_NOT_ALLOWED,
+                    format!(
+                        "HostPortClass {:?} admits selected namespaces only, and {why}; try again",
+                        class.name_any()
+                    ),
+                );
+            }
+        }
+    } else {
+        Default::default()
+    };
+    let holding = shared.claims_of_class(
+        &namespace,
+        &claim.spec.host_port_class_name,
+        &claim.name_any(),
+    );
+    resources::check_class_access(claim, class, &labels, holding)
 }
 
 async fn validate_class(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {

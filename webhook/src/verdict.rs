@@ -60,6 +60,12 @@ pub mod reasons {
     pub const IMMUTABLE_FIELD: &str = "ImmutableField";
     /// A claim asks for a port outside its class's pools.
     pub const PORT_OUTSIDE_POOLS: &str = hostport_api::conditions::reasons::PORT_OUTSIDE_POOLS;
+    /// A claim's namespace is not selected by its class's `namespaceSelector`.
+    pub const NAMESPACE_NOT_ALLOWED: &str =
+        hostport_api::conditions::reasons::NAMESPACE_NOT_ALLOWED;
+    /// A claim's namespace holds `maxClaimsPerNamespace` claims of its class already.
+    pub const NAMESPACE_LIMIT_REACHED: &str =
+        hostport_api::conditions::reasons::NAMESPACE_LIMIT_REACHED;
     /// Someone other than the allocator writes a field only the allocator writes.
     pub const ALLOCATOR_FIELD: &str = "AllocatorField";
     /// Someone other than the allocator writes what only the allocator writes.

@@ -1,5 +1,5 @@
-//! The namespace controller's part: a terminating namespace is emptied, and goes once its
-//! last object has.
+//! Namespaces: the label kube-apiserver gives each one, and the namespace controller's part
+//! (a terminating namespace is emptied, and goes once its last object has).
 
 use crate::db::State;
 use crate::object::{is_deleting, object_key};
@@ -39,4 +39,17 @@ pub(crate) fn remove_namespace_if_done(state: &mut State, namespace: &str) {
     if terminating && state.store.count_in_namespace(namespace) == 0 {
         state.store.remove(&ns_key, &object_key);
     }
+}
+
+/// The label kube-apiserver sets on every namespace (and restores if removed), so namespace
+/// selectors can pick one by name.
+pub(crate) const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Sets [`NAME_LABEL`] to the namespace's name.
+pub(crate) fn label_with_name(namespace: &mut serde_json::Value) {
+    let name = namespace["metadata"]["name"].clone();
+    if !namespace["metadata"]["labels"].is_object() {
+        namespace["metadata"]["labels"] = serde_json::json!({});
+    }
+    namespace["metadata"]["labels"][NAME_LABEL] = name;
 }

@@ -232,6 +232,9 @@ impl Ctx<'_> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        if self.rt.is_namespace() {
+            crate::namespace_lifecycle::label_with_name(&mut object);
+        }
         if object["metadata"]["uid"].is_null() {
             object["metadata"]["uid"] = Value::String(self.handles.db.new_uid());
             object["metadata"]["creationTimestamp"] = Value::String(now());

@@ -178,6 +178,9 @@ impl Ctx<'_> {
             new["metadata"]["generation"] = json!(generation);
         }
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+        if self.rt.is_namespace() {
+            crate::namespace_lifecycle::label_with_name(&mut new);
+        }
         if without_version(&new) == without_version(old) {
             return Ok((**old).clone());
         }
