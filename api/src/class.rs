@@ -87,6 +87,10 @@ pub struct HostPortClassStatus {
     /// whose pools overlap this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<i32>,
+    /// The namespaces holding the most ports of this class, most first (at most 10; ties by
+    /// name): who uses the class, at a glance in `kubectl get -o yaml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_namespaces: Option<Vec<NamespaceAllocation>>,
     /// The `.metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -95,6 +99,19 @@ pub struct HostPortClassStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
+
+/// Ports of a class held by the claims of one namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceAllocation {
+    /// The namespace.
+    pub namespace: String,
+    /// Ports of the class its claims hold.
+    pub allocated: i32,
+}
+
+/// How many namespaces a class status lists in `topNamespaces`.
+pub const TOP_NAMESPACES: usize = 10;
 
 impl HostPortClassSpec {
     /// A spec with the inclusive `(start, end)` pools.

@@ -20,7 +20,7 @@ pub mod ports;
 pub mod selector;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
-pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus};
+pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation};
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};
 pub use ports::PortPool;

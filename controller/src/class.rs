@@ -2,12 +2,14 @@
 //! it, and keeps its status (capacity, allocated, available, conditions) current, writing it
 //! at most once per class per interval so bursts of bindings cost one status write.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hostport_api::class::TOP_NAMESPACES;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::{PortRange, distinct_port_count};
-use hostport_api::{HostPortClass, HostPortClassStatus};
+use hostport_api::{HostPortClass, HostPortClassStatus, NamespaceAllocation};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -117,6 +119,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         .get_or_create(&labels)
         .set(i64::from(available));
 
+    let top_namespaces = top_namespaces(&name, ctx);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = class.metadata.generation;
     let current = class.status.clone().unwrap_or_default();
@@ -124,6 +127,8 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         capacity: Some(capacity as i32),
         allocated: Some(allocated as i32),
         available: Some(available as i32),
+        // An empty list, not none, so the merge patch clears a list that was there.
+        top_namespaces: Some(top_namespaces),
         observed_generation: generation,
         conditions: current.conditions.clone(),
     };
@@ -163,6 +168,30 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         ctx.wake_waiting();
     }
     Ok(Action::await_change())
+}
+
+/// The namespaces whose claims hold the most ports of `class` (from the HostPort cache).
+fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
+    let mut by_namespace: BTreeMap<String, i32> = BTreeMap::new();
+    for host_port in ctx.caches.host_ports.state().iter() {
+        if host_port.spec.host_port_class_name != class || host_port.port().is_none() {
+            continue;
+        }
+        if let Some((namespace, _)) = host_port.claim_key() {
+            *by_namespace.entry(namespace.to_owned()).or_default() += 1;
+        }
+    }
+    let mut top: Vec<NamespaceAllocation> = by_namespace
+        .into_iter()
+        .map(|(namespace, allocated)| NamespaceAllocation {
+            namespace,
+            allocated,
+        })
+        .collect();
+    // Most first; the BTreeMap already ordered ties by name and the sort is stable.
+    top.sort_by_key(|entry| std::cmp::Reverse(entry.allocated));
+    top.truncate(TOP_NAMESPACES);
+    top
 }
 
 fn overlap_condition(

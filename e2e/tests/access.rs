@@ -103,6 +103,21 @@ async fn the_webhook_denies_claims_outside_the_class_rules() {
         .await
         .expect("a selected namespace may claim");
     assert!(env.bound("one").await.bound_port().is_some());
+    // The class status names who holds its ports.
+    env.wait_for(
+        "the class's topNamespaces",
+        Duration::from_secs(30),
+        || async {
+            let status = env.classes().get(&class).await.ok()?.status?;
+            (status.top_namespaces?
+                == vec![hostport_api::NamespaceAllocation {
+                    namespace: env.namespace.clone(),
+                    allocated: 1,
+                }])
+            .then_some(())
+        },
+    )
+    .await;
     denied_with(
         claims
             .create(&PostParams::default(), &claim("two", &class))
