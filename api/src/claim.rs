@@ -128,6 +128,17 @@ pub struct HostPortClaimStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl HostPortClaimSpec {
+    /// A claim of any free port of `class`.
+    pub fn of_class(class: &str) -> Self {
+        Self {
+            host_port_class_name: class.to_owned(),
+            host_port_name: None,
+            port: None,
+        }
+    }
+}
+
 impl HostPortClaim {
     /// Phase from the status; a claim with no status yet is Pending.
     pub fn phase(&self) -> ClaimPhase {

@@ -48,14 +48,7 @@ async fn label_namespace(env: &Env, team: &str) {
 }
 
 fn claim(name: &str, class: &str) -> HostPortClaim {
-    HostPortClaim::new(
-        name,
-        HostPortClaimSpec {
-            host_port_class_name: class.into(),
-            host_port_name: None,
-            port: None,
-        },
-    )
+    HostPortClaim::new(name, HostPortClaimSpec::of_class(class))
 }
 
 /// A 403 whose message says `text` (the reason is the webhook's metric label; kube-apiserver

@@ -17,14 +17,7 @@ use kube_testserver::{RequestMatch, TestApiServer, UserInfo, Verb};
 use serde_json::json;
 
 fn claim(name: &str, class: &str) -> HostPortClaim {
-    HostPortClaim::new(
-        name,
-        HostPortClaimSpec {
-            host_port_class_name: class.into(),
-            host_port_name: None,
-            port: None,
-        },
-    )
+    HostPortClaim::new(name, HostPortClaimSpec::of_class(class))
 }
 
 fn status_code(error: &kube::Error) -> u16 {

@@ -281,11 +281,7 @@ async fn many_claims_across_overlapping_classes_get_distinct_ports() {
         async move {
             let claim = hostport_api::HostPortClaim::new(
                 &format!("c{i}"),
-                hostport_api::HostPortClaimSpec {
-                    host_port_class_name: class,
-                    host_port_name: None,
-                    port: None,
-                },
+                hostport_api::HostPortClaimSpec::of_class(&class),
             );
             claims
                 .create(&PostParams::default(), &claim)

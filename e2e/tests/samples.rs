@@ -90,14 +90,7 @@ async fn every_sample_applies_and_works() {
 
     // team-class.yaml: namespace demo (by its kubernetes.io/metadata.name label) only.
     let team_claim = |name: &str| {
-        HostPortClaim::new(
-            name,
-            hostport_api::HostPortClaimSpec {
-                host_port_class_name: "team-demo".into(),
-                host_port_name: None,
-                port: None,
-            },
-        )
+        HostPortClaim::new(name, hostport_api::HostPortClaimSpec::of_class("team-demo"))
     };
     claims
         .create(&Default::default(), &team_claim("team"))
