@@ -148,6 +148,14 @@ impl HostPortClaim {
             .unwrap_or(ClaimPhase::Pending)
     }
 
+    /// The `Bound` condition, if the allocator has written one.
+    pub fn bound_condition(&self) -> Option<&Condition> {
+        crate::conditions::find(
+            &self.status.as_ref()?.conditions,
+            crate::conditions::types::BOUND,
+        )
+    }
+
     /// The port the claim is bound to: set only once the claim is Bound, names a HostPort
     /// and carries a valid port.
     pub fn bound_port(&self) -> Option<u16> {

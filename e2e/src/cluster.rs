@@ -61,11 +61,20 @@ pub async fn sweep_earlier_runs(client: &Client) {
         .await;
 }
 
+/// Deletes `name` whatever finalizers it carries (no controller of an earlier run is left to
+/// remove them); gone already is fine.
+pub(crate) async fn force_delete<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    let _ = api.patch(name, &PatchParams::default(), &unfinalize).await;
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
 async fn sweep(client: Client, ours: String) {
     let stale = |name: &str| !name.contains(&ours);
     let delete = DeleteParams::default();
-    let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
-    let merge = PatchParams::default();
     // Webhooks first: a dead run's configurations would refuse every write in its namespaces.
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -85,7 +94,7 @@ async fn sweep(client: Client, ours: String) {
     for namespace in &stale_namespaces {
         let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), namespace);
         for name in names(&claims).await {
-            let _ = claims.patch(&name, &merge, &unfinalize).await;
+            force_delete(&claims, &name).await;
         }
         let _ = namespaces.delete(namespace, &delete).await;
     }
@@ -95,8 +104,7 @@ async fn sweep(client: Client, ours: String) {
             .iter()
             .any(|ns| name.starts_with(&format!("{ns}-")))
         {
-            let _ = classes.patch(&name, &merge, &unfinalize).await;
-            let _ = classes.delete(&name, &delete).await;
+            force_delete(&classes, &name).await;
         }
     }
     let host_ports: Api<HostPort> = Api::all(client.clone());
@@ -108,9 +116,7 @@ async fn sweep(client: Client, ours: String) {
     {
         let owner = host_port.claim_key().map(|(namespace, _)| namespace);
         if owner.is_some_and(|ns| stale_namespaces.iter().any(|s| **s == ns)) {
-            let name = host_port.name_any();
-            let _ = host_ports.patch(&name, &merge, &unfinalize).await;
-            let _ = host_ports.delete(&name, &delete).await;
+            force_delete(&host_ports, &host_port.name_any()).await;
         }
     }
     if !stale_namespaces.is_empty() {

@@ -516,17 +516,7 @@ impl Env {
             .map(|l| l.items)
             .unwrap_or_default();
         for host_port in found.iter().filter(|hp| in_pools(hp)) {
-            let name = host_port.name_any();
-            if !host_port.finalizers().is_empty() {
-                let _ = host_ports
-                    .patch(
-                        &name,
-                        &kube::api::PatchParams::default(),
-                        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                    )
-                    .await;
-            }
-            let _ = host_ports.delete(&name, &DeleteParams::default()).await;
+            crate::cluster::force_delete(&host_ports, &host_port.name_any()).await;
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hostport_api::conditions::{self, reasons};
+use hostport_api::conditions::reasons;
 use hostport_api::selector::LabelSelector;
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_controller::RunOptions;
@@ -69,8 +69,8 @@ async fn pending_with(env: &Env, name: &str, reason: &str) -> String {
         Duration::from_secs(30),
         || async {
             let claim = env.claims().get(name).await.ok()?;
-            let bound = conditions::find(&claim.status?.conditions, "Bound")?.clone();
-            (bound.reason == reason).then_some(bound.message)
+            let bound = claim.bound_condition()?;
+            (bound.reason == reason).then(|| bound.message.clone())
         },
     )
     .await

@@ -14,11 +14,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 fn reason_of(claim: &hostport_api::HostPortClaim) -> Option<String> {
-    claim
-        .status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, types::BOUND))
-        .map(|c| c.reason.clone())
+    claim.bound_condition().map(|c| c.reason.clone())
 }
 
 async fn pending_with(env: &Env, name: &str, reason: &str) -> hostport_api::HostPortClaim {

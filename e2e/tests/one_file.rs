@@ -151,9 +151,7 @@ async fn a_pod_naming_an_exhausted_claim_is_denied_at_once() {
         Duration::from_secs(10),
         || async {
             let claim = env.claims().get("second").await.ok()?;
-            let status = claim.status?;
-            let bound = hostport_api::conditions::find(&status.conditions, "Bound")?;
-            (bound.reason == reasons::POOL_EXHAUSTED).then_some(())
+            (claim.bound_condition()?.reason == reasons::POOL_EXHAUSTED).then_some(())
         },
     )
     .await;

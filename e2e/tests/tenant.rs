@@ -280,11 +280,7 @@ async fn wait_reason(env: &Env, name: &str, reason: &str) {
             let claims = claims.clone();
             async move {
                 let claim = claims.get(name).await.ok()?;
-                let found = claim
-                    .status
-                    .as_ref()
-                    .and_then(|s| conditions::find(&s.conditions, types::BOUND))
-                    .map(|c| c.reason.clone());
+                let found = claim.bound_condition().map(|c| c.reason.clone());
                 (found.as_deref() == Some(reason)).then_some(())
             }
         },

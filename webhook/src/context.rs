@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use hostport_api::conditions::{self, reasons, types};
+use hostport_api::conditions::reasons;
 use hostport_api::{ALLOW_HOST_NETWORK_ANNOTATION, HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
@@ -147,9 +147,7 @@ impl Context {
         }
         if claim.phase() != hostport_api::ClaimPhase::Bound {
             let why = claim
-                .status
-                .as_ref()
-                .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+                .bound_condition()
                 .map(|c| format!("{}: {}", c.reason, c.message));
             return ClaimState::Pending { why };
         }
@@ -195,15 +193,21 @@ impl Context {
             .filter(|c| c.name_any() == name)
     }
 
-    /// The labels of `namespace`, read from the API server (bounded): only claims of a class
-    /// with a `namespaceSelector` ask. `Err` says why they are unknown.
+    /// A Namespace, read from the API server (bounded): only `hostNetwork` pods and claims of
+    /// a class with a `namespaceSelector` ask, so no namespace cache is kept. `Err` says why
+    /// it is unknown.
+    async fn namespace(&self, namespace: &str) -> Result<Option<Namespace>, String> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.read(&api, namespace, &format!("namespace {namespace:?}"))
+            .await
+    }
+
+    /// The labels of `namespace` (for a class's `namespaceSelector`).
     pub async fn namespace_labels(
         &self,
         namespace: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, String> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let what = format!("namespace {namespace:?}");
-        let found = self.read(&api, namespace, &what).await?;
+        let found = self.namespace(namespace).await?;
         Ok(found.map(|ns| ns.labels().clone()).unwrap_or_default())
     }
 
@@ -222,12 +226,9 @@ impl Context {
     }
 
     /// Whether a cluster admin allowed `hostNetwork` pods in `namespace` (its annotation
-    /// [`ALLOW_HOST_NETWORK_ANNOTATION`] is `"true"`). Read from the API server: only
-    /// `hostNetwork` pods ask, so no namespace cache is kept. `Err` says why it is unknown.
+    /// [`ALLOW_HOST_NETWORK_ANNOTATION`] is `"true"`).
     pub async fn host_network_allowed(&self, namespace: &str) -> Result<bool, String> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let what = format!("namespace {namespace:?}");
-        let found = self.read(&api, namespace, &what).await?;
+        let found = self.namespace(namespace).await?;
         Ok(found.is_some_and(|ns| {
             ns.annotations()
                 .get(ALLOW_HOST_NETWORK_ANNOTATION)
@@ -245,9 +246,7 @@ fn is_settled(claim: &HostPortClaim) -> bool {
         return true;
     }
     claim
-        .status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+        .bound_condition()
         .is_some_and(|c| reasons::blocks_binding(&c.reason))
 }
 

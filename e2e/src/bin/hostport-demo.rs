@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hostport_api::conditions::{self, types};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use hostport_e2e::harness::controller_user;
 use hostport_e2e::{local, samples};
@@ -86,9 +85,7 @@ async fn apply_samples(
 fn describe_claim(claim: &HostPortClaim) -> String {
     let phase = claim.phase().as_str();
     let condition = claim
-        .status
-        .as_ref()
-        .and_then(|s| conditions::find(&s.conditions, types::BOUND))
+        .bound_condition()
         .map(|c| format!(" — {}: {}", c.reason, c.message))
         .unwrap_or_default();
     format!("{phase}{condition}")
