@@ -1,6 +1,8 @@
 //! The pod annotations of the compatibility contract:
 //! `claim.hostport.rmb938.com/<portName>: <claimName>` (input, written by the user) and
-//! `port.hostport.rmb938.com/<portName>: "<port>"` (output, written by the webhook).
+//! `port.hostport.rmb938.com/<portName>: "<port>"` (output, written by the webhook), plus
+//! this project's `class.hostport.rmb938.com/<portName>: <className>` (input: a claim made
+//! for the pod by the webhook).
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,11 @@ use crate::names::{validate_dns1123_subdomain, validate_port_name};
 pub const CLAIM_PREFIX: &str = "claim.hostport.rmb938.com/";
 /// Prefix of the annotations the webhook writes with the bound port.
 pub const PORT_PREFIX: &str = "port.hostport.rmb938.com/";
+/// Prefix of the annotations that ask for a claim of a class made for the pod.
+pub const CLASS_PREFIX: &str = "class.hostport.rmb938.com/";
+
+const CLAIM_USAGE: &str = "claim.hostport.rmb938.com/<containerPortName>: <claimName>";
+const CLASS_USAGE: &str = "class.hostport.rmb938.com/<containerPortName>: <className>";
 
 /// One `claim.hostport.rmb938.com/<portName>: <claimName>` annotation, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,16 +34,26 @@ impl ClaimAnnotation {
     }
 }
 
-/// Why a claim annotation is unusable. Messages quote the annotation and say how to fix it.
+/// One `class.hostport.rmb938.com/<portName>: <className>` annotation, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassAnnotation {
+    /// Name of the container port that gets the host port.
+    pub port_name: String,
+    /// Name of the HostPortClass the pod's claim is made of.
+    pub class_name: String,
+}
+
+/// Why a claim or class annotation is unusable. Messages quote the annotation and say how to
+/// fix it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationError {
-    /// `claim.hostport.rmb938.com/` with nothing after the slash.
-    #[error(
-        "annotation {key:?} has no port name after the prefix: use \"{CLAIM_PREFIX}<containerPortName>: <claimName>\""
-    )]
+    /// A prefix with nothing after the slash.
+    #[error("annotation {key:?} has no port name after the prefix: use \"{usage}\"")]
     EmptyPortName {
         /// The annotation key.
         key: String,
+        /// The annotation's form.
+        usage: &'static str,
     },
     /// The part after the prefix is not a valid container port name.
     #[error(
@@ -70,6 +87,24 @@ pub enum AnnotationError {
         /// Which rule it breaks.
         reason: String,
     },
+    /// A class annotation's value is empty.
+    #[error("annotation {key:?} has an empty value: set it to the name of a HostPortClass")]
+    EmptyClassName {
+        /// The annotation key.
+        key: String,
+    },
+    /// A class annotation's value is not a valid object name.
+    #[error(
+        "annotation {key:?} names class {class_name:?}, which is not a valid HostPortClass name: {reason}"
+    )]
+    InvalidClassName {
+        /// The annotation key.
+        key: String,
+        /// The class name given.
+        class_name: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
 }
 
 /// `claim.hostport.rmb938.com/<port_name>`.
@@ -77,15 +112,45 @@ pub fn claim_annotation_key(port_name: &str) -> String {
     format!("{CLAIM_PREFIX}{port_name}")
 }
 
+/// `class.hostport.rmb938.com/<port_name>`.
+pub fn class_annotation_key(port_name: &str) -> String {
+    format!("{CLASS_PREFIX}{port_name}")
+}
+
 /// `port.hostport.rmb938.com/<port_name>`.
 pub fn port_annotation_key(port_name: &str) -> String {
     format!("{PORT_PREFIX}{port_name}")
 }
 
-/// Whether `key` is a claim or port annotation of this project (both are owned by the
-/// webhook once a pod exists).
+/// Whether `key` is a claim, class or port annotation of this project (all are fixed once a
+/// pod exists).
 pub fn is_hostport_annotation(key: &str) -> bool {
-    key.starts_with(CLAIM_PREFIX) || key.starts_with(PORT_PREFIX)
+    key.starts_with(CLAIM_PREFIX) || key.starts_with(PORT_PREFIX) || key.starts_with(CLASS_PREFIX)
+}
+
+/// The valid port name after `prefix` in `key`; `Ok(None)` when `key` has another prefix.
+fn port_name_after<'k>(
+    prefix: &str,
+    usage: &'static str,
+    key: &'k str,
+) -> Result<Option<&'k str>, AnnotationError> {
+    let Some(port_name) = key.strip_prefix(prefix) else {
+        return Ok(None);
+    };
+    if port_name.is_empty() {
+        return Err(AnnotationError::EmptyPortName {
+            key: key.to_owned(),
+            usage,
+        });
+    }
+    if let Err(reason) = validate_port_name(port_name) {
+        return Err(AnnotationError::InvalidPortName {
+            key: key.to_owned(),
+            port_name: port_name.to_owned(),
+            reason,
+        });
+    }
+    Ok(Some(port_name))
 }
 
 /// Parses one annotation; `Ok(None)` when the key is not a claim annotation.
@@ -93,20 +158,10 @@ pub fn parse_claim_annotation(
     key: &str,
     value: &str,
 ) -> Result<Option<ClaimAnnotation>, AnnotationError> {
-    let Some(port_name) = key.strip_prefix(CLAIM_PREFIX) else {
+    let Some(port_name) = port_name_after(CLAIM_PREFIX, CLAIM_USAGE, key)? else {
         return Ok(None);
     };
     let key = key.to_owned();
-    if port_name.is_empty() {
-        return Err(AnnotationError::EmptyPortName { key });
-    }
-    if let Err(reason) = validate_port_name(port_name) {
-        return Err(AnnotationError::InvalidPortName {
-            key,
-            port_name: port_name.to_owned(),
-            reason,
-        });
-    }
     if value.is_empty() {
         return Err(AnnotationError::EmptyClaimName { key });
     }
@@ -130,6 +185,41 @@ pub fn parse_claim_annotations(
     annotations
         .iter()
         .filter_map(|(k, v)| parse_claim_annotation(k, v).transpose())
+        .collect()
+}
+
+/// Parses one annotation; `Ok(None)` when the key is not a class annotation.
+pub fn parse_class_annotation(
+    key: &str,
+    value: &str,
+) -> Result<Option<ClassAnnotation>, AnnotationError> {
+    let Some(port_name) = port_name_after(CLASS_PREFIX, CLASS_USAGE, key)? else {
+        return Ok(None);
+    };
+    let key = key.to_owned();
+    if value.is_empty() {
+        return Err(AnnotationError::EmptyClassName { key });
+    }
+    if let Err(reason) = validate_dns1123_subdomain(value) {
+        return Err(AnnotationError::InvalidClassName {
+            key,
+            class_name: value.to_owned(),
+            reason,
+        });
+    }
+    Ok(Some(ClassAnnotation {
+        port_name: port_name.to_owned(),
+        class_name: value.to_owned(),
+    }))
+}
+
+/// Every class annotation of a pod, in key order; the first bad one is the error.
+pub fn parse_class_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<ClassAnnotation>, AnnotationError> {
+    annotations
+        .iter()
+        .filter_map(|(k, v)| parse_class_annotation(k, v).transpose())
         .collect()
 }
 
@@ -248,7 +338,56 @@ mod tests {
         );
         assert!(is_hostport_annotation("port.hostport.rmb938.com/web"));
         assert!(is_hostport_annotation("claim.hostport.rmb938.com/web"));
+        assert!(is_hostport_annotation("class.hostport.rmb938.com/web"));
         assert!(!is_hostport_annotation("hostport.rmb938.com/web"));
+    }
+
+    #[test]
+    fn class_annotations_parse_with_their_own_errors() {
+        let parsed = parse_class_annotations(&annotations(&[
+            ("class.hostport.rmb938.com/game-tcp", "games"),
+            ("claim.hostport.rmb938.com/web", "echo"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            parsed,
+            vec![ClassAnnotation {
+                port_name: "game-tcp".into(),
+                class_name: "games".into()
+            }]
+        );
+        assert_eq!(
+            class_annotation_key("game-tcp"),
+            "class.hostport.rmb938.com/game-tcp"
+        );
+        let cases = [
+            (
+                "class.hostport.rmb938.com/",
+                "games",
+                "class.hostport.rmb938.com/<containerPortName>: <className>",
+            ),
+            (
+                "class.hostport.rmb938.com/web",
+                "",
+                "set it to the name of a HostPortClass",
+            ),
+            (
+                "class.hostport.rmb938.com/Web",
+                "games",
+                "not a valid container port name",
+            ),
+            (
+                "class.hostport.rmb938.com/web",
+                "Games",
+                "not a valid HostPortClass name",
+            ),
+        ];
+        for (key, value, expected) in cases {
+            let err = parse_class_annotation(key, value)
+                .expect_err(key)
+                .to_string();
+            assert!(err.contains(expected), "{key}={value}: {err}");
+        }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! the number of objects, never with their size (a tenant's 200 KB of annotations on every
 //! claim must not reach either cache).
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-use crate::HostPort;
+use crate::pod_claims::{POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
+use crate::{HostPort, HostPortClaim};
 
 /// Drops metadata no decision reads: managed fields, labels, annotations (kubectl's
 /// last-applied copy among them), owner references.
@@ -14,6 +16,31 @@ pub fn strip_metadata<K: Resource>(object: &mut K) {
     meta.annotations = None;
     meta.labels = None;
     meta.owner_references = None;
+}
+
+/// A claim as caches keep it: [`strip_metadata`], except the labels that mark a claim made for
+/// a pod and its first Pod and StatefulSet owner (what a pod claim's lifetime is decided on;
+/// a bounded amount whatever a tenant adds).
+pub fn strip_claim(claim: &mut HostPortClaim) {
+    let meta = &mut claim.metadata;
+    let labels = meta.labels.take().map(|mut labels| {
+        labels.retain(|k, _| [POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL].contains(&k.as_str()));
+        labels
+    });
+    let owners = meta.owner_references.take().map(|owners| {
+        let mut kept: Vec<OwnerReference> = vec![];
+        for owner in owners {
+            if matches!(owner.kind.as_str(), "Pod" | "StatefulSet")
+                && !kept.iter().any(|k| k.kind == owner.kind)
+            {
+                kept.push(owner);
+            }
+        }
+        kept
+    });
+    strip_metadata(claim);
+    claim.metadata.labels = labels.filter(|l| !l.is_empty());
+    claim.metadata.owner_references = owners.filter(|o| !o.is_empty());
 }
 
 /// A HostPort as caches keep it: name, UID, the claim's name, namespace and UID, the port and
@@ -37,6 +64,43 @@ pub fn strip_host_port(host_port: &mut HostPort) {
 mod tests {
     use super::*;
     use crate::{ClaimReference, HostPortSpec};
+
+    #[test]
+    fn a_stripped_claim_keeps_a_bounded_lifetime_view() {
+        let owner = |kind: &str, uid: &str| OwnerReference {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            name: "x".into(),
+            uid: uid.into(),
+            ..OwnerReference::default()
+        };
+        let mut claim =
+            HostPortClaim::new("web-0-game", crate::HostPortClaimSpec::of_class("games"));
+        claim.metadata.labels = Some(
+            [
+                (POD_CLAIM_LABEL.to_owned(), "true".to_owned()),
+                ("noise".to_owned(), "x".repeat(63)),
+            ]
+            .into(),
+        );
+        claim.metadata.owner_references = Some(
+            (0..100)
+                .map(|i| owner(if i % 2 == 0 { "Pod" } else { "ConfigMap" }, &i.to_string()))
+                .chain([owner("StatefulSet", "s")])
+                .collect(),
+        );
+        claim.metadata.annotations = Some([("a".into(), "x".repeat(1024))].into());
+        strip_claim(&mut claim);
+        assert_eq!(claim.metadata.labels.as_ref().map(|l| l.len()), Some(1));
+        let owners = claim
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default();
+        let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+        assert_eq!(uids, vec!["0", "s"]);
+        assert!(claim.metadata.annotations.is_none());
+    }
 
     #[test]
     fn a_stripped_host_port_weighs_the_same_whatever_its_metadata() {

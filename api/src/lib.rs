@@ -16,6 +16,8 @@ pub mod finalizer;
 pub mod host_port;
 pub mod identity;
 pub mod names;
+pub mod pod_claims;
+pub mod port_set;
 pub mod ports;
 pub mod selector;
 

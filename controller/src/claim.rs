@@ -13,13 +13,13 @@ use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+use crate::clock::{self, now};
 use crate::context::Context;
 use crate::error::{Error, Result, status_code};
 use crate::pick::{NamespaceAccess, Pick, pick_port};
@@ -38,10 +38,6 @@ const RECHECK: Duration = Duration::from_secs(60);
 /// Safety net for a claim whose cached copy predates our own write (the watch event of the
 /// write triggers the next reconcile well before this).
 const STALE_RECHECK: Duration = Duration::from_secs(5);
-
-fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::now())
-}
 
 /// Reconciles one claim.
 pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -108,10 +104,9 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     );
     if set_claim_status(&claim, ClaimPhase::Bound, Some(port), bound, ctx).await? {
         if let Some(created) = claim.creation_timestamp() {
-            let seconds = (k8s_openapi::jiff::Timestamp::now() - created.0).get_milliseconds()
-                as f64
-                / 1000.0;
-            ctx.metrics.allocation_seconds.observe(seconds.max(0.0));
+            ctx.metrics
+                .allocation_seconds
+                .observe(clock::age(&created).as_secs_f64());
         }
         tracing::info!(claim = %claim_name(&claim), host_port = %name, port, "bound");
         ctx.event(

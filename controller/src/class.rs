@@ -120,7 +120,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         .set(i64::from(available));
 
     let top_namespaces = top_namespaces(&name, ctx);
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let now = crate::clock::now();
     let generation = class.metadata.generation;
     let current = class.status.clone().unwrap_or_default();
     let mut desired = HostPortClassStatus {

@@ -48,6 +48,10 @@ pub struct Args {
         default_value_t = 1000
     )]
     class_status_interval_ms: u64,
+    /// How long a claim the webhook made for a pod (class annotation) waits for its pod
+    /// before it is deleted as never used.
+    #[arg(long, env = "HOSTPORT_POD_CLAIM_GRACE_SECONDS", default_value_t = 60)]
+    pod_claim_grace_seconds: u64,
     /// Log format.
     #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -77,6 +81,7 @@ pub async fn main() -> anyhow::Result<()> {
             class_status_interval: Duration::from_millis(args.class_status_interval_ms),
             reporter: "hostport-controller".into(),
             identity: identity.clone(),
+            pod_claim_grace: Duration::from_secs(args.pod_claim_grace_seconds),
         },
         leader_election: args.leader_election.then(|| LeaseConfig {
             namespace,

@@ -27,6 +27,9 @@ pub struct Settings {
     pub reporter: String,
     /// Instance name (Events' reporting instance, leader election identity).
     pub identity: String,
+    /// How long a claim the webhook made for a pod waits for that pod before it is deleted
+    /// as never used.
+    pub pod_claim_grace: Duration,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             class_status_interval: Duration::from_secs(1),
             reporter: "hostport-controller".into(),
             identity: "hostport-controller".into(),
+            pod_claim_grace: Duration::from_secs(60),
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct Caches {
 pub struct Triggers {
     /// Claims.
     pub claims: UnboundedSender<ObjectRef<HostPortClaim>>,
+    /// The lifetime of claims made for pods.
+    pub pod_claims: UnboundedSender<ObjectRef<HostPortClaim>>,
     /// HostPorts.
     pub host_ports: UnboundedSender<ObjectRef<HostPort>>,
     /// Classes.

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::{HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -114,7 +113,7 @@ pub(crate) async fn set_allocated(
             reason,
             message,
             host_port.metadata.generation,
-            Time(k8s_openapi::jiff::Timestamp::now()),
+            crate::clock::now(),
         ),
     );
     // Cached HostPorts carry no condition messages (memory), so they are not compared.

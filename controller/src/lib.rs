@@ -6,11 +6,11 @@
 //! port is the API server's name uniqueness of `port-<n>` HostPorts.
 #![forbid(unsafe_code)]
 
-pub mod allocator;
 mod backoff;
 pub mod claim;
 pub mod class;
 pub mod cli;
+mod clock;
 pub mod context;
 pub mod error;
 pub mod events;
@@ -18,6 +18,7 @@ pub mod host_port;
 pub mod leader;
 pub mod metrics;
 mod pick;
+pub mod pod_claims;
 pub mod pods;
 pub mod port_book;
 mod runner;

@@ -33,10 +33,42 @@ pub fn using(namespace: &str, claim: &str, pods: &[Arc<Pod>]) -> Vec<String> {
     names
 }
 
+/// A pod by name and UID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodId {
+    /// Its name.
+    pub name: String,
+    /// Its UID.
+    pub uid: String,
+}
+
+impl PodId {
+    fn of(pod: &Pod) -> Self {
+        Self {
+            name: pod.name_any(),
+            uid: pod.uid().unwrap_or_default(),
+        }
+    }
+}
+
+/// The first of `pods` (by name) that uses claim `namespace/claim`.
+pub fn first_user(namespace: &str, claim: &str, pods: &[Arc<Pod>]) -> Option<PodId> {
+    pods.iter()
+        .filter(|pod| holds(pod, namespace, claim))
+        .map(|pod| PodId::of(pod))
+        .min_by(|a, b| a.name.cmp(&b.name))
+}
+
 /// Names of the pods that use claim `namespace/claim`, as the API server has them now.
 pub async fn using_now(client: &Client, namespace: &str, claim: &str) -> Result<Vec<String>> {
+    let users = users_now(client, namespace, claim).await?;
+    Ok(users.into_iter().map(|pod| pod.name).collect())
+}
+
+/// The pods that use claim `namespace/claim`, as the API server has them now, by name.
+pub async fn users_now(client: &Client, namespace: &str, claim: &str) -> Result<Vec<PodId>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut names = vec![];
+    let mut users = vec![];
     let mut params = ListParams::default().limit(500);
     loop {
         let page = api.list(&params).await.map_err(Error::api(
@@ -44,19 +76,42 @@ pub async fn using_now(client: &Client, namespace: &str, claim: &str) -> Result<
             "Pod",
             format!("{namespace}/*"),
         ))?;
-        names.extend(
+        users.extend(
             page.items
                 .iter()
                 .filter(|pod| holds(pod, namespace, claim))
-                .map(ResourceExt::name_any),
+                .map(PodId::of),
         );
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,
         }
     }
-    names.sort();
-    Ok(names)
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(users)
+}
+
+/// Whether the pod `namespace/name` with UID `uid` exists: the cache first, then the API
+/// server (a pod created a moment ago may not be cached yet).
+pub async fn exists(
+    client: &Client,
+    pods: &kube::runtime::reflector::Store<Pod>,
+    namespace: &str,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<bool> {
+    let same = |pod: &Pod| uid.is_none_or(|uid| pod.uid().as_deref() == Some(uid));
+    let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+    if pods.get(&key).is_some_and(|pod| same(&pod)) {
+        return Ok(true);
+    }
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let found = api.get_opt(name).await.map_err(Error::api(
+        "reading",
+        "Pod",
+        format!("{namespace}/{name}"),
+    ))?;
+    Ok(found.is_some_and(|pod| same(&pod)))
 }
 
 /// "2 pod(s) …: a, b" with at most five names shown.

@@ -13,7 +13,7 @@ use hostport_api::HostPort;
 use hostport_api::ports::PortRange;
 use kube::ResourceExt;
 
-use crate::allocator::PortSet;
+use hostport_api::port_set::PortSet;
 
 /// How long a reservation may wait for its HostPort to show up in the watch before it is
 /// forgotten (the create failed in a way we did not see, or another controller holds it).

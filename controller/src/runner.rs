@@ -27,7 +27,7 @@ use crate::context::{self, Context, Settings};
 use crate::error::{Error, Result};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::{claim, class, host_port, port_book, watches};
+use crate::{claim, class, host_port, pod_claims, port_book, watches};
 
 /// How often start-up checks whether the port book is built.
 const SYNC_POLL: Duration = Duration::from_millis(20);
@@ -90,6 +90,7 @@ pub async fn run(
     let (classes, class_writer) = reflector::store::<HostPortClass>();
     let (pods, pod_writer) = reflector::store();
     let (claim_tx, claim_rx) = mpsc::unbounded_channel();
+    let (pod_claim_tx, pod_claim_rx) = mpsc::unbounded_channel();
     let (host_port_tx, host_port_rx) = mpsc::unbounded_channel();
     let (class_tx, class_rx) = mpsc::unbounded_channel();
     let caches = context::Caches {
@@ -100,6 +101,7 @@ pub async fn run(
     };
     let triggers = context::Triggers {
         claims: claim_tx,
+        pod_claims: pod_claim_tx,
         host_ports: host_port_tx,
         classes: class_tx,
     };
@@ -156,8 +158,16 @@ pub async fn run(
         claim::CONTROLLER,
         claim::reconcile,
         &ctx,
-        claims,
+        claims.clone(),
         claim_rx,
+        &config,
+    );
+    let pod_claim_loop = reconcile_loop(
+        pod_claims::CONTROLLER,
+        pod_claims::reconcile,
+        &ctx,
+        claims.clone(),
+        pod_claim_rx,
         &config,
     );
     let host_port_loop = reconcile_loop(
@@ -186,7 +196,7 @@ pub async fn run(
     let outcome = tokio::select! {
         () = &mut shutdown => Ok(()),
         lost = held => Err(lost),
-        () = async { tokio::join!(claim_loop, host_port_loop, class_loop); } => Ok(()),
+        () = async { tokio::join!(claim_loop, pod_claim_loop, host_port_loop, class_loop); } => Ok(()),
     };
     if outcome.is_ok()
         && let Some(lease) = &lease

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hostport_api::annotations::{CLAIM_PREFIX, referenced_claim_names};
-use hostport_api::cache::{strip_host_port, strip_metadata};
+use hostport_api::cache::{strip_claim, strip_host_port, strip_metadata};
+use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::ResourceExt;
@@ -107,11 +108,14 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
     let api: Api<HostPortClaim> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(strip_metadata);
+        .modify(strip_claim);
     follow(stream, "HostPortClaim", &mut writer, |event| {
         match event {
             Event::InitApply(claim) | Event::Apply(claim) => {
                 let _ = ctx.triggers.claims.send(ObjectRef::from_obj(claim));
+                if is_pod_claim(claim.labels()) {
+                    let _ = ctx.triggers.pod_claims.send(ObjectRef::from_obj(claim));
+                }
                 class_if_deleting(&ctx, claim);
             }
             Event::Delete(claim) => {
@@ -211,7 +215,8 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     }
 }
 
-/// Pods: a stripped cache, and wake-ups of the deleting claims they hold.
+/// Pods: a stripped cache, and wake-ups of the deleting claims they hold and of the claims
+/// made for them.
 pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default())
@@ -225,6 +230,10 @@ pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
                 match ctx.caches.claims.get(&key) {
                     Some(cached) if cached.metadata.deletion_timestamp.is_some() => {
                         let _ = ctx.triggers.claims.send(key);
+                    }
+                    // Its owner, or its StatefulSet ordinal, may have come or gone.
+                    Some(cached) if is_pod_claim(cached.labels()) => {
+                        let _ = ctx.triggers.pod_claims.send(key);
                     }
                     Some(_) => {}
                     // The claim is gone: its HostPort may be held for this pod.

@@ -12,6 +12,7 @@ use hostport_api::{
     ClaimReference, HostPort, HostPortClaim, HostPortClass, HostPortClassStatus, HostPortSpec,
     HostPortStatus,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -139,6 +140,64 @@ pub async fn bind_claim(
         .map_err(Error::api("binding", "HostPortClaim", claim_name(claim)))?;
     wrote_over(ctx, claim);
     Ok(written)
+}
+
+/// Edits a claim's ownerReferences on a fresh copy (the caches keep only some of them):
+/// `edit` changes the list and says whether it did; written only then, guarded by the fresh
+/// copy's resourceVersion (a concurrent change is a `Conflict`, retried).
+pub async fn edit_claim_owners(
+    ctx: &Context,
+    claim: &HostPortClaim,
+    edit: impl FnOnce(&mut Vec<OwnerReference>) -> bool,
+) -> Result<()> {
+    let api = claims(ctx, claim);
+    let name = claim.name_any();
+    let Some(fresh) = api.get_opt(&name).await.map_err(Error::api(
+        "reading",
+        "HostPortClaim",
+        claim_name(claim),
+    ))?
+    else {
+        return Ok(());
+    };
+    if fresh.uid() != claim.uid() {
+        return Ok(());
+    }
+    let mut owners = fresh.metadata.owner_references.clone().unwrap_or_default();
+    if !edit(&mut owners) {
+        return Ok(());
+    }
+    let patch = json!({
+        "metadata": { "resourceVersion": fresh.resource_version(), "ownerReferences": owners },
+    });
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map_err(Error::api(
+            "setting the owners of",
+            "HostPortClaim",
+            claim_name(claim),
+        ))?;
+    wrote_over(ctx, claim);
+    Ok(())
+}
+
+/// Deletes a claim, only the one we looked at (its UID); gone already is success. Its
+/// finalizer still keeps it (and its port) while pods use it.
+pub async fn delete_claim(ctx: &Context, claim: &HostPortClaim) -> Result<()> {
+    let params = DeleteParams {
+        preconditions: claim.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match claims(ctx, claim).delete(&claim.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(error) if matches!(status_code(&error), Some(404 | 409)) => Ok(()),
+        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(
+            error,
+        )),
+    }
 }
 
 /// Deletes a HostPort; `uid` (when known) makes sure it is the object we looked at. Gone

@@ -12,10 +12,16 @@ fn webhook(
     rule: Value,
     namespace_selector: Option<Value>,
 ) -> Value {
+    // The pod webhook creates the claims of pods with class annotations, never on a dry-run.
+    let side_effects = if name.starts_with("pods.") {
+        "NoneOnDryRun"
+    } else {
+        "None"
+    };
     let mut webhook = json!({
         "name": name,
         "admissionReviewVersions": ["v1"],
-        "sideEffects": "None",
+        "sideEffects": side_effects,
         "failurePolicy": "Fail",
         "timeoutSeconds": 5,
         "clientConfig": {"url": url, "caBundle": ca_bundle},

@@ -28,6 +28,7 @@ use kube::{Client, ResourceExt};
 
 use crate::metrics::Metrics;
 use crate::pod::ClaimState;
+use crate::verdict::{Verdict, deny, reasons as verdict_reasons};
 
 /// Shared by every admission request.
 pub struct Context {
@@ -127,7 +128,12 @@ impl Context {
 
     /// One read from the API server, bounded by `api_timeout`; the error says what could not
     /// be read (`what`) and why, for a denial message.
-    async fn read<K>(&self, api: &Api<K>, name: &str, what: &str) -> Result<Option<K>, String>
+    pub(crate) async fn read<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+    ) -> Result<Option<K>, String>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
@@ -223,6 +229,54 @@ impl Context {
                     && c.metadata.deletion_timestamp.is_none()
             })
             .count()
+    }
+
+    /// The claim `namespace/name` from the cache, else from the API server (bounded); `Err`
+    /// when it cannot be told.
+    pub async fn claim_for_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<HostPortClaim>, Verdict> {
+        if let Some(cached) = self.claims.get(&ObjectRef::new(name).within(namespace)) {
+            return Ok(Some((*cached).clone()));
+        }
+        let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), namespace);
+        self.read(&api, name, &format!("HostPortClaim {name:?}"))
+            .await
+            .map_err(|why| {
+                deny(
+                    verdict_reasons::POD_CLAIM_FAILED,
+                    format!("{why}; try again"),
+                )
+            })
+    }
+
+    /// A new claim against its class's `namespaceSelector` and `maxClaimsPerNamespace`.
+    pub async fn class_access(&self, claim: &HostPortClaim, class: &HostPortClass) -> Verdict {
+        let namespace = claim.metadata.namespace.clone().unwrap_or_default();
+        let labels = if class.spec.namespace_selector.is_some() {
+            match self.namespace_labels(&namespace).await {
+                Ok(labels) => labels,
+                Err(why) => {
+                    return deny(
+                        verdict_reasons::NAMESPACE_NOT_ALLOWED,
+                        format!(
+                            "HostPortClass {:?} admits selected namespaces only, and {why}; try again",
+                            class.name_any()
+                        ),
+                    );
+                }
+            }
+        } else {
+            Default::default()
+        };
+        let holding = self.claims_of_class(
+            &namespace,
+            &claim.spec.host_port_class_name,
+            &claim.name_any(),
+        );
+        crate::resources::check_class_access(claim, class, &labels, holding)
     }
 
     /// Whether a cluster admin allowed `hostNetwork` pods in `namespace` (its annotation

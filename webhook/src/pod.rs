@@ -5,8 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hostport_api::ALLOW_HOST_NETWORK_ANNOTATION;
 use hostport_api::annotations::{
-    AnnotationError, CLAIM_PREFIX, ClaimAnnotation, PORT_PREFIX, claim_annotation_key,
-    is_hostport_annotation, parse_claim_annotations, port_annotation_key,
+    AnnotationError, CLAIM_PREFIX, CLASS_PREFIX, ClaimAnnotation, ClassAnnotation, PORT_PREFIX,
+    claim_annotation_key, is_hostport_annotation, parse_claim_annotations, parse_class_annotations,
+    port_annotation_key,
 };
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
@@ -50,6 +51,9 @@ struct PortSlot {
     /// Field path for messages, e.g. `spec.containers[0].ports[1]`.
     field: String,
     host_port: Option<i32>,
+    container_port: i32,
+    /// Position among the pod's ports (spec order), so "the first port" is well defined.
+    order: usize,
 }
 
 /// Container ports by name: regular containers and restartable init containers (sidecars),
@@ -71,13 +75,17 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
         .iter()
         .enumerate()
         .map(|(i, c)| ("containers", i, c));
+    let mut order = 0;
     for (list, ci, container) in containers.chain(sidecars.map(|(i, c)| ("initContainers", i, c))) {
         for (pi, port) in container.ports.iter().flatten().enumerate() {
             let slot = PortSlot {
                 pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
                 field: format!("spec.{list}[{ci}].ports[{pi}]"),
                 host_port: port.host_port.filter(|p| *p != 0),
+                container_port: port.container_port,
+                order,
             };
+            order += 1;
             match port.name.as_deref().filter(|n| !n.is_empty()) {
                 Some(name) => named.entry(name.to_owned()).or_default().push(slot),
                 None => unnamed.push(slot),
@@ -114,6 +122,7 @@ pub struct NewPod<'a> {
     pod: &'a Pod,
     annotations: BTreeMap<String, String>,
     claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
+    classes: Result<Vec<ClassAnnotation>, AnnotationError>,
     named: BTreeMap<String, Vec<PortSlot>>,
     unnamed: Vec<PortSlot>,
 }
@@ -123,11 +132,13 @@ impl<'a> NewPod<'a> {
     pub fn new(pod: &'a Pod) -> Self {
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let claims = parse_claim_annotations(&annotations);
+        let classes = parse_class_annotations(&annotations);
         let (named, unnamed) = named_ports(pod);
         Self {
             pod,
             annotations,
             claims,
+            classes,
             named,
             unnamed,
         }
@@ -148,21 +159,51 @@ impl<'a> NewPod<'a> {
     }
 }
 
+/// The checks of a new pod that need no claim: `hostNetwork`, the annotations, host ports
+/// set by hand. Returns the claim and class annotations the pod carries.
+fn check_pod(
+    pod: &NewPod,
+    host_network_allowed: bool,
+) -> Result<(Vec<ClaimAnnotation>, Vec<ClassAnnotation>), Verdict> {
+    check_host_network(pod, host_network_allowed)?;
+    let invalid = |error: &AnnotationError| deny(reasons::INVALID_ANNOTATION, error.to_string());
+    let claims = pod.claims.as_ref().map_err(invalid)?;
+    let classes = pod.classes.as_ref().map_err(invalid)?;
+    let claimed: BTreeSet<&str> = claims
+        .iter()
+        .map(|c| c.port_name.as_str())
+        .chain(classes.iter().map(|c| c.port_name.as_str()))
+        .collect();
+    check_stray_port_annotations(pod, &claimed)?;
+    check_unclaimed_host_ports(pod, &claimed)?;
+    Ok((claims.clone(), classes.clone()))
+}
+
 /// Admission of a new pod in a namespace with the webhook on. `host_network_allowed`: the
-/// namespace carries the admin's opt-out annotation for `hostNetwork` pods; `states`: the
-/// claims of [`NewPod::claim_names`].
-pub fn admit_create(pod: &NewPod, host_network_allowed: bool, states: &ClaimStates) -> Verdict {
+/// namespace carries the admin's opt-out annotation for `hostNetwork` pods; `made`: the
+/// claims made for the pod's class annotations (see [`per_pod::plan`]), by port; `states`:
+/// the claims of [`NewPod::claim_names`] and of `made`.
+pub fn admit_create(
+    pod: &NewPod,
+    host_network_allowed: bool,
+    made: &[ClaimAnnotation],
+    states: &ClaimStates,
+) -> Verdict {
     let phases = || -> Result<Patch, Verdict> {
-        check_host_network(pod, host_network_allowed)?;
-        let claims = pod
-            .claims
-            .as_ref()
-            .map_err(|error| deny(reasons::INVALID_ANNOTATION, error.to_string()))?;
-        let claimed: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
-        check_stray_port_annotations(pod, &claimed)?;
-        check_unclaimed_host_ports(pod, &claimed)?;
+        let (claims, _) = check_pod(pod, host_network_allowed)?;
         let mut operations = vec![];
-        for claim in claims {
+        for claim in &claims {
+            operations.extend(patch_claimed_port(pod, claim, states)?);
+        }
+        let by_hand: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
+        for claim in made
+            .iter()
+            .filter(|c| !by_hand.contains(c.port_name.as_str()))
+        {
+            operations.extend(add(
+                &format!("/metadata/annotations/{}", escape(&claim.key())),
+                Value::String(claim.claim_name.clone()),
+            ));
             operations.extend(patch_claimed_port(pod, claim, states)?);
         }
         Ok(Patch(operations))
@@ -195,7 +236,7 @@ fn check_stray_port_annotations(pod: &NewPod, claimed: &BTreeSet<&str>) -> Resul
             return Err(deny(
                 reasons::STRAY_PORT_ANNOTATION,
                 format!(
-                    "annotation {key:?} is written by the hostport webhook for a claimed port; remove it, or add \"{CLAIM_PREFIX}{port_name}: <claimName>\" to claim a port"
+                    "annotation {key:?} is written by the hostport webhook for a claimed port; remove it, or add \"{CLAIM_PREFIX}{port_name}: <claimName>\" (or \"{CLASS_PREFIX}{port_name}: <className>\") to claim a port"
                 ),
             ));
         }
@@ -246,25 +287,7 @@ fn patch_claimed_port(
         claim_name,
     } = claim;
     let key = claim_annotation_key(port_name);
-    let Some(slots) = pod.named.get(port_name) else {
-        return Err(deny(
-            reasons::UNKNOWN_PORT_NAME,
-            format!(
-                "annotation {key:?} names container port {port_name:?}, but no container port of the pod has that name: add `name: {port_name}` to a port in spec.containers[].ports, or fix the annotation"
-            ),
-        ));
-    };
-    let [slot] = slots.as_slice() else {
-        let fields: Vec<&str> = slots.iter().map(|s| s.field.as_str()).collect();
-        return Err(deny(
-            reasons::DUPLICATE_PORT_NAME,
-            format!(
-                "annotation {key:?} names container port {port_name:?}, which {} ports share ({}): give each port its own name and one annotation each (several annotations may name the same claim)",
-                slots.len(),
-                fields.join(", ")
-            ),
-        ));
-    };
+    let slot = single_slot(pod, &key, port_name)?;
     let port = bound_port(&key, claim_name, states.get(claim_name))?;
     let mut operations = vec![];
     match slot.host_port {
@@ -291,6 +314,30 @@ fn patch_claimed_port(
         ));
     }
     Ok(operations)
+}
+
+/// The one container port named `port_name`, which annotation `key` names.
+fn single_slot<'p>(pod: &'p NewPod, key: &str, port_name: &str) -> Result<&'p PortSlot, Verdict> {
+    let Some(slots) = pod.named.get(port_name) else {
+        return Err(deny(
+            reasons::UNKNOWN_PORT_NAME,
+            format!(
+                "annotation {key:?} names container port {port_name:?}, but no container port of the pod has that name: add `name: {port_name}` to a port in spec.containers[].ports, or fix the annotation"
+            ),
+        ));
+    };
+    let [slot] = slots.as_slice() else {
+        let fields: Vec<&str> = slots.iter().map(|s| s.field.as_str()).collect();
+        return Err(deny(
+            reasons::DUPLICATE_PORT_NAME,
+            format!(
+                "annotation {key:?} names container port {port_name:?}, which {} ports share ({}): give each port its own name and one annotation each (several annotations may name the same claim)",
+                slots.len(),
+                fields.join(", ")
+            ),
+        ));
+    };
+    Ok(slot)
 }
 
 /// The port of the claim annotation `key` names, or why the pod cannot have it.
@@ -354,6 +401,8 @@ pub fn admit_update(old: &Pod, new: &Pod) -> Verdict {
     }
     Verdict::Allow
 }
+
+pub mod per_pod;
 
 #[cfg(test)]
 mod tests;

@@ -60,10 +60,13 @@ fn strip_webhook_metadata<K: kube::Resource>(object: &mut K) {
     meta.generate_name = None;
 }
 
-/// A claim as the webhook keeps it: identity, spec, and status without condition messages
+/// A claim as the webhook keeps it: identity, the pod-claim labels and owners
+/// ([`hostport_api::cache::strip_claim`]), spec, and status without condition messages
 /// except the Bound condition's (a denial quotes it).
 pub fn strip_claim(claim: &mut HostPortClaim) {
-    strip_webhook_metadata(claim);
+    hostport_api::cache::strip_claim(claim);
+    claim.metadata.finalizers = None;
+    claim.metadata.generate_name = None;
     if let Some(status) = claim.status.as_mut() {
         status
             .conditions

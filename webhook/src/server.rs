@@ -15,14 +15,14 @@ use axum::routing::post;
 use hostport_api::webhook_paths as paths;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde::de::DeserializeOwned;
 
 use crate::context::Context;
 use crate::metrics::{DenialLabels, RequestLabels};
-use crate::pod::{self, ClaimStates};
+use crate::pod;
+use crate::pod_claims;
 use crate::resources::{self, Requester};
 use crate::verdict::{Verdict, deny, reasons};
 
@@ -224,18 +224,34 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> R
                 } else {
                     false
                 };
-                // Resolve every named claim first: waiting (one deadline for them all) for
-                // claims applied together with the pod, then the cache or one bounded API
-                // read each.
+                // One deadline for everything the pod waits on.
                 let deadline = tokio::time::Instant::now() + shared.bind_wait;
-                let mut states = ClaimStates::new();
-                for name in new_pod.claim_names() {
+                let plans = match pod::per_pod::plan(&new_pod, host_network_allowed) {
+                    Ok(plans) => plans,
+                    Err(verdict) => return (request, verdict),
+                };
+                let dry_run = request.dry_run;
+                let made = match pod_claims::make(&shared, &namespace, &plans, dry_run).await {
+                    Ok(made) => made,
+                    Err(verdict) => return (request, verdict),
+                };
+                // Every claim the pod names or was given: waiting for claims applied
+                // together with the pod or made just now, then the cache or one bounded API
+                // read each.
+                let mut states = made.predicted;
+                let names: std::collections::BTreeSet<&str> = new_pod
+                    .claim_names()
+                    .into_iter()
+                    .chain(made.existing.iter().map(String::as_str))
+                    .collect();
+                for name in names {
                     let state = shared
                         .claim_state_when_settled(&namespace, name, deadline)
                         .await;
                     states.insert(name.to_owned(), state);
                 }
-                let verdict = pod::admit_create(&new_pod, host_network_allowed, &states);
+                let verdict =
+                    pod::admit_create(&new_pod, host_network_allowed, &made.annotations, &states);
                 (request, verdict)
             }
             Operation::Update => {
@@ -294,40 +310,13 @@ async fn validate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) 
         );
         let verdict = match (verdict, class, &request.operation) {
             (Verdict::Allow, Some(class), Operation::Create) => {
-                class_access(&shared, &claim, &class).await
+                shared.class_access(&claim, &class).await
             }
             (verdict, ..) => verdict,
         };
         (request, verdict)
     })
     .await
-}
-
-/// A new claim against its class's `namespaceSelector` and `maxClaimsPerNamespace`.
-async fn class_access(shared: &Context, claim: &HostPortClaim, class: &HostPortClass) -> Verdict {
-    let namespace = claim.metadata.namespace.clone().unwrap_or_default();
-    let labels = if class.spec.namespace_selector.is_some() {
-        match shared.namespace_labels(&namespace).await {
-            Ok(labels) => labels,
-            Err(why) => {
-                return deny(
-                    reasons::NAMESPACE_NOT_ALLOWED,
-                    format!(
-                        "HostPortClass {:?} admits selected namespaces only, and {why}; try again",
-                        class.name_any()
-                    ),
-                );
-            }
-        }
-    } else {
-        Default::default()
-    };
-    let holding = shared.claims_of_class(
-        &namespace,
-        &claim.spec.host_port_class_name,
-        &claim.name_any(),
-    );
-    resources::check_class_access(claim, class, &labels, holding)
 }
 
 async fn validate_class(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {

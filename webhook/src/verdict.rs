@@ -80,4 +80,12 @@ pub mod reasons {
     pub const WRONG_KIND: &str = "WrongKind";
     /// The request's object cannot be decoded.
     pub const UNDECODABLE: &str = "Undecodable";
+    /// A class annotation names a class that does not exist.
+    pub const CLASS_NOT_FOUND: &str = hostport_api::conditions::reasons::CLASS_NOT_FOUND;
+    /// A class annotation names a class with no free port.
+    pub const POOL_EXHAUSTED: &str = hostport_api::conditions::reasons::POOL_EXHAUSTED;
+    /// The pod's claim cannot be named, or a claim of that name is someone else's.
+    pub const POD_CLAIM_CONFLICT: &str = "PodClaimConflict";
+    /// The webhook could not create the pod's claim.
+    pub const POD_CLAIM_FAILED: &str = "PodClaimFailed";
 }

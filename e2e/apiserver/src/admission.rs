@@ -141,6 +141,14 @@ impl Admission<'_> {
 
     /// Calls one webhook; its response when it allowed the request (`None`: failed, ignored).
     async fn ask(&self, webhook: &Due, object: &Value) -> ApiResult<Option<Value>> {
+        // As kube-apiserver: a dry-run may only reach webhooks without side effects then.
+        let side_effects = webhook.webhook["sideEffects"].as_str().unwrap_or("Unknown");
+        if self.dry_run && !matches!(side_effects, "None" | "NoneOnDryRun") {
+            return Err(ApiError::bad_request(format!(
+                "admission webhook \"{}\" does not support dry run",
+                name_of(webhook)
+            )));
+        }
         let review = review(
             self.rt,
             self.operation,

@@ -149,6 +149,16 @@ impl Default for Registry {
             ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true)
                 .with_short_names(&["ev"]),
             ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
+            // Stored, no controllers: tests create their pods as those controllers would.
+            ResourceType::builtin("apps", "v1", "StatefulSet", "statefulsets", true)
+                .with_status()
+                .with_short_names(&["sts"]),
+            ResourceType::builtin("apps", "v1", "ReplicaSet", "replicasets", true)
+                .with_status()
+                .with_short_names(&["rs"]),
+            ResourceType::builtin("apps", "v1", "Deployment", "deployments", true)
+                .with_status()
+                .with_short_names(&["deploy"]),
             ResourceType::builtin(
                 "admissionregistration.k8s.io",
                 "v1",

@@ -25,7 +25,7 @@ fn claims(state: ClaimState) -> ClaimStates {
 }
 
 fn admit(pod: &Pod, host_network_allowed: bool, states: ClaimStates) -> Verdict {
-    admit_create(&NewPod::new(pod), host_network_allowed, &states)
+    admit_create(&NewPod::new(pod), host_network_allowed, &[], &states)
 }
 
 fn apply(pod: &Pod, verdict: &Verdict) -> Value {

@@ -1,7 +1,8 @@
-//! The allocator core: a 65,536-bit set of used ports and the searches over class pools.
-//! Pure data, no I/O: what is used comes from the HostPort cache (see `port_book`).
+//! A 65,536-bit set of used ports and the searches over class pools: the allocator's core
+//! (`controller::port_book`), also read by the webhook to tell a dry-run which port it would get.
+//! Pure data, no I/O.
 
-use hostport_api::ports::PortRange;
+use crate::ports::PortRange;
 
 const WORDS: usize = 65_536 / 64;
 

@@ -1,0 +1,218 @@
+//! The lifetime of the claims the webhook made for pods (label
+//! `hostport.rmb938.com/pod-claim`; see `hostport_api::pod_claims`).
+//!
+//! - A claim of a StatefulSet's pod follows the StatefulSet's retention policy: with
+//!   `whenDeleted: Delete` it carries the StatefulSet as owner (so the garbage collector, or
+//!   this reconciler when the owner is gone, deletes it with the StatefulSet); with
+//!   `whenScaled: Delete` it is deleted once its ordinal is at or above `spec.replicas` and
+//!   its pod is gone. The policy is read from the StatefulSet at every reconcile (its
+//!   annotation wins over the pod template's), so a changed policy applies at the next pod
+//!   or claim change.
+//! - Any other pod's claim gets its pod as owner once the pod exists, and is deleted when
+//!   that pod is gone. One that no pod names after the grace period is deleted: its pod was
+//!   never created (denied later in the admission chain, quota, a timed-out request retried).
+//!
+//! Deleting a claim only starts its release: its finalizer keeps the port while a pod uses
+//! it. Every step reads before it writes and is safe to repeat.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hostport_api::HostPortClaim;
+use hostport_api::pod_claims::{
+    POD_LABEL, Retention, RetentionPolicy, STATEFULSET_LABEL, is_pod_claim, ordinal,
+};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::events::EventType;
+use crate::pods;
+use crate::writes::{self, claim_name};
+
+/// Name of this reconciler in metrics and logs.
+pub const CONTROLLER: &str = "pod-claim";
+
+/// Safety net for a claim whose cached copy predates our own write.
+const STALE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Reconciles the lifetime of one claim (claims not made for a pod are left alone).
+pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
+    if !is_pod_claim(claim.labels()) || claim.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    if ctx.is_stale(claim.as_ref()) {
+        return Ok(Action::requeue(STALE_RECHECK));
+    }
+    match claim.labels().get(STATEFULSET_LABEL) {
+        Some(set) => statefulset_claim(&claim, set, &ctx).await,
+        None => pod_claim(&claim, &ctx).await,
+    }
+}
+
+fn owner<'c>(claim: &'c HostPortClaim, kind: &str) -> Option<&'c OwnerReference> {
+    claim.owner_references().iter().find(|o| o.kind == kind)
+}
+
+/// Deletes the claim and says why (log and Event).
+async fn delete(claim: &HostPortClaim, reason: &str, why: String, ctx: &Context) -> Result<Action> {
+    writes::delete_claim(ctx, claim).await?;
+    tracing::info!(claim = %claim_name(claim), reason, %why, "deleted a claim made for a pod");
+    ctx.event(
+        claim,
+        EventType::Normal,
+        reason,
+        "Deleting",
+        format!("Deleted: {why}"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
+    let namespace = claim.namespace().unwrap_or_default();
+    if let Some(pod) = owner(claim, "Pod") {
+        let alive = pods::exists(
+            &ctx.client,
+            &ctx.caches.pods,
+            &namespace,
+            &pod.name,
+            Some(&pod.uid),
+        )
+        .await?;
+        if alive {
+            return Ok(Action::await_change());
+        }
+        let why = format!("its pod {} (uid {}) is gone", pod.name, pod.uid);
+        return delete(claim, "PodGone", why, ctx).await;
+    }
+    let name = claim.name_any();
+    let cached = pods::first_user(&namespace, &name, &ctx.caches.pods.state());
+    let user = match cached {
+        Some(user) => Some(user),
+        None => {
+            let grace = ctx.settings.pod_claim_grace;
+            let age = claim
+                .creation_timestamp()
+                .map_or(grace, |created| crate::clock::age(&created));
+            if age < grace {
+                // The pod may still be on its way through admission.
+                tracing::debug!(claim = %claim_name(claim), ?age, "no pod uses the claim yet; looking again after the grace period");
+                return Ok(Action::requeue(grace - age));
+            }
+            pods::users_now(&ctx.client, &namespace, &name)
+                .await?
+                .into_iter()
+                .next()
+        }
+    };
+    let Some(user) = user else {
+        let why = format!(
+            "no pod used it within {:?} of its creation: the pod it was made for was never created (denied later in admission, or the request timed out)",
+            ctx.settings.pod_claim_grace
+        );
+        return delete(claim, "PodNeverCreated", why, ctx).await;
+    };
+    let reference = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: user.name.clone(),
+        uid: user.uid.clone(),
+        controller: None,
+        block_owner_deletion: None,
+    };
+    writes::edit_claim_owners(ctx, claim, |owners| {
+        if owners.iter().any(|o| o.kind == "Pod") {
+            return false;
+        }
+        owners.push(reference);
+        true
+    })
+    .await?;
+    tracing::debug!(claim = %claim_name(claim), pod = %user.name, "claim owned by its pod");
+    Ok(Action::await_change())
+}
+
+async fn statefulset_claim(claim: &HostPortClaim, set_name: &str, ctx: &Context) -> Result<Action> {
+    let namespace = claim.namespace().unwrap_or_default();
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let set = api.get_opt(set_name).await.map_err(Error::api(
+        "reading",
+        "StatefulSet",
+        format!("{namespace}/{set_name}"),
+    ))?;
+    let owned_by = owner(claim, "StatefulSet").cloned();
+    let Some(set) = set.filter(|s| {
+        owned_by
+            .as_ref()
+            .is_none_or(|o| s.uid().as_deref() == Some(o.uid.as_str()))
+    }) else {
+        // Gone (or replaced by a new one of the same name): the claim goes with it only if
+        // it was its owner, as the garbage collector would.
+        return match owned_by {
+            Some(owner) => {
+                let why = format!("its StatefulSet {} (uid {}) is gone", owner.name, owner.uid);
+                delete(claim, "StatefulSetDeleted", why, ctx).await
+            }
+            None => Ok(Action::await_change()),
+        };
+    };
+    let template = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let (policy, errors) = RetentionPolicy::resolve(&[&template, set.annotations()]);
+    for error in errors {
+        tracing::warn!(statefulset = %format!("{namespace}/{set_name}"), %error, "bad retention policy; the default applies");
+        ctx.event(
+            &set,
+            EventType::Warning,
+            "InvalidRetentionPolicy",
+            "Reconciling",
+            format!("{error}; the default applies"),
+        )
+        .await;
+    }
+    let set_uid = set.uid().unwrap_or_default();
+    let want_owner = policy.when_deleted == Retention::Delete;
+    if want_owner != owned_by.is_some() {
+        writes::edit_claim_owners(ctx, claim, |owners| {
+            let before = owners.len();
+            owners.retain(|o| o.kind != "StatefulSet");
+            if want_owner {
+                owners.push(OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "StatefulSet".into(),
+                    name: set_name.to_owned(),
+                    uid: set_uid.clone(),
+                    controller: None,
+                    block_owner_deletion: None,
+                });
+            }
+            want_owner || owners.len() != before
+        })
+        .await?;
+    }
+    if policy.when_scaled == Retention::Delete {
+        let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let pod = claim.labels().get(POD_LABEL);
+        let scaled_away = pod
+            .and_then(|pod| ordinal(pod, set_name))
+            .is_some_and(|n| i64::from(n) >= i64::from(replicas));
+        if let Some(pod) = pod.filter(|_| scaled_away)
+            && !pods::exists(&ctx.client, &ctx.caches.pods, &namespace, pod, None).await?
+        {
+            let why = format!(
+                "StatefulSet {set_name} was scaled to {replicas} and its policy deletes the claims of removed ordinals (whenScaled: Delete)"
+            );
+            return delete(claim, "ScaledDown", why, ctx).await;
+        }
+    }
+    Ok(Action::await_change())
+}

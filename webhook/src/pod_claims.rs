@@ -1,0 +1,202 @@
+//! Making the claims a pod's class annotations ask for, inside its admission: the webhook
+//! creates each claim (or finds the one an earlier admission of the same pod made) and the
+//! pod's admission then waits for the allocator to bind it, exactly as for a claim applied
+//! together with its pod. Allocation stays in one place, the controller, with its one rule
+//! (the HostPort named after the port is the lock), so webhook replicas never pick ports.
+//!
+//! Before anything is created the class must exist, admit the namespace and have a free port
+//! (as the caches see it): a pod that cannot get a port makes nothing. On a dry-run nothing
+//! is created; the answer carries the port the claim would get now.
+
+use std::collections::BTreeSet;
+
+use hostport_api::annotations::ClaimAnnotation;
+use hostport_api::pod_claims::is_pod_claim;
+use hostport_api::port_set::PortSet;
+use hostport_api::ports::{describe_ranges, distinct_port_count};
+use hostport_api::{HostPortClaim, HostPortClass};
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+
+use crate::context::Context;
+use crate::pod::per_pod::{ClaimNaming, PodClaim};
+use crate::pod::{ClaimState, ClaimStates};
+use crate::verdict::{Verdict, deny, reasons};
+
+/// The claims made (or found) for a pod.
+#[derive(Debug, Default)]
+pub struct Made {
+    /// The claim annotations the pod gets, one per port.
+    pub annotations: Vec<ClaimAnnotation>,
+    /// Names of the claims that exist (created now or earlier): their state is waited for.
+    pub existing: BTreeSet<String>,
+    /// On a dry-run, the state of claims that were not created: the port each would get.
+    pub predicted: ClaimStates,
+}
+
+/// Makes (or finds) the claims of `plans` for a pod in `namespace`; nothing is created when
+/// `dry_run`.
+pub async fn make(
+    ctx: &Context,
+    namespace: &str,
+    plans: &[PodClaim],
+    dry_run: bool,
+) -> Result<Made, Verdict> {
+    let mut made = Made::default();
+    // Ports this admission predicts for its own new claims, so two are not told the same.
+    let mut predicted_ports = vec![];
+    for plan in plans {
+        let Some(class) = ctx.class(&plan.class).await else {
+            return Err(deny(
+                reasons::CLASS_NOT_FOUND,
+                format!(
+                    "annotation {:?} names HostPortClass {:?}, which does not exist: create the class, or fix the annotation",
+                    plan.key, plan.class
+                ),
+            ));
+        };
+        if let ClaimNaming::Fixed(name) = &plan.naming
+            && let Some(existing) = ctx.claim_for_pod(namespace, name).await?
+        {
+            reusable(&existing, plan)?;
+            made.existing.insert(name.clone());
+            made.annotations.extend(plan.annotations(name));
+            continue;
+        }
+        let object = plan.object(namespace);
+        if let Verdict::Deny { reason, message } = ctx.class_access(&object, &class).await {
+            return Err(deny(
+                reason,
+                format!("annotation {:?}: {message}", plan.key),
+            ));
+        }
+        let port =
+            free_port(ctx, &class, &predicted_ports).ok_or_else(|| exhausted(plan, &class))?;
+        if dry_run {
+            predicted_ports.push(port);
+            let name = match &plan.naming {
+                ClaimNaming::Fixed(name) | ClaimNaming::Generated(name) => name.clone(),
+            };
+            made.predicted
+                .insert(name.clone(), ClaimState::Bound { port });
+            made.annotations.extend(plan.annotations(&name));
+            continue;
+        }
+        let name = create(ctx, namespace, plan, &object).await?;
+        made.existing.insert(name.clone());
+        made.annotations.extend(plan.annotations(&name));
+    }
+    Ok(made)
+}
+
+/// Creates the claim; a claim of the same name made meanwhile (a retry of this admission)
+/// is used when it was made for this pod.
+async fn create(
+    ctx: &Context,
+    namespace: &str,
+    plan: &PodClaim,
+    object: &HostPortClaim,
+) -> Result<String, Verdict> {
+    let api: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let params = PostParams::default();
+    let created = tokio::time::timeout(ctx.api_timeout, api.create(&params, object));
+    let failed = |why: String| {
+        deny(
+            reasons::POD_CLAIM_FAILED,
+            format!(
+                "annotation {:?}: the webhook could not create a HostPortClaim of class {:?} for the pod ({why}); try again",
+                plan.key, plan.class
+            ),
+        )
+    };
+    match created.await {
+        Ok(Ok(claim)) => {
+            tracing::info!(namespace, claim = %claim.name_any(), class = %plan.class, "claim made for a pod");
+            Ok(claim.name_any())
+        }
+        Ok(Err(kube::Error::Api(status))) if status.code == 409 => {
+            let ClaimNaming::Fixed(name) = &plan.naming else {
+                return Err(failed(status.message));
+            };
+            match ctx.claim_for_pod(namespace, name).await? {
+                Some(existing) => {
+                    reusable(&existing, plan)?;
+                    Ok(name.clone())
+                }
+                None => Err(failed(status.message)),
+            }
+        }
+        Ok(Err(error)) => Err(failed(error.to_string())),
+        Err(_) => Err(failed(format!("no answer within {:?}", ctx.api_timeout))),
+    }
+}
+
+/// Whether an existing claim of the pod's claim name may be the pod's: made for a pod, of
+/// the class asked for, not being deleted, and not belonging to another (earlier) pod.
+fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
+    let name = existing.name_any();
+    let key = &plan.key;
+    if existing.metadata.deletion_timestamp.is_some() {
+        return Err(deny(
+            reasons::CLAIM_DELETING,
+            format!(
+                "annotation {key:?} needs HostPortClaim {name:?}, which is being deleted (it was made for an earlier pod of this name): create the pod again once it is gone"
+            ),
+        ));
+    }
+    if !is_pod_claim(existing.labels()) {
+        return Err(deny(
+            reasons::POD_CLAIM_CONFLICT,
+            format!(
+                "annotation {key:?} needs HostPortClaim {name:?} for the pod, but a claim of that name exists that was not made for a pod: delete or rename it, or name the pod or the port differently"
+            ),
+        ));
+    }
+    if existing.spec.host_port_class_name != plan.class {
+        return Err(deny(
+            reasons::POD_CLAIM_CONFLICT,
+            format!(
+                "annotation {key:?} asks for class {:?}, but HostPortClaim {name:?}, made for an earlier pod of this name, is of class {:?}: delete the claim to change the class",
+                plan.class, existing.spec.host_port_class_name
+            ),
+        ));
+    }
+    if let Some(owner) = existing.owner_references().iter().find(|o| o.kind == "Pod") {
+        return Err(deny(
+            reasons::POD_CLAIM_CONFLICT,
+            format!(
+                "annotation {key:?} needs HostPortClaim {name:?}, which belongs to an earlier pod {:?} (uid {}) and goes with it: create the pod again once that pod and its claim are gone",
+                owner.name, owner.uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The lowest port of `class` no cached HostPort holds and `also_taken` does not list.
+fn free_port(ctx: &Context, class: &HostPortClass, also_taken: &[u16]) -> Option<u16> {
+    let mut used = PortSet::default();
+    for host_port in ctx.host_ports.state() {
+        if let Some(port) = host_port.port() {
+            used.insert(port);
+        }
+    }
+    for port in also_taken {
+        used.insert(*port);
+    }
+    used.lowest_free(&class.ranges())
+}
+
+fn exhausted(plan: &PodClaim, class: &HostPortClass) -> Verdict {
+    let ranges = class.ranges();
+    deny(
+        reasons::POOL_EXHAUSTED,
+        format!(
+            "annotation {:?} names HostPortClass {:?}, whose {} ports ({}) are all in use: free a port (delete a claim) or add a pool to the class, then create the pod again",
+            plan.key,
+            plan.class,
+            distinct_port_count(&ranges),
+            describe_ranges(&ranges)
+        ),
+    )
+}
