@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-use crate::pod_claims::{POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
+use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
 use crate::{HostPort, HostPortClaim};
 
 /// Drops metadata no decision reads: managed fields, labels, annotations (kubectl's
@@ -24,7 +24,8 @@ pub fn strip_metadata<K: Resource>(object: &mut K) {
 pub fn strip_claim(claim: &mut HostPortClaim) {
     let meta = &mut claim.metadata;
     let labels = meta.labels.take().map(|mut labels| {
-        labels.retain(|k, _| [POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL].contains(&k.as_str()));
+        let kept = [POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL, ADMITTED_LABEL];
+        labels.retain(|k, _| kept.contains(&k.as_str()));
         labels
     });
     let owners = meta.owner_references.take().map(|owners| {

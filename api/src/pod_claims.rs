@@ -22,6 +22,9 @@ pub const POD_CLAIM_LABEL: &str = "hostport.rmb938.com/pod-claim";
 pub const POD_LABEL: &str = "hostport.rmb938.com/pod";
 /// Label with the name of the StatefulSet whose pod a claim was made for.
 pub const STATEFULSET_LABEL: &str = "hostport.rmb938.com/statefulset";
+/// Label with the last time (Unix seconds) an admission made or reused the claim: the grace
+/// period for its pod to appear counts from it, so a retried admission is not cut short.
+pub const ADMITTED_LABEL: &str = "hostport.rmb938.com/admitted";
 /// Annotation on a StatefulSet or its pod template: `Delete` (default) or `Retain` the
 /// claims of its pods when the StatefulSet is deleted.
 pub const WHEN_DELETED_ANNOTATION: &str = "hostport.rmb938.com/when-deleted";
@@ -31,6 +34,11 @@ pub const WHEN_SCALED_ANNOTATION: &str = "hostport.rmb938.com/when-scaled";
 
 /// Longest label value.
 const MAX_LABEL_VALUE: usize = 63;
+
+/// The time (Unix seconds) in a claim's [`ADMITTED_LABEL`], if it is one.
+pub fn admitted_at(labels: &BTreeMap<String, String>) -> Option<i64> {
+    labels.get(ADMITTED_LABEL)?.parse().ok()
+}
 
 /// Whether a claim's labels mark it as made for a pod.
 pub fn is_pod_claim(labels: &BTreeMap<String, String>) -> bool {
@@ -200,6 +208,10 @@ mod tests {
         let labels = pod_claim_labels(Some(&long), None);
         assert_eq!(labels.len(), 1);
         assert!(!is_pod_claim(&BTreeMap::new()));
+        let stamped = BTreeMap::from([(ADMITTED_LABEL.to_owned(), "1764668400".to_owned())]);
+        assert_eq!(admitted_at(&stamped), Some(1_764_668_400));
+        let forged = BTreeMap::from([(ADMITTED_LABEL.to_owned(), "soon".to_owned())]);
+        assert_eq!(admitted_at(&forged), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hostport_api::HostPortClaim;
 use hostport_api::pod_claims::{
-    POD_LABEL, Retention, RetentionPolicy, STATEFULSET_LABEL, is_pod_claim, ordinal,
+    POD_LABEL, Retention, RetentionPolicy, STATEFULSET_LABEL, admitted_at, is_pod_claim, ordinal,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -58,9 +58,16 @@ fn owner<'c>(claim: &'c HostPortClaim, kind: &str) -> Option<&'c OwnerReference>
     claim.owner_references().iter().find(|o| o.kind == kind)
 }
 
-/// Deletes the claim and says why (log and Event).
-async fn delete(claim: &HostPortClaim, reason: &str, why: String, ctx: &Context) -> Result<Action> {
-    writes::delete_claim(ctx, claim).await?;
+/// Deletes the claim (with `unchanged`: only the version given) and says why (log and
+/// Event).
+async fn delete(
+    claim: &HostPortClaim,
+    unchanged: bool,
+    reason: &str,
+    why: String,
+    ctx: &Context,
+) -> Result<Action> {
+    writes::delete_claim(ctx, claim, unchanged).await?;
     tracing::info!(claim = %claim_name(claim), reason, %why, "deleted a claim made for a pod");
     ctx.event(
         claim,
@@ -88,34 +95,40 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
             return Ok(Action::await_change());
         }
         let why = format!("its pod {} (uid {}) is gone", pod.name, pod.uid);
-        return delete(claim, "PodGone", why, ctx).await;
+        return delete(claim, false, "PodGone", why, ctx).await;
     }
     let name = claim.name_any();
-    let cached = pods::first_user(&namespace, &name, &ctx.caches.pods.state());
-    let user = match cached {
-        Some(user) => Some(user),
-        None => {
-            let grace = ctx.settings.pod_claim_grace;
-            let age = claim
-                .creation_timestamp()
-                .map_or(grace, |created| crate::clock::age(&created));
-            if age < grace {
-                // The pod may still be on its way through admission.
-                tracing::debug!(claim = %claim_name(claim), ?age, "no pod uses the claim yet; looking again after the grace period");
-                return Ok(Action::requeue(grace - age));
-            }
-            pods::users_now(&ctx.client, &namespace, &name)
-                .await?
-                .into_iter()
-                .next()
+    let grace = ctx.settings.pod_claim_grace;
+    let mut user = pods::first_user(&namespace, &name, &ctx.caches.pods.state());
+    if user.is_none() {
+        let waited = waited_for_pod(claim);
+        if waited < grace {
+            // The pod may still be on its way through admission.
+            return Ok(Action::requeue(grace - waited));
         }
-    };
+        // Before deleting: the claim as it is now (a retried admission may have just renewed
+        // it) and the pods as they are now (one created a moment ago may not be cached).
+        let Some(fresh) = writes::fresh_claim(ctx, claim).await? else {
+            return Ok(Action::await_change());
+        };
+        let waited = waited_for_pod(&fresh);
+        if waited < grace {
+            return Ok(Action::requeue(grace - waited));
+        }
+        user = pods::users_now(&ctx.client, &namespace, &name)
+            .await?
+            .into_iter()
+            .next();
+        if user.is_none() {
+            let why = format!(
+                "no pod used it within {grace:?} of its admission: the pod it was made for was never created (denied later in admission, or the request timed out)"
+            );
+            // Only the version just read: an admission renewing it meanwhile wins.
+            return delete(&fresh, true, "PodNeverCreated", why, ctx).await;
+        }
+    }
     let Some(user) = user else {
-        let why = format!(
-            "no pod used it within {:?} of its creation: the pod it was made for was never created (denied later in admission, or the request timed out)",
-            ctx.settings.pod_claim_grace
-        );
-        return delete(claim, "PodNeverCreated", why, ctx).await;
+        return Ok(Action::await_change());
     };
     let reference = OwnerReference {
         api_version: "v1".into(),
@@ -137,6 +150,20 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// How long the claim has waited for its pod: since its creation or the last admission that
+/// made or reused it, whichever is later.
+fn waited_for_pod(claim: &HostPortClaim) -> Duration {
+    let created = claim.creation_timestamp().map(|c| crate::clock::age(&c));
+    let admitted = admitted_at(claim.labels()).map(|seconds| {
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        Duration::from_secs(now.saturating_sub(seconds).max(0).unsigned_abs())
+    });
+    match (created, admitted) {
+        (Some(created), Some(admitted)) => created.min(admitted),
+        (created, admitted) => created.or(admitted).unwrap_or_default(),
+    }
+}
+
 async fn statefulset_claim(claim: &HostPortClaim, set_name: &str, ctx: &Context) -> Result<Action> {
     let namespace = claim.namespace().unwrap_or_default();
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -156,7 +183,7 @@ async fn statefulset_claim(claim: &HostPortClaim, set_name: &str, ctx: &Context)
         return match owned_by {
             Some(owner) => {
                 let why = format!("its StatefulSet {} (uid {}) is gone", owner.name, owner.uid);
-                delete(claim, "StatefulSetDeleted", why, ctx).await
+                delete(claim, false, "StatefulSetDeleted", why, ctx).await
             }
             None => Ok(Action::await_change()),
         };
@@ -211,7 +238,7 @@ async fn statefulset_claim(claim: &HostPortClaim, set_name: &str, ctx: &Context)
             let why = format!(
                 "StatefulSet {set_name} was scaled to {replicas} and its policy deletes the claims of removed ordinals (whenScaled: Delete)"
             );
-            return delete(claim, "ScaledDown", why, ctx).await;
+            return delete(claim, false, "ScaledDown", why, ctx).await;
         }
     }
     Ok(Action::await_change())

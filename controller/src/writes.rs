@@ -150,19 +150,10 @@ pub async fn edit_claim_owners(
     claim: &HostPortClaim,
     edit: impl FnOnce(&mut Vec<OwnerReference>) -> bool,
 ) -> Result<()> {
-    let api = claims(ctx, claim);
-    let name = claim.name_any();
-    let Some(fresh) = api.get_opt(&name).await.map_err(Error::api(
-        "reading",
-        "HostPortClaim",
-        claim_name(claim),
-    ))?
-    else {
+    let Some(fresh) = fresh_claim(ctx, claim).await? else {
         return Ok(());
     };
-    if fresh.uid() != claim.uid() {
-        return Ok(());
-    }
+    let (api, name) = (claims(ctx, claim), claim.name_any());
     let mut owners = fresh.metadata.owner_references.clone().unwrap_or_default();
     if !edit(&mut owners) {
         return Ok(());
@@ -181,23 +172,32 @@ pub async fn edit_claim_owners(
     Ok(())
 }
 
-/// Deletes a claim, only the one we looked at (its UID); gone already is success. Its
+/// Deletes a claim, only the one we looked at (its UID; with `unchanged`, only that version
+/// of it: a concurrent write is a `Conflict`, retried); gone already is success. Its
 /// finalizer still keeps it (and its port) while pods use it.
-pub async fn delete_claim(ctx: &Context, claim: &HostPortClaim) -> Result<()> {
+pub async fn delete_claim(ctx: &Context, claim: &HostPortClaim, unchanged: bool) -> Result<()> {
     let params = DeleteParams {
         preconditions: claim.uid().map(|uid| Preconditions {
             uid: Some(uid),
-            resource_version: None,
+            resource_version: claim.resource_version().filter(|_| unchanged),
         }),
         ..DeleteParams::default()
     };
     match claims(ctx, claim).delete(&claim.name_any(), &params).await {
         Ok(_) => Ok(()),
-        Err(error) if matches!(status_code(&error), Some(404 | 409)) => Ok(()),
-        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(
-            error,
-        )),
+        Err(error) if status_code(&error) == Some(404) => Ok(()),
+        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(error)),
     }
+}
+
+/// The claim as the API server has it now (`None`: gone, or replaced by another of its
+/// name).
+pub async fn fresh_claim(ctx: &Context, claim: &HostPortClaim) -> Result<Option<HostPortClaim>> {
+    let fresh = claims(ctx, claim)
+        .get_opt(&claim.name_any())
+        .await
+        .map_err(Error::api("reading", "HostPortClaim", claim_name(claim)))?;
+    Ok(fresh.filter(|f| f.uid() == claim.uid()))
 }
 
 /// Deletes a HostPort; `uid` (when known) makes sure it is the object we looked at. Gone

@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 
 use hostport_api::annotations::ClaimAnnotation;
-use hostport_api::pod_claims::is_pod_claim;
+use hostport_api::pod_claims::{ADMITTED_LABEL, STATEFULSET_LABEL, admitted_at, is_pod_claim};
 use hostport_api::port_set::PortSet;
 use hostport_api::ports::{describe_ranges, distinct_port_count};
 use hostport_api::{HostPortClaim, HostPortClass};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::context::Context;
 use crate::pod::per_pod::{ClaimNaming, PodClaim};
@@ -43,6 +43,7 @@ pub async fn make(
     dry_run: bool,
 ) -> Result<Made, Verdict> {
     let mut made = Made::default();
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
     // Ports this admission predicts for its own new claims, so two are not told the same.
     let mut predicted_ports = vec![];
     for plan in plans {
@@ -59,11 +60,12 @@ pub async fn make(
             && let Some(existing) = ctx.claim_for_pod(namespace, name).await?
         {
             reusable(&existing, plan)?;
+            restart_grace(ctx, &existing, plan, now).await?;
             made.existing.insert(name.clone());
             made.annotations.extend(plan.annotations(name));
             continue;
         }
-        let object = plan.object(namespace);
+        let object = plan.object(namespace, now);
         if let Verdict::Deny { reason, message } = ctx.class_access(&object, &class).await {
             return Err(deny(
                 reason,
@@ -121,6 +123,8 @@ async fn create(
             match ctx.claim_for_pod(namespace, name).await? {
                 Some(existing) => {
                     reusable(&existing, plan)?;
+                    let now = admitted_at(object.labels()).unwrap_or_default();
+                    restart_grace(ctx, &existing, plan, now).await?;
                     Ok(name.clone())
                 }
                 None => Err(failed(status.message)),
@@ -129,6 +133,40 @@ async fn create(
         Ok(Err(error)) => Err(failed(error.to_string())),
         Err(_) => Err(failed(format!("no answer within {:?}", ctx.api_timeout))),
     }
+}
+
+/// A claim reused by a retried admission of a pod that does not exist yet gets a new grace
+/// period (its admitted time), so the controller does not delete it as never used while this
+/// admission is under way. StatefulSet claims have no grace period.
+async fn restart_grace(
+    ctx: &Context,
+    existing: &HostPortClaim,
+    plan: &PodClaim,
+    now: i64,
+) -> Result<(), Verdict> {
+    if existing.labels().contains_key(STATEFULSET_LABEL) {
+        return Ok(());
+    }
+    let api: Api<HostPortClaim> =
+        Api::namespaced(ctx.client.clone(), &existing.namespace().unwrap_or_default());
+    let patch = serde_json::json!({"metadata": {"labels": {ADMITTED_LABEL: now.to_string()}}});
+    let (name, params, patch) = (existing.name_any(), PatchParams::default(), Patch::Merge(patch));
+    let written = api.patch(&name, &params, &patch);
+    match tokio::time::timeout(ctx.api_timeout, written).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(refresh_failed(plan, error.to_string())),
+        Err(_) => Err(refresh_failed(plan, format!("no answer within {:?}", ctx.api_timeout))),
+    }
+}
+
+fn refresh_failed(plan: &PodClaim, why: String) -> Verdict {
+    deny(
+        reasons::POD_CLAIM_FAILED,
+        format!(
+            "annotation {:?}: the webhook could not renew the claim an earlier admission of this pod made ({why}); try again",
+            plan.key
+        ),
+    )
 }
 
 /// Whether an existing claim of the pod's claim name may be the pod's: made for a pod, of

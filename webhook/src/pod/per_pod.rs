@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use hostport_api::annotations::{ClaimAnnotation, class_annotation_key};
 use hostport_api::pod_claims::{
-    Retention, RetentionPolicy, claim_generate_name, claim_name, pod_claim_labels,
+    ADMITTED_LABEL, Retention, RetentionPolicy, claim_generate_name, claim_name, pod_claim_labels,
     statefulset_owner,
 };
 use hostport_api::{HostPortClaim, HostPortClaimSpec};
@@ -46,8 +46,8 @@ pub struct PodClaim {
 }
 
 impl PodClaim {
-    /// The claim to create in `namespace`.
-    pub fn object(&self, namespace: &str) -> HostPortClaim {
+    /// The claim to create in `namespace`, made by an admission at `now` (Unix seconds).
+    pub fn object(&self, namespace: &str, now: i64) -> HostPortClaim {
         let (name, generate_name) = match &self.naming {
             ClaimNaming::Fixed(name) => (Some(name.clone()), None),
             ClaimNaming::Generated(prefix) => (None, Some(prefix.clone())),
@@ -57,7 +57,13 @@ impl PodClaim {
                 name,
                 generate_name,
                 namespace: Some(namespace.to_owned()),
-                labels: Some(self.labels.clone()),
+                labels: Some(
+                    self.labels
+                        .clone()
+                        .into_iter()
+                        .chain([(ADMITTED_LABEL.to_owned(), now.to_string())])
+                        .collect(),
+                ),
                 owner_references: self.owner.clone().map(|owner| vec![owner]),
                 ..ObjectMeta::default()
             },
@@ -167,6 +173,7 @@ pub fn plan(pod: &NewPod, host_network_allowed: bool) -> Result<Vec<PodClaim>, V
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;
+    use kube::ResourceExt;
     use serde_json::json;
 
     fn pod(metadata: serde_json::Value, ports: serde_json::Value) -> Pod {
@@ -224,7 +231,11 @@ mod tests {
                 .map(String::as_str),
             Some("arena")
         );
-        let object = plans[0].object("games");
+        let object = plans[0].object("games", 1_764_668_400);
+        assert_eq!(
+            object.labels().get(ADMITTED_LABEL).map(String::as_str),
+            Some("1764668400")
+        );
         assert_eq!(object.metadata.name.as_deref(), Some("arena-0-game-tcp"));
         assert_eq!(object.spec.host_port_class_name, "games");
     }
