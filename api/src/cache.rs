@@ -24,7 +24,12 @@ pub fn strip_metadata<K: Resource>(object: &mut K) {
 pub fn strip_claim(claim: &mut HostPortClaim) {
     let meta = &mut claim.metadata;
     let labels = meta.labels.take().map(|mut labels| {
-        let kept = [POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL, ADMITTED_LABEL];
+        let kept = [
+            POD_CLAIM_LABEL,
+            POD_LABEL,
+            STATEFULSET_LABEL,
+            ADMITTED_LABEL,
+        ];
         labels.retain(|k, _| kept.contains(&k.as_str()));
         labels
     });

@@ -186,7 +186,9 @@ pub async fn delete_claim(ctx: &Context, claim: &HostPortClaim, unchanged: bool)
     match claims(ctx, claim).delete(&claim.name_any(), &params).await {
         Ok(_) => Ok(()),
         Err(error) if status_code(&error) == Some(404) => Ok(()),
-        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(error)),
+        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(
+            error,
+        )),
     }
 }
 

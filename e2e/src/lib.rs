@@ -10,6 +10,7 @@ pub mod local;
 pub mod measure;
 pub mod samples;
 pub mod webhooks;
+pub mod workloads;
 
 use std::path::PathBuf;
 

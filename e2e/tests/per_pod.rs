@@ -16,6 +16,7 @@ use hostport_api::pod_claims::{POD_CLAIM_LABEL, is_pod_claim};
 use hostport_controller::RunOptions;
 use hostport_controller::context::Settings;
 use hostport_e2e::harness::Env;
+use hostport_e2e::workloads::{PodName, pod_from_template};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -127,25 +128,13 @@ async fn run_statefulset_controller(env: &Env, set: &str) {
         if existing.contains(&pod_name) {
             continue;
         }
-        let template = spec.template.clone();
-        let mut metadata = template.metadata.unwrap_or_default();
-        metadata.name = Some(pod_name.clone());
-        metadata.namespace = Some(env.namespace.clone());
-        metadata.owner_references = Some(vec![
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "StatefulSet".into(),
-                name: name.clone(),
-                uid: set.uid().expect("uid"),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
-        ]);
-        let pod = Pod {
-            metadata,
-            spec: template.spec,
-            status: None,
-        };
+        let uid = set.uid().unwrap_or_default();
+        let pod = pod_from_template(
+            &spec.template,
+            &env.namespace,
+            PodName::Name(&pod_name),
+            ("apps/v1", "StatefulSet", &name, &uid),
+        );
         pods(env)
             .create(&PostParams::default(), &pod)
             .await
@@ -457,7 +446,10 @@ async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
     let retries = retries.into_inner();
     eprintln!("200 pods admitted; {retries} admission(s) retried (ClaimNotBound or timeout)");
     if env.server().is_some() {
-        assert_eq!(retries, 0, "the in-process server binds every claim within the wait");
+        assert_eq!(
+            retries, 0,
+            "the in-process server binds every claim within the wait"
+        );
     }
     let ports: BTreeSet<i32> = created.iter().map(|p| host_ports(p)["http"]).collect();
     assert_eq!(ports.len(), 200, "200 distinct ports");

@@ -2,8 +2,11 @@
 //! does what the README says, with the real controller and webhook.
 
 use hostport_api::HostPortClaim;
+use hostport_e2e::workloads::{PodName, pod_from_template};
 use hostport_e2e::{local, samples};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::Api;
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/samples");
@@ -77,6 +80,55 @@ async fn every_sample_applies_and_works() {
         .get("host-ports")
         .await
         .expect("the quota sample is stored");
+
+    // game-servers-statefulset.yaml and web-deployment.yaml: no StatefulSet or ReplicaSet
+    // controller runs here, so one replica of each is made as those controllers would.
+    let sets: Api<StatefulSet> = Api::namespaced(admin.clone(), "demo");
+    let arena = sets.get("arena").await.expect("StatefulSet sample");
+    let arena_uid = arena.metadata.uid.clone().unwrap_or_default();
+    let arena_0 = pod_from_template(
+        &arena.spec.expect("spec").template,
+        "demo",
+        PodName::Name("arena-0"),
+        ("apps/v1", "StatefulSet", "arena", &arena_uid),
+    );
+    let arena_0 = pods
+        .create(&Default::default(), &arena_0)
+        .await
+        .expect("arena-0 admitted");
+    let ports: Vec<Option<i32>> = arena_0.spec.expect("spec").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.host_port)
+        .collect();
+    assert!(ports.iter().all(Option::is_some), "{ports:?}");
+    assert_eq!(ports[0], ports[1], "TCP and UDP of 7777 share a port");
+    assert_ne!(ports[0], ports[2], "the query port has its own");
+    claims
+        .get("arena-0-game-tcp")
+        .await
+        .expect("the claim the webhook made for arena-0");
+    let web: Api<Deployment> = Api::namespaced(admin.clone(), "demo");
+    let web = web.get("web").await.expect("Deployment sample");
+    let replica = pod_from_template(
+        &web.spec.expect("spec").template,
+        "demo",
+        PodName::GenerateName("web-5d8f9c-"),
+        ("apps/v1", "ReplicaSet", "web-5d8f9c", "rs-uid"),
+    );
+    let replica = pods
+        .create(&Default::default(), &replica)
+        .await
+        .expect("web replica admitted");
+    assert!(
+        replica
+            .annotations()
+            .get("claim.hostport.rmb938.com/http")
+            .is_some_and(|c| c.starts_with("web-5d8f9c-http-")),
+        "{:?}",
+        replica.annotations()
+    );
 
     // team-class.yaml: namespace demo (by its kubernetes.io/metadata.name label) only.
     let team_claim = |name: &str| {

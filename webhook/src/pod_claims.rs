@@ -147,15 +147,24 @@ async fn restart_grace(
     if existing.labels().contains_key(STATEFULSET_LABEL) {
         return Ok(());
     }
-    let api: Api<HostPortClaim> =
-        Api::namespaced(ctx.client.clone(), &existing.namespace().unwrap_or_default());
+    let api: Api<HostPortClaim> = Api::namespaced(
+        ctx.client.clone(),
+        &existing.namespace().unwrap_or_default(),
+    );
     let patch = serde_json::json!({"metadata": {"labels": {ADMITTED_LABEL: now.to_string()}}});
-    let (name, params, patch) = (existing.name_any(), PatchParams::default(), Patch::Merge(patch));
+    let (name, params, patch) = (
+        existing.name_any(),
+        PatchParams::default(),
+        Patch::Merge(patch),
+    );
     let written = api.patch(&name, &params, &patch);
     match tokio::time::timeout(ctx.api_timeout, written).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(refresh_failed(plan, error.to_string())),
-        Err(_) => Err(refresh_failed(plan, format!("no answer within {:?}", ctx.api_timeout))),
+        Err(_) => Err(refresh_failed(
+            plan,
+            format!("no answer within {:?}", ctx.api_timeout),
+        )),
     }
 }
 

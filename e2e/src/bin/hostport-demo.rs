@@ -15,7 +15,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use hostport_e2e::harness::controller_user;
+use hostport_e2e::workloads::{PodName, pod_from_template};
 use hostport_e2e::{local, samples};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -258,6 +260,41 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
 
+    println!("\n3c. A port per pod, no claim written by hand (config/samples/web-deployment.yaml)");
+    apply_samples(&admin, &args.samples, &["web-deployment.yaml"]).await?;
+    // No ReplicaSet controller runs here: one replica made as it would make it.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "demo");
+    let web = deployments.get("web").await?;
+    let template = web.spec.map(|s| s.template).unwrap_or_default();
+    let uid = web.metadata.uid.unwrap_or_default();
+    let replica = pod_from_template(
+        &template,
+        "demo",
+        PodName::GenerateName("web-5d8f9c-"),
+        ("apps/v1", "ReplicaSet", "web-5d8f9c", &uid),
+    );
+    let replica = pods.create(&PostParams::default(), &replica).await?;
+    let claim_name = replica
+        .annotations()
+        .get("claim.hostport.rmb938.com/http")
+        .cloned()
+        .unwrap_or_default();
+    let replica_port = replica
+        .annotations()
+        .get("port.hostport.rmb938.com/http")
+        .cloned()
+        .unwrap_or_default();
+    if claim_name.is_empty() || replica_port.is_empty() {
+        bail!("the pod with a class annotation got no claim or no port");
+    }
+    let made = claims.get(&claim_name).await?;
+    println!(
+        "   pod/demo/{} (class.hostport.rmb938.com/http: sample) admitted with claim {claim_name:?} made for it by the webhook: {}",
+        replica.name_any(),
+        describe_claim(&made)
+    );
+    println!("   its env MY_HOST_PORT reads port.hostport.rmb938.com/http = {replica_port:?}");
+
     if args.keep_running {
         println!("\nThe server keeps running with these objects. Try:");
         println!("   export KUBECONFIG={}", args.kubeconfig.display());
@@ -300,6 +337,17 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     pods.delete("app", &DeleteParams::default()).await?;
     claims.delete("app-web", &DeleteParams::default()).await?;
     println!("   pod/demo/app and hostportclaim/demo/app-web deleted");
+    pods.delete(&replica.name_any(), &DeleteParams::default())
+        .await?;
+    wait_for("the claim made for the replica to go with it", || {
+        let (claims, name) = (claims.clone(), claim_name.clone());
+        async move { claims.get_opt(&name).await.ok()?.is_none().then_some(()) }
+    })
+    .await?;
+    println!(
+        "   pod/demo/{} deleted: the claim made for it, {claim_name}, went with it",
+        replica.name_any()
+    );
     wait_for("the HostPort and the claim to go", || {
         let (claims, host_ports) = (claims.clone(), Api::<HostPort>::all(admin.clone()));
         let name = host_port_name.clone();
