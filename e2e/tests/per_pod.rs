@@ -801,3 +801,50 @@ async fn a_retried_admission_reuses_the_claim_it_made() {
     assert_eq!(pod_claims(&env).await.len(), 1);
     env.cleanup().await;
 }
+
+/// A hostile tenant's bare pod posing as a StatefulSet's (a forged controller reference):
+/// its claim is owned by a StatefulSet that does not exist, so the controller deletes it,
+/// and the port is released once the pod is gone.
+#[tokio::test]
+async fn a_forged_statefulset_owner_does_not_keep_a_claim() {
+    let env = Env::new("per-pod-forged").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("web", &[(15950, 15959)]).await;
+    let pod = web_pod(
+        json!({"name": "ghost-0", "ownerReferences": [{"apiVersion": "apps/v1",
+            "kind": "StatefulSet", "name": "ghost", "uid": "forged-uid", "controller": true}]}),
+        &class,
+    );
+    let created = pods(&env)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("admitted");
+    assert!(host_ports(&created)["http"] >= 15950);
+    if env.server().is_none() {
+        // On a cluster the garbage collector deletes a pod whose owner does not exist.
+        gone(&env, &pods(&env), "ghost-0").await;
+    } else {
+        env.wait_for("the claim deleted", WAIT, || async {
+            let claim = env.claims().get_opt("ghost-0-http").await.ok()?;
+            claim
+                .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+                .then_some(())
+        })
+        .await;
+        pods(&env)
+            .delete("ghost-0", &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    gone(&env, &env.claims(), "ghost-0-http").await;
+    if env.server().is_some() {
+        // On a cluster the garbage collector may act first.
+        assert!(env.has_event("StatefulSetDeleted").await);
+    }
+    env.wait_for("its port released", WAIT, || async {
+        env.namespace_host_ports().await.is_empty().then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use hostport_controller::{LeaseConfig, RunOptions};
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE, controller_user};
+use hostport_e2e::workloads::{PodName, pod_from_template};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
@@ -18,6 +19,7 @@ fn group_of(resource: &str) -> &'static str {
     match resource.split('/').next().unwrap_or_default() {
         "hostportclaims" | "hostports" | "hostportclasses" => "hostport.rmb938.com",
         "leases" => "coordination.k8s.io",
+        "statefulsets" => "apps",
         "events" => "events.k8s.io",
         "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" => {
             "admissionregistration.k8s.io"
@@ -114,6 +116,56 @@ async fn rbac_covers_every_call_of_each_binary() {
     pods.delete("echo", &DeleteParams::default())
         .await
         .expect("delete pod");
+    // Ports per pod: a StatefulSet's pod and a ReplicaSet-like pod; their claims go with them.
+    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "arena", "annotations": {"hostport.rmb938.com/when-scaled": "Delete"}},
+        "spec": {"replicas": 0, "serviceName": "arena", "selector": {"matchLabels": {"app": "arena"}},
+            "template": {"metadata": {"labels": {"app": "arena"},
+                "annotations": {"class.hostport.rmb938.com/web": class}},
+                "spec": {"containers": [{"name": "echo", "image": "echo",
+                    "ports": [{"name": "web", "containerPort": 8080}]}]}}}
+    }))
+    .expect("statefulset");
+    let set = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
+        env.client.clone(),
+        &env.namespace,
+    )
+    .create(&PostParams::default(), &set)
+    .await
+    .expect("statefulset");
+    let uid = set.metadata.uid.clone().unwrap_or_default();
+    let template = set.spec.expect("spec").template;
+    for (name, owner) in [
+        (
+            PodName::Name("arena-0"),
+            ("apps/v1", "StatefulSet", "arena", uid.as_str()),
+        ),
+        (
+            PodName::GenerateName("web-"),
+            ("apps/v1", "ReplicaSet", "web", "rs-uid"),
+        ),
+    ] {
+        let pod = pod_from_template(&template, &env.namespace, name, owner);
+        let created = pods
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("pod with a class annotation");
+        pods.delete(
+            &created.metadata.name.unwrap_or_default(),
+            &DeleteParams::default(),
+        )
+        .await
+        .expect("delete pod");
+    }
+    env.wait_for(
+        "the claims made for pods gone",
+        Duration::from_secs(20),
+        || async {
+            let claims = env.claims().list(&Default::default()).await.ok()?.items;
+            claims.is_empty().then_some(())
+        },
+    )
+    .await;
     env.create_claim("legacy", &class, None).await;
     let legacy = env.bound("legacy").await;
     let host_port = legacy.spec.host_port_name.clone().expect("bound");

@@ -252,8 +252,15 @@ impl Context {
             })
     }
 
-    /// A new claim against its class's `namespaceSelector` and `maxClaimsPerNamespace`.
-    pub async fn class_access(&self, claim: &HostPortClaim, class: &HostPortClass) -> Verdict {
+    /// A new claim against its class's `namespaceSelector` and `maxClaimsPerNamespace`;
+    /// `also_new`: claims of the class in the namespace about to be made with it (not cached
+    /// yet).
+    pub async fn class_access(
+        &self,
+        claim: &HostPortClaim,
+        class: &HostPortClass,
+        also_new: usize,
+    ) -> Verdict {
         let namespace = claim.metadata.namespace.clone().unwrap_or_default();
         let labels = if class.spec.namespace_selector.is_some() {
             match self.namespace_labels(&namespace).await {
@@ -275,7 +282,7 @@ impl Context {
             &namespace,
             &claim.spec.host_port_class_name,
             &claim.name_any(),
-        );
+        ) + also_new;
         crate::resources::check_class_access(claim, class, &labels, holding)
     }
 

@@ -42,10 +42,10 @@ pub async fn make(
     plans: &[PodClaim],
     dry_run: bool,
 ) -> Result<Made, Verdict> {
-    let mut made = Made::default();
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    // Ports this admission predicts for its own new claims, so two are not told the same.
-    let mut predicted_ports = vec![];
+    // Every check first, so a pod denied for its second claim does not leave its first.
+    let mut reused = vec![];
+    let mut new: Vec<(&PodClaim, HostPortClaim, u16)> = vec![];
     for plan in plans {
         let Some(class) = ctx.class(&plan.class).await else {
             return Err(deny(
@@ -60,33 +60,45 @@ pub async fn make(
             && let Some(existing) = ctx.claim_for_pod(namespace, name).await?
         {
             reusable(&existing, plan)?;
-            restart_grace(ctx, &existing, plan, now).await?;
-            made.existing.insert(name.clone());
-            made.annotations.extend(plan.annotations(name));
+            reused.push((plan, existing));
             continue;
         }
         let object = plan.object(namespace, now);
-        if let Verdict::Deny { reason, message } = ctx.class_access(&object, &class).await {
+        let same_class = new.iter().filter(|(p, ..)| p.class == plan.class).count();
+        if let Verdict::Deny { reason, message } =
+            ctx.class_access(&object, &class, same_class).await
+        {
             return Err(deny(
                 reason,
                 format!("annotation {:?}: {message}", plan.key),
             ));
         }
-        let port =
-            free_port(ctx, &class, &predicted_ports).ok_or_else(|| exhausted(plan, &class))?;
+        // Ports predicted for this admission's earlier new claims are not offered twice.
+        let taken: Vec<u16> = new.iter().map(|(.., port)| *port).collect();
+        let port = free_port(ctx, &class, &taken).ok_or_else(|| exhausted(plan, &class))?;
+        new.push((plan, object, port));
+    }
+    let mut made = Made::default();
+    for (plan, existing) in reused {
+        if !dry_run {
+            restart_grace(ctx, &existing, plan, now).await?;
+        }
+        let name = existing.name_any();
+        made.annotations.extend(plan.annotations(&name));
+        made.existing.insert(name);
+    }
+    for (plan, object, port) in new {
         if dry_run {
-            predicted_ports.push(port);
             let name = match &plan.naming {
                 ClaimNaming::Fixed(name) | ClaimNaming::Generated(name) => name.clone(),
             };
-            made.predicted
-                .insert(name.clone(), ClaimState::Bound { port });
             made.annotations.extend(plan.annotations(&name));
+            made.predicted.insert(name, ClaimState::Bound { port });
             continue;
         }
         let name = create(ctx, namespace, plan, &object).await?;
-        made.existing.insert(name.clone());
         made.annotations.extend(plan.annotations(&name));
+        made.existing.insert(name);
     }
     Ok(made)
 }
@@ -246,4 +258,69 @@ fn exhausted(plan: &PodClaim, class: &HostPortClass) -> Verdict {
             describe_ranges(&ranges)
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hostport_api::HostPortClaimSpec;
+    use hostport_api::pod_claims::POD_CLAIM_LABEL;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+
+    fn plan() -> PodClaim {
+        PodClaim {
+            naming: ClaimNaming::Fixed("web-0-http".into()),
+            class: "games".into(),
+            port_names: vec!["http".into()],
+            key: "class.hostport.rmb938.com/http".into(),
+            labels: Default::default(),
+            owner: None,
+        }
+    }
+
+    fn existing(edit: impl FnOnce(&mut HostPortClaim)) -> HostPortClaim {
+        let mut claim = HostPortClaim::new("web-0-http", HostPortClaimSpec::of_class("games"));
+        claim.metadata.labels = Some([(POD_CLAIM_LABEL.to_owned(), "true".to_owned())].into());
+        edit(&mut claim);
+        claim
+    }
+
+    fn denied_with(verdict: Result<(), Verdict>, text: &str) -> bool {
+        matches!(verdict, Err(Verdict::Deny { message, .. }) if message.contains(text))
+    }
+
+    #[test]
+    fn only_a_claim_made_for_this_pod_is_reused() {
+        assert_eq!(reusable(&existing(|_| {}), &plan()), Ok(()));
+        let hand_made = existing(|c| c.metadata.labels = None);
+        assert!(denied_with(
+            reusable(&hand_made, &plan()),
+            "was not made for a pod"
+        ));
+        let other_class = existing(|c| c.spec.host_port_class_name = "web".into());
+        assert!(denied_with(
+            reusable(&other_class, &plan()),
+            "is of class \"web\""
+        ));
+        let deleting = existing(|c| {
+            c.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        });
+        assert!(denied_with(
+            reusable(&deleting, &plan()),
+            "is being deleted"
+        ));
+        let owned = existing(|c| {
+            c.metadata.owner_references = Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: "web-0".into(),
+                uid: "old".into(),
+                ..OwnerReference::default()
+            }]);
+        });
+        assert!(denied_with(
+            reusable(&owned, &plan()),
+            "belongs to an earlier pod"
+        ));
+    }
 }

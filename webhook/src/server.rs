@@ -310,7 +310,7 @@ async fn validate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) 
         );
         let verdict = match (verdict, class, &request.operation) {
             (Verdict::Allow, Some(class), Operation::Create) => {
-                shared.class_access(&claim, &class).await
+                shared.class_access(&claim, &class, 0).await
             }
             (verdict, ..) => verdict,
         };
