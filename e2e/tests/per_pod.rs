@@ -414,8 +414,8 @@ async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
     // Half named like a StatefulSet's or a bare pod, half generateName like a ReplicaSet's.
     // A pod denied because its claim was not bound within the wait (or whose admission
     // timed out) is created again, as a ReplicaSet or StatefulSet would: a small real
-    // control plane running debug builds binds fewer than 200 claims in the wait; the
-    // in-process server binds them all.
+    // control plane running debug builds binds fewer than 200 claims in the wait, and a
+    // busy CI machine may too (the release bench measures the latency: BENCHMARKS.md).
     let api = pods(&env);
     let retries = std::sync::atomic::AtomicUsize::new(0);
     let creates = (0..200).map(|i| {
@@ -816,26 +816,26 @@ async fn a_forged_statefulset_owner_does_not_keep_a_claim() {
             "kind": "StatefulSet", "name": "ghost", "uid": "forged-uid", "controller": true}]}),
         &class,
     );
-    let created = pods(&env)
-        .create(&PostParams::default(), &pod)
-        .await
-        .expect("admitted");
-    assert!(host_ports(&created)["http"] >= 15950);
-    if env.server().is_none() {
-        // On a cluster the garbage collector deletes a pod whose owner does not exist.
-        gone(&env, &pods(&env), "ghost-0").await;
-    } else {
-        env.wait_for("the claim deleted", WAIT, || async {
-            let claim = env.claims().get_opt("ghost-0-http").await.ok()?;
-            claim
-                .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
-                .then_some(())
-        })
-        .await;
-        pods(&env)
-            .delete("ghost-0", &DeleteParams::default())
-            .await
-            .expect("delete");
+    // The controller may delete the claim before the admission is over (the pod is then
+    // denied), or after (the port is held until the pod goes).
+    match pods(&env).create(&PostParams::default(), &pod).await {
+        Ok(created) => {
+            assert!(host_ports(&created)["http"] >= 15950);
+            env.wait_for("the claim deleted", WAIT, || async {
+                let claim = env.claims().get_opt("ghost-0-http").await.ok()?;
+                claim
+                    .is_none_or(|c| c.metadata.deletion_timestamp.is_some())
+                    .then_some(())
+            })
+            .await;
+            if env.server().is_some() {
+                pods(&env)
+                    .delete("ghost-0", &DeleteParams::default())
+                    .await
+                    .expect("delete");
+            }
+        }
+        Err(error) => assert!(denial(error).contains("is being deleted")),
     }
     gone(&env, &env.claims(), "ghost-0-http").await;
     if env.server().is_some() {

@@ -445,12 +445,14 @@ fn verdict(due: &Due, response: &Value) -> ApiResult<()> {
         .filter(|c| *c >= 400)
         .unwrap_or(403);
     let message = status["message"].as_str().unwrap_or_default();
-    let reason = match code {
-        400 => "BadRequest",
-        422 => "Invalid",
-        _ => "Forbidden",
-    };
-    let text = if message.is_empty() {
+    // As kube-apiserver (`webhookerrors.ToStatusErr`): the webhook's reason is kept as given.
+    let reason = status["reason"].as_str().unwrap_or_default().to_owned();
+    let text = if message.is_empty() && !reason.is_empty() {
+        format!(
+            "admission webhook \"{}\" denied the request: {reason}",
+            name_of(due)
+        )
+    } else if message.is_empty() {
         format!(
             "admission webhook \"{}\" denied the request without explanation",
             name_of(due)

@@ -87,8 +87,8 @@ fn short_json(value: &Value) -> String {
 pub struct ApiError {
     /// HTTP status code.
     pub code: u16,
-    /// `metav1.StatusReason`, e.g. `NotFound`.
-    pub reason: &'static str,
+    /// `metav1.StatusReason`, e.g. `NotFound` (a webhook's denial keeps its own).
+    pub reason: std::borrow::Cow<'static, str>,
     /// Human-readable message.
     pub message: String,
     /// `Status.details`, when the error is about one object.
@@ -96,10 +96,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(
+        code: u16,
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
-            reason,
+            reason: reason.into(),
             message: message.into(),
             details: None,
         }
@@ -184,7 +188,7 @@ impl ApiError {
             .collect();
         Self {
             code: 422,
-            reason: "Invalid",
+            reason: "Invalid".into(),
             message: format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")),
             details: Some(
                 json!({"name": name, "group": rt.group, "kind": rt.kind, "causes": causes}),
@@ -227,7 +231,11 @@ impl ApiError {
     }
 
     /// Any code, for injected faults and webhook-provided statuses.
-    pub fn with_code(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn with_code(
+        code: u16,
+        reason: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self::new(code, reason, message)
     }
 
