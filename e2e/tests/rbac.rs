@@ -119,20 +119,21 @@ async fn rbac_covers_every_call_of_each_binary() {
     // Ports per pod: a StatefulSet's pod and a ReplicaSet-like pod; their claims go with them.
     let set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "arena", "annotations": {"hostport.rmb938.com/when-scaled": "Delete"}},
-        "spec": {"replicas": 0, "serviceName": "arena", "selector": {"matchLabels": {"app": "arena"}},
+        "spec": {"replicas": 1, "serviceName": "arena", "selector": {"matchLabels": {"app": "arena"}},
             "template": {"metadata": {"labels": {"app": "arena"},
                 "annotations": {"class.hostport.rmb938.com/web": class}},
                 "spec": {"containers": [{"name": "echo", "image": "echo",
                     "ports": [{"name": "web", "containerPort": 8080}]}]}}}
     }))
     .expect("statefulset");
-    let set = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
+    let sets = Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
         env.client.clone(),
         &env.namespace,
-    )
-    .create(&PostParams::default(), &set)
-    .await
-    .expect("statefulset");
+    );
+    let set = sets
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("statefulset");
     let uid = set.metadata.uid.clone().unwrap_or_default();
     let template = set.spec.expect("spec").template;
     for (name, owner) in [
@@ -150,6 +151,14 @@ async fn rbac_covers_every_call_of_each_binary() {
             .create(&PostParams::default(), &pod)
             .await
             .expect("pod with a class annotation");
+        // Scaled to zero (whenScaled: Delete), then the pod goes: its claim goes too.
+        sets.patch(
+            "arena",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .expect("scale");
         pods.delete(
             &created.metadata.name.unwrap_or_default(),
             &DeleteParams::default(),
