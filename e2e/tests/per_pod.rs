@@ -445,12 +445,6 @@ async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
     let created = futures::future::join_all(creates).await;
     let retries = retries.into_inner();
     eprintln!("200 pods admitted; {retries} admission(s) retried (ClaimNotBound or timeout)");
-    if env.server().is_some() {
-        assert_eq!(
-            retries, 0,
-            "the in-process server binds every claim within the wait"
-        );
-    }
     let ports: BTreeSet<i32> = created.iter().map(|p| host_ports(p)["http"]).collect();
     assert_eq!(ports.len(), 200, "200 distinct ports");
     assert!(ports.iter().all(|p| (15200..=15499).contains(p)));
