@@ -153,39 +153,48 @@ fn port_name_after<'k>(
     Ok(Some(port_name))
 }
 
+/// `(port name, value)` of one `<prefix><portName>: <object name>` annotation, validated;
+/// `Ok(None)` when the key has another prefix. `empty`/`invalid` build the error for a bad
+/// value.
+fn parse_port_annotation(
+    (prefix, usage): (&str, &'static str),
+    key: &str,
+    value: &str,
+    empty: fn(String) -> AnnotationError,
+    invalid: fn(String, String, String) -> AnnotationError,
+) -> Result<Option<(String, String)>, AnnotationError> {
+    let Some(port_name) = port_name_after(prefix, usage, key)? else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Err(empty(key.to_owned()));
+    }
+    if let Err(reason) = validate_dns1123_subdomain(value) {
+        return Err(invalid(key.to_owned(), value.to_owned(), reason));
+    }
+    Ok(Some((port_name.to_owned(), value.to_owned())))
+}
+
 /// Parses one annotation; `Ok(None)` when the key is not a claim annotation.
 pub fn parse_claim_annotation(
     key: &str,
     value: &str,
 ) -> Result<Option<ClaimAnnotation>, AnnotationError> {
-    let Some(port_name) = port_name_after(CLAIM_PREFIX, CLAIM_USAGE, key)? else {
-        return Ok(None);
-    };
-    let key = key.to_owned();
-    if value.is_empty() {
-        return Err(AnnotationError::EmptyClaimName { key });
-    }
-    if let Err(reason) = validate_dns1123_subdomain(value) {
-        return Err(AnnotationError::InvalidClaimName {
+    let parsed = parse_port_annotation(
+        (CLAIM_PREFIX, CLAIM_USAGE),
+        key,
+        value,
+        |key| AnnotationError::EmptyClaimName { key },
+        |key, claim_name, reason| AnnotationError::InvalidClaimName {
             key,
-            claim_name: value.to_owned(),
+            claim_name,
             reason,
-        });
-    }
-    Ok(Some(ClaimAnnotation {
-        port_name: port_name.to_owned(),
-        claim_name: value.to_owned(),
+        },
+    )?;
+    Ok(parsed.map(|(port_name, claim_name)| ClaimAnnotation {
+        port_name,
+        claim_name,
     }))
-}
-
-/// Every claim annotation of a pod, in key order; the first bad one is the error.
-pub fn parse_claim_annotations(
-    annotations: &BTreeMap<String, String>,
-) -> Result<Vec<ClaimAnnotation>, AnnotationError> {
-    annotations
-        .iter()
-        .filter_map(|(k, v)| parse_claim_annotation(k, v).transpose())
-        .collect()
 }
 
 /// Parses one annotation; `Ok(None)` when the key is not a class annotation.
@@ -193,34 +202,46 @@ pub fn parse_class_annotation(
     key: &str,
     value: &str,
 ) -> Result<Option<ClassAnnotation>, AnnotationError> {
-    let Some(port_name) = port_name_after(CLASS_PREFIX, CLASS_USAGE, key)? else {
-        return Ok(None);
-    };
-    let key = key.to_owned();
-    if value.is_empty() {
-        return Err(AnnotationError::EmptyClassName { key });
-    }
-    if let Err(reason) = validate_dns1123_subdomain(value) {
-        return Err(AnnotationError::InvalidClassName {
+    let parsed = parse_port_annotation(
+        (CLASS_PREFIX, CLASS_USAGE),
+        key,
+        value,
+        |key| AnnotationError::EmptyClassName { key },
+        |key, class_name, reason| AnnotationError::InvalidClassName {
             key,
-            class_name: value.to_owned(),
+            class_name,
             reason,
-        });
-    }
-    Ok(Some(ClassAnnotation {
-        port_name: port_name.to_owned(),
-        class_name: value.to_owned(),
+        },
+    )?;
+    Ok(parsed.map(|(port_name, class_name)| ClassAnnotation {
+        port_name,
+        class_name,
     }))
+}
+
+/// Every annotation `parse` recognizes, in key order; the first bad one is the error.
+fn parse_all<T>(
+    annotations: &BTreeMap<String, String>,
+    parse: fn(&str, &str) -> Result<Option<T>, AnnotationError>,
+) -> Result<Vec<T>, AnnotationError> {
+    annotations
+        .iter()
+        .filter_map(|(k, v)| parse(k, v).transpose())
+        .collect()
+}
+
+/// Every claim annotation of a pod, in key order; the first bad one is the error.
+pub fn parse_claim_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<ClaimAnnotation>, AnnotationError> {
+    parse_all(annotations, parse_claim_annotation)
 }
 
 /// Every class annotation of a pod, in key order; the first bad one is the error.
 pub fn parse_class_annotations(
     annotations: &BTreeMap<String, String>,
 ) -> Result<Vec<ClassAnnotation>, AnnotationError> {
-    annotations
-        .iter()
-        .filter_map(|(k, v)| parse_class_annotation(k, v).transpose())
-        .collect()
+    parse_all(annotations, parse_class_annotation)
 }
 
 /// Names of the claims a pod's annotations refer to, without validation: what keeps a
