@@ -842,3 +842,123 @@ async fn a_forged_statefulset_owner_does_not_keep_a_claim() {
     .await;
     env.cleanup().await;
 }
+
+/// A Deployment's replicas (generateName pods of its ReplicaSet) each get a port; scaling
+/// down frees the ports of the removed replicas, deleting the Deployment frees the rest. On
+/// a real cluster the Deployment, ReplicaSet and garbage collector controllers do the pod
+/// work; in-process the scenario does it as they would.
+#[tokio::test]
+async fn a_deployment_gives_each_replica_a_port_and_frees_it_with_the_replica() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let env = Env::new("per-pod-deploy").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("web", &[(15960, 15969)]).await;
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &env.namespace);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"},
+                    "annotations": {"class.hostport.rmb938.com/http": class}},
+                "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10",
+                    "ports": [{"name": "http", "containerPort": 8080}]}]}
+            }
+        }
+    }))
+    .expect("deployment");
+    let deployment = deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("deployment");
+    if env.server().is_some() {
+        let template = deployment.spec.clone().expect("spec").template;
+        for _ in 0..3 {
+            let pod = pod_from_template(
+                &template,
+                &env.namespace,
+                PodName::GenerateName("web-7c9d-"),
+                ("apps/v1", "ReplicaSet", "web-7c9d", "rs-uid"),
+            );
+            pods(&env)
+                .create(&PostParams::default(), &pod)
+                .await
+                .expect("replica admitted");
+        }
+    }
+    let replicas = || async {
+        let listed = pods(&env)
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items;
+        Some(
+            listed
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect::<Vec<Pod>>(),
+        )
+    };
+    let running = env
+        .wait_for("3 replicas with ports", WAIT, || async {
+            let running = replicas().await?;
+            (running.len() == 3 && running.iter().all(|p| host_ports(p).contains_key("http")))
+                .then_some(running)
+        })
+        .await;
+    let ports: BTreeSet<i32> = running.iter().map(|p| host_ports(p)["http"]).collect();
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    env.wait_for("each claim owned by its replica", WAIT, || async {
+        let claims = pod_claims(&env).await;
+        (claims.len() == 3
+            && claims
+                .iter()
+                .all(|c| c.owner_references().iter().any(|o| o.kind == "Pod")))
+        .then_some(())
+    })
+    .await;
+
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale down");
+    if env.server().is_some() {
+        for pod in &running[1..] {
+            pods(&env)
+                .delete(&pod.name_any(), &DeleteParams::default())
+                .await
+                .expect("delete replica");
+        }
+    }
+    env.wait_for("one claim and one port left", WAIT, || async {
+        let claims = pod_claims(&env).await.len();
+        let held = env.namespace_host_ports().await.len();
+        (claims == 1 && held == 1).then_some(())
+    })
+    .await;
+
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await
+        .expect("delete deployment");
+    if env.server().is_some() {
+        for pod in replicas().await.unwrap_or_default() {
+            pods(&env)
+                .delete(&pod.name_any(), &DeleteParams::default())
+                .await
+                .expect("delete replica");
+        }
+    }
+    env.wait_for("no claim and no port left", WAIT, || async {
+        (pod_claims(&env).await.is_empty() && env.namespace_host_ports().await.is_empty())
+            .then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
