@@ -793,6 +793,7 @@ async fn a_retried_admission_reuses_the_claim_it_made() {
     }
     assert_eq!(patches[0], patches[1], "the same claim and port");
     assert_eq!(pod_claims(&env).await.len(), 1);
+    assert_eq!(webhook.metrics.pod_claims_created.get(), 1);
     env.cleanup().await;
 }
 

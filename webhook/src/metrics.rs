@@ -39,6 +39,8 @@ pub struct Metrics {
     pub claim_waits: Gauge,
     /// How long admissions waited for claims, seconds (only those that waited).
     pub claim_wait_seconds: Histogram,
+    /// Claims created for pods with class annotations.
+    pub pod_claims_created: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,12 @@ impl Default for Metrics {
             "Time pod admissions waited for named claims to appear or bind",
             claim_wait_seconds.clone(),
         );
+        let pod_claims_created = Counter::default();
+        registry.register(
+            "pod_claims_created",
+            "HostPortClaims created for pods with class.hostport.rmb938.com annotations",
+            pod_claims_created.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -81,6 +89,7 @@ impl Default for Metrics {
             latency,
             claim_waits,
             claim_wait_seconds,
+            pod_claims_created,
         }
     }
 }

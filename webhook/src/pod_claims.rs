@@ -125,6 +125,7 @@ async fn create(
     };
     match created.await {
         Ok(Ok(claim)) => {
+            ctx.metrics.pod_claims_created.inc();
             tracing::info!(namespace, claim = %claim.name_any(), class = %plan.class, "claim made for a pod");
             Ok(claim.name_any())
         }
