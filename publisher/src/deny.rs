@@ -1,0 +1,126 @@
+//! Ports that are never forwarded, in any mode, whatever a class or Service says: the
+//! node's and the control plane's own (SSH, DNS, the API server, etcd, the kubelet, …).
+
+use std::collections::BTreeSet;
+
+use crate::forward::{Forward, ForwardSet};
+
+/// SSH, DNS, kube-apiserver, etcd, kubelet (read-write and read-only), kube-proxy health,
+/// kube-controller-manager, kube-scheduler.
+pub const DEFAULT_DENIED: &[u16] = &[22, 53, 2379, 2380, 6443, 10250, 10255, 10256, 10257, 10259];
+
+/// The deny-list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DenyList {
+    ports: BTreeSet<u16>,
+}
+
+impl Default for DenyList {
+    fn default() -> Self {
+        Self {
+            ports: DEFAULT_DENIED.iter().copied().collect(),
+        }
+    }
+}
+
+/// A deny-list that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("deny-list entry {entry:?} is not a port (1-65535) or a range like 30000-30100")]
+pub struct DenyListError {
+    /// The entry.
+    pub entry: String,
+}
+
+impl DenyList {
+    /// From `22,6443,30000-30100` (empty: nothing denied).
+    pub fn parse(list: &str) -> Result<Self, DenyListError> {
+        let mut ports = BTreeSet::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let error = || DenyListError {
+                entry: entry.to_owned(),
+            };
+            let port = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(error)
+            };
+            match entry.split_once('-') {
+                Some((start, end)) => {
+                    let (start, end) = (port(start)?, port(end)?);
+                    if start > end {
+                        return Err(error());
+                    }
+                    ports.extend(start..=end);
+                }
+                None => {
+                    ports.insert(port(entry)?);
+                }
+            }
+        }
+        Ok(Self { ports })
+    }
+
+    /// Whether `port` is never forwarded.
+    pub fn denies(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+
+    /// `set` without denied external or target ports, and the forwards left out.
+    pub fn filter(&self, set: &ForwardSet) -> (ForwardSet, Vec<Forward>) {
+        let (denied, kept): (Vec<Forward>, Vec<Forward>) = set
+            .iter()
+            .partition(|f| self.denies(f.port) || self.denies(f.target.port));
+        (kept.into_iter().collect(), denied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::{Protocol, Target};
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn parses_ports_and_ranges_and_refuses_the_rest() {
+        let list = DenyList::parse("22, 6443,30000-30002").expect("valid");
+        assert!(list.denies(22) && list.denies(30001) && !list.denies(30003));
+        assert!(DenyList::parse("").expect("empty").ports.is_empty());
+        for bad in ["0", "70000", "ssh", "10-5", "1-"] {
+            let error = DenyList::parse(bad).expect_err(bad);
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+        assert!(DenyList::default().denies(6443));
+    }
+
+    #[test]
+    fn denied_ports_are_left_out_on_either_side() {
+        let target = |port| Target {
+            address: Ipv4Addr::new(198, 51, 100, 2),
+            port,
+        };
+        let set: ForwardSet = [
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 22,
+                target: target(2222),
+            },
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 2222,
+                target: target(22),
+            },
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 9000,
+                target: target(9000),
+            },
+        ]
+        .into_iter()
+        .collect();
+        let (kept, denied) = DenyList::default().filter(&set);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(denied.len(), 2);
+    }
+}

@@ -1,0 +1,321 @@
+//! Real kernels, real `nft` and `iptables`, real traffic: a client reaches an echo server on
+//! a node through the router's DNAT, and stops reaching it when the forward goes.
+//! Skipped, saying why, only where network namespaces cannot be created.
+
+mod netns;
+
+use std::time::Duration;
+
+use hostport_publisher::deny::DenyList;
+use hostport_publisher::exec::Executor;
+use hostport_publisher::forward::{Forward, ForwardSet, Protocol, Target};
+use hostport_publisher::nft::Rules;
+use hostport_publisher::sync::{Backend, Outcome, Syncer};
+use netns::{NODE, Topology};
+
+fn to_node(protocol: Protocol, port: u16, node_port: u16) -> Forward {
+    Forward {
+        protocol,
+        port,
+        target: Target {
+            address: NODE,
+            port: node_port,
+        },
+    }
+}
+
+fn edge_rules() -> Rules {
+    Rules {
+        interface: Some("ext0".into()),
+        masquerade: true,
+    }
+}
+
+fn syncer(topology: &Topology, backend: Backend) -> Syncer {
+    Syncer::new(
+        backend,
+        edge_rules(),
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    )
+}
+
+macro_rules! need_namespaces {
+    () => {
+        if let Some(why) = netns::unavailable() {
+            eprintln!("{why}");
+            return;
+        }
+    };
+}
+
+/// TCP and UDP through the DNAT; a retarget and a removal take effect at once.
+async fn forwards_open_and_close(backend: Backend) {
+    let topology = Topology::new(&[7000, 7001]);
+    let mut syncer = syncer(&topology, backend);
+    let both: ForwardSet = [
+        to_node(Protocol::Tcp, 9000, 7000),
+        to_node(Protocol::Udp, 9000, 7000),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        syncer.sync(&both).await.expect("sync"),
+        Outcome::Replaced { forwards: 2 }
+    );
+    assert_eq!(
+        topology
+            .exchange(Protocol::Tcp, 9000, "tcp-hello")
+            .as_deref(),
+        Some("tcp-hello")
+    );
+    assert_eq!(
+        topology
+            .exchange(Protocol::Udp, 9000, "udp-hello")
+            .as_deref(),
+        Some("udp-hello")
+    );
+    assert_eq!(
+        topology.exchange(Protocol::Tcp, 9001, "nothing there"),
+        None
+    );
+
+    // The claim moves to another port, then goes.
+    let moved: ForwardSet = [to_node(Protocol::Tcp, 9001, 7001)].into_iter().collect();
+    syncer.sync(&moved).await.expect("sync");
+    assert_eq!(
+        topology.exchange(Protocol::Tcp, 9001, "moved").as_deref(),
+        Some("moved")
+    );
+    assert_eq!(topology.exchange(Protocol::Tcp, 9000, "closed"), None);
+    assert_eq!(topology.exchange(Protocol::Udp, 9000, "closed"), None);
+    syncer.sync(&ForwardSet::new()).await.expect("sync");
+    assert_eq!(topology.exchange(Protocol::Tcp, 9001, "closed"), None);
+    syncer.cleanup().await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn nftables_forwards_tcp_and_udp_and_closes_the_path() {
+    need_namespaces!();
+    forwards_open_and_close(Backend::Nft).await;
+}
+
+#[tokio::test]
+async fn iptables_fallback_forwards_tcp_and_udp_and_closes_the_path() {
+    need_namespaces!();
+    forwards_open_and_close(Backend::Iptables {
+        command: "iptables".into(),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn iptables_legacy_fallback_forwards_too() {
+    need_namespaces!();
+    forwards_open_and_close(Backend::Iptables {
+        command: "iptables-legacy".into(),
+    })
+    .await;
+}
+
+/// A small change is applied as a change (one transaction of elements), and a table changed
+/// behind our back is replaced whole.
+#[tokio::test]
+async fn changes_are_deltas_and_a_tampered_table_is_replaced() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    let mut syncer = syncer(&topology, Backend::Nft);
+    let many: ForwardSet = (10_000..11_000)
+        .map(|port| to_node(Protocol::Tcp, port, 7000))
+        .collect();
+    syncer.sync(&many).await.expect("full");
+    let mut changed = many.clone();
+    changed = changed
+        .iter()
+        .filter(|f| f.port != 10_500)
+        .chain([to_node(Protocol::Tcp, 9000, 7000)])
+        .collect();
+    assert_eq!(
+        syncer.sync(&changed).await.expect("delta"),
+        Outcome::Changed {
+            removed: 1,
+            added: 1
+        }
+    );
+    assert_eq!(
+        topology.exchange(Protocol::Tcp, 9000, "delta").as_deref(),
+        Some("delta")
+    );
+    assert_eq!(
+        syncer.sync(&changed).await.expect("again"),
+        Outcome::Unchanged
+    );
+    // Someone flushes our table: the next change cannot apply as a delta, so the whole
+    // table is written again.
+    netns::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &topology.router,
+        "nft",
+        "delete",
+        "table",
+        "inet",
+        "hostport",
+    ]);
+    let one_more: ForwardSet = changed
+        .iter()
+        .chain([to_node(Protocol::Udp, 9000, 7000)])
+        .collect();
+    assert_eq!(
+        syncer.sync(&one_more).await.expect("repaired"),
+        Outcome::Replaced { forwards: 1002 }
+    );
+    assert_eq!(
+        topology
+            .exchange(Protocol::Udp, 9000, "repaired")
+            .as_deref(),
+        Some("repaired")
+    );
+}
+
+/// Ports on the deny-list are never forwarded, whatever is asked.
+#[tokio::test]
+async fn denied_ports_are_never_forwarded() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    let mut syncer = Syncer::new(
+        Backend::Nft,
+        edge_rules(),
+        DenyList::parse("22,6443,9000").expect("deny-list"),
+        topology.router_executor(),
+        false,
+    );
+    let asked: ForwardSet = [
+        to_node(Protocol::Tcp, 22, 7000),
+        to_node(Protocol::Tcp, 6443, 7000),
+        to_node(Protocol::Udp, 9000, 7000),
+        to_node(Protocol::Tcp, 9001, 7000),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        syncer.sync(&asked).await.expect("sync"),
+        Outcome::Replaced { forwards: 1 }
+    );
+    for (protocol, port) in [
+        (Protocol::Tcp, 22),
+        (Protocol::Tcp, 6443),
+        (Protocol::Udp, 9000),
+    ] {
+        assert_eq!(topology.exchange(protocol, port, "denied"), None, "{port}");
+    }
+    assert_eq!(
+        topology.exchange(Protocol::Tcp, 9001, "allowed").as_deref(),
+        Some("allowed")
+    );
+    let table = topology.router_nft(&["list", "table", "inet", "hostport"]);
+    assert!(
+        !table.contains("22 :") && !table.contains("6443 :"),
+        "{table}"
+    );
+}
+
+/// Our table is the only thing we write: other tables stay, and cleanup removes ours only.
+#[tokio::test]
+async fn other_tables_are_never_touched() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    netns::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &topology.router,
+        "nft",
+        "add",
+        "table",
+        "ip",
+        "admin",
+    ]);
+    netns::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &topology.router,
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "admin",
+        "keep",
+    ]);
+    let mut syncer = syncer(&topology, Backend::Nft);
+    let one: ForwardSet = [to_node(Protocol::Tcp, 9000, 7000)].into_iter().collect();
+    syncer.sync(&one).await.expect("sync");
+    syncer.cleanup().await.expect("cleanup");
+    let tables = topology.router_nft(&["list", "tables"]);
+    assert!(tables.contains("table ip admin"), "{tables}");
+    assert!(!tables.contains("hostport"), "{tables}");
+    // Cleaning up twice is fine.
+    syncer.cleanup().await.expect("cleanup again");
+}
+
+/// A sync killed at any moment leaves the old ruleset or the new one, never a mix: nft
+/// commits one transaction.
+#[tokio::test]
+async fn a_sync_killed_midway_leaves_the_old_or_the_new_ruleset() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    let executor = topology.router_executor();
+    let rules = edge_rules();
+    let old: ForwardSet = (10_000..11_000)
+        .map(|port| to_node(Protocol::Tcp, port, 7000))
+        .collect();
+    let new: ForwardSet = (20_000..40_000)
+        .map(|port| to_node(Protocol::Tcp, port, 7000))
+        .collect();
+    let (old_script, new_script) = (
+        hostport_publisher::nft::full(&rules, &old),
+        hostport_publisher::nft::full(&rules, &new),
+    );
+    let count = || {
+        let map = topology.router_nft(&["list", "map", "inet", "hostport", "tcp_forwards"]);
+        map.matches(" : 198.51.100.2 . 7000").count()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for attempt in 0..12u64 {
+        executor
+            .run(&["nft", "-f", "-"], &old_script, Duration::from_secs(30))
+            .await
+            .expect("old ruleset");
+        // Killed after 1 ms, 2 ms, 4 ms … (kill_on_drop when the timeout fires).
+        let limit = Duration::from_millis(1 << (attempt % 10));
+        let _ = executor.run(&["nft", "-f", "-"], &new_script, limit).await;
+        // The kernel may still be committing what nft sent: wait for it to settle.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let entries = count();
+        assert!(
+            entries == old.len() || entries == new.len(),
+            "attempt {attempt}: {entries} entries, neither {} nor {}",
+            old.len(),
+            new.len()
+        );
+        seen.insert(entries);
+    }
+    eprintln!("entry counts seen after killed syncs: {seen:?}");
+}
+
+/// `Executor::Local` reports a failing program with what it said.
+#[tokio::test]
+async fn a_failing_apply_says_why() {
+    let error = Executor::local()
+        .run(
+            &["sh", "-c", "echo broken >&2; exit 3"],
+            "",
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("fails");
+    assert!(error.to_string().contains("broken"), "{error}");
+}
