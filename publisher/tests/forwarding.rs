@@ -319,3 +319,127 @@ async fn a_failing_apply_says_why() {
         .expect_err("fails");
     assert!(error.to_string().contains("broken"), "{error}");
 }
+
+/// An sshd in the router namespace (reached through `ProxyCommand`, as a jump host would
+/// be), a key of the test's own, a known_hosts with the router's host key.
+struct Sshd {
+    dir: std::path::PathBuf,
+    server: std::process::Child,
+}
+
+impl Sshd {
+    fn start(topology: &Topology) -> Self {
+        let dir = std::env::temp_dir().join(format!("hpub-ssh-{}", topology.router));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
+        let path = |name: &str| dir.join(name).display().to_string();
+        for key in ["host_key", "client_key"] {
+            netns::run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &path(key)]);
+        }
+        std::fs::copy(path("client_key.pub"), path("authorized_keys")).expect("authorized_keys");
+        let host_public = std::fs::read_to_string(path("host_key.pub")).expect("host key");
+        std::fs::write(path("known_hosts"), format!("router {host_public}")).expect("known_hosts");
+        std::fs::write(
+            path("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort 22\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile {}\n",
+                path("host_key"),
+                path("authorized_keys"),
+                path("sshd.pid")
+            ),
+        )
+        .expect("sshd_config");
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &topology.router, "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .arg(path("sshd_config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sshd (installed by .ci/run)");
+        // Until it listens.
+        for _ in 0..100 {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &topology.router, "ss", "-ltn"])
+                .output()
+                .expect("ss");
+            if String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:22 ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { dir, server }
+    }
+
+    /// The executor a publisher outside the router would use.
+    fn executor(&self, topology: &Topology, known_hosts: &str) -> Executor {
+        let path = |name: &str| self.dir.join(name).display().to_string();
+        Executor::Ssh {
+            destination: "root@router".into(),
+            options: vec![
+                "-i".into(),
+                path("client_key"),
+                "-o".into(),
+                format!("UserKnownHostsFile={known_hosts}"),
+                "-o".into(),
+                "HostKeyAlias=router".into(),
+                "-o".into(),
+                format!(
+                    "ProxyCommand=ip netns exec {} socat - TCP4:127.0.0.1:22",
+                    topology.router
+                ),
+            ],
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The router is another machine: the same rules go there over SSH (key auth, host key
+/// checked), and an unknown host key refuses the connection before anything is applied.
+#[tokio::test]
+async fn rules_are_applied_on_a_remote_router_over_ssh() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    let sshd = Sshd::start(&topology);
+    let known = sshd.dir.join("known_hosts").display().to_string();
+    let one: ForwardSet = [to_node(Protocol::Tcp, 9000, 7000)].into_iter().collect();
+    for backend in [Backend::Nft, Backend::Iptables { command: "iptables".into() }] {
+        let mut remote = Syncer::new(
+            backend,
+            edge_rules(),
+            DenyList::default(),
+            sshd.executor(&topology, &known),
+            false,
+        );
+        remote.sync(&one).await.expect("applied over ssh");
+        assert_eq!(
+            topology.exchange(Protocol::Tcp, 9000, "over-ssh").as_deref(),
+            Some("over-ssh")
+        );
+        remote.cleanup().await.expect("cleanup over ssh");
+        assert_eq!(topology.exchange(Protocol::Tcp, 9000, "gone"), None);
+    }
+
+    let empty = sshd.dir.join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("empty known_hosts");
+    let mut untrusted = Syncer::new(
+        Backend::Nft,
+        edge_rules(),
+        DenyList::default(),
+        sshd.executor(&topology, &empty.display().to_string()),
+        false,
+    );
+    let error = untrusted.sync(&one).await.expect_err("unknown host key");
+    assert!(
+        error.to_string().contains("Host key verification failed"),
+        "{error}"
+    );
+    assert!(!topology.router_nft(&["list", "tables"]).contains("hostport"));
+}
