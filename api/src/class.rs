@@ -71,6 +71,26 @@ pub struct HostPortClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_claims_per_namespace: Option<i32>,
+    /// Where ports of this class are made reachable by `hostport-publisher` (unset: nowhere).
+    /// An admin's decision: only classes that opt in are ever forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Publish>,
+}
+
+/// Where `hostport-publisher` forwards the ports of a class.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Publish {
+    /// Forward each allocated port from the edge host (a Linux router, a VPS tunnel end)
+    /// running `hostport-publisher --mode edge` to the node that runs the pod: DNAT
+    /// `<external interface>:<port>` → `<node IP>:<port>`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edge: bool,
+    /// On each node running `hostport-publisher --mode node` (a DaemonSet), DNAT
+    /// `<node>:<hostPort>` → `<pod IP>:<containerPort>` for the pods there, for CNIs without
+    /// the portmap plugin (which implements `hostPort`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node: bool,
 }
 
 /// Observed state of a HostPortClass, written by the controller.
@@ -123,6 +143,7 @@ impl HostPortClassSpec {
                 .collect(),
             namespace_selector: None,
             max_claims_per_namespace: None,
+            publish: None,
         }
     }
 }

@@ -22,7 +22,9 @@ pub mod ports;
 pub mod selector;
 
 pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
-pub use class::{HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation};
+pub use class::{
+    HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation, Publish,
+};
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};
 pub use ports::PortPool;

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod deny;
+pub mod desired;
 pub mod exec;
 pub mod forward;
 pub mod iptables;

@@ -335,7 +335,16 @@ impl Sshd {
         std::fs::create_dir_all("/run/sshd").expect("privilege separation dir");
         let path = |name: &str| dir.join(name).display().to_string();
         for key in ["host_key", "client_key"] {
-            netns::run(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", &path(key)]);
+            netns::run(&[
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &path(key),
+            ]);
         }
         std::fs::copy(path("client_key.pub"), path("authorized_keys")).expect("authorized_keys");
         let host_public = std::fs::read_to_string(path("host_key.pub")).expect("host key");
@@ -351,7 +360,15 @@ impl Sshd {
         )
         .expect("sshd_config");
         let server = std::process::Command::new("ip")
-            .args(["netns", "exec", &topology.router, "/usr/sbin/sshd", "-D", "-e", "-f"])
+            .args([
+                "netns",
+                "exec",
+                &topology.router,
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+            ])
             .arg(path("sshd_config"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -410,7 +427,12 @@ async fn rules_are_applied_on_a_remote_router_over_ssh() {
     let sshd = Sshd::start(&topology);
     let known = sshd.dir.join("known_hosts").display().to_string();
     let one: ForwardSet = [to_node(Protocol::Tcp, 9000, 7000)].into_iter().collect();
-    for backend in [Backend::Nft, Backend::Iptables { command: "iptables".into() }] {
+    for backend in [
+        Backend::Nft,
+        Backend::Iptables {
+            command: "iptables".into(),
+        },
+    ] {
         let mut remote = Syncer::new(
             backend,
             edge_rules(),
@@ -420,7 +442,9 @@ async fn rules_are_applied_on_a_remote_router_over_ssh() {
         );
         remote.sync(&one).await.expect("applied over ssh");
         assert_eq!(
-            topology.exchange(Protocol::Tcp, 9000, "over-ssh").as_deref(),
+            topology
+                .exchange(Protocol::Tcp, 9000, "over-ssh")
+                .as_deref(),
             Some("over-ssh")
         );
         remote.cleanup().await.expect("cleanup over ssh");
@@ -441,5 +465,9 @@ async fn rules_are_applied_on_a_remote_router_over_ssh() {
         error.to_string().contains("Host key verification failed"),
         "{error}"
     );
-    assert!(!topology.router_nft(&["list", "tables"]).contains("hostport"));
+    assert!(
+        !topology
+            .router_nft(&["list", "tables"])
+            .contains("hostport")
+    );
 }

@@ -1,0 +1,240 @@
+//! The forwards the API asks for, pure (the caches in, a [`ForwardSet`] out):
+//!
+//! - **edge**: every port a running pod holds through a Bound claim of a class with
+//!   `spec.publish.edge`, to the pod's node (`status.hostIP`), one forward per protocol of the
+//!   named container ports; and every port of a NodePort/LoadBalancer Service annotated
+//!   `hostport.rmb938.com/forward: "true"` in an allowed namespace, to a Ready node's
+//!   nodePort.
+//! - **node**: on node `N`, every port a pod on `N` holds through a claim of a class with
+//!   `spec.publish.node`, to the pod (`status.podIP`, the container port).
+//!
+//! Only what an admin opted in is forwarded (the class field, the namespaces allowed for
+//! Services); a port the pod did not get from its claim (a `hostPort` that differs from the
+//! claim's) is not forwarded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use hostport_api::annotations::parse_claim_annotations;
+use hostport_api::{HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Service};
+use kube::ResourceExt;
+
+use crate::forward::{Conflict, Forward, ForwardSet, Protocol, Target};
+
+/// Service annotation (value `"true"`) that asks for its ports to be forwarded from the edge.
+pub const SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
+
+/// What the caches hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    /// Every class.
+    pub classes: &'a [Arc<HostPortClass>],
+    /// Every claim.
+    pub claims: &'a [Arc<HostPortClaim>],
+    /// Every pod (edge) or the node's pods (node mode).
+    pub pods: &'a [Arc<Pod>],
+}
+
+/// The forwards wanted, and the conflicts met on the way (two targets for one port).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Wanted {
+    /// One target per external port and protocol.
+    pub forwards: ForwardSet,
+    /// What was left out for a conflict.
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Wanted {
+    fn add(&mut self, forward: Forward) {
+        if let Err(conflict) = self.forwards.insert(forward) {
+            self.conflicts.push(conflict);
+        }
+    }
+}
+
+/// Which side of the pod a forward goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode<'a> {
+    Edge,
+    Node(&'a str),
+}
+
+/// The edge host's forwards for claimed ports.
+pub fn edge(inputs: Inputs<'_>) -> Wanted {
+    claimed(inputs, Mode::Edge)
+}
+
+/// Node `node`'s forwards for the pods there.
+pub fn node(inputs: Inputs<'_>, node: &str) -> Wanted {
+    claimed(inputs, Mode::Node(node))
+}
+
+fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
+    let opted_in: BTreeSet<String> = inputs
+        .classes
+        .iter()
+        .filter(|c| {
+            c.metadata.deletion_timestamp.is_none()
+                && c.spec.publish.as_ref().is_some_and(|p| match mode {
+                    Mode::Edge => p.edge,
+                    Mode::Node(_) => p.node,
+                })
+        })
+        .map(|c| c.name_any())
+        .collect();
+    let ports: BTreeMap<(String, String), u16> = inputs
+        .claims
+        .iter()
+        .filter(|c| opted_in.contains(&c.spec.host_port_class_name))
+        .filter_map(|c| Some(((c.namespace()?, c.name_any()), c.bound_port()?)))
+        .collect();
+    let mut wanted = Wanted::default();
+    for pod in inputs.pods {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref());
+        if pod.metadata.deletion_timestamp.is_some()
+            || matches!(phase, Some("Succeeded" | "Failed"))
+        {
+            continue;
+        }
+        let address = match mode {
+            Mode::Edge => status.and_then(|s| s.host_ip.as_deref()),
+            Mode::Node(node) => {
+                if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+                    continue;
+                }
+                status.and_then(|s| s.pod_ip.as_deref())
+            }
+        };
+        let Some(address) = address.and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
+            continue;
+        };
+        let namespace = pod.namespace().unwrap_or_default();
+        let Ok(annotations) = parse_claim_annotations(pod.annotations()) else {
+            continue;
+        };
+        for annotation in annotations {
+            let Some(&port) = ports.get(&(namespace.clone(), annotation.claim_name.clone())) else {
+                continue;
+            };
+            for container_port in named_ports(pod, &annotation.port_name) {
+                // Only the port the webhook gave it from this claim.
+                if container_port.host_port != Some(i32::from(port)) {
+                    continue;
+                }
+                let Some(protocol) = Protocol::from_kubernetes(container_port.protocol.as_deref())
+                else {
+                    continue;
+                };
+                let target_port = match mode {
+                    Mode::Edge => Some(port),
+                    Mode::Node(_) => u16::try_from(container_port.container_port).ok(),
+                };
+                if let Some(target_port) = target_port {
+                    wanted.add(Forward {
+                        protocol,
+                        port,
+                        target: Target {
+                            address,
+                            port: target_port,
+                        },
+                    });
+                }
+            }
+        }
+    }
+    wanted
+}
+
+/// The container ports named `name` (regular containers and sidecars).
+fn named_ports<'p>(pod: &'p Pod, name: &'p str) -> impl Iterator<Item = &'p ContainerPort> + 'p {
+    let spec = pod.spec.as_ref();
+    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
+    let sidecars = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten())
+        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    containers
+        .chain(sidecars)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(move |p| p.name.as_deref() == Some(name))
+}
+
+/// The edge host's forwards for Services that opted in: each port of a NodePort or
+/// LoadBalancer Service annotated [`SERVICE_ANNOTATION`] in a namespace `namespace_allowed`
+/// accepts, from its `port` to the nodePort of the first Ready node (by name) with an
+/// InternalIP.
+pub fn services(
+    services: &[Arc<Service>],
+    nodes: &[Arc<Node>],
+    namespace_allowed: impl Fn(&str) -> bool,
+) -> Wanted {
+    let mut wanted = Wanted::default();
+    let Some(node) = ready_node_address(nodes) else {
+        return wanted;
+    };
+    for service in services {
+        let opted_in = service
+            .annotations()
+            .get(SERVICE_ANNOTATION)
+            .is_some_and(|v| v == "true");
+        let spec = service.spec.as_ref();
+        let exposed = matches!(
+            spec.and_then(|s| s.type_.as_deref()),
+            Some("NodePort" | "LoadBalancer")
+        );
+        if !opted_in || !exposed || !namespace_allowed(&service.namespace().unwrap_or_default()) {
+            continue;
+        }
+        for port in spec.into_iter().flat_map(|s| s.ports.iter().flatten()) {
+            let (Some(protocol), Ok(external), Some(Ok(node_port))) = (
+                Protocol::from_kubernetes(port.protocol.as_deref()),
+                u16::try_from(port.port),
+                port.node_port.map(u16::try_from),
+            ) else {
+                continue;
+            };
+            wanted.add(Forward {
+                protocol,
+                port: external,
+                target: Target {
+                    address: node,
+                    port: node_port,
+                },
+            });
+        }
+    }
+    wanted
+}
+
+/// The InternalIP of the first Ready, schedulable node by name.
+fn ready_node_address(nodes: &[Arc<Node>]) -> Option<Ipv4Addr> {
+    let mut ready: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|n| {
+            let status = n.status.as_ref();
+            let is_ready = status
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+            is_ready && !cordoned
+        })
+        .collect();
+    ready.sort_by_key(|n| n.name_any());
+    ready.into_iter().find_map(|n| {
+        n.status
+            .as_ref()?
+            .addresses
+            .as_ref()?
+            .iter()
+            .find(|a| a.type_ == "InternalIP")?
+            .address
+            .parse()
+            .ok()
+    })
+}
+
+#[cfg(test)]
+mod tests;

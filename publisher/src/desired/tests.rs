@@ -1,0 +1,182 @@
+use super::*;
+use serde_json::json;
+
+fn class(name: &str, edge: bool, node: bool) -> Arc<HostPortClass> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+            "metadata": {"name": name},
+            "spec": {"pools": [{"start": 9000, "end": 9100}],
+                     "publish": {"edge": edge, "node": node}}
+        }))
+        .expect("class"),
+    )
+}
+
+fn claim(namespace: &str, name: &str, class: &str, port: Option<i32>) -> Arc<HostPortClaim> {
+    let status = port.map(|p| json!({"phase": "Bound", "port": p}));
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"hostPortClassName": class, "hostPortName": port.map(|p| format!("port-{p}"))},
+            "status": status
+        }))
+        .expect("claim"),
+    )
+}
+
+/// A game server: `game-tcp`/`game-udp` on container port 7777 with hostPort `port`, named
+/// claim `claim`.
+fn pod(name: &str, node: &str, host_ip: &str, pod_ip: &str, claim: &str, port: i32) -> Arc<Pod> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "games", "annotations": {
+                "claim.hostport.rmb938.com/game-tcp": claim,
+                "claim.hostport.rmb938.com/game-udp": claim}},
+            "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
+                {"name": "game-tcp", "containerPort": 7777, "hostPort": port, "protocol": "TCP"},
+                {"name": "game-udp", "containerPort": 7777, "hostPort": port, "protocol": "UDP"}]}]},
+            "status": {"phase": "Running", "hostIP": host_ip, "podIP": pod_ip}
+        }))
+        .expect("pod"),
+    )
+}
+
+fn target(address: &str, port: u16) -> Target {
+    Target {
+        address: address.parse().expect("ip"),
+        port,
+    }
+}
+
+#[test]
+fn edge_forwards_claimed_ports_of_opted_in_classes_to_the_node() {
+    let classes = [class("public", true, false), class("private", false, false)];
+    let claims = [
+        claim("games", "a", "public", Some(9000)),
+        claim("games", "b", "private", Some(9001)),
+        claim("games", "pending", "public", None),
+    ];
+    let pods = [
+        pod("a-0", "n1", "198.51.100.2", "10.0.0.5", "a", 9000),
+        pod("b-0", "n1", "198.51.100.2", "10.0.0.6", "b", 9001),
+        pod("p-0", "n1", "198.51.100.2", "10.0.0.7", "pending", 9002),
+        // A hostPort that is not the claim's port is not forwarded.
+        pod("forged", "n2", "198.51.100.3", "10.0.1.5", "a", 9050),
+    ];
+    let wanted = edge(Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    });
+    let forwards: Vec<Forward> = wanted.forwards.iter().collect();
+    assert_eq!(forwards.len(), 2, "{forwards:?}");
+    assert_eq!(
+        wanted.forwards.get(Protocol::Tcp, 9000),
+        Some(target("198.51.100.2", 9000))
+    );
+    assert_eq!(
+        wanted.forwards.get(Protocol::Udp, 9000),
+        Some(target("198.51.100.2", 9000))
+    );
+    assert!(wanted.conflicts.is_empty());
+}
+
+#[test]
+fn node_mode_forwards_to_the_pods_of_its_node_only() {
+    let classes = [class("cni", false, true)];
+    let claims = [
+        claim("games", "a", "cni", Some(9000)),
+        claim("games", "b", "cni", Some(9001)),
+    ];
+    let pods = [
+        pod("a-0", "n1", "198.51.100.2", "10.0.0.5", "a", 9000),
+        pod("b-0", "n2", "198.51.100.3", "10.0.1.5", "b", 9001),
+    ];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let wanted = node(inputs, "n1");
+    assert_eq!(wanted.forwards.len(), 2);
+    assert_eq!(
+        wanted.forwards.get(Protocol::Tcp, 9000),
+        Some(target("10.0.0.5", 7777))
+    );
+    assert!(
+        edge(inputs).forwards.is_empty(),
+        "not opted in for the edge"
+    );
+}
+
+#[test]
+fn two_pods_on_one_claim_conflict_and_the_result_is_deterministic() {
+    let classes = [class("public", true, false)];
+    let claims = [claim("games", "a", "public", Some(9000))];
+    let one = pod("a-0", "n1", "198.51.100.3", "10.0.0.5", "a", 9000);
+    let two = pod("a-1", "n2", "198.51.100.2", "10.0.1.5", "a", 9000);
+    let forwards = |pods: &[Arc<Pod>]| {
+        edge(Inputs {
+            classes: &classes,
+            claims: &claims,
+            pods,
+        })
+    };
+    let (ab, ba) = (forwards(&[one.clone(), two.clone()]), forwards(&[two, one]));
+    assert_eq!(ab.forwards, ba.forwards);
+    assert_eq!(ab.conflicts.len(), 2, "TCP and UDP");
+    assert_eq!(
+        ab.forwards.get(Protocol::Tcp, 9000),
+        Some(target("198.51.100.2", 9000))
+    );
+}
+
+#[test]
+fn services_opt_in_by_annotation_and_namespace() {
+    let service = |namespace: &str, annotated: bool, type_: &str| {
+        let annotations = if annotated {
+            json!({SERVICE_ANNOTATION: "true"})
+        } else {
+            json!({})
+        };
+        Arc::new(
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": "web", "namespace": namespace, "annotations": annotations},
+                "spec": {"type": type_, "ports": [
+                    {"port": 8443, "nodePort": 30443, "protocol": "TCP"},
+                    {"port": 53, "nodePort": 30053, "protocol": "UDP"}]}
+            }))
+            .expect("service"),
+        )
+    };
+    let node = |name: &str, ready: &str, address: &str| {
+        Arc::new(
+            serde_json::from_value::<Node>(json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": ready}],
+                           "addresses": [{"type": "InternalIP", "address": address}]}
+            }))
+            .expect("node"),
+        )
+    };
+    let nodes = [
+        node("b", "True", "198.51.100.3"),
+        node("a", "False", "198.51.100.2"),
+    ];
+    let services_in = [
+        service("public", true, "NodePort"),
+        service("private", true, "LoadBalancer"),
+        service("public", false, "NodePort"),
+        service("public", true, "ClusterIP"),
+    ];
+    let wanted = services(&services_in, &nodes, |ns| ns == "public");
+    assert_eq!(wanted.forwards.len(), 2);
+    assert_eq!(
+        wanted.forwards.get(Protocol::Tcp, 8443),
+        Some(target("198.51.100.3", 30443)),
+        "to the first Ready node"
+    );
+    assert!(services(&services_in, &[], |_| true).forwards.is_empty());
+}
