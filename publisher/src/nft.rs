@@ -116,51 +116,38 @@ pub fn full(rules: &Rules, set: &ForwardSet) -> String {
 /// fails as a whole and a [`full`] sync repairs it.
 pub fn delta(old: &ForwardSet, new: &ForwardSet) -> String {
     let Delta { removed, added } = old.delta(new);
+    let (before, after) = (targets(old.iter()), targets(new.iter()));
     let mut out = String::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
-        let ports: Vec<String> = removed
-            .iter()
-            .filter(|f| f.protocol == protocol)
-            .map(|f| f.port.to_string())
-            .collect();
-        if !ports.is_empty() {
-            let _ = writeln!(
-                out,
-                "delete element {TABLE} {} {{ {} }}",
-                map_name(protocol),
-                ports.join(", ")
-            );
-        }
-    }
-    let (before, after) = (targets(old.iter()), targets(new.iter()));
-    let gone: Vec<String> = before.difference(&after).map(target_element).collect();
-    if !gone.is_empty() {
-        let _ = writeln!(
-            out,
-            "delete element {TABLE} targets {{ {} }}",
-            gone.join(", ")
+        let ports = removed.iter().filter(|f| f.protocol == protocol);
+        element_line(
+            &mut out,
+            "delete",
+            map_name(protocol),
+            ports.map(|f| f.port.to_string()),
         );
     }
+    let gone = before.difference(&after).map(target_element);
+    element_line(&mut out, "delete", "targets", gone);
     for protocol in [Protocol::Tcp, Protocol::Udp] {
-        let items: Vec<String> = added
-            .iter()
-            .filter(|f| f.protocol == protocol)
-            .map(map_element)
-            .collect();
-        if !items.is_empty() {
-            let _ = writeln!(
-                out,
-                "add element {TABLE} {} {{ {} }}",
-                map_name(protocol),
-                items.join(", ")
-            );
-        }
+        let items = added.iter().filter(|f| f.protocol == protocol);
+        element_line(&mut out, "add", map_name(protocol), items.map(map_element));
     }
-    let came: Vec<String> = after.difference(&before).map(target_element).collect();
-    if !came.is_empty() {
-        let _ = writeln!(out, "add element {TABLE} targets {{ {} }}", came.join(", "));
-    }
+    let came = after.difference(&before).map(target_element);
+    element_line(&mut out, "add", "targets", came);
     out
+}
+
+/// `<verb> element inet hostport <set> { … }`, when there are items.
+fn element_line(out: &mut String, verb: &str, set: &str, items: impl Iterator<Item = String>) {
+    let items: Vec<String> = items.collect();
+    if !items.is_empty() {
+        let _ = writeln!(
+            out,
+            "{verb} element {TABLE} {set} {{ {} }}",
+            items.join(", ")
+        );
+    }
 }
 
 /// Removes our table (and nothing else); valid whether it exists or not.

@@ -24,6 +24,15 @@ fn to_node(protocol: Protocol, port: u16, node_port: u16) -> Forward {
     }
 }
 
+/// `payload` sent from the client to the router's `port` comes back from the node's echo.
+fn assert_reaches(topology: &Topology, protocol: Protocol, port: u16, payload: &str) {
+    assert_eq!(
+        topology.exchange(protocol, port, payload).as_deref(),
+        Some(payload),
+        "{protocol} {port} does not reach the node"
+    );
+}
+
 fn edge_rules() -> Rules {
     Rules {
         interface: Some("ext0".into()),
@@ -64,18 +73,8 @@ async fn forwards_open_and_close(backend: Backend) {
         syncer.sync(&both).await.expect("sync"),
         Outcome::Replaced { forwards: 2 }
     );
-    assert_eq!(
-        topology
-            .exchange(Protocol::Tcp, 9000, "tcp-hello")
-            .as_deref(),
-        Some("tcp-hello")
-    );
-    assert_eq!(
-        topology
-            .exchange(Protocol::Udp, 9000, "udp-hello")
-            .as_deref(),
-        Some("udp-hello")
-    );
+    assert_reaches(&topology, Protocol::Tcp, 9000, "tcp-hello");
+    assert_reaches(&topology, Protocol::Udp, 9000, "udp-hello");
     assert_eq!(
         topology.exchange(Protocol::Tcp, 9001, "nothing there"),
         None
@@ -84,10 +83,7 @@ async fn forwards_open_and_close(backend: Backend) {
     // The claim moves to another port, then goes.
     let moved: ForwardSet = [to_node(Protocol::Tcp, 9001, 7001)].into_iter().collect();
     syncer.sync(&moved).await.expect("sync");
-    assert_eq!(
-        topology.exchange(Protocol::Tcp, 9001, "moved").as_deref(),
-        Some("moved")
-    );
+    assert_reaches(&topology, Protocol::Tcp, 9001, "moved");
     assert_eq!(topology.exchange(Protocol::Tcp, 9000, "closed"), None);
     assert_eq!(topology.exchange(Protocol::Udp, 9000, "closed"), None);
     syncer.sync(&ForwardSet::new()).await.expect("sync");
@@ -143,10 +139,7 @@ async fn changes_are_deltas_and_a_tampered_table_is_replaced() {
             added: 1
         }
     );
-    assert_eq!(
-        topology.exchange(Protocol::Tcp, 9000, "delta").as_deref(),
-        Some("delta")
-    );
+    assert_reaches(&topology, Protocol::Tcp, 9000, "delta");
     assert_eq!(
         syncer.sync(&changed).await.expect("again"),
         Outcome::Unchanged
@@ -172,12 +165,7 @@ async fn changes_are_deltas_and_a_tampered_table_is_replaced() {
         syncer.sync(&one_more).await.expect("repaired"),
         Outcome::Replaced { forwards: 1002 }
     );
-    assert_eq!(
-        topology
-            .exchange(Protocol::Udp, 9000, "repaired")
-            .as_deref(),
-        Some("repaired")
-    );
+    assert_reaches(&topology, Protocol::Udp, 9000, "repaired");
 }
 
 /// Ports on the deny-list are never forwarded, whatever is asked.
@@ -211,10 +199,7 @@ async fn denied_ports_are_never_forwarded() {
     ] {
         assert_eq!(topology.exchange(protocol, port, "denied"), None, "{port}");
     }
-    assert_eq!(
-        topology.exchange(Protocol::Tcp, 9001, "allowed").as_deref(),
-        Some("allowed")
-    );
+    assert_reaches(&topology, Protocol::Tcp, 9001, "allowed");
     let table = topology.router_nft(&["list", "table", "inet", "hostport"]);
     assert!(
         !table.contains("22 :") && !table.contains("6443 :"),
@@ -441,12 +426,7 @@ async fn rules_are_applied_on_a_remote_router_over_ssh() {
             false,
         );
         remote.sync(&one).await.expect("applied over ssh");
-        assert_eq!(
-            topology
-                .exchange(Protocol::Tcp, 9000, "over-ssh")
-                .as_deref(),
-            Some("over-ssh")
-        );
+        assert_reaches(&topology, Protocol::Tcp, 9000, "over-ssh");
         remote.cleanup().await.expect("cleanup over ssh");
         assert_eq!(topology.exchange(Protocol::Tcp, 9000, "gone"), None);
     }
