@@ -47,7 +47,8 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    fn add(&mut self, forward: Forward) {
+    /// Adds a forward, recording a conflict.
+    pub fn add(&mut self, forward: Forward) {
         if let Err(conflict) = self.forwards.insert(forward) {
             self.conflicts.push(conflict);
         }

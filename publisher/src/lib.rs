@@ -9,10 +9,12 @@
 //! ([`deny::DenyList`]) are never forwarded.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod deny;
 pub mod desired;
 pub mod exec;
 pub mod forward;
 pub mod iptables;
 pub mod nft;
+pub mod runner;
 pub mod sync;

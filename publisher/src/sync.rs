@@ -130,6 +130,12 @@ impl Syncer {
         Ok(Outcome::Replaced { forwards })
     }
 
+    /// Forgets what was applied: the next sync writes the whole ruleset (repairs changes
+    /// made behind our back).
+    pub fn forget(&mut self) {
+        self.applied = None;
+    }
+
     /// Removes our table or chains from the host.
     pub async fn cleanup(&mut self) -> Result<(), ExecError> {
         self.applied = None;

@@ -1,0 +1,311 @@
+//! The publisher's loop: watch-fed caches of classes, claims, pods (and Services and nodes
+//! when Services are forwarded), a change counter bumped by every event, and one sync per
+//! batch window: many changes within the window become one transaction. A periodic full
+//! sync repairs rules someone changed behind our back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hostport_api::cache::{strip_claim, strip_metadata};
+use hostport_api::{HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::desired::{self, Inputs, Wanted};
+use crate::forward::ForwardSet;
+use crate::sync::Syncer;
+
+/// Which forwards this publisher keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On an edge host: claimed ports of `spec.publish.edge` classes to their nodes, and
+    /// Services that opted in.
+    Edge {
+        /// Namespaces whose annotated Services are forwarded (`*`: all; empty: none).
+        service_namespaces: Vec<String>,
+    },
+    /// On node `node`: claimed ports of `spec.publish.node` classes to the pods there.
+    Node {
+        /// This node's name.
+        node: String,
+    },
+}
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Edge or node.
+    pub mode: Mode,
+    /// Changes within this window after the first one are applied together.
+    pub batch_window: Duration,
+    /// A full sync at least this often.
+    pub resync: Duration,
+}
+
+/// The watch-fed caches.
+#[derive(Clone, Debug)]
+struct Caches {
+    classes: Store<HostPortClass>,
+    claims: Store<HostPortClaim>,
+    pods: Store<Pod>,
+    services: Option<Store<Service>>,
+    nodes: Option<Store<Node>>,
+}
+
+/// Keeps a cache of `K` current and bumps `changes` after every event.
+fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    changes: watch::Sender<u64>,
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, mut writer) = reflector::store();
+    let task = async move {
+        let stream = watcher(api, config).default_backoff().modify(strip);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(event) => {
+                    writer.apply_watcher_event(&event);
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff")
+                }
+            }
+        }
+    };
+    (store, task)
+}
+
+/// What a pod weighs in the cache: the claim annotations, node, ports and addresses.
+fn strip_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k.starts_with(hostport_api::annotations::CLAIM_PREFIX));
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        for container in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            container.env = None;
+            container.command = None;
+            container.args = None;
+            container.volume_mounts = None;
+        }
+        spec.volumes = None;
+    }
+}
+
+fn strip_service(service: &mut Service) {
+    service.metadata.managed_fields = None;
+    if let Some(annotations) = service.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == desired::SERVICE_ANNOTATION);
+    }
+    service.status = None;
+}
+
+fn strip_node(node: &mut Node) {
+    strip_metadata(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+/// The forwards the caches ask for now.
+fn wanted(caches: &Caches, mode: &Mode) -> Wanted {
+    let (classes, claims, pods) = (
+        caches.classes.state(),
+        caches.claims.state(),
+        caches.pods.state(),
+    );
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    match mode {
+        Mode::Node { node } => desired::node(inputs, node),
+        Mode::Edge { service_namespaces } => {
+            let mut wanted = desired::edge(inputs);
+            if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
+                let allowed = |ns: &str| service_namespaces.iter().any(|n| n == "*" || n == ns);
+                let services = desired::services(&services.state(), &nodes.state(), allowed);
+                for forward in services.forwards.iter() {
+                    wanted.add(forward);
+                }
+                wanted.conflicts.extend(services.conflicts);
+            }
+            wanted
+        }
+    }
+}
+
+/// Starts the watches; the caches once they are complete, and the tasks to keep them so.
+async fn start(
+    client: &Client,
+    mode: &Mode,
+    changes: &watch::Sender<u64>,
+) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tasks = vec![];
+    let (classes, task) = follow(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        strip_metadata::<HostPortClass>,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    let (claims, task) = follow(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        strip_claim,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    let pod_config = match mode {
+        Mode::Node { node } => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        Mode::Edge { .. } => watcher::Config::default(),
+    };
+    let (pods, task) = follow(
+        Api::all(client.clone()),
+        pod_config,
+        strip_pod,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    let (mut services, mut nodes) = (None, None);
+    if let Mode::Edge { service_namespaces } = mode
+        && !service_namespaces.is_empty()
+    {
+        let (store, task) = follow(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip_service,
+            changes.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+        services = Some(store);
+        let (store, task) = follow(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip_node,
+            changes.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+        nodes = Some(store);
+    }
+    let caches = Caches {
+        classes,
+        claims,
+        pods,
+        services,
+        nodes,
+    };
+    let _ = caches.classes.wait_until_ready().await;
+    let _ = caches.claims.wait_until_ready().await;
+    let _ = caches.pods.wait_until_ready().await;
+    if let Some(services) = &caches.services {
+        let _ = services.wait_until_ready().await;
+    }
+    if let Some(nodes) = &caches.nodes {
+        let _ = nodes.wait_until_ready().await;
+    }
+    (caches, tasks)
+}
+
+/// Runs until `shutdown` completes: keeps the host's rules equal to what the API asks for.
+/// The rules stay when it stops (a restart must not cut traffic); `--cleanup` removes them.
+pub async fn run(
+    client: Client,
+    options: RunOptions,
+    mut syncer: Syncer,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (changes, mut changed) = watch::channel(0u64);
+    tokio::pin!(shutdown);
+    let (caches, tasks) = tokio::select! {
+        started = start(&client, &options.mode, &changes) => started,
+        () = &mut shutdown => return,
+    };
+    let _abort = AbortOnDrop(tasks);
+    tracing::info!(mode = ?options.mode, "caches synced; applying the rules");
+    let mut last_full = tokio::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        changed.borrow_and_update();
+        if last_full.elapsed() >= options.resync {
+            syncer.forget();
+            last_full = tokio::time::Instant::now();
+        }
+        let wanted = wanted(&caches, &options.mode);
+        for conflict in &wanted.conflicts {
+            tracing::warn!(%conflict, "two targets for one port");
+        }
+        let retry = match syncer.sync(&wanted.forwards).await {
+            Ok(outcome) => {
+                failures = 0;
+                tracing::info!(?outcome, forwards = wanted.forwards.len(), "rules in sync");
+                None
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let delay = Duration::from_millis(500) * 2u32.saturating_pow(failures.min(6));
+                tracing::error!(%error, ?delay, "applying the rules failed; retrying");
+                Some(delay)
+            }
+        };
+        let wait = retry.unwrap_or(options.resync);
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(wait) => {},
+            result = changed.changed() => {
+                if result.is_err() { return; }
+                // Let the burst finish: one transaction for all of it.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(options.batch_window) => {},
+                }
+            }
+        }
+    }
+}
+
+/// The forwards the API asks for now, listed once (for `--render`).
+pub async fn wanted_once(client: &Client, mode: &Mode) -> ForwardSet {
+    let (changes, _) = watch::channel(0u64);
+    let (caches, tasks) = start(client, mode, &changes).await;
+    let _abort = AbortOnDrop(tasks);
+    wanted(&caches, mode).forwards
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The publisher end to end: claims, classes and pods in an API server (the in-process one)
+//! → the publisher's loop → nftables rules in a router namespace → real traffic from a
+//! client to the node running the pod. Skipped, saying why, only where network namespaces
+//! cannot be created.
+
+mod netns;
+
+use std::time::Duration;
+
+use hostport_api::{HostPortClaim, HostPortClass};
+use hostport_publisher::deny::DenyList;
+use hostport_publisher::forward::Protocol;
+use hostport_publisher::nft::Rules;
+use hostport_publisher::runner::{self, Mode, RunOptions};
+use hostport_publisher::sync::{Backend, Syncer};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use netns::Topology;
+use serde_json::json;
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..150 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
+    if let Some(why) = netns::unavailable() {
+        return eprintln!("{why}");
+    }
+    let topology = Topology::new(&[9000, 9001]);
+    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
+        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
+        ..Default::default()
+    })
+    .await
+    .expect("API server");
+    let client = server.client();
+    let post = PostParams::default();
+    for (name, edge, start) in [("public", true, 9000), ("private", false, 9001)] {
+        let class: HostPortClass = serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+            "metadata": {"name": name},
+            "spec": {"pools": [{"start": start, "end": start}], "publish": {"edge": edge}}
+        }))
+        .expect("class");
+        Api::<HostPortClass>::all(client.clone())
+            .create(&post, &class)
+            .await
+            .expect("class");
+    }
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for (claim, class, port) in [("game", "public", 9000), ("hidden", "private", 9001)] {
+        let object: HostPortClaim = serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": claim},
+            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")}
+        }))
+        .expect("claim");
+        claims.create(&post, &object).await.expect("claim");
+        // What the controller writes once it bound the claim.
+        claims
+            .patch_status(
+                claim,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
+            )
+            .await
+            .expect("bound");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": claim, "annotations": {"claim.hostport.rmb938.com/game": claim}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "game", "image": "game",
+                "ports": [{"name": "game", "containerPort": 7777, "hostPort": port}]}]}
+        }))
+        .expect("pod");
+        pods.create(&post, &pod).await.expect("pod");
+        pods.patch_status(
+            claim,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"phase": "Running", "hostIP": netns::NODE.to_string()}}),
+            ),
+        )
+        .await
+        .expect("running");
+    }
+
+    let rules = Rules {
+        interface: Some("ext0".into()),
+        masquerade: true,
+    };
+    let syncer = Syncer::new(
+        Backend::Nft,
+        rules.clone(),
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(runner::run(
+        client.clone(),
+        RunOptions {
+            mode: Mode::Edge {
+                service_namespaces: vec![],
+            },
+            batch_window: Duration::from_millis(50),
+            resync: Duration::from_secs(60),
+        },
+        syncer,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    until("the claimed port forwarded", || {
+        topology.exchange(Protocol::Tcp, 9000, "api") == Some("api".into())
+    })
+    .await;
+    assert_eq!(
+        topology.exchange(Protocol::Tcp, 9001, "not opted in"),
+        None,
+        "a class without spec.publish.edge is not forwarded"
+    );
+    // The pod goes: the path closes.
+    pods.delete("game", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    until("the path closed", || {
+        topology.exchange(Protocol::Tcp, 9000, "gone").is_none()
+    })
+    .await;
+    let _ = stop.send(());
+    publisher.await.expect("the publisher stops");
+    Syncer::new(
+        Backend::Nft,
+        rules,
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    )
+    .cleanup()
+    .await
+    .expect("cleanup");
+}
