@@ -1,9 +1,18 @@
 # syntax=docker/dockerfile:1
-# One image, both binaries: hostport-controller and hostport-webhook.
+# One image, both binaries: hostport-controller and hostport-webhook (the default target);
+# hostport-publisher, which runs nft, iptables and ssh, has an image of its own:
+#   docker build --target publisher -t ghcr.io/hostport-allocator/hostport-publisher:0.1.0 .
 FROM rust:1.91-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p controller -p webhook --bin hostport-controller --bin hostport-webhook
+RUN cargo build --release --locked -p controller -p webhook -p publisher --bin hostport-controller --bin hostport-webhook --bin hostport-publisher
+
+FROM debian:bookworm-slim AS publisher
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables iptables openssh-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/hostport-publisher /usr/local/bin/hostport-publisher
+ENTRYPOINT ["/usr/local/bin/hostport-publisher"]
 
 # Distroless: no shell, non-root (65532), nothing to write to (run with readOnlyRootFilesystem).
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -58,6 +58,24 @@ fn every_overlay_builds() {
         ),
         ("config/controller", vec!["Deployment"]),
         (
+            "config/publisher/node",
+            vec![
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "DaemonSet",
+            ],
+        ),
+        (
+            "config/publisher/edge",
+            vec![
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Deployment",
+            ],
+        ),
+        (
             "config/webhook",
             vec![
                 "Deployment",
@@ -240,6 +258,7 @@ fn dockerfile_builds_and_copies_binaries_that_exist() {
     for (package, binary) in [
         ("controller", "hostport-controller"),
         ("webhook", "hostport-webhook"),
+        ("publisher", "hostport-publisher"),
     ] {
         let manifest =
             std::fs::read_to_string(root().join(package).join("Cargo.toml")).expect("manifest");

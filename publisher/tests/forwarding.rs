@@ -115,6 +115,39 @@ async fn iptables_legacy_fallback_forwards_too() {
     .await;
 }
 
+/// Node mode: the router namespace plays the node, the other one a pod on it; `<node>:9000`
+/// goes to `<pod>:7000` on any interface, without masquerade (the client's address stays).
+#[tokio::test]
+async fn node_mode_forwards_a_host_port_to_the_pod_keeping_the_client_address() {
+    need_namespaces!();
+    let topology = Topology::new(&[7000]);
+    let mut node = Syncer::new(
+        Backend::Nft,
+        Rules {
+            interface: None,
+            masquerade: false,
+        },
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    );
+    let pod: ForwardSet = [
+        to_node(Protocol::Tcp, 9000, 7000),
+        to_node(Protocol::Udp, 9000, 7000),
+    ]
+    .into_iter()
+    .collect();
+    node.sync(&pod).await.expect("sync");
+    assert_reaches(&topology, Protocol::Tcp, 9000, "node-tcp");
+    assert_reaches(&topology, Protocol::Udp, 9000, "node-udp");
+    let table = topology.router_nft(&["list", "table", "inet", "hostport"]);
+    assert!(
+        !table.contains("masquerade") && !table.contains("iifname"),
+        "{table}"
+    );
+    node.cleanup().await.expect("cleanup");
+}
+
 /// A small change is applied as a change (one transaction of elements), and a table changed
 /// behind our back is replaced whole.
 #[tokio::test]

@@ -128,6 +128,17 @@ impl Topology {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
+        // Replies without masquerade (node mode) go back through the router.
+        run(&[
+            "ip",
+            "-n",
+            &topology.node,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+        ]);
         let mut topology = topology;
         for port in ports {
             topology.serve(*port);
