@@ -21,11 +21,14 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`) in `format`.
+/// Installs the tracing subscriber: `RUST_LOG` filter (default `info`) in `format`, on
+/// stderr (stdout is for what a command was asked to print, e.g. a rendered ruleset).
 pub fn init_logging(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

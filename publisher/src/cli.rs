@@ -174,7 +174,9 @@ pub async fn main() -> anyhow::Result<()> {
     let mut syncer = Syncer::new(backend, rules, deny, executor, args.dry_run);
     if args.cleanup {
         syncer.cleanup().await.context("removing our rules")?;
-        tracing::info!("our rules are removed");
+        if !args.dry_run {
+            tracing::info!("our rules are removed");
+        }
         return Ok(());
     }
     let config = kube::Config::infer()

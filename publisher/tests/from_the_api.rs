@@ -147,3 +147,134 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
     .await
     .expect("cleanup");
 }
+
+/// Many changes within the batch window are applied as one transaction: 40 pods appearing
+/// at once cost a couple of applies, not 40.
+#[tokio::test]
+async fn a_burst_of_changes_is_one_transaction() {
+    if let Some(why) = netns::unavailable() {
+        return eprintln!("{why}");
+    }
+    let topology = Topology::new(&[]);
+    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
+        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
+        ..Default::default()
+    })
+    .await
+    .expect("API server");
+    let client = server.client();
+    let post = PostParams::default();
+    let class: HostPortClass = serde_json::from_value(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+        "metadata": {"name": "public"},
+        "spec": {"pools": [{"start": 9000, "end": 9100}], "publish": {"edge": true}}
+    }))
+    .expect("class");
+    Api::<HostPortClass>::all(client.clone())
+        .create(&post, &class)
+        .await
+        .expect("class");
+    // Every apply is logged by a wrapper around the real command.
+    let log = std::env::temp_dir().join(format!("hpub-applies-{}", topology.router));
+    let _ = std::fs::remove_file(&log);
+    let wrapper = format!(
+        "echo apply >> {}; exec ip netns exec {} \"$@\"",
+        log.display(),
+        topology.router
+    );
+    let executor = hostport_publisher::exec::Executor::Local {
+        prefix: vec!["sh".into(), "-c".into(), wrapper, "sh".into()],
+    };
+    let syncer = Syncer::new(
+        Backend::Nft,
+        Rules::default(),
+        DenyList::default(),
+        executor,
+        false,
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(runner::run(
+        client.clone(),
+        RunOptions {
+            mode: Mode::Edge {
+                service_namespaces: vec![],
+            },
+            batch_window: Duration::from_millis(1500),
+            resync: Duration::from_secs(60),
+        },
+        syncer,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let applies = || {
+        std::fs::read_to_string(&log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    until("the first (empty) sync", || applies() == 1).await;
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let burst = (0..40).map(|i| {
+        let (claims, pods) = (claims.clone(), pods.clone());
+        async move {
+            let port = 9000 + i;
+            let name = format!("game-{i}");
+            let claim: HostPortClaim = serde_json::from_value(json!({
+                "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+                "metadata": {"name": name},
+                "spec": {"hostPortClassName": "public", "hostPortName": format!("port-{port}")},
+            }))
+            .expect("claim");
+            claims
+                .create(&PostParams::default(), &claim)
+                .await
+                .expect("claim");
+            claims
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
+                )
+                .await
+                .expect("bound");
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/game": name}},
+                "spec": {"containers": [{"name": "game", "image": "game",
+                    "ports": [{"name": "game", "containerPort": 7777, "hostPort": port}]}]},
+            }))
+            .expect("pod");
+            pods.create(&PostParams::default(), &pod)
+                .await
+                .expect("pod");
+            pods.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.2"}})),
+            )
+            .await
+            .expect("running");
+        }
+    });
+    futures::future::join_all(burst).await;
+    until("all 40 forwarded", || {
+        topology
+            .router_nft(&["list", "map", "inet", "hostport", "tcp_forwards"])
+            .matches(" : 198.51.100.2 . ")
+            .count()
+            == 40
+    })
+    .await;
+    let total = applies();
+    let _ = stop.send(());
+    publisher.await.expect("stops");
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        total <= 4,
+        "40 pods (160 API events) took {total} applies; the batch window should fold them"
+    );
+    eprintln!(
+        "40 pods forwarded in {} apply(ies) after the first",
+        total - 1
+    );
+}
