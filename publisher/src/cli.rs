@@ -36,6 +36,13 @@ pub enum BackendArg {
 #[derive(Debug, Parser)]
 #[command(name = "hostport-publisher", version, about)]
 pub struct Args {
+    /// Address serving /healthz, /readyz (caches synced, rules applied once) and /metrics.
+    #[arg(
+        long,
+        env = "HOSTPORT_PUBLISHER_METRICS_ADDRESS",
+        default_value = "0.0.0.0:8082"
+    )]
+    metrics_address: std::net::SocketAddr,
     /// edge: on the router/edge host; node: on each node.
     #[arg(long, env = "HOSTPORT_PUBLISHER_MODE", value_enum, default_value_t = ModeArg::Edge)]
     mode: ModeArg,
@@ -189,12 +196,25 @@ pub async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let stop = Stop::on_signal();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let encode = {
+        let metrics = metrics.clone();
+        move || metrics.encode()
+    };
+    let health = hostport_process::health_router(encode, ready.clone());
+    let health_server = hostport_process::serve_health(args.metrics_address, health, &stop)
+        .await
+        .with_context(|| format!("serving /healthz and /metrics on {}", args.metrics_address))?;
     let options = RunOptions {
+        metrics,
+        ready,
         mode,
         batch_window: Duration::from_millis(args.batch_window_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
     runner::run(client, options, syncer, stop.stopped()).await;
+    let _ = health_server.await;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod desired;
 pub mod exec;
 pub mod forward;
 pub mod iptables;
+pub mod metrics;
 pub mod nft;
 pub mod runner;
 pub mod sync;

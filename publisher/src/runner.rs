@@ -41,6 +41,10 @@ pub enum Mode {
 /// How the loop runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// Metrics.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Set once the caches are synced and the first sync succeeded (`/readyz`).
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Edge or node.
     pub mode: Mode,
     /// Changes within this window after the first one are applied together.
@@ -263,13 +267,39 @@ pub async fn run(
         for conflict in &wanted.conflicts {
             tracing::warn!(%conflict, "two targets for one port");
         }
-        let retry = match syncer.sync(&wanted.forwards).await {
+        let metrics = &options.metrics;
+        metrics
+            .conflicts
+            .set(i64::try_from(wanted.conflicts.len()).unwrap_or(i64::MAX));
+        let (allowed, denied) = syncer.allowed(&wanted.forwards);
+        metrics
+            .denied
+            .set(i64::try_from(denied.len()).unwrap_or(i64::MAX));
+        let started = std::time::Instant::now();
+        let result = syncer.sync(&wanted.forwards).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let retry = match result {
             Ok(outcome) => {
                 failures = 0;
-                tracing::info!(?outcome, forwards = wanted.forwards.len(), "rules in sync");
+                let label = match outcome {
+                    crate::sync::Outcome::Unchanged => "unchanged",
+                    crate::sync::Outcome::Changed { .. } => "changed",
+                    crate::sync::Outcome::Replaced { .. } => "replaced",
+                };
+                metrics.synced(label, seconds);
+                metrics
+                    .forwards
+                    .set(i64::try_from(allowed.len()).unwrap_or(i64::MAX));
+                options
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if outcome != crate::sync::Outcome::Unchanged {
+                    tracing::info!(?outcome, forwards = allowed.len(), "rules in sync");
+                }
                 None
             }
             Err(error) => {
+                metrics.synced("failed", seconds);
                 failures = failures.saturating_add(1);
                 let delay = Duration::from_millis(500) * 2u32.saturating_pow(failures.min(6));
                 tracing::error!(%error, ?delay, "applying the rules failed; retrying");

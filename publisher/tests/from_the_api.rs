@@ -103,9 +103,13 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         false,
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = std::sync::Arc::new(hostport_publisher::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = tokio::spawn(runner::run(
         client.clone(),
         RunOptions {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
             mode: Mode::Edge {
                 service_namespaces: vec![],
             },
@@ -121,6 +125,15 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         topology.exchange(Protocol::Tcp, 9000, "api") == Some("api".into())
     })
     .await;
+    assert!(ready.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(metrics.forwards.get(), 1);
+    assert!(
+        metrics
+            .encode()
+            .contains("hostport_publisher_syncs_total{outcome=\"replaced\"} 1"),
+        "{}",
+        metrics.encode()
+    );
     assert_eq!(
         topology.exchange(Protocol::Tcp, 9001, "not opted in"),
         None,
@@ -196,6 +209,8 @@ async fn a_burst_of_changes_is_one_transaction() {
     let publisher = tokio::spawn(runner::run(
         client.clone(),
         RunOptions {
+            metrics: Default::default(),
+            ready: Default::default(),
             mode: Mode::Edge {
                 service_namespaces: vec![],
             },
