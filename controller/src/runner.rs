@@ -121,7 +121,8 @@ pub async fn run(
         tokio::spawn(watches::pods(ctx.clone(), pod_writer)),
         tokio::spawn(watches::phase_gauges(ctx.clone())),
     ];
-    let _abort_watches = AbortOnDrop(watch_tasks.iter().map(|t| t.abort_handle()).collect());
+    let _abort_watches =
+        hostport_process::AbortOnDrop(watch_tasks.iter().map(|t| t.abort_handle()).collect());
 
     tokio::pin!(shutdown);
     let synced = async {
@@ -204,16 +205,6 @@ pub async fn run(
         lease.release().await;
     }
     outcome
-}
-
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for handle in &self.0 {
-            handle.abort();
-        }
-    }
 }
 
 /// The reconciles of one kind: objects queued on `queued` are reconciled from `store`,

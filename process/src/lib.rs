@@ -161,3 +161,16 @@ pub fn encode_metrics(
     }
     out
 }
+
+/// Background tasks that stop with their owner: aborted when this is dropped (a run that
+/// returns early leaves no watch running).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}

@@ -83,7 +83,7 @@ async fn one_change(ns: &str, backend: &Backend, set: &ForwardSet) -> f64 {
     for run in 0..RUNS {
         let changed: ForwardSet = current
             .iter()
-            .filter(|f| f.port != 10_000 + run as u16)
+            .filter(|f| f.port != 20_000 + run as u16)
             .chain(forwards(60_000 + run as u16..60_001 + run as u16).iter())
             .collect();
         let started = Instant::now();
@@ -105,7 +105,8 @@ async fn main() {
         }
     }
     let ns = Namespace(name);
-    let (thousand, ten_thousand) = (forwards(10_000..11_000), forwards(10_000..20_000));
+    // Clear of the default deny-list (10250, …): exactly 1,000 and 10,000 forwards.
+    let (thousand, ten_thousand) = (forwards(20_000..21_000), forwards(20_000..30_000));
     for (label, backend) in [
         ("nftables", Backend::Nft),
         (

@@ -253,7 +253,7 @@ pub async fn run(
         started = start(&client, &options.mode, &changes) => started,
         () = &mut shutdown => return,
     };
-    let _abort = AbortOnDrop(tasks);
+    let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
     tracing::info!(mode = ?options.mode, "caches synced; applying the rules");
     let mut last_full = tokio::time::Instant::now();
     let mut failures = 0u32;
@@ -326,16 +326,6 @@ pub async fn run(
 pub async fn wanted_once(client: &Client, mode: &Mode) -> ForwardSet {
     let (changes, _) = watch::channel(0u64);
     let (caches, tasks) = start(client, mode, &changes).await;
-    let _abort = AbortOnDrop(tasks);
+    let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
     wanted(&caches, mode).forwards
-}
-
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
-        }
-    }
 }

@@ -1,12 +1,10 @@
 //! The `hostport-publisher` command line: what `--render`, `--dry-run` and bad flags do.
 
+mod api;
+
 use std::process::Command;
 
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
-use serde_json::json;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_hostport-publisher");
 
@@ -84,55 +82,11 @@ fn bad_flags_say_what_to_fix() {
 
 #[tokio::test]
 async fn render_prints_the_ruleset_the_api_asks_for() {
-    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
-    let post = PostParams::default();
-    let class: HostPortClass = serde_json::from_value(json!({
-        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
-        "metadata": {"name": "public"},
-        "spec": {"pools": [{"start": 9000, "end": 9010}], "publish": {"edge": true}}
-    }))
-    .expect("class");
-    Api::<HostPortClass>::all(client.clone())
-        .create(&post, &class)
-        .await
-        .expect("class");
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    let claim: HostPortClaim = serde_json::from_value(json!({
-        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-        "metadata": {"name": "game"},
-        "spec": {"hostPortClassName": "public", "hostPortName": "port-9005"}
-    }))
-    .expect("claim");
-    claims.create(&post, &claim).await.expect("claim");
-    claims
-        .patch_status(
-            "game",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Bound", "port": 9005}})),
-        )
-        .await
-        .expect("bound");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
-        "spec": {"containers": [{"name": "game", "image": "game",
-            "ports": [{"name": "game", "containerPort": 7777, "hostPort": 9005, "protocol": "UDP"}]}]}
-    }))
-    .expect("pod");
-    pods.create(&post, &pod).await.expect("pod");
-    pods.patch_status(
-        "game",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.7"}})),
-    )
-    .await
-    .expect("running");
+    api::class(&client, "public", (9000, 9010), true).await;
+    api::bound_claim(&client, "game", "public", 9005).await;
+    api::running_pod(&client, "game", 9005, "UDP", "198.51.100.7").await;
 
     let kubeconfig =
         std::env::temp_dir().join(format!("hpub-render-{}.kubeconfig", std::process::id()));

@@ -3,20 +3,19 @@
 //! client to the node running the pod. Skipped, saying why, only where network namespaces
 //! cannot be created.
 
+mod api;
 mod netns;
 
 use std::time::Duration;
 
-use hostport_api::{HostPortClaim, HostPortClass};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::forward::Protocol;
 use hostport_publisher::nft::Rules;
 use hostport_publisher::runner::{self, Mode, RunOptions};
 use hostport_publisher::sync::{Backend, Syncer};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use netns::Topology;
-use serde_json::json;
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..150 {
@@ -34,62 +33,15 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         return eprintln!("{why}");
     }
     let topology = Topology::new(&[9000, 9001]);
-    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
-    let post = PostParams::default();
-    for (name, edge, start) in [("public", true, 9000), ("private", false, 9001)] {
-        let class: HostPortClass = serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
-            "metadata": {"name": name},
-            "spec": {"pools": [{"start": start, "end": start}], "publish": {"edge": edge}}
-        }))
-        .expect("class");
-        Api::<HostPortClass>::all(client.clone())
-            .create(&post, &class)
-            .await
-            .expect("class");
-    }
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    api::class(&client, "public", (9000, 9000), true).await;
+    api::class(&client, "private", (9001, 9001), false).await;
     for (claim, class, port) in [("game", "public", 9000), ("hidden", "private", 9001)] {
-        let object: HostPortClaim = serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": claim},
-            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")}
-        }))
-        .expect("claim");
-        claims.create(&post, &object).await.expect("claim");
-        // What the controller writes once it bound the claim.
-        claims
-            .patch_status(
-                claim,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
-            )
-            .await
-            .expect("bound");
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": claim, "annotations": {"claim.hostport.rmb938.com/game": claim}},
-            "spec": {"nodeName": "node-1", "containers": [{"name": "game", "image": "game",
-                "ports": [{"name": "game", "containerPort": 7777, "hostPort": port}]}]}
-        }))
-        .expect("pod");
-        pods.create(&post, &pod).await.expect("pod");
-        pods.patch_status(
-            claim,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"phase": "Running", "hostIP": netns::NODE.to_string()}}),
-            ),
-        )
-        .await
-        .expect("running");
+        api::bound_claim(&client, claim, class, port).await;
+        api::running_pod(&client, claim, port, "TCP", &netns::NODE.to_string()).await;
     }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
 
     let rules = Rules {
         interface: Some("ext0".into()),
@@ -169,24 +121,9 @@ async fn a_burst_of_changes_is_one_transaction() {
         return eprintln!("{why}");
     }
     let topology = Topology::new(&[]);
-    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
-    let post = PostParams::default();
-    let class: HostPortClass = serde_json::from_value(json!({
-        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
-        "metadata": {"name": "public"},
-        "spec": {"pools": [{"start": 9000, "end": 9100}], "publish": {"edge": true}}
-    }))
-    .expect("class");
-    Api::<HostPortClass>::all(client.clone())
-        .create(&post, &class)
-        .await
-        .expect("class");
+    api::class(&client, "public", (9000, 9100), true).await;
     // Every apply is logged by a wrapper around the real command.
     let log = std::env::temp_dir().join(format!("hpub-applies-{}", topology.router));
     let _ = std::fs::remove_file(&log);
@@ -228,47 +165,12 @@ async fn a_burst_of_changes_is_one_transaction() {
             .unwrap_or(0)
     };
     until("the first (empty) sync", || applies() == 1).await;
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let burst = (0..40).map(|i| {
-        let (claims, pods) = (claims.clone(), pods.clone());
+    let burst = (0..40u16).map(|i| {
+        let client = client.clone();
         async move {
-            let port = 9000 + i;
             let name = format!("game-{i}");
-            let claim: HostPortClaim = serde_json::from_value(json!({
-                "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-                "metadata": {"name": name},
-                "spec": {"hostPortClassName": "public", "hostPortName": format!("port-{port}")},
-            }))
-            .expect("claim");
-            claims
-                .create(&PostParams::default(), &claim)
-                .await
-                .expect("claim");
-            claims
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
-                )
-                .await
-                .expect("bound");
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/game": name}},
-                "spec": {"containers": [{"name": "game", "image": "game",
-                    "ports": [{"name": "game", "containerPort": 7777, "hostPort": port}]}]},
-            }))
-            .expect("pod");
-            pods.create(&PostParams::default(), &pod)
-                .await
-                .expect("pod");
-            pods.patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.2"}})),
-            )
-            .await
-            .expect("running");
+            api::bound_claim(&client, &name, "public", 9000 + i).await;
+            api::running_pod(&client, &name, 9000 + i, "TCP", "198.51.100.2").await;
         }
     });
     futures::future::join_all(burst).await;

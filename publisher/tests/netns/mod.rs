@@ -28,7 +28,12 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// Why the topology could not be made: a clear reason to skip on machines without
 /// namespaces (anything else is a failure).
 pub fn unavailable() -> Option<String> {
-    let probe = format!("hpub-probe-{}", std::process::id());
+    // Unique per call: tests of one process probe in parallel.
+    let probe = format!(
+        "hpub-probe-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let added = Command::new("ip").args(["netns", "add", &probe]).output();
     match added {
         Ok(out) if out.status.success() => {
