@@ -233,4 +233,26 @@ mod tests {
             "22,53,2379,2380,6443,10250,10255,10256,10257,10259"
         );
     }
+
+    #[test]
+    fn ssh_options_split_into_words_as_the_deployment_writes_them() {
+        let args = Args::try_parse_from([
+            "hostport-publisher",
+            "--ssh=root@192.0.2.1",
+            "--ssh-option=-i /ssh/id_ed25519 -o UserKnownHostsFile=/ssh/known_hosts",
+            "--service-namespaces=games,web",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.ssh_options,
+            [
+                "-i",
+                "/ssh/id_ed25519",
+                "-o",
+                "UserKnownHostsFile=/ssh/known_hosts"
+            ]
+        );
+        assert_eq!(args.service_namespaces, ["games", "web"]);
+        assert_eq!(args.mode, ModeArg::Edge);
+    }
 }
