@@ -10,7 +10,10 @@ RUN cargo build --release --locked -p controller -p webhook -p publisher --bin h
 FROM debian:bookworm-slim AS publisher
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables iptables openssh-client ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 65532 --user-group --home-dir /home/publisher --create-home publisher
+# ssh needs a passwd entry and a home for the uid it runs as (the edge Deployment runs as
+# 65532); node mode runs as root with NET_ADMIN in the node's network namespace.
 COPY --from=build /src/target/release/hostport-publisher /usr/local/bin/hostport-publisher
 ENTRYPOINT ["/usr/local/bin/hostport-publisher"]
 
