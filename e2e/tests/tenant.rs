@@ -143,8 +143,9 @@ async fn tenant_cannot_choose_the_host_port_name() {
             .await,
         "spec.hostPortName of HostPortClaim",
     );
-    // Fill the class, then try to point a Pending claim at port 23.
-    for name in ["a", "b", "pending"] {
+    // Fill the class, then try to point a Pending claim at port 23. (`pending` is created once
+    // the two ports are taken: created together, it could take one before `b`.)
+    for name in ["a", "b"] {
         claims
             .create(&PostParams::default(), &claim(name, &class, None))
             .await
@@ -152,6 +153,10 @@ async fn tenant_cannot_choose_the_host_port_name() {
     }
     env.bound("a").await;
     env.bound("b").await;
+    claims
+        .create(&PostParams::default(), &claim("pending", &class, None))
+        .await
+        .expect("claim");
     denied(
         claims
             .patch(
