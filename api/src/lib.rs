@@ -11,6 +11,7 @@ pub mod cache;
 pub mod claim;
 pub mod class;
 pub mod conditions;
+pub mod container_ports;
 pub mod crds;
 pub mod finalizer;
 pub mod host_port;

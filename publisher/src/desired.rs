@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hostport_api::annotations::parse_claim_annotations;
+use hostport_api::container_ports::container_ports;
 use hostport_api::{HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Service};
 use kube::ResourceExt;
@@ -149,17 +150,10 @@ fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
     wanted
 }
 
-/// The container ports named `name` (regular containers and sidecars).
+/// The container ports named `name` that can serve a host port.
 fn named_ports<'p>(pod: &'p Pod, name: &'p str) -> impl Iterator<Item = &'p ContainerPort> + 'p {
-    let spec = pod.spec.as_ref();
-    let containers = spec.into_iter().flat_map(|s| s.containers.iter());
-    let sidecars = spec
-        .into_iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-    containers
-        .chain(sidecars)
-        .flat_map(|c| c.ports.iter().flatten())
+    container_ports(pod)
+        .map(|(_, port)| port)
         .filter(move |p| p.name.as_deref() == Some(name))
 }
 

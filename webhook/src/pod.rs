@@ -9,6 +9,7 @@ use hostport_api::annotations::{
     claim_annotation_key, is_hostport_annotation, parse_claim_annotations, parse_class_annotations,
     port_annotation_key,
 };
+use hostport_api::container_ports::{PortPlace, container_ports};
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
@@ -56,40 +57,26 @@ struct PortSlot {
     order: usize,
 }
 
-/// Container ports by name: regular containers and restartable init containers (sidecars),
-/// which run alongside the pod and can serve.
+/// Container ports by name (see [`container_ports`]), and the unnamed ones.
 fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
     let mut named: BTreeMap<String, Vec<PortSlot>> = BTreeMap::new();
     let mut unnamed = vec![];
-    let Some(spec) = &pod.spec else {
-        return (named, unnamed);
-    };
-    let sidecars = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"));
-    let containers = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| ("containers", i, c));
-    let mut order = 0;
-    for (list, ci, container) in containers.chain(sidecars.map(|(i, c)| ("initContainers", i, c))) {
-        for (pi, port) in container.ports.iter().flatten().enumerate() {
-            let slot = PortSlot {
-                pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
-                field: format!("spec.{list}[{ci}].ports[{pi}]"),
-                host_port: port.host_port.filter(|p| *p != 0),
-                container_port: port.container_port,
-                order,
-            };
-            order += 1;
-            match port.name.as_deref().filter(|n| !n.is_empty()) {
-                Some(name) => named.entry(name.to_owned()).or_default().push(slot),
-                None => unnamed.push(slot),
-            }
+    for (order, (place, port)) in container_ports(pod).enumerate() {
+        let PortPlace {
+            list,
+            container: ci,
+            port: pi,
+        } = place;
+        let slot = PortSlot {
+            pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
+            field: format!("spec.{list}[{ci}].ports[{pi}]"),
+            host_port: port.host_port.filter(|p| *p != 0),
+            container_port: port.container_port,
+            order,
+        };
+        match port.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) => named.entry(name.to_owned()).or_default().push(slot),
+            None => unnamed.push(slot),
         }
     }
     (named, unnamed)

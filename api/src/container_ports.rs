@@ -1,0 +1,80 @@
+//! The container ports of a pod that can serve a host port: those of its regular containers
+//! and of its restartable init containers (sidecars, `restartPolicy: Always`), which run
+//! alongside the pod. One rule for the webhook (which injects `hostPort`) and the publisher
+//! (which forwards it).
+
+use k8s_openapi::api::core::v1::{ContainerPort, Pod};
+
+/// Where a container port is in the pod spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortPlace {
+    /// `containers` or `initContainers`.
+    pub list: &'static str,
+    /// Index of the container in that list.
+    pub container: usize,
+    /// Index of the port in the container's `ports`.
+    pub port: usize,
+}
+
+/// Every such port with its place, in spec order (containers, then sidecars).
+pub fn container_ports(pod: &Pod) -> impl Iterator<Item = (PortPlace, &ContainerPort)> {
+    let spec = pod.spec.as_ref();
+    let containers = spec
+        .into_iter()
+        .flat_map(|s| s.containers.iter().enumerate())
+        .map(|(i, c)| ("containers", i, c));
+    let sidecars = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten().enumerate())
+        .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
+        .map(|(i, c)| ("initContainers", i, c));
+    containers.chain(sidecars).flat_map(|(list, container, c)| {
+        c.ports.iter().flatten().enumerate().map(move |(port, p)| {
+            (
+                PortPlace {
+                    list,
+                    container,
+                    port,
+                },
+                p,
+            )
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_then_sidecars_not_plain_init_containers() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [{"name": "a", "ports": [{"name": "web", "containerPort": 80},
+                                                       {"name": "udp", "containerPort": 81}]}],
+                "initContainers": [
+                    {"name": "setup", "ports": [{"name": "no", "containerPort": 82}]},
+                    {"name": "proxy", "restartPolicy": "Always",
+                     "ports": [{"name": "side", "containerPort": 83}]}]
+            }
+        }))
+        .expect("pod");
+        let found: Vec<(PortPlace, i32)> = container_ports(&pod)
+            .map(|(place, p)| (place, p.container_port))
+            .collect();
+        let place = |list, container, port| PortPlace {
+            list,
+            container,
+            port,
+        };
+        assert_eq!(
+            found,
+            vec![
+                (place("containers", 0, 0), 80),
+                (place("containers", 0, 1), 81),
+                (place("initContainers", 1, 0), 83),
+            ]
+        );
+        assert_eq!(container_ports(&Pod::default()).count(), 0);
+    }
+}
