@@ -1,7 +1,7 @@
-//! What the hostport-controller and hostport-webhook processes share around their work: the
+//! What the hostport processes (controller, webhook, publisher) share around their work: the
 //! log format flag and logging set-up, the rustls crypto provider, the SIGTERM/ctrl-c stop
-//! signal every task of the process waits on, and the plain-HTTP `/healthz` `/readyz`
-//! `/metrics` server. Nothing here knows Kubernetes or this project's API.
+//! signal every task of the process waits on, the plain-HTTP `/healthz` `/readyz` `/metrics`
+//! server, and a watch-fed cache with a change counter. Nothing here knows this project's API.
 #![forbid(unsafe_code)]
 
 use std::future::Future;
@@ -173,4 +173,50 @@ impl Drop for AbortOnDrop {
             handle.abort();
         }
     }
+}
+
+/// A watch-fed cache of `K` (objects `strip`ped before they are stored) and the future that
+/// keeps it current: after each event has reached the cache, `changes` is bumped, so what
+/// waits for objects to change waits on that (no API call per waiter). Watch errors are
+/// logged and the watch resumes with backoff.
+pub fn watched_cache<K>(
+    api: kube::Api<K>,
+    config: kube::runtime::watcher::Config,
+    strip: fn(&mut K),
+    changes: watch::Sender<u64>,
+) -> (
+    kube::runtime::reflector::Store<K>,
+    impl Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let (store, writer) = kube::runtime::reflector::store::<K>();
+    let stream = kube::runtime::reflector::reflector(
+        writer,
+        kube::runtime::watcher(api, config)
+            .default_backoff()
+            .modify(strip),
+    );
+    let feed = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                // The reflector has applied the event to the store before it is yielded.
+                Ok(_) => changes.send_modify(|n| *n = n.wrapping_add(1)),
+                Err(error) => {
+                    tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff");
+                }
+            }
+        }
+    };
+    (store, feed)
 }

@@ -6,16 +6,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
 use hostport_api::cache::{strip_claim, strip_metadata};
 use hostport_api::{HostPortClaim, HostPortClass};
+use hostport_process::watched_cache;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::Client;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::desired::{self, Inputs, Wanted};
@@ -61,41 +59,6 @@ struct Caches {
     pods: Store<Pod>,
     services: Option<Store<Service>>,
     nodes: Option<Store<Node>>,
-}
-
-/// Keeps a cache of `K` current and bumps `changes` after every event.
-fn follow<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    strip: fn(&mut K),
-    changes: watch::Sender<u64>,
-) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, mut writer) = reflector::store();
-    let task = async move {
-        let stream = watcher(api, config).default_backoff().modify(strip);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    writer.apply_watcher_event(&event);
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff")
-                }
-            }
-        }
-    };
-    (store, task)
 }
 
 /// What a pod weighs in the cache: the claim annotations, node, ports and addresses.
@@ -174,14 +137,14 @@ async fn start(
     changes: &watch::Sender<u64>,
 ) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let mut tasks = vec![];
-    let (classes, task) = follow(
+    let (classes, task) = watched_cache(
         Api::all(client.clone()),
         watcher::Config::default(),
         strip_metadata::<HostPortClass>,
         changes.clone(),
     );
     tasks.push(tokio::spawn(task));
-    let (claims, task) = follow(
+    let (claims, task) = watched_cache(
         Api::all(client.clone()),
         watcher::Config::default(),
         strip_claim,
@@ -192,7 +155,7 @@ async fn start(
         Mode::Node { node } => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         Mode::Edge { .. } => watcher::Config::default(),
     };
-    let (pods, task) = follow(
+    let (pods, task) = watched_cache(
         Api::all(client.clone()),
         pod_config,
         strip_pod,
@@ -203,7 +166,7 @@ async fn start(
     if let Mode::Edge { service_namespaces } = mode
         && !service_namespaces.is_empty()
     {
-        let (store, task) = follow(
+        let (store, task) = watched_cache(
             Api::all(client.clone()),
             watcher::Config::default(),
             strip_service,
@@ -211,7 +174,7 @@ async fn start(
         );
         tasks.push(tokio::spawn(task));
         services = Some(store);
-        let (store, task) = follow(
+        let (store, task) = watched_cache(
             Api::all(client.clone()),
             watcher::Config::default(),
             strip_node,

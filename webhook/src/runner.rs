@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use hostport_api::cache::{strip_host_port, strip_metadata};
 use hostport_api::identity::{CONTROLLER_SERVICE_ACCOUNT, DEFAULT_NAMESPACE, allocator_user};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -80,9 +79,8 @@ pub fn strip_class(class: &mut HostPortClass) {
     class.status = None;
 }
 
-/// A watch-fed cache of `K`, the task that feeds it, and a counter bumped after each change
-/// has reached the cache (what admissions waiting for an object to change wait on: no API
-/// call per waiter).
+/// A watch-fed cache of every `K`, the task that feeds it, and a counter bumped after each
+/// change has reached the cache (what admissions waiting for an object to change wait on).
 fn cache<K>(
     client: &Client,
     strip: fn(&mut K),
@@ -96,27 +94,14 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store::<K>();
-    let stream = reflector::reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .modify(strip),
-    );
     let (changed, changes) = watch::channel(0u64);
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                // The reflector has applied the event to the store before it is yielded.
-                Ok(_) => changed.send_modify(|n| *n = n.wrapping_add(1)),
-                Err(error) => {
-                    tracing::warn!(%error, kind = %K::kind(&()), "watch failed; retrying with backoff")
-                }
-            }
-        }
-    });
-    (reader, changes, task)
+    let (store, feed) = hostport_process::watched_cache(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        strip,
+        changed,
+    );
+    (store, changes, tokio::spawn(feed))
 }
 
 /// Serves admission on `listener` with `tls` until `shutdown` completes.
