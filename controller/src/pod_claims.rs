@@ -97,38 +97,12 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
         let why = format!("its pod {} (uid {}) is gone", pod.name, pod.uid);
         return delete(claim, false, "PodGone", why, ctx).await;
     }
-    let name = claim.name_any();
-    let grace = ctx.settings.pod_claim_grace;
-    let mut user = pods::first_user(&namespace, &name, &ctx.caches.pods.state());
-    if user.is_none() {
-        let waited = waited_for_pod(claim);
-        if waited < grace {
-            // The pod may still be on its way through admission.
-            return Ok(Action::requeue(grace - waited));
-        }
-        // Before deleting: the claim as it is now (a retried admission may have just renewed
-        // it) and the pods as they are now (one created a moment ago may not be cached).
-        let Some(fresh) = writes::fresh_claim(ctx, claim).await? else {
-            return Ok(Action::await_change());
-        };
-        let waited = waited_for_pod(&fresh);
-        if waited < grace {
-            return Ok(Action::requeue(grace - waited));
-        }
-        user = pods::users_now(&ctx.client, &namespace, &name)
-            .await?
-            .into_iter()
-            .next();
-        if user.is_none() {
-            let why = format!(
-                "no pod used it within {grace:?} of its admission: the pod it was made for was never created (denied later in admission, or the request timed out)"
-            );
-            // Only the version just read: an admission renewing it meanwhile wins.
-            return delete(&fresh, true, "PodNeverCreated", why, ctx).await;
-        }
-    }
-    let Some(user) = user else {
-        return Ok(Action::await_change());
+    let user = match pods::first_user(&namespace, &claim.name_any(), &ctx.caches.pods.state()) {
+        Some(user) => user,
+        None => match user_after_grace(claim, &namespace, ctx).await? {
+            Ok(user) => user,
+            Err(action) => return Ok(action),
+        },
     };
     let reference = OwnerReference {
         api_version: "v1".into(),
@@ -148,6 +122,44 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
     .await?;
     tracing::debug!(claim = %claim_name(claim), pod = %user.name, "claim owned by its pod");
     Ok(Action::await_change())
+}
+
+/// The pod that uses a claim no cached pod names, once its grace period is over; before that
+/// (or when nothing is left to do) the action to return. A claim no pod uses after the grace
+/// period is deleted.
+async fn user_after_grace(
+    claim: &HostPortClaim,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<std::result::Result<pods::PodId, Action>> {
+    let grace = ctx.settings.pod_claim_grace;
+    let waited = waited_for_pod(claim);
+    if waited < grace {
+        // The pod may still be on its way through admission.
+        return Ok(Err(Action::requeue(grace - waited)));
+    }
+    // Before deleting: the claim as it is now (a retried admission may have just renewed it)
+    // and the pods as they are now (one created a moment ago may not be cached).
+    let Some(fresh) = writes::fresh_claim(ctx, claim).await? else {
+        return Ok(Err(Action::await_change()));
+    };
+    let waited = waited_for_pod(&fresh);
+    if waited < grace {
+        return Ok(Err(Action::requeue(grace - waited)));
+    }
+    let name = claim.name_any();
+    if let Some(user) = pods::users_now(&ctx.client, namespace, &name)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Ok(Ok(user));
+    }
+    let why = format!(
+        "no pod used it within {grace:?} of its admission: the pod it was made for was never created (denied later in admission, or the request timed out)"
+    );
+    // Only the version just read: an admission renewing it meanwhile wins.
+    Ok(Err(delete(&fresh, true, "PodNeverCreated", why, ctx).await?))
 }
 
 /// How long the claim has waited for its pod: since its creation or the last admission that

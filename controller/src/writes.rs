@@ -176,20 +176,12 @@ pub async fn edit_claim_owners(
 /// of it: a concurrent write is a `Conflict`, retried); gone already is success. Its
 /// finalizer still keeps it (and its port) while pods use it.
 pub async fn delete_claim(ctx: &Context, claim: &HostPortClaim, unchanged: bool) -> Result<()> {
-    let params = DeleteParams {
-        preconditions: claim.uid().map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: claim.resource_version().filter(|_| unchanged),
-        }),
-        ..DeleteParams::default()
+    let preconditions = Preconditions {
+        uid: claim.uid(),
+        resource_version: claim.resource_version().filter(|_| unchanged),
     };
-    match claims(ctx, claim).delete(&claim.name_any(), &params).await {
-        Ok(_) => Ok(()),
-        Err(error) if status_code(&error) == Some(404) => Ok(()),
-        Err(error) => Err(Error::api("deleting", "HostPortClaim", claim_name(claim))(
-            error,
-        )),
-    }
+    let name = claim.name_any();
+    delete_exact(&claims(ctx, claim), &name, preconditions, "HostPortClaim").await
 }
 
 /// The claim as the API server has it now (`None`: gone, or replaced by another of its
@@ -205,20 +197,34 @@ pub async fn fresh_claim(ctx: &Context, claim: &HostPortClaim) -> Result<Option<
 /// Deletes a HostPort; `uid` (when known) makes sure it is the object we looked at. Gone
 /// already is success.
 pub async fn delete_host_port(ctx: &Context, name: &str, uid: Option<String>) -> Result<()> {
+    let preconditions = Preconditions {
+        uid,
+        resource_version: None,
+    };
+    let api = Api::<HostPort>::all(ctx.client.clone());
+    delete_exact(&api, name, preconditions, "HostPort").await
+}
+
+/// Deletes `name` if it still matches `preconditions` (none set: any); gone already is
+/// success.
+async fn delete_exact<K>(
+    api: &Api<K>,
+    name: &str,
+    preconditions: Preconditions,
+    kind: &'static str,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let any = preconditions.uid.is_none() && preconditions.resource_version.is_none();
     let params = DeleteParams {
-        preconditions: uid.map(|uid| Preconditions {
-            uid: Some(uid),
-            resource_version: None,
-        }),
+        preconditions: (!any).then_some(preconditions),
         ..DeleteParams::default()
     };
-    match Api::<HostPort>::all(ctx.client.clone())
-        .delete(name, &params)
-        .await
-    {
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(error) if status_code(&error) == Some(404) => Ok(()),
-        Err(error) => Err(Error::api("deleting", "HostPort", name)(error)),
+        Err(error) => Err(Error::api("deleting", kind, name)(error)),
     }
 }
 
