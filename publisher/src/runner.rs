@@ -234,30 +234,26 @@ pub async fn run(
         metrics
             .conflicts
             .set(i64::try_from(wanted.conflicts.len()).unwrap_or(i64::MAX));
-        let (allowed, denied) = syncer.allowed(&wanted.forwards);
+        let allowed = syncer.allowed(&wanted.forwards);
+        let (forwards, denied) = (allowed.forwards().len(), allowed.denied().len());
         metrics
             .denied
-            .set(i64::try_from(denied.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(denied).unwrap_or(i64::MAX));
         let started = std::time::Instant::now();
-        let result = syncer.sync(&wanted.forwards).await;
+        let result = syncer.sync_allowed(allowed).await;
         let seconds = started.elapsed().as_secs_f64();
         let retry = match result {
             Ok(outcome) => {
                 failures = 0;
-                let label = match outcome {
-                    crate::sync::Outcome::Unchanged => "unchanged",
-                    crate::sync::Outcome::Changed { .. } => "changed",
-                    crate::sync::Outcome::Replaced { .. } => "replaced",
-                };
-                metrics.synced(label, seconds);
+                metrics.synced(outcome.label(), seconds);
                 metrics
                     .forwards
-                    .set(i64::try_from(allowed.len()).unwrap_or(i64::MAX));
+                    .set(i64::try_from(forwards).unwrap_or(i64::MAX));
                 options
                     .ready
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 if outcome != crate::sync::Outcome::Unchanged {
-                    tracing::info!(?outcome, forwards = allowed.len(), "rules in sync");
+                    tracing::info!(?outcome, forwards, "rules in sync");
                 }
                 None
             }

@@ -23,6 +23,26 @@ pub enum Backend {
     },
 }
 
+/// Forwards the deny-list let through, and the ones it left out (only [`Syncer::allowed`]
+/// makes one, so what is synced has always been through the deny-list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    forwards: ForwardSet,
+    denied: Vec<Forward>,
+}
+
+impl Allowed {
+    /// The forwards let through.
+    pub fn forwards(&self) -> &ForwardSet {
+        &self.forwards
+    }
+
+    /// The forwards left out.
+    pub fn denied(&self) -> &[Forward] {
+        &self.denied
+    }
+}
+
 /// What one sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -55,6 +75,17 @@ pub struct Syncer {
     dry_run: bool,
 }
 
+impl Outcome {
+    /// `unchanged`, `changed` or `replaced` (a metric label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unchanged => "unchanged",
+            Self::Changed { .. } => "changed",
+            Self::Replaced { .. } => "replaced",
+        }
+    }
+}
+
 impl Syncer {
     /// A syncer that has applied nothing yet. With `dry_run`, scripts are printed to stdout
     /// instead of applied.
@@ -77,14 +108,15 @@ impl Syncer {
     }
 
     /// `desired` without denied ports, and the forwards left out for that.
-    pub fn allowed(&self, desired: &ForwardSet) -> (ForwardSet, Vec<Forward>) {
-        self.deny.filter(desired)
+    pub fn allowed(&self, desired: &ForwardSet) -> Allowed {
+        let (forwards, denied) = self.deny.filter(desired);
+        Allowed { forwards, denied }
     }
 
     /// The whole ruleset for `desired` (denied ports left out), as this backend writes it:
     /// an `nft -f` script or an `iptables-restore` input.
     pub fn render(&self, desired: &ForwardSet) -> String {
-        let (allowed, _) = self.allowed(desired);
+        let allowed = self.allowed(desired).forwards;
         match &self.backend {
             Backend::Nft => nft::full(&self.rules, &allowed),
             Backend::Iptables { .. } => iptables::restore_input(&self.rules, &allowed),
@@ -93,7 +125,16 @@ impl Syncer {
 
     /// Makes the host's rules forward `desired` (denied ports left out).
     pub async fn sync(&mut self, desired: &ForwardSet) -> Result<Outcome, ExecError> {
-        let (allowed, denied) = self.allowed(desired);
+        let allowed = self.allowed(desired);
+        self.sync_allowed(allowed).await
+    }
+
+    /// Makes the host's rules forward what [`Syncer::allowed`] let through.
+    pub async fn sync_allowed(&mut self, allowed: Allowed) -> Result<Outcome, ExecError> {
+        let Allowed {
+            forwards: allowed,
+            denied,
+        } = allowed;
         for forward in &denied {
             tracing::warn!(protocol = %forward.protocol, port = forward.port, target = %forward.target, "port is on the deny-list; not forwarded");
         }
