@@ -136,36 +136,66 @@ async fn rbac_covers_every_call_of_each_binary() {
         .expect("statefulset");
     let uid = set.metadata.uid.clone().unwrap_or_default();
     let template = set.spec.expect("spec").template;
-    for (name, owner) in [
-        (
-            PodName::Name("arena-0"),
-            ("apps/v1", "StatefulSet", "arena", uid.as_str()),
-        ),
-        (
-            PodName::GenerateName("web-"),
-            ("apps/v1", "ReplicaSet", "web", "rs-uid"),
-        ),
-    ] {
-        let pod = pod_from_template(&template, &env.namespace, name, owner);
-        let created = pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("pod with a class annotation");
-        // Scaled to zero (whenScaled: Delete), then the pod goes: its claim goes too.
-        sets.patch(
-            "arena",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 0}})),
-        )
+    // A StatefulSet's pod: scaled to zero (whenScaled: Delete), then the pod goes, and its
+    // claim with it (the controller reads the StatefulSet and the pods).
+    let arena = pod_from_template(
+        &template,
+        &env.namespace,
+        PodName::Name("arena-0"),
+        ("apps/v1", "StatefulSet", "arena", uid.as_str()),
+    );
+    pods.create(&PostParams::default(), &arena)
         .await
-        .expect("scale");
-        pods.delete(
-            &created.metadata.name.unwrap_or_default(),
-            &DeleteParams::default(),
-        )
+        .expect("pod with a class annotation");
+    sets.patch(
+        "arena",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .expect("scale");
+    pods.delete("arena-0", &DeleteParams::default())
         .await
         .expect("delete pod");
-    }
+    // A ReplicaSet's pod: once the controller made it the claim's owner, the pod goes and its
+    // claim with it. (Deleted before that, the claim would wait out the grace period.)
+    let replica = pod_from_template(
+        &template,
+        &env.namespace,
+        PodName::GenerateName("web-"),
+        ("apps/v1", "ReplicaSet", "web", "rs-uid"),
+    );
+    let replica = pods
+        .create(&PostParams::default(), &replica)
+        .await
+        .expect("pod with a class annotation");
+    let claim = replica
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("claim.hostport.rmb938.com/web"))
+        .cloned()
+        .expect("claim annotation");
+    env.wait_for(
+        "the replica owning its claim",
+        Duration::from_secs(20),
+        || async {
+            let claim = env.claims().get(&claim).await.ok()?;
+            claim
+                .metadata
+                .owner_references?
+                .iter()
+                .any(|o| o.kind == "Pod")
+                .then_some(())
+        },
+    )
+    .await;
+    pods.delete(
+        &replica.metadata.name.unwrap_or_default(),
+        &DeleteParams::default(),
+    )
+    .await
+    .expect("delete pod");
     env.wait_for(
         "the claims made for pods gone",
         Duration::from_secs(20),
