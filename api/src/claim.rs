@@ -50,6 +50,13 @@ use crate::ports::port_from_wire;
         description = "HostPort bound to this claim"
     ),
     printcolumn(
+        name = "External",
+        type_ = "string",
+        json_path = ".status.external[0].address",
+        priority = "1",
+        description = "Router public address the port is mapped on (spec.publish.router)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -126,6 +133,32 @@ pub struct HostPortClaimStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// Where the port is reachable from outside: one entry per protocol mapped on the router
+    /// (written by `hostport-publisher --mode router` when the class has
+    /// `spec.publish.router`; see the `Published` condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub external: Vec<ExternalEndpoint>,
+}
+
+/// One router port mapping of a claim.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalEndpoint {
+    /// The router's public address.
+    pub address: String,
+    /// The external port (the allocated port unless the class allows `externalPort: any`).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// TCP or UDP.
+    pub protocol: String,
+    /// How it was mapped: PCP, NAT-PMP or UPnP.
+    pub method: String,
+    /// The node the router forwards to (the node that runs the pod).
+    pub node_name: String,
+    /// When the router drops the mapping unless it is renewed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
 }
 
 impl HostPortClaimSpec {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::{Condition, reasons};
@@ -91,6 +92,76 @@ pub struct Publish {
     /// the portmap plugin (which implements `hostPort`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub node: bool,
+    /// Ask the network's router (a home or small-office router) to forward each allocated
+    /// port from its public address to the node that runs the pod, with PCP, NAT-PMP or
+    /// UPnP-IGD. Done by `hostport-publisher --mode router` on each node (a DaemonSet):
+    /// routers only map ports to the host that asks. The result is in the claim's
+    /// `status.external` and its `Published` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterPublish>,
+}
+
+/// How ports of a class are mapped on the router.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouterPublish {
+    /// The port mapping protocol: `pcp`, `natpmp`, `upnp`, or `auto` (the default: PCP, then
+    /// NAT-PMP, then UPnP-IGD, the first the router answers).
+    #[serde(default)]
+    pub protocol: RouterProtocol,
+    /// The router's address (IPv4). Unset: each node's default route gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
+    ))]
+    pub gateway: Option<String>,
+    /// How long each mapping is asked for, in seconds (default 3600); it is renewed when half
+    /// of it has passed and lapses by itself if the publisher stops renewing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 120, max = 86400))]
+    pub lifetime_seconds: Option<u32>,
+    /// `same` (the default): the external port must equal the allocated port, and a port the
+    /// router gives to someone else is reported (`PortTakenExternally`). `any`: take the port
+    /// the router offers and report it in the claim's `status.external`.
+    #[serde(default)]
+    pub external_port: ExternalPortPolicy,
+}
+
+impl RouterPublish {
+    /// Default mapping lifetime.
+    pub const DEFAULT_LIFETIME_SECONDS: u32 = 3600;
+
+    /// The lifetime asked for.
+    pub fn lifetime_seconds(&self) -> u32 {
+        self.lifetime_seconds
+            .unwrap_or(Self::DEFAULT_LIFETIME_SECONDS)
+    }
+}
+
+/// A router port mapping protocol.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterProtocol {
+    /// PCP, then NAT-PMP, then UPnP-IGD.
+    #[default]
+    Auto,
+    /// Port Control Protocol (RFC 6887).
+    Pcp,
+    /// NAT Port Mapping Protocol (RFC 6886).
+    Natpmp,
+    /// UPnP Internet Gateway Device `AddPortMapping`.
+    Upnp,
+}
+
+/// Whether the external port must be the allocated port.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalPortPolicy {
+    /// The external port equals the allocated port, or nothing is mapped.
+    #[default]
+    Same,
+    /// Whatever port the router offers.
+    Any,
 }
 
 /// Observed state of a HostPortClass, written by the controller.

@@ -22,9 +22,12 @@ pub mod port_set;
 pub mod ports;
 pub mod selector;
 
-pub use claim::{ClaimPhase, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus};
+pub use claim::{
+    ClaimPhase, ExternalEndpoint, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus,
+};
 pub use class::{
-    HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation, Publish,
+    ExternalPortPolicy, HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation,
+    Publish, RouterProtocol, RouterPublish,
 };
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};

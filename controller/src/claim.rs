@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::events::EventType;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
+use hostport_process::events::EventType;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::Api;

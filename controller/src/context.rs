@@ -12,10 +12,10 @@ use kube::{Client, Resource};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backoff::Backoff;
-use crate::events::{EventType, Publisher};
 use crate::metrics::Metrics;
 use crate::port_book::PortBook;
 use crate::superseded::Superseded;
+use hostport_process::events::{EventType, Publisher};
 
 /// Tunables of the controller.
 #[derive(Clone, Debug)]

@@ -67,12 +67,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// Leadership was lost; the process must stop working.
-    #[error("lost the leader election lease {lease}")]
-    LeadershipLost {
-        /// `namespace/name` of the Lease.
-        lease: String,
-    },
+    /// Leader election failed: leadership was lost and the process must stop working.
+    #[error(transparent)]
+    LeadershipLost(#[from] hostport_process::leader::LeaseError),
     /// Serializing a patch failed (a bug).
     #[error("serializing a patch for {name}: {source}")]
     Serialize {
@@ -102,7 +99,7 @@ impl Error {
             Error::MissingField { .. } => "MissingField",
             Error::AllocationContended { .. } => "AllocationContended",
             Error::CrdsMissing { .. } => "CrdsMissing",
-            Error::LeadershipLost { .. } => "LeadershipLost",
+            Error::LeadershipLost(_) => "LeadershipLost",
             Error::Serialize { .. } => "Serialize",
         }
     }

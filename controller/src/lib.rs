@@ -13,9 +13,7 @@ pub mod cli;
 mod clock;
 pub mod context;
 pub mod error;
-pub mod events;
 pub mod host_port;
-pub mod leader;
 pub mod metrics;
 mod pick;
 pub mod pod_claims;
@@ -31,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 
 pub use context::{Context, Settings};
 pub use error::{Error, Result};
-pub use leader::LeaseConfig;
+pub use hostport_process::leader::LeaseConfig;
 pub use metrics::Metrics;
 pub use runner::{RunOptions, check_crds, run};
 

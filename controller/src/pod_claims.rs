@@ -30,9 +30,9 @@ use kube::runtime::controller::Action;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::events::EventType;
 use crate::pods;
 use crate::writes::{self, claim_name};
+use hostport_process::events::EventType;
 
 /// Name of this reconciler in metrics and logs.
 pub const CONTROLLER: &str = "pod-claim";

@@ -25,9 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::context::{self, Context, Settings};
 use crate::error::{Error, Result};
-use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::{claim, class, host_port, pod_claims, port_book, watches};
+use hostport_process::leader::{self, LeaseConfig};
 
 /// How often start-up checks whether the port book is built.
 const SYNC_POLL: Duration = Duration::from_millis(20);
@@ -190,7 +190,7 @@ pub async fn run(
 
     let held = async {
         match &lease {
-            Some(lease) => lease.hold().await,
+            Some(lease) => Error::from(lease.hold().await),
             None => std::future::pending().await,
         }
     };

@@ -1,8 +1,12 @@
 //! What the hostport processes (controller, webhook, publisher) share around their work: the
 //! log format flag and logging set-up, the rustls crypto provider, the SIGTERM/ctrl-c stop
 //! signal every task of the process waits on, the plain-HTTP `/healthz` `/readyz` `/metrics`
-//! server, and a watch-fed cache with a change counter. Nothing here knows this project's API.
+//! server, a watch-fed cache with a change counter, Events ([`events`]) and leader election
+//! on a Lease ([`leader`]). Nothing here knows this project's API.
 #![forbid(unsafe_code)]
+
+pub mod events;
+pub mod leader;
 
 use std::future::Future;
 use std::net::SocketAddr;

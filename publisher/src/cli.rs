@@ -9,8 +9,15 @@ use hostport_process::{LogFormat, Stop};
 use crate::deny::{DEFAULT_DENIED, DenyList};
 use crate::exec::Executor;
 use crate::nft::Rules;
+use crate::router::client::NetworkRouter;
+use crate::router::dry_run::LoggingRouter;
+use crate::router::gateway::system_default_gateway;
+use crate::router::run::{self, RouterOptions, ServicePublishing};
+use crate::router::wanted::ServiceSettings;
 use crate::runner::{self, Mode, RunOptions};
 use crate::sync::{Backend, Syncer};
+use hostport_api::RouterProtocol;
+use hostport_api::selector::LabelSelector;
 
 /// Where the publisher runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -19,6 +26,33 @@ pub enum ModeArg {
     Edge,
     /// On each node (a DaemonSet): DNAT host ports to pods, for CNIs without portmap.
     Node,
+    /// On each node (a DaemonSet on the host network): map this node's ports on the
+    /// network's router with PCP, NAT-PMP or UPnP-IGD.
+    Router,
+}
+
+/// A router port mapping protocol (`--service-protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RouterProtocolArg {
+    /// PCP, then NAT-PMP, then UPnP-IGD.
+    Auto,
+    /// PCP only.
+    Pcp,
+    /// NAT-PMP only.
+    Natpmp,
+    /// UPnP-IGD only.
+    Upnp,
+}
+
+impl From<RouterProtocolArg> for RouterProtocol {
+    fn from(arg: RouterProtocolArg) -> Self {
+        match arg {
+            RouterProtocolArg::Auto => Self::Auto,
+            RouterProtocolArg::Pcp => Self::Pcp,
+            RouterProtocolArg::Natpmp => Self::Natpmp,
+            RouterProtocolArg::Upnp => Self::Upnp,
+        }
+    }
 }
 
 /// Which firewall.
@@ -43,7 +77,8 @@ pub struct Args {
         default_value = "0.0.0.0:8082"
     )]
     metrics_address: std::net::SocketAddr,
-    /// edge: on the router/edge host; node: on each node.
+    /// edge: on the router/edge host; node: on each node; router: on each node, asking the
+    /// network's router.
     #[arg(long, env = "HOSTPORT_PUBLISHER_MODE", value_enum, default_value_t = ModeArg::Edge)]
     mode: ModeArg,
     /// Firewall to write.
@@ -58,9 +93,60 @@ pub struct Args {
     /// Rewrite the source of forwarded connections (default: on in edge mode, off in node mode).
     #[arg(long, env = "HOSTPORT_PUBLISHER_MASQUERADE")]
     masquerade: Option<bool>,
-    /// This node's name (node mode).
+    /// This node's name (node and router modes).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// This node's address (router mode): where the router forwards to.
+    #[arg(long, env = "NODE_IP")]
+    node_ip: Option<std::net::Ipv4Addr>,
+    /// The router (router mode) when a class names none. Default: the default route's gateway.
+    #[arg(long, env = "HOSTPORT_PUBLISHER_GATEWAY")]
+    gateway: Option<std::net::Ipv4Addr>,
+    /// Router mode: publish LoadBalancer Services of class `hostport.rmb938.com/router` from
+    /// namespaces with these labels (`key=value,...`). Default: none.
+    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_NAMESPACE_SELECTOR")]
+    service_namespace_selector: Option<String>,
+    /// Router mode: how Services are mapped.
+    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_PROTOCOL", value_enum, default_value_t = RouterProtocolArg::Auto)]
+    service_protocol: RouterProtocolArg,
+    /// Router mode: lifetime asked for Services' mappings (renewed at half).
+    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_LIFETIME_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(120..=86400))]
+    service_lifetime_seconds: u32,
+    /// Router mode: leave the mappings on the router when stopping (they lapse after their
+    /// lifetime unless a publisher renews them).
+    #[arg(long, env = "HOSTPORT_PUBLISHER_KEEP_MAPPINGS")]
+    keep_mappings: bool,
+    /// Router mode: renew each mapping at least this often (default: at half its lifetime);
+    /// a router that rebooted and lost its mappings gets them back within this time.
+    #[arg(long, env = "HOSTPORT_PUBLISHER_MAX_RENEW_INTERVAL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_renew_interval_seconds: Option<u64>,
+    /// Router mode: first wait for a PCP/NAT-PMP answer (doubled on each of 3 retries).
+    #[arg(
+        long,
+        env = "HOSTPORT_PUBLISHER_ROUTER_TIMEOUT_MS",
+        default_value_t = 250
+    )]
+    router_timeout_ms: u64,
+    /// Router mode: namespace of the Lease electing the publisher that serves Services.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "hostport-system")]
+    lease_namespace: String,
+    /// Router mode: name of that Lease.
+    #[arg(
+        long,
+        env = "HOSTPORT_PUBLISHER_LEASE_NAME",
+        default_value = "hostport-publisher-router"
+    )]
+    lease_name: String,
+    /// Router mode: how long a leader keeps the Lease without renewing it.
+    #[arg(
+        long,
+        env = "HOSTPORT_PUBLISHER_LEASE_DURATION_SECONDS",
+        default_value_t = 15
+    )]
+    lease_duration_seconds: u64,
+    /// Who we are (Lease holder, Event instance). Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Apply the rules on this host over SSH (`user@host`) instead of locally.
     #[arg(long, env = "HOSTPORT_PUBLISHER_SSH")]
     ssh: Option<String>,
@@ -93,7 +179,8 @@ pub struct Args {
     /// A full sync at least this often (repairs rules changed by someone else).
     #[arg(long, env = "HOSTPORT_PUBLISHER_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
-    /// Print the scripts instead of applying them.
+    /// Print the scripts instead of applying them (router mode: log the mappings it would ask
+    /// for, ask the router nothing and write no status).
     #[arg(long)]
     dry_run: bool,
     /// Print the whole ruleset for what the API asks for now, and exit (for a router managed
@@ -136,6 +223,9 @@ pub async fn main() -> anyhow::Result<()> {
             "--external-interface {interface:?} is not an interface name (1-15 characters, no '/', spaces or quotes)"
         );
     }
+    if args.mode == ModeArg::Router {
+        return router_main(args, deny).await;
+    }
     let mode = match args.mode {
         ModeArg::Edge => Mode::Edge {
             service_namespaces: args.service_namespaces.clone(),
@@ -146,6 +236,7 @@ pub async fn main() -> anyhow::Result<()> {
                 .clone()
                 .context("--mode node needs --node-name (or NODE_NAME from the downward API)")?,
         },
+        ModeArg::Router => unreachable!("handled above"),
     };
     let executor = match &args.ssh {
         Some(destination) => Executor::Ssh {
@@ -214,6 +305,102 @@ pub async fn main() -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
     runner::run(client, options, syncer, stop.stopped()).await;
+    let _ = health_server.await;
+    Ok(())
+}
+
+/// `key=value,...` as a selector of namespace labels.
+fn parse_namespace_selector(text: &str) -> anyhow::Result<LabelSelector> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!(
+                "--service-namespace-selector: {pair:?} is not key=value (e.g. hostport.rmb938.com/publish=true)"
+            );
+        };
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(LabelSelector {
+        match_labels: labels,
+        match_expressions: vec![],
+    })
+}
+
+/// Serves `--mode router`.
+async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
+    let node = args
+        .node_name
+        .clone()
+        .context("--mode router needs --node-name (or NODE_NAME from the downward API)")?;
+    let node_address = args.node_ip.context(
+        "--mode router needs --node-ip (or NODE_IP from the downward API: status.hostIP)",
+    )?;
+    let default_gateway = args.gateway.or_else(system_default_gateway);
+    if default_gateway.is_none() {
+        tracing::warn!(
+            "no --gateway and no default route: only classes naming spec.publish.router.gateway can be mapped"
+        );
+    }
+    let instance = args
+        .pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| node.clone());
+    let services = match &args.service_namespace_selector {
+        Some(text) => Some(ServicePublishing {
+            namespaces: parse_namespace_selector(text)?,
+            settings: ServiceSettings {
+                method: args.service_protocol.into(),
+                gateway: args.gateway,
+                lifetime_seconds: args.service_lifetime_seconds,
+            },
+            lease: hostport_process::leader::LeaseConfig {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: instance.clone(),
+                duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
+            },
+        }),
+        None => None,
+    };
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let stop = Stop::on_signal();
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let encode = {
+        let metrics = metrics.clone();
+        move || metrics.encode()
+    };
+    let health = hostport_process::health_router(encode, ready.clone());
+    let health_server = hostport_process::serve_health(args.metrics_address, health, &stop)
+        .await
+        .with_context(|| format!("serving /healthz and /metrics on {}", args.metrics_address))?;
+    let options = RouterOptions {
+        metrics,
+        ready,
+        node,
+        node_address,
+        default_gateway,
+        deny,
+        services,
+        keep_on_shutdown: args.keep_mappings,
+        dry_run: args.dry_run,
+        batch_window: Duration::from_millis(args.batch_window_ms),
+        instance,
+        renew_at_most: args.max_renew_interval_seconds.map(Duration::from_secs),
+    };
+    if args.dry_run {
+        run::run(client, options, LoggingRouter, stop.stopped()).await;
+    } else {
+        let router = std::sync::Arc::new(NetworkRouter::new(
+            Duration::from_millis(args.router_timeout_ms.max(1)),
+            3,
+        ));
+        run::run(client, options, router, stop.stopped()).await;
+    }
     let _ = health_server.await;
     Ok(())
 }

@@ -12,13 +12,13 @@
 //! Services); a port the pod did not get from its claim (a `hostPort` that differs from the
 //! claim's) is not forwarded.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use hostport_api::annotations::parse_claim_annotations;
 use hostport_api::container_ports::container_ports;
-use hostport_api::{HostPortClaim, HostPortClass};
+use hostport_api::{HostPortClaim, HostPortClass, Publish};
 use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Service};
 use kube::ResourceExt;
 
@@ -74,55 +74,106 @@ pub fn node(inputs: Inputs<'_>, node: &str) -> Wanted {
 }
 
 fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
-    let opted_in: BTreeSet<String> = inputs
+    let mut wanted = Wanted::default();
+    let opted_in = |publish: &Publish| match mode {
+        Mode::Edge => publish.edge,
+        Mode::Node(_) => publish.node,
+    };
+    for used in claimed_ports(inputs, opted_in) {
+        let status = used.pod.status.as_ref();
+        let (address, target_port) = match mode {
+            Mode::Edge => (status.and_then(|s| s.host_ip.as_deref()), Some(used.port)),
+            Mode::Node(node) => {
+                if used.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+                    continue;
+                }
+                (
+                    status.and_then(|s| s.pod_ip.as_deref()),
+                    u16::try_from(used.container_port.container_port).ok(),
+                )
+            }
+        };
+        let (Some(address), Some(target_port)) = (
+            address.and_then(|a| a.parse::<Ipv4Addr>().ok()),
+            target_port,
+        ) else {
+            continue;
+        };
+        wanted.add(Forward {
+            protocol: used.protocol,
+            port: used.port,
+            target: Target {
+                address,
+                port: target_port,
+            },
+        });
+    }
+    wanted
+}
+
+/// A port a live pod holds through a Bound claim of a class that opted in.
+#[derive(Clone, Debug)]
+pub struct ClaimedPort<'a> {
+    /// The pod.
+    pub pod: &'a Pod,
+    /// The claim.
+    pub claim: &'a HostPortClaim,
+    /// The claim's class.
+    pub class: &'a HostPortClass,
+    /// The container port serving it (its `hostPort` is `port`).
+    pub container_port: &'a ContainerPort,
+    /// The allocated port.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+}
+
+/// Every port a pod not finished or terminating holds through a Bound claim of a class
+/// whose `spec.publish` `opted_in` accepts, once per protocol of the named container ports;
+/// only where the pod's `hostPort` is the claim's port (the one the webhook gave it).
+pub fn claimed_ports<'a>(
+    inputs: Inputs<'a>,
+    opted_in: impl Fn(&Publish) -> bool,
+) -> Vec<ClaimedPort<'a>> {
+    let classes: BTreeMap<String, &HostPortClass> = inputs
         .classes
         .iter()
         .filter(|c| {
             c.metadata.deletion_timestamp.is_none()
-                && c.spec.publish.as_ref().is_some_and(|p| match mode {
-                    Mode::Edge => p.edge,
-                    Mode::Node(_) => p.node,
-                })
+                && c.spec.publish.as_ref().is_some_and(&opted_in)
         })
-        .map(|c| c.name_any())
+        .map(|c| (c.name_any(), c.as_ref()))
         .collect();
-    let ports: BTreeMap<(String, String), u16> = inputs
+    let claims: BTreeMap<(String, String), (&HostPortClaim, &HostPortClass, u16)> = inputs
         .claims
         .iter()
-        .filter(|c| opted_in.contains(&c.spec.host_port_class_name))
-        .filter_map(|c| Some(((c.namespace()?, c.name_any()), c.bound_port()?)))
+        .filter_map(|c| {
+            let class = classes.get(&c.spec.host_port_class_name)?;
+            Some((
+                (c.namespace()?, c.name_any()),
+                (c.as_ref(), *class, c.bound_port()?),
+            ))
+        })
         .collect();
-    let mut wanted = Wanted::default();
+    let mut used = vec![];
     for pod in inputs.pods {
-        let status = pod.status.as_ref();
-        let phase = status.and_then(|s| s.phase.as_deref());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
         if pod.metadata.deletion_timestamp.is_some()
             || matches!(phase, Some("Succeeded" | "Failed"))
         {
             continue;
         }
-        let address = match mode {
-            Mode::Edge => status.and_then(|s| s.host_ip.as_deref()),
-            Mode::Node(node) => {
-                if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
-                    continue;
-                }
-                status.and_then(|s| s.pod_ip.as_deref())
-            }
-        };
-        let Some(address) = address.and_then(|a| a.parse::<Ipv4Addr>().ok()) else {
-            continue;
-        };
         let namespace = pod.namespace().unwrap_or_default();
         let Ok(annotations) = parse_claim_annotations(pod.annotations()) else {
             continue;
         };
         for annotation in annotations {
-            let Some(&port) = ports.get(&(namespace.clone(), annotation.claim_name.clone())) else {
+            let Some(&(claim, class, port)) =
+                claims.get(&(namespace.clone(), annotation.claim_name.clone()))
+            else {
                 continue;
             };
             for container_port in named_ports(pod, &annotation.port_name) {
-                // Only the port the webhook gave it from this claim.
                 if container_port.host_port != Some(i32::from(port)) {
                     continue;
                 }
@@ -130,28 +181,25 @@ fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
                 else {
                     continue;
                 };
-                let target_port = match mode {
-                    Mode::Edge => Some(port),
-                    Mode::Node(_) => u16::try_from(container_port.container_port).ok(),
-                };
-                if let Some(target_port) = target_port {
-                    wanted.add(Forward {
-                        protocol,
-                        port,
-                        target: Target {
-                            address,
-                            port: target_port,
-                        },
-                    });
-                }
+                used.push(ClaimedPort {
+                    pod,
+                    claim,
+                    class,
+                    container_port,
+                    port,
+                    protocol,
+                });
             }
         }
     }
-    wanted
+    used
 }
 
 /// The container ports named `name` that can serve a host port.
-fn named_ports<'p>(pod: &'p Pod, name: &'p str) -> impl Iterator<Item = &'p ContainerPort> + 'p {
+fn named_ports<'p, 'n>(
+    pod: &'p Pod,
+    name: &'n str,
+) -> impl Iterator<Item = &'p ContainerPort> + use<'p, 'n> {
     container_ports(pod)
         .map(|(_, port)| port)
         .filter(move |p| p.name.as_deref() == Some(name))

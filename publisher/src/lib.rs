@@ -7,6 +7,9 @@
 //! iptables fallback ([`iptables`], chains `HOSTPORT-*` of ours, one `iptables-restore` per
 //! sync), locally or on another host over SSH ([`exec`]). Ports on the deny-list
 //! ([`deny::DenyList`]) are never forwarded.
+//!
+//! [`router`] is the other way out: the network's own router maps the ports, asked with PCP,
+//! NAT-PMP or UPnP-IGD by the publisher on each node.
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -17,5 +20,6 @@ pub mod forward;
 pub mod iptables;
 pub mod metrics;
 pub mod nft;
+pub mod router;
 pub mod runner;
 pub mod sync;

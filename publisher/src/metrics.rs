@@ -16,6 +16,24 @@ pub struct SyncLabels {
     pub outcome: String,
 }
 
+/// Labels of a router operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouterLabels {
+    /// `claim` or `service`.
+    pub kind: String,
+    /// `map`, `renew`, `remove`.
+    pub operation: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
+/// Labels of the mappings gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `active` (held) or `failing` (being retried).
+    pub state: String,
+}
+
 /// Every metric of the publisher.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +48,12 @@ pub struct Metrics {
     pub syncs: Family<SyncLabels, Counter>,
     /// Time one sync took, seconds.
     pub sync_seconds: Histogram,
+    /// Router mappings by state.
+    pub router_mappings: Family<StateLabels, Gauge>,
+    /// Router operations by kind, operation and outcome.
+    pub router_operations: Family<RouterLabels, Counter>,
+    /// Renewals that failed.
+    pub router_renew_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -61,8 +85,29 @@ impl Default for Metrics {
             "Time to apply one sync",
             sync_seconds.clone(),
         );
+        let router_mappings = Family::default();
+        registry.register(
+            "router_mappings",
+            "Router port mappings by state (active: held; failing: being retried)",
+            router_mappings.clone(),
+        );
+        let router_operations = Family::default();
+        registry.register(
+            "router_operations",
+            "Router requests by object kind, operation and outcome",
+            router_operations.clone(),
+        );
+        let router_renew_failures = Counter::default();
+        registry.register(
+            "router_renew_failures",
+            "Router mapping renewals that failed",
+            router_renew_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            router_mappings,
+            router_operations,
+            router_renew_failures,
             forwards,
             denied,
             conflicts,
@@ -81,6 +126,39 @@ impl Metrics {
             })
             .inc();
         self.sync_seconds.observe(seconds);
+    }
+
+    /// Counts one router pass of `kind` (`claim` or `service`).
+    pub fn router_pass(&self, kind: &str, pass: crate::router::table::Pass) {
+        let count = |operation: &str, outcome: &str, n: usize| {
+            if n > 0 {
+                self.router_operations
+                    .get_or_create(&RouterLabels {
+                        kind: kind.into(),
+                        operation: operation.into(),
+                        outcome: outcome.into(),
+                    })
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        };
+        count("map", "ok", pass.mapped);
+        count("map", "failed", pass.failed);
+        count("renew", "ok", pass.renewed);
+        count("renew", "failed", pass.renew_failures);
+        count("remove", "ok", pass.removed);
+        self.router_renew_failures
+            .inc_by(u64::try_from(pass.renew_failures).unwrap_or(u64::MAX));
+    }
+
+    /// Sets the mappings gauge.
+    pub fn router_mappings(&self, active: usize, failing: usize) {
+        for (state, n) in [("active", active), ("failing", failing)] {
+            self.router_mappings
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The OpenMetrics text exposition.

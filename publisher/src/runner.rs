@@ -62,7 +62,7 @@ struct Caches {
 }
 
 /// What a pod weighs in the cache: the claim annotations, node, ports and addresses.
-fn strip_pod(pod: &mut Pod) {
+pub(crate) fn strip_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.labels = None;
     pod.metadata.owner_references = None;

@@ -384,7 +384,7 @@ mod tests {
         claim.status = Some(HostPortClaimStatus {
             phase: Some(ClaimPhase::Bound),
             port: status_port,
-            conditions: vec![],
+            ..HostPortClaimStatus::default()
         });
         claim
     }

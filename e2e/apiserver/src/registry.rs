@@ -136,6 +136,13 @@ impl Default for Registry {
             ResourceType::builtin("", "v1", "Pod", "pods", true)
                 .with_status()
                 .with_short_names(&["po"]),
+            // Stored, no service controller: nodePorts are whatever the object says.
+            ResourceType::builtin("", "v1", "Service", "services", true)
+                .with_status()
+                .with_short_names(&["svc"]),
+            ResourceType::builtin("", "v1", "Node", "nodes", false)
+                .with_status()
+                .with_short_names(&["no"]),
             ResourceType::builtin("", "v1", "Event", "events", true).with_short_names(&["ev"]),
             ResourceType::builtin("", "v1", "Secret", "secrets", true),
             ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true)

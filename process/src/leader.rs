@@ -10,7 +10,37 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
-use crate::error::{Error, Result, status_code};
+/// What leader election reports.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Reading or writing the Lease failed.
+    #[error("{action} Lease {lease}: {source}")]
+    Api {
+        /// What we were doing ("reading", "creating", "renewing").
+        action: &'static str,
+        /// `namespace/name` of the Lease.
+        lease: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Leadership was lost; the process must stop working.
+    #[error("lost the leader election lease {lease}")]
+    LeadershipLost {
+        /// `namespace/name` of the Lease.
+        lease: String,
+    },
+}
+
+type Result<T, E = LeaseError> = std::result::Result<T, E>;
+
+/// The HTTP status of an API error, if it is one.
+fn status_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
 
 /// Where the Lease lives and how long it lasts.
 #[derive(Clone, Debug)]
@@ -57,7 +87,11 @@ impl LeaseLock {
             .api
             .get_opt(&self.config.name)
             .await
-            .map_err(Error::api("reading", "Lease", self.lease_name()))?;
+            .map_err(|source| LeaseError::Api {
+                action: "reading",
+                lease: self.lease_name(),
+                source,
+            })?;
         let Some(mut lease) = existing else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -76,10 +110,9 @@ impl LeaseLock {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(e) if status_code(&e) == Some(409) => Ok(false),
-                Err(source) => Err(Error::Api {
+                Err(source) => Err(LeaseError::Api {
                     action: "creating",
-                    kind: "Lease",
-                    name: self.lease_name(),
+                    lease: self.lease_name(),
                     source,
                 }),
             };
@@ -110,10 +143,9 @@ impl LeaseLock {
         {
             Ok(_) => Ok(true),
             Err(e) if status_code(&e) == Some(409) => Ok(false),
-            Err(source) => Err(Error::Api {
+            Err(source) => Err(LeaseError::Api {
                 action: "renewing",
-                kind: "Lease",
-                name: self.lease_name(),
+                lease: self.lease_name(),
                 source,
             }),
         }
@@ -142,7 +174,7 @@ impl LeaseLock {
     /// Every attempt is bounded by the renew interval, so a hung request cannot keep us
     /// leading; and we give up one interval *before* the Lease expires for the others, so
     /// two replicas never both think they lead (client-go's renewDeadline < leaseDuration).
-    pub async fn hold(&self) -> Error {
+    pub async fn hold(&self) -> LeaseError {
         let mut last_renewed = tokio::time::Instant::now();
         let give_up_after = self.config.duration.saturating_sub(self.renew_every());
         loop {
@@ -152,7 +184,7 @@ impl LeaseLock {
             match attempt {
                 Ok(Ok(true)) => last_renewed = tokio::time::Instant::now(),
                 Ok(Ok(false)) => {
-                    return Error::LeadershipLost {
+                    return LeaseError::LeadershipLost {
                         lease: self.lease_name(),
                     };
                 }
@@ -163,7 +195,7 @@ impl LeaseLock {
                 ),
             }
             if last_renewed.elapsed() >= give_up_after {
-                return Error::LeadershipLost {
+                return LeaseError::LeadershipLost {
                     lease: self.lease_name(),
                 };
             }

@@ -1,0 +1,100 @@
+use std::net::Ipv4Addr;
+
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+
+use super::*;
+use crate::forward::Protocol;
+use crate::router::client::{Method, RouterError};
+use crate::router::table::Endpoint;
+
+fn claim(external: serde_json::Value, conditions: serde_json::Value) -> HostPortClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": "game", "namespace": "games"},
+        "spec": {"hostPortClassName": "home", "hostPortName": "port-7001"},
+        "status": {"phase": "Bound", "port": 7001, "external": external, "conditions": conditions}
+    }))
+    .expect("claim")
+}
+
+fn entry(node: &str) -> serde_json::Value {
+    json!({"address": "203.0.113.1", "port": 7001, "protocol": "UDP", "method": "PCP", "nodeName": node})
+}
+
+fn endpoint() -> Endpoint {
+    Endpoint {
+        protocol: Protocol::Tcp,
+        address: Ipv4Addr::new(203, 0, 113, 1),
+        port: 7001,
+        method: Method::NatPmp,
+        expires_at: Timestamp::from_second(1_800_000_000).expect("time"),
+    }
+}
+
+#[test]
+fn a_node_replaces_only_its_own_entries_and_says_published() {
+    let claim = claim(json!([entry("node-a"), entry("node-b")]), json!([]));
+    let report = Report {
+        endpoints: vec![endpoint()],
+        errors: vec![],
+    };
+    let wanted = claim_report(&claim, "node-a", Some(&report), false).expect("something to say");
+    let nodes: Vec<(&str, &str)> = wanted
+        .external
+        .iter()
+        .map(|e| (e.protocol.as_str(), e.node_name.as_str()))
+        .collect();
+    assert_eq!(nodes, [("TCP", "node-a"), ("UDP", "node-b")]);
+    assert_eq!(wanted.external[0].method, "NAT-PMP");
+    assert_eq!(
+        wanted.external[0].expires_at.as_deref(),
+        Some("2027-01-15T08:00:00Z")
+    );
+    assert_eq!(
+        (
+            wanted.condition.status.as_str(),
+            wanted.condition.reason.as_str()
+        ),
+        ("True", REASON_PUBLISHED)
+    );
+    assert!(
+        wanted
+            .condition
+            .message
+            .contains("TCP 203.0.113.1:7001 (NAT-PMP, node node-a)")
+    );
+}
+
+#[test]
+fn an_error_is_the_condition_with_its_reason_and_the_node() {
+    let claim = claim(json!([]), json!([]));
+    let report = Report {
+        endpoints: vec![],
+        errors: vec![RouterError::NoGateway],
+    };
+    let wanted = claim_report(&claim, "node-a", Some(&report), false).expect("something to say");
+    assert_eq!(wanted.condition.status, "False");
+    assert_eq!(wanted.condition.reason, "NoGateway");
+    assert!(
+        wanted
+            .condition
+            .message
+            .starts_with("node node-a: no router address")
+    );
+}
+
+#[test]
+fn a_node_with_nothing_for_a_claim_says_nothing_unless_it_said_something_before() {
+    let untouched = claim(json!([entry("node-b")]), json!([]));
+    assert_eq!(claim_report(&untouched, "node-a", None, false), None);
+    // Its entries are gone now: removed, and the claim is no longer published.
+    let ours = claim(json!([entry("node-a")]), json!([]));
+    let wanted = claim_report(&ours, "node-a", None, false).expect("something to say");
+    assert!(wanted.external.is_empty());
+    assert_eq!(wanted.condition.reason, REASON_NOT_PUBLISHED);
+    // After an error it reported: cleared the same way.
+    let wanted = claim_report(&untouched, "node-a", None, true).expect("something to say");
+    assert_eq!(wanted.external.len(), 1);
+    assert_eq!(wanted.condition.reason, REASON_PUBLISHED);
+}

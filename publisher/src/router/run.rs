@@ -1,0 +1,339 @@
+//! The router publisher's loop (`--mode router`, one per node): watch-fed caches of classes,
+//! claims and this node's pods (plus Services and namespaces when Services are published),
+//! one reconcile pass per change batch and whenever a renewal or retry is due, reports
+//! written after each pass. Services are published by the holder of a Lease only; the others
+//! stand by. On shutdown every mapping is removed unless told to keep them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hostport_api::cache::{strip_claim, strip_metadata};
+use hostport_api::selector::LabelSelector;
+use hostport_api::{HostPortClaim, HostPortClass};
+use hostport_process::leader::{LeaseConfig, LeaseLock};
+use hostport_process::watched_cache;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+
+use crate::deny::DenyList;
+use crate::desired::Inputs;
+use crate::metrics::Metrics;
+use crate::router::client::Router;
+use crate::router::report::Reporter;
+use crate::router::table::{Pass, Table};
+use crate::router::wanted::{self, Owner, ServiceSettings, ThisNode, Wanted};
+use crate::runner::strip_pod;
+
+/// Longest sleep between passes when nothing is due (repairs what a lost event missed).
+const IDLE_PASS: Duration = Duration::from_secs(30);
+
+/// LoadBalancer Services publishing (the elected publisher only).
+#[derive(Clone, Debug)]
+pub struct ServicePublishing {
+    /// Namespaces whose Services are published, by their labels.
+    pub namespaces: LabelSelector,
+    /// How they are mapped.
+    pub settings: ServiceSettings,
+    /// The Lease that elects the one publisher serving Services.
+    pub lease: LeaseConfig,
+}
+
+/// How the router loop runs.
+#[derive(Clone, Debug)]
+pub struct RouterOptions {
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set after the first pass (`/readyz`).
+    pub ready: Arc<AtomicBool>,
+    /// This node's name.
+    pub node: String,
+    /// This node's address.
+    pub node_address: Ipv4Addr,
+    /// The router when a class names none (default: the default route's gateway).
+    pub default_gateway: Option<Ipv4Addr>,
+    /// Ports never mapped.
+    pub deny: DenyList,
+    /// Services, if published.
+    pub services: Option<ServicePublishing>,
+    /// Leave the mappings on the router at shutdown (they lapse after their lifetime).
+    pub keep_on_shutdown: bool,
+    /// Log what would be mapped; ask the router nothing and write no status.
+    pub dry_run: bool,
+    /// Changes within this window after the first one are handled in one pass.
+    pub batch_window: Duration,
+    /// Who we are (pod name): Lease holder and Event instance.
+    pub instance: String,
+    /// Renew at least this often (default: at half the lifetime).
+    pub renew_at_most: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+struct Caches {
+    classes: Store<HostPortClass>,
+    claims: Store<HostPortClaim>,
+    pods: Store<Pod>,
+    services: Option<(Store<Service>, Store<Namespace>)>,
+}
+
+fn strip_namespace(namespace: &mut Namespace) {
+    let labels = namespace.metadata.labels.take();
+    strip_metadata(namespace);
+    namespace.metadata.labels = labels;
+    namespace.spec = None;
+}
+
+fn strip_service(service: &mut Service) {
+    strip_metadata(service);
+}
+
+async fn start(
+    client: &Client,
+    options: &RouterOptions,
+    changes: &watch::Sender<u64>,
+) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tasks = vec![];
+    let (classes, task) = watched_cache(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        strip_metadata::<HostPortClass>,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    // The full status stays: this node rewrites only its own entries of it.
+    let (claims, task) = watched_cache(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        strip_claim,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    let (pods, task) = watched_cache(
+        Api::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", options.node)),
+        strip_pod,
+        changes.clone(),
+    );
+    tasks.push(tokio::spawn(task));
+    let services = if options.services.is_some() {
+        let (services, task) = watched_cache(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip_service,
+            changes.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+        let (namespaces, task) = watched_cache(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            strip_namespace,
+            changes.clone(),
+        );
+        tasks.push(tokio::spawn(task));
+        Some((services, namespaces))
+    } else {
+        None
+    };
+    let caches = Caches {
+        classes,
+        claims,
+        pods,
+        services,
+    };
+    let _ = caches.classes.wait_until_ready().await;
+    let _ = caches.claims.wait_until_ready().await;
+    let _ = caches.pods.wait_until_ready().await;
+    if let Some((services, namespaces)) = &caches.services {
+        let _ = services.wait_until_ready().await;
+        let _ = namespaces.wait_until_ready().await;
+    }
+    (caches, tasks)
+}
+
+impl RouterOptions {
+    fn this_node(&self) -> ThisNode<'_> {
+        ThisNode {
+            name: &self.node,
+            address: self.node_address,
+            default_gateway: self.default_gateway,
+            deny: &self.deny,
+        }
+    }
+}
+
+/// The claim mappings the caches ask for now.
+fn wanted_claims(caches: &Caches, options: &RouterOptions) -> Wanted {
+    let (classes, claims, pods) = (
+        caches.classes.state(),
+        caches.claims.state(),
+        caches.pods.state(),
+    );
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    wanted::claims(inputs, options.this_node())
+}
+
+/// The Service mappings the caches ask for now.
+fn wanted_services(caches: &Caches, options: &RouterOptions) -> Wanted {
+    let (Some((services, namespaces)), Some(publishing)) = (&caches.services, &options.services)
+    else {
+        return Wanted::default();
+    };
+    let allowed = |name: &str| {
+        // An empty selector allows nothing: Services are published only where an admin said.
+        let selector = &publishing.namespaces;
+        if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+            return false;
+        }
+        namespaces
+            .get(&kube::runtime::reflector::ObjectRef::new(name))
+            .is_some_and(|ns| {
+                selector.matches(ns.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+            })
+    };
+    wanted::services(
+        &services.state(),
+        allowed,
+        options.this_node(),
+        publishing.settings,
+    )
+}
+
+/// Takes part in the election for Services; `leading` follows the outcome.
+fn elect(
+    client: Client,
+    lease: LeaseConfig,
+    leading: watch::Sender<bool>,
+) -> (LeaseLock, tokio::task::JoinHandle<()>) {
+    let lock = LeaseLock::new(client, lease);
+    let campaign = lock.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            campaign.acquire().await;
+            let _ = leading.send(true);
+            let lost = campaign.hold().await;
+            tracing::warn!(error = %lost, "no longer publishing Services");
+            let _ = leading.send(false);
+        }
+    });
+    (lock, task)
+}
+
+fn record(metrics: &Metrics, kind: &str, pass: Pass) {
+    metrics.router_pass(kind, pass);
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run<R: Router + Clone>(
+    client: Client,
+    options: RouterOptions,
+    router: R,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (changes, mut changed) = watch::channel(0u64);
+    tokio::pin!(shutdown);
+    let (caches, mut tasks) = tokio::select! {
+        started = start(&client, &options, &changes) => started,
+        () = &mut shutdown => return,
+    };
+    let (leading_tx, mut leading) = watch::channel(false);
+    let lock = match &options.services {
+        Some(publishing) => {
+            let (lock, task) = elect(client.clone(), publishing.lease.clone(), leading_tx.clone());
+            tasks.push(task);
+            Some(lock)
+        }
+        None => None,
+    };
+    let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
+    let reporter = Reporter::new(
+        client.clone(),
+        options.node.clone(),
+        options.instance.clone(),
+    );
+    let mut claims_table = Table::new(router.clone()).renewing_at_most(options.renew_at_most);
+    let mut services_table = Table::new(router).renewing_at_most(options.renew_at_most);
+    let mut services_reported: BTreeMap<Owner, Option<String>> = BTreeMap::new();
+    tracing::info!(node = %options.node, address = %options.node_address, gateway = ?options.default_gateway, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
+    loop {
+        changed.borrow_and_update();
+        let now = std::time::Instant::now();
+        let wanted = wanted_claims(&caches, &options);
+        let pass = claims_table.reconcile(&wanted, now).await;
+        record(&options.metrics, "claim", pass);
+        let reports = claims_table.reports(&wanted.problems);
+        if !options.dry_run {
+            reporter.claims(&caches.claims.state(), &reports).await;
+        }
+        let is_leading = *leading.borrow_and_update();
+        if is_leading {
+            let wanted = wanted_services(&caches, &options);
+            let pass = services_table.reconcile(&wanted, now).await;
+            record(&options.metrics, "service", pass);
+            if let (Some((services, _)), false) = (&caches.services, options.dry_run) {
+                let reports = services_table.reports(&wanted.problems);
+                reporter
+                    .services(&services.state(), &reports, &mut services_reported)
+                    .await;
+            }
+        } else if services_table.held() > 0 {
+            let removed = services_table.clear().await;
+            tracing::info!(removed, "not leading: removed the Services' mappings");
+            services_reported.clear();
+        }
+        options.metrics.router_mappings(
+            claims_table.held() + services_table.held(),
+            claims_table.failing() + services_table.failing(),
+        );
+        options.ready.store(true, Ordering::Relaxed);
+        let due = [claims_table.next_due(), services_table.next_due()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(IDLE_PASS, |at| {
+                at.saturating_duration_since(std::time::Instant::now())
+            })
+            .min(IDLE_PASS);
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(due) => {},
+            // The sender lives in this function: never closed.
+            _ = leading.changed() => {},
+            result = changed.changed() => {
+                if result.is_err() { break; }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(options.batch_window) => {},
+                }
+            }
+        }
+    }
+    if options.keep_on_shutdown {
+        tracing::info!(
+            mappings = claims_table.held() + services_table.held(),
+            "stopping; the mappings stay on the router until their lifetime ends"
+        );
+    } else {
+        let removed = claims_table.clear().await + services_table.clear().await;
+        tracing::info!(removed, "stopping; removed our mappings from the router");
+        if !options.dry_run {
+            reporter
+                .claims(&caches.claims.state(), &claims_table.reports(&[]))
+                .await;
+        }
+    }
+    if let Some(lock) = &lock {
+        lock.release().await;
+    }
+    drop(leading_tx);
+}

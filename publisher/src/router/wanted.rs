@@ -1,0 +1,274 @@
+//! Which router mappings this node's publisher wants, pure (the caches in, requests out):
+//!
+//! - **claims**: every port a Running pod on this node holds through a Bound claim of a class
+//!   with `spec.publish.router`, per protocol of the named container ports: external port
+//!   (the allocated one) → this node's address and the host port.
+//! - **Services** (the elected publisher only): each TCP/UDP port of a `type: LoadBalancer`
+//!   Service with `spec.loadBalancerClass: hostport.rmb938.com/router` in a namespace the
+//!   configuration allows: external `port` → this node's address and the `nodePort`.
+//!
+//! Ports on the deny-list and classes without a usable router address become problems
+//! reported on their object instead of requests.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use hostport_api::{ExternalPortPolicy, RouterProtocol};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+
+use crate::deny::DenyList;
+use crate::desired::{Inputs, claimed_ports};
+use crate::forward::Protocol;
+use crate::router::client::{MapRequest, RouterError};
+
+/// `spec.loadBalancerClass` of the Services this publisher serves.
+pub const LOAD_BALANCER_CLASS: &str = "hostport.rmb938.com/router";
+
+/// The object a mapping is made for, where its result is reported.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// A HostPortClaim (`status.external`, condition `Published`).
+    Claim {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// A LoadBalancer Service (`status.loadBalancer.ingress`).
+    Service {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Claim { namespace, name } => write!(f, "HostPortClaim {namespace}/{name}"),
+            Self::Service { namespace, name } => write!(f, "Service {namespace}/{name}"),
+        }
+    }
+}
+
+/// A mapping this node keeps: protocol and the port on this node.
+pub type Key = (Protocol, u16);
+
+/// One wanted mapping and whom it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Want {
+    /// Whom it is for.
+    pub owner: Owner,
+    /// What to ask the router.
+    pub request: MapRequest,
+}
+
+/// The wanted mappings and the objects that cannot get one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Wanted {
+    /// One request per port of this node and protocol.
+    pub mappings: BTreeMap<Key, Want>,
+    /// Objects that get no mapping, and why.
+    pub problems: Vec<(Owner, RouterError)>,
+}
+
+impl Wanted {
+    fn add(&mut self, want: Want) {
+        let key = (want.request.protocol, want.request.internal_port);
+        match self.mappings.get(&key) {
+            // One port of the node serves one object: the first by name keeps it.
+            Some(kept) if kept.owner <= want.owner => {
+                tracing::warn!(kept = %kept.owner, left_out = %want.owner, port = key.1, protocol = %key.0, "two objects want one node port mapped; the first by name keeps it");
+            }
+            _ => {
+                self.mappings.insert(key, want);
+            }
+        }
+    }
+
+    /// Adds `other`'s mappings and problems (claims first, then Services).
+    pub fn merge(&mut self, other: Wanted) {
+        for want in other.mappings.into_values() {
+            self.add(want);
+        }
+        self.problems.extend(other.problems);
+    }
+}
+
+/// What this node is.
+#[derive(Clone, Copy, Debug)]
+pub struct ThisNode<'a> {
+    /// Node name.
+    pub name: &'a str,
+    /// Its address (the mapping target, and the address requests come from).
+    pub address: Ipv4Addr,
+    /// Its default route's gateway.
+    pub default_gateway: Option<Ipv4Addr>,
+    /// Ports never mapped.
+    pub deny: &'a DenyList,
+}
+
+impl ThisNode<'_> {
+    fn gateway(&self, configured: Option<&str>) -> Result<Ipv4Addr, RouterError> {
+        match configured {
+            Some(address) => address.parse().map_err(|_| RouterError::NoGateway),
+            None => self.default_gateway.ok_or(RouterError::NoGateway),
+        }
+    }
+}
+
+/// The mappings for claimed ports of pods on this node.
+pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> Wanted {
+    let mut wanted = Wanted::default();
+    for used in claimed_ports(inputs, |p| p.router.is_some()) {
+        let spec = used.pod.spec.as_ref();
+        let status = used.pod.status.as_ref();
+        if spec.and_then(|s| s.node_name.as_deref()) != Some(node.name)
+            || status.and_then(|s| s.phase.as_deref()) != Some("Running")
+        {
+            continue;
+        }
+        let Some(router) = used
+            .class
+            .spec
+            .publish
+            .as_ref()
+            .and_then(|p| p.router.as_ref())
+        else {
+            continue;
+        };
+        let owner = Owner::Claim {
+            namespace: used.claim.namespace().unwrap_or_default(),
+            name: used.claim.name_any(),
+        };
+        if node.deny.denies(used.port) {
+            wanted
+                .problems
+                .push((owner, RouterError::Denied { port: used.port }));
+            continue;
+        }
+        let gateway = match node.gateway(router.gateway.as_deref()) {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                wanted.problems.push((owner, error));
+                continue;
+            }
+        };
+        let client = status
+            .and_then(|s| s.host_ip.as_deref())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(node.address);
+        let description = format!("hostport-allocator {}", owner_path(&owner));
+        wanted.add(Want {
+            owner,
+            request: MapRequest {
+                gateway,
+                client,
+                protocol: used.protocol,
+                internal_port: used.port,
+                external_port: used.port,
+                policy: router.external_port,
+                method: router.protocol,
+                lifetime_seconds: router.lifetime_seconds(),
+                description,
+            },
+        });
+    }
+    wanted
+}
+
+/// How Services are mapped (publisher flags: Services have no class).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Which protocols to try.
+    pub method: RouterProtocol,
+    /// The router, if not the default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Lifetime asked for.
+    pub lifetime_seconds: u32,
+}
+
+/// The mappings for LoadBalancer Services of our class in allowed namespaces, to this node's
+/// nodePorts.
+pub fn services(
+    services: &[Arc<Service>],
+    namespace_allowed: impl Fn(&str) -> bool,
+    node: ThisNode<'_>,
+    settings: ServiceSettings,
+) -> Wanted {
+    let mut wanted = Wanted::default();
+    for service in services {
+        let Some(spec) = service.spec.as_ref() else {
+            continue;
+        };
+        let namespace = service.namespace().unwrap_or_default();
+        if spec.type_.as_deref() != Some("LoadBalancer")
+            || spec.load_balancer_class.as_deref() != Some(LOAD_BALANCER_CLASS)
+            || service.metadata.deletion_timestamp.is_some()
+            || !namespace_allowed(&namespace)
+        {
+            continue;
+        }
+        let owner = Owner::Service {
+            namespace,
+            name: service.name_any(),
+        };
+        let gateway = match settings.gateway.or(node.default_gateway) {
+            Some(gateway) => gateway,
+            None => {
+                wanted.problems.push((owner, RouterError::NoGateway));
+                continue;
+            }
+        };
+        for port in spec.ports.iter().flatten() {
+            let (Some(protocol), Ok(external), Some(Ok(node_port))) = (
+                Protocol::from_kubernetes(port.protocol.as_deref()),
+                u16::try_from(port.port),
+                port.node_port.map(u16::try_from),
+            ) else {
+                continue;
+            };
+            if node.deny.denies(external) || node.deny.denies(node_port) {
+                let denied = if node.deny.denies(external) {
+                    external
+                } else {
+                    node_port
+                };
+                wanted
+                    .problems
+                    .push((owner.clone(), RouterError::Denied { port: denied }));
+                continue;
+            }
+            wanted.add(Want {
+                owner: owner.clone(),
+                request: MapRequest {
+                    gateway,
+                    client: node.address,
+                    protocol,
+                    internal_port: node_port,
+                    external_port: external,
+                    policy: ExternalPortPolicy::Same,
+                    method: settings.method,
+                    lifetime_seconds: settings.lifetime_seconds,
+                    description: format!("hostport-allocator {}", owner_path(&owner)),
+                },
+            });
+        }
+    }
+    wanted
+}
+
+fn owner_path(owner: &Owner) -> String {
+    match owner {
+        Owner::Claim { namespace, name } | Owner::Service { namespace, name } => {
+            format!("{namespace}/{name}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+use hostport_api::{HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use super::*;
+
+const NODE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+fn class(name: &str, router: serde_json::Value) -> Arc<HostPortClass> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+            "metadata": {"name": name},
+            "spec": {"pools": [{"start": 7000, "end": 7100}], "publish": {"router": router}}
+        }))
+        .expect("class"),
+    )
+}
+
+fn claim(name: &str, class: &str, port: i32) -> Arc<HostPortClaim> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": name, "namespace": "games"},
+            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")},
+            "status": {"phase": "Bound", "port": port}
+        }))
+        .expect("claim"),
+    )
+}
+
+fn pod(name: &str, node: &str, phase: &str, claim: &str, host_port: i32) -> Arc<Pod> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "games",
+                         "annotations": {"claim.hostport.rmb938.com/game": claim}},
+            "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
+                {"name": "game", "containerPort": 7777, "hostPort": host_port, "protocol": "UDP"}]}]},
+            "status": {"phase": phase, "hostIP": NODE.to_string()}
+        }))
+        .expect("pod"),
+    )
+}
+
+fn this_node(deny: &DenyList) -> ThisNode<'_> {
+    ThisNode {
+        name: "node-a",
+        address: NODE,
+        default_gateway: Some(GATEWAY),
+        deny,
+    }
+}
+
+fn keys(wanted: &Wanted) -> Vec<(Key, String)> {
+    wanted
+        .mappings
+        .iter()
+        .map(|(k, w)| (*k, w.owner.to_string()))
+        .collect()
+}
+
+#[test]
+fn only_running_pods_of_this_node_with_the_claimed_port_of_an_opted_in_class_are_mapped() {
+    let deny = DenyList::parse("22").expect("deny");
+    let classes = [
+        class(
+            "home",
+            json!({"protocol": "natpmp", "lifetimeSeconds": 600}),
+        ),
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+                "metadata": {"name": "private"}, "spec": {"pools": [{"start": 7000, "end": 7100}]}
+            }))
+            .expect("class"),
+        ),
+    ];
+    let claims = [
+        claim("a", "home", 7001),
+        claim("b", "home", 7002),
+        claim("c", "private", 7003),
+        claim("d", "home", 7004),
+        claim("e", "home", 7005),
+    ];
+    let pods = [
+        pod("a", "node-a", "Running", "a", 7001),
+        pod("b", "node-b", "Running", "b", 7002), // another node's
+        pod("c", "node-a", "Running", "c", 7003), // class not opted in
+        pod("d", "node-a", "Pending", "d", 7004), // not running yet
+        pod("e", "node-a", "Running", "e", 7099), // a hostPort not from its claim
+    ];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let wanted = claims_wanted(inputs, this_node(&deny));
+    assert_eq!(
+        keys(&wanted),
+        [((Protocol::Udp, 7001), "HostPortClaim games/a".to_owned())]
+    );
+    let request = &wanted.mappings[&(Protocol::Udp, 7001)].request;
+    assert_eq!(
+        (request.gateway, request.client, request.external_port),
+        (GATEWAY, NODE, 7001)
+    );
+    assert_eq!(request.method, RouterProtocol::Natpmp);
+    assert_eq!(request.lifetime_seconds, 600);
+    assert_eq!(request.description, "hostport-allocator games/a");
+    assert!(wanted.problems.is_empty());
+}
+
+fn claims_wanted(inputs: Inputs<'_>, node: ThisNode<'_>) -> Wanted {
+    claims(inputs, node)
+}
+
+#[test]
+fn denied_ports_and_a_missing_gateway_are_problems_not_requests() {
+    let deny = DenyList::parse("7001").expect("deny");
+    let classes = [class("home", json!({}))];
+    let claims = [claim("a", "home", 7001), claim("b", "home", 7002)];
+    let pods = [
+        pod("a", "node-a", "Running", "a", 7001),
+        pod("b", "node-a", "Running", "b", 7002),
+    ];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let mut node = this_node(&deny);
+    node.default_gateway = None;
+    let wanted = claims_wanted(inputs, node);
+    assert!(wanted.mappings.is_empty());
+    let reasons: Vec<(String, &str)> = wanted
+        .problems
+        .iter()
+        .map(|(o, e)| (o.to_string(), e.reason()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("HostPortClaim games/a".to_owned(), "PortDenied"),
+            ("HostPortClaim games/b".to_owned(), "NoGateway")
+        ]
+    );
+    // The class's own gateway needs no default route.
+    let classes = [class("home", json!({"gateway": "192.0.2.1"}))];
+    let inputs = Inputs {
+        classes: &classes,
+        ..inputs
+    };
+    let wanted = claims_wanted(inputs, node);
+    assert_eq!(
+        wanted.mappings[&(Protocol::Udp, 7002)].request.gateway,
+        Ipv4Addr::new(192, 0, 2, 1)
+    );
+}
+
+fn service(namespace: &str, type_: &str, class: Option<&str>) -> Arc<Service> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "site", "namespace": namespace},
+            "spec": {"type": type_, "loadBalancerClass": class, "ports": [
+                {"port": 80, "nodePort": 30080, "protocol": "TCP"},
+                {"port": 53, "nodePort": 30053, "protocol": "UDP"},
+                {"port": 9000, "protocol": "TCP"}]}
+        }))
+        .expect("service"),
+    )
+}
+
+#[test]
+fn only_load_balancers_of_our_class_in_allowed_namespaces_are_mapped_to_this_nodes_node_ports() {
+    let deny = DenyList::parse("53").expect("deny");
+    let services = [
+        service("web", "LoadBalancer", Some(LOAD_BALANCER_CLASS)),
+        service("tenant", "LoadBalancer", Some(LOAD_BALANCER_CLASS)),
+        service("web2", "LoadBalancer", Some("metallb")),
+        service("web3", "NodePort", Some(LOAD_BALANCER_CLASS)),
+    ];
+    let settings = ServiceSettings {
+        method: RouterProtocol::Upnp,
+        gateway: None,
+        lifetime_seconds: 3600,
+    };
+    let wanted = super::services(
+        &services,
+        |ns| ns.starts_with("web"),
+        this_node(&deny),
+        settings,
+    );
+    assert_eq!(
+        keys(&wanted),
+        [((Protocol::Tcp, 30080), "Service web/site".to_owned())]
+    );
+    let request = &wanted.mappings[&(Protocol::Tcp, 30080)].request;
+    assert_eq!((request.external_port, request.client), (80, NODE));
+    // Port 53 is denied: reported on the Service.
+    assert_eq!(wanted.problems.len(), 1);
+    assert_eq!(wanted.problems[0].1.reason(), "PortDenied");
+}
+
+#[test]
+fn one_node_port_serves_one_object_the_first_by_name() {
+    let deny = DenyList::parse("22").expect("deny");
+    let mut wanted = Wanted::default();
+    let settings = ServiceSettings {
+        method: RouterProtocol::Auto,
+        gateway: Some(GATEWAY),
+        lifetime_seconds: 3600,
+    };
+    let b = super::services(
+        &[service("b", "LoadBalancer", Some(LOAD_BALANCER_CLASS))],
+        |_| true,
+        this_node(&deny),
+        settings,
+    );
+    let a = super::services(
+        &[service("a", "LoadBalancer", Some(LOAD_BALANCER_CLASS))],
+        |_| true,
+        this_node(&deny),
+        settings,
+    );
+    wanted.merge(b);
+    wanted.merge(a);
+    assert_eq!(
+        wanted.mappings[&(Protocol::Tcp, 30080)].owner.to_string(),
+        "Service a/site"
+    );
+}
