@@ -76,6 +76,17 @@ fn every_overlay_builds() {
             ],
         ),
         (
+            "config/publisher/router",
+            vec![
+                "ServiceAccount",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "DaemonSet",
+            ],
+        ),
+        (
             "config/webhook",
             vec![
                 "Deployment",
