@@ -88,6 +88,15 @@ pub struct Args {
         value_delimiter = ','
     )]
     allocator_users: Vec<String>,
+    /// The router publishers: users who may write a claim's `status.external` and its
+    /// `Published` condition and nothing else of it (repeatable). Default: the ServiceAccount
+    /// `hostport-publisher-router` in --controller-namespace.
+    #[arg(
+        long = "publisher-user",
+        env = "HOSTPORT_WEBHOOK_PUBLISHER_USERS",
+        value_delimiter = ','
+    )]
+    publisher_users: Vec<String>,
     /// Namespace of the controller's ServiceAccount (default: the webhook's own namespace,
     /// --namespace/$POD_NAMESPACE, else hostport-system): both are installed together.
     #[arg(long, env = "HOSTPORT_CONTROLLER_NAMESPACE")]
@@ -189,19 +198,28 @@ pub async fn main() -> anyhow::Result<()> {
         }
     };
 
+    let namespace = args
+        .controller_namespace
+        .clone()
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
     let allocator_users = if args.allocator_users.is_empty() {
-        let namespace = args
-            .controller_namespace
-            .clone()
-            .or_else(|| args.namespace.clone())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
         vec![allocator_user(&namespace, &args.controller_service_account)]
     } else {
         args.allocator_users.clone()
     };
+    let publisher_users = if args.publisher_users.is_empty() {
+        vec![allocator_user(
+            &namespace,
+            crate::runner::PUBLISHER_SERVICE_ACCOUNT,
+        )]
+    } else {
+        args.publisher_users.clone()
+    };
     tracing::info!(allocator = %allocator_users.join(","), "allocator identity");
     let options = RunOptions {
         allocator_users,
+        publisher_users,
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
         bind_wait: Duration::from_millis(args.bind_wait_ms),
         ..RunOptions::default()

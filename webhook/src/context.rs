@@ -44,6 +44,8 @@ pub struct Context {
     pub classes: Store<HostPortClass>,
     /// The allocator identity: the users who may write what decides a port.
     pub allocator_users: Vec<String>,
+    /// The router publishers: may write a claim's `status.external` and `Published` only.
+    pub publisher_users: Vec<String>,
     /// Longest one API read may take (the webhook must answer within its timeout).
     pub api_timeout: Duration,
     /// Longest a pod's admission waits for its claims to appear and bind.
@@ -64,6 +66,11 @@ impl Context {
     /// Whether `user` is the allocator identity.
     pub fn is_allocator(&self, user: &str) -> bool {
         self.allocator_users.iter().any(|u| u == user)
+    }
+
+    /// Whether `user` is a router publisher.
+    pub fn is_publisher(&self, user: &str) -> bool {
+        self.publisher_users.iter().any(|u| u == user)
     }
 
     /// A claim's state for pod admission, after waiting (until `deadline`) while it does not

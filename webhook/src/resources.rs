@@ -30,6 +30,8 @@ pub struct Requester<'a> {
     pub user: &'a str,
     /// Whether that is the allocator identity (the controller's ServiceAccount).
     pub is_allocator: bool,
+    /// Whether that is a router publisher (writes `status.external` and `Published` only).
+    pub is_publisher: bool,
 }
 
 fn claim_label(claim: &HostPortClaim) -> String {
@@ -47,6 +49,14 @@ fn not_allocator(what: String, who: &str) -> Verdict {
     )
 }
 
+/// A claim's status without what the router publisher writes (`external`, `Published`).
+fn without_publisher_part(claim: &HostPortClaim) -> Option<hostport_api::HostPortClaimStatus> {
+    let mut status = claim.status.clone()?;
+    status.external.clear();
+    status.conditions.retain(|c| c.type_ != "Published");
+    Some(status)
+}
+
 /// Claim validation. `class` is the claim's class when it exists; `subresource` is `status`
 /// for a status write.
 pub fn validate_claim(
@@ -57,7 +67,9 @@ pub fn validate_claim(
     subresource: Option<&str>,
 ) -> Verdict {
     if subresource.is_some() {
-        return if requester.is_allocator {
+        let publisher_part_only = requester.is_publisher
+            && old.is_some_and(|old| without_publisher_part(old) == without_publisher_part(claim));
+        return if requester.is_allocator || publisher_part_only {
             Verdict::Allow
         } else {
             not_allocator(

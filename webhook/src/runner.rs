@@ -18,12 +18,18 @@ use tokio::sync::watch;
 use crate::context::Context;
 use crate::metrics::Metrics;
 
+/// The router publisher's ServiceAccount (`config/publisher/router`).
+pub const PUBLISHER_SERVICE_ACCOUNT: &str = "hostport-publisher-router";
+
 /// How the webhook runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// The allocator identity: users who may write claim `spec.hostPortName`, statuses, the
     /// claim finalizer's removal and claim-bound HostPorts.
     pub allocator_users: Vec<String>,
+    /// The router publishers: users who may write a claim's `status.external` and its
+    /// `Published` condition, and nothing else of it.
+    pub publisher_users: Vec<String>,
     /// Longest one API read may take.
     pub api_timeout: Duration,
     /// Longest a pod's admission waits for the claims it names to appear and bind (a claim
@@ -43,6 +49,7 @@ impl Default for RunOptions {
                 DEFAULT_NAMESPACE,
                 CONTROLLER_SERVICE_ACCOUNT,
             )],
+            publisher_users: vec![allocator_user(DEFAULT_NAMESPACE, PUBLISHER_SERVICE_ACCOUNT)],
             api_timeout: Duration::from_secs(2),
             bind_wait: Duration::from_secs(2),
             metrics: Arc::default(),
@@ -125,6 +132,7 @@ pub async fn run(
         classes: classes.clone(),
         claim_changes,
         allocator_users: options.allocator_users.clone(),
+        publisher_users: options.publisher_users.clone(),
         api_timeout: options.api_timeout,
         bind_wait: options.bind_wait,
         metrics: options.metrics.clone(),

@@ -286,6 +286,7 @@ fn requester<'a>(state: &Context, request: &'a Request) -> Requester<'a> {
     Requester {
         user,
         is_allocator: state.is_allocator(user),
+        is_publisher: state.is_publisher(user),
     }
 }
 

@@ -19,10 +19,12 @@ fn class(pools: &[(i32, i32)]) -> HostPortClass {
 const TENANT: Requester<'static> = Requester {
     user: "system:serviceaccount:team-a:deployer",
     is_allocator: false,
+    is_publisher: false,
 };
 const ALLOCATOR: Requester<'static> = Requester {
     user: "system:serviceaccount:hostport-system:hostport-controller",
     is_allocator: true,
+    is_publisher: false,
 };
 
 fn with_finalizer(mut claim: HostPortClaim) -> HostPortClaim {
@@ -315,5 +317,57 @@ fn host_port_rules() {
     denied(
         validate_host_port(&reserved, Some(&reserved), TENANT, Some("status")),
         "the status of HostPort \"port-22\" is written by the hostport allocator only",
+    );
+}
+
+#[test]
+fn the_router_publisher_writes_external_and_published_and_nothing_else_of_a_status() {
+    let publisher = Requester {
+        user: "system:serviceaccount:hostport-system:hostport-publisher-router",
+        is_allocator: false,
+        is_publisher: true,
+    };
+    let mut old = claim("sample", None, Some("port-20000"));
+    old.status = Some(hostport_api::HostPortClaimStatus {
+        phase: Some(hostport_api::ClaimPhase::Bound),
+        port: Some(20000),
+        ..Default::default()
+    });
+    let mut published = old.clone();
+    let status = published.status.as_mut().expect("status");
+    status.external = vec![hostport_api::ExternalEndpoint {
+        address: "203.0.113.1".into(),
+        port: 20000,
+        protocol: "UDP".into(),
+        method: "PCP".into(),
+        node_name: "node-a".into(),
+        expires_at: None,
+    }];
+    status
+        .conditions
+        .push(hostport_api::conditions::Condition::new(
+            "Published",
+            "True",
+            "Published",
+            "",
+            None,
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
+        ));
+    assert_eq!(
+        validate_claim(&published, Some(&old), None, publisher, Some("status")),
+        Verdict::Allow
+    );
+    // The port is the allocator's, for the publisher too; and a tenant may not publish.
+    let mut forged = published.clone();
+    forged.status.as_mut().expect("status").port = Some(22);
+    denied(
+        validate_claim(&forged, Some(&published), None, publisher, Some("status")),
+        "written by the hostport allocator only",
+    );
+    denied(
+        validate_claim(&published, Some(&old), None, TENANT, Some("status")),
+        "written by the hostport allocator only",
     );
 }
