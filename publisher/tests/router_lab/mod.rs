@@ -375,7 +375,7 @@ impl Lab {
     /// Makes the API server at `127.0.0.1:port` reachable at the same address inside node
     /// `i`'s namespace.
     pub fn bridge_api(&mut self, i: usize, port: u16) {
-        let socket = self.dir.join(format!("api-{i}.sock"));
+        let socket = self.dir.join(format!("api-{i}-{port}.sock"));
         let root = Command::new("socat")
             .arg(format!("UNIX-LISTEN:{},fork", socket.display()))
             .arg(format!("TCP:127.0.0.1:{port}"))
