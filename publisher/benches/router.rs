@@ -3,7 +3,7 @@
 //!
 //! 1. pod Running → mapping in the router's lease list: 20 pods one after another, through
 //!    the API server, the publisher binary on the node and NAT-PMP or UPnP-IGD;
-//! 2. requests per second one publisher makes (map, renew, remove; 200 mappings, one after
+//! 2. requests per second one publisher makes (map, renew, remove; 40 mappings, one after
 //!    another as the table does), measured by this program re-run inside the node namespace.
 //!
 //! ```sh
@@ -25,7 +25,7 @@ use router_lab::Lab;
 use serde_json::json;
 
 const PODS: u16 = 20;
-const MAPPINGS: u16 = 200;
+const MAPPINGS: u16 = 40;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
