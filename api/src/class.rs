@@ -119,7 +119,7 @@ pub struct RouterPublish {
     /// of it has passed and lapses by itself if the publisher stops renewing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 120, max = 86400))]
-    pub lifetime_seconds: Option<u32>,
+    pub lifetime_seconds: Option<i32>,
     /// `same` (the default): the external port must equal the allocated port, and a port the
     /// router gives to someone else is reported (`PortTakenExternally`). `any`: take the port
     /// the router offers and report it in the claim's `status.external`.
@@ -134,6 +134,8 @@ impl RouterPublish {
     /// The lifetime asked for.
     pub fn lifetime_seconds(&self) -> u32 {
         self.lifetime_seconds
+            .and_then(|s| u32::try_from(s).ok())
+            .filter(|s| *s > 0)
             .unwrap_or(Self::DEFAULT_LIFETIME_SECONDS)
     }
 }
