@@ -277,36 +277,66 @@ pub async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let client = client().await?;
     if args.render {
         let forwards = runner::wanted_once(&client, &mode).await;
         print!("{}", syncer.render(&forwards));
         return Ok(());
     }
-    let stop = Stop::on_signal();
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let encode = {
-        let metrics = metrics.clone();
-        move || metrics.encode()
-    };
-    let health = hostport_process::health_router(encode, ready.clone());
-    let health_server = hostport_process::serve_health(args.metrics_address, health, &stop)
-        .await
-        .with_context(|| format!("serving /healthz and /metrics on {}", args.metrics_address))?;
+    let served = Served::start(args.metrics_address).await?;
     let options = RunOptions {
-        metrics,
-        ready,
+        metrics: served.metrics.clone(),
+        ready: served.ready.clone(),
         mode,
         batch_window: Duration::from_millis(args.batch_window_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
     };
-    runner::run(client, options, syncer, stop.stopped()).await;
-    let _ = health_server.await;
+    runner::run(client, options, syncer, served.stop.stopped()).await;
+    served.finish().await;
     Ok(())
+}
+
+/// The Kubernetes client from the in-cluster configuration or KUBECONFIG.
+async fn client() -> anyhow::Result<kube::Client> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The stop signal, the metrics, and the `/healthz` `/readyz` `/metrics` server.
+struct Served {
+    stop: Stop,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    async fn start(address: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let stop = Stop::on_signal();
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+        let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let encode = {
+            let metrics = metrics.clone();
+            move || metrics.encode()
+        };
+        let health = hostport_process::health_router(encode, ready.clone());
+        let server = hostport_process::serve_health(address, health, &stop)
+            .await
+            .with_context(|| format!("serving /healthz and /metrics on {address}"))?;
+        Ok(Self {
+            stop,
+            metrics,
+            ready,
+            server,
+        })
+    }
+
+    /// Waits for the server to stop (after the stop signal).
+    async fn finish(self) {
+        let _ = self.server.await;
+    }
 }
 
 /// `key=value,...` as a selector of namespace labels.
@@ -363,24 +393,11 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (in-cluster or KUBECONFIG)")?;
-    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
-    let stop = Stop::on_signal();
-    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
-    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let encode = {
-        let metrics = metrics.clone();
-        move || metrics.encode()
-    };
-    let health = hostport_process::health_router(encode, ready.clone());
-    let health_server = hostport_process::serve_health(args.metrics_address, health, &stop)
-        .await
-        .with_context(|| format!("serving /healthz and /metrics on {}", args.metrics_address))?;
+    let client = client().await?;
+    let served = Served::start(args.metrics_address).await?;
     let options = RouterOptions {
-        metrics,
-        ready,
+        metrics: served.metrics.clone(),
+        ready: served.ready.clone(),
         node,
         node_address,
         default_gateway,
@@ -393,15 +410,15 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
         renew_at_most: args.max_renew_interval_seconds.map(Duration::from_secs),
     };
     if args.dry_run {
-        run::run(client, options, LoggingRouter, stop.stopped()).await;
+        run::run(client, options, LoggingRouter, served.stop.stopped()).await;
     } else {
         let router = std::sync::Arc::new(NetworkRouter::new(
             Duration::from_millis(args.router_timeout_ms.max(1)),
             3,
         ));
-        run::run(client, options, router, stop.stopped()).await;
+        run::run(client, options, router, served.stop.stopped()).await;
     }
-    let _ = health_server.await;
+    served.finish().await;
     Ok(())
 }
 

@@ -62,7 +62,7 @@ struct Caches {
 }
 
 /// What a pod weighs in the cache: the claim annotations, node, ports and addresses.
-pub(crate) fn strip_pod(pod: &mut Pod) {
+fn strip_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     pod.metadata.labels = None;
     pod.metadata.owner_references = None;
@@ -130,13 +130,14 @@ fn wanted(caches: &Caches, mode: &Mode) -> Wanted {
     }
 }
 
-/// Starts the watches; the caches once they are complete, and the tasks to keep them so.
-async fn start(
+/// The caches every mode reads: classes, claims, and pods (only node `node`'s when set),
+/// each fed by a watch whose task is pushed on `tasks`.
+pub(crate) fn claim_caches(
     client: &Client,
-    mode: &Mode,
+    node: Option<&str>,
     changes: &watch::Sender<u64>,
-) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
-    let mut tasks = vec![];
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> (Store<HostPortClass>, Store<HostPortClaim>, Store<Pod>) {
     let (classes, task) = watched_cache(
         Api::all(client.clone()),
         watcher::Config::default(),
@@ -144,6 +145,7 @@ async fn start(
         changes.clone(),
     );
     tasks.push(tokio::spawn(task));
+    // Claims keep their status: router mode rewrites only its own part of it.
     let (claims, task) = watched_cache(
         Api::all(client.clone()),
         watcher::Config::default(),
@@ -151,9 +153,9 @@ async fn start(
         changes.clone(),
     );
     tasks.push(tokio::spawn(task));
-    let pod_config = match mode {
-        Mode::Node { node } => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        Mode::Edge { .. } => watcher::Config::default(),
+    let pod_config = match node {
+        Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+        None => watcher::Config::default(),
     };
     let (pods, task) = watched_cache(
         Api::all(client.clone()),
@@ -162,6 +164,21 @@ async fn start(
         changes.clone(),
     );
     tasks.push(tokio::spawn(task));
+    (classes, claims, pods)
+}
+
+/// Starts the watches; the caches once they are complete, and the tasks to keep them so.
+async fn start(
+    client: &Client,
+    mode: &Mode,
+    changes: &watch::Sender<u64>,
+) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
+    let mut tasks = vec![];
+    let node = match mode {
+        Mode::Node { node } => Some(node.as_str()),
+        Mode::Edge { .. } => None,
+    };
+    let (classes, claims, pods) = claim_caches(client, node, changes, &mut tasks);
     let (mut services, mut nodes) = (None, None);
     if let Mode::Edge { service_namespaces } = mode
         && !service_namespaces.is_empty()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hostport_api::cache::{strip_claim, strip_metadata};
+use hostport_api::cache::strip_metadata;
 use hostport_api::selector::LabelSelector;
 use hostport_api::{HostPortClaim, HostPortClass};
 use hostport_process::leader::{LeaseConfig, LeaseLock};
@@ -30,7 +30,7 @@ use crate::router::client::Router;
 use crate::router::report::Reporter;
 use crate::router::table::{Pass, Table};
 use crate::router::wanted::{self, Owner, ServiceSettings, ThisNode, Wanted};
-use crate::runner::strip_pod;
+use crate::runner::claim_caches;
 
 /// Longest sleep between passes when nothing is due (repairs what a lost event missed).
 const IDLE_PASS: Duration = Duration::from_secs(30);
@@ -100,28 +100,7 @@ async fn start(
     changes: &watch::Sender<u64>,
 ) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let mut tasks = vec![];
-    let (classes, task) = watched_cache(
-        Api::all(client.clone()),
-        watcher::Config::default(),
-        strip_metadata::<HostPortClass>,
-        changes.clone(),
-    );
-    tasks.push(tokio::spawn(task));
-    // The full status stays: this node rewrites only its own entries of it.
-    let (claims, task) = watched_cache(
-        Api::all(client.clone()),
-        watcher::Config::default(),
-        strip_claim,
-        changes.clone(),
-    );
-    tasks.push(tokio::spawn(task));
-    let (pods, task) = watched_cache(
-        Api::all(client.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", options.node)),
-        strip_pod,
-        changes.clone(),
-    );
-    tasks.push(tokio::spawn(task));
+    let (classes, claims, pods) = claim_caches(client, Some(&options.node), changes, &mut tasks);
     let services = if options.services.is_some() {
         let (services, task) = watched_cache(
             Api::all(client.clone()),
