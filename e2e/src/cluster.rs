@@ -30,6 +30,15 @@ pub async fn prepare(client: &Client, rbac: bool) {
         crate::samples::apply_yaml(client, "config/rbac", &yaml)
             .await
             .expect("applying config/rbac");
+        // The router publisher's own ServiceAccount and rules.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/publisher/router/rbac.yaml"
+        );
+        let yaml = std::fs::read_to_string(path).expect("config/publisher/router/rbac.yaml");
+        crate::samples::apply_yaml(client, "config/publisher/router", &yaml)
+            .await
+            .expect("applying config/publisher/router/rbac.yaml");
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("hostport-e2e").force();

@@ -1,0 +1,277 @@
+//! The router publisher's writes through the real admission chain and its ServiceAccount's
+//! rules: its loop (with a recording router: the router side is tested against miniupnpd in
+//! `publisher/tests/router.rs`) runs as `hostport-publisher-router` next to the webhook and
+//! the controller. On a real cluster with `E2E_RBAC=1` it is impersonated with
+//! `config/publisher/router/rbac.yaml` applied; in-process, every call it makes is checked
+//! against those rules.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
+use hostport_publisher::deny::DenyList;
+use hostport_publisher::metrics::Metrics;
+use hostport_publisher::router::client::{MapRequest, Mapped, Method, Router, RouterError};
+use hostport_publisher::router::run::{self, RouterOptions, ServicePublishing};
+use hostport_publisher::router::wanted::ServiceSettings;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube_testserver::UserInfo;
+use serde_json::{Value, json};
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+/// Grants every request on [`PUBLIC`] and records them.
+#[derive(Debug, Default)]
+struct RecordingRouter {
+    calls: Mutex<Vec<String>>,
+}
+
+impl RecordingRouter {
+    fn grant(&self, call: String, request: &MapRequest) -> Mapped {
+        self.calls.lock().expect("lock").push(call);
+        Mapped {
+            method: Method::NatPmp,
+            external_address: PUBLIC,
+            external_port: request.external_port,
+            lifetime: Duration::from_secs(u64::from(request.lifetime_seconds)),
+        }
+    }
+}
+
+impl Router for RecordingRouter {
+    type Lease = u16;
+    async fn map(&self, request: &MapRequest) -> Result<(u16, Mapped), RouterError> {
+        let mapped = self.grant(format!("map {}", request.external_port), request);
+        Ok((request.external_port, mapped))
+    }
+    async fn renew(&self, lease: &mut u16, request: &MapRequest) -> Result<Mapped, RouterError> {
+        Ok(self.grant(format!("renew {lease}"), request))
+    }
+    async fn unmap(&self, lease: u16) -> Result<(), RouterError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("unmap {lease}"));
+        Ok(())
+    }
+}
+
+fn publisher_user() -> UserInfo {
+    UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-publisher-router")
+}
+
+fn allowed(rules: &[Value], verb: &str, resource: &str) -> bool {
+    let group = match resource.split('/').next().unwrap_or_default() {
+        "hostportclaims" | "hostportclasses" => "hostport.rmb938.com",
+        "leases" => "coordination.k8s.io",
+        "events" => "events.k8s.io",
+        _ => "",
+    };
+    let has = |list: &Value, item: &str| {
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|v| v == item || v == "*"))
+    };
+    rules.iter().any(|r| {
+        has(&r["verbs"], verb) && has(&r["resources"], resource) && has(&r["apiGroups"], group)
+    })
+}
+
+#[tokio::test]
+async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
+    let env = Env::new("routerpub").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(Default::default());
+    let class = env.create_class("home", &[(16000, 16010)]).await;
+    env.classes()
+        .patch(
+            &class,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"publish": {"router": {"gateway": "198.51.100.1"}}}})),
+        )
+        .await
+        .expect("opted in");
+    env.create_claim("game", &class, None).await;
+    let port = env
+        .bound("game")
+        .await
+        .status
+        .and_then(|s| s.port)
+        .expect("port");
+    let node_name = format!("{}-node", env.prefix);
+    let nodes: Api<Node> = Api::all(env.client.clone());
+    let node: Node =
+        serde_json::from_value(json!({"metadata": {"name": node_name}})).expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
+        "spec": {"nodeName": node_name, "containers": [{"name": "game", "image": "game",
+            "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
+    pods.patch_status(
+        "game",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.2"}})),
+    )
+    .await
+    .expect("running");
+    let node_port = 30000 + i32::try_from(std::process::id() % 2700).expect("small");
+    let services: Api<Service> = Api::namespaced(env.client.clone(), &env.namespace);
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "site"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "hostport.rmb938.com/router",
+                 "ports": [{"port": 8443, "nodePort": node_port, "protocol": "TCP"}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("service");
+
+    let mut scenario = hostport_api::selector::LabelSelector::default();
+    scenario
+        .match_labels
+        .insert("hostport-e2e/scenario".into(), env.prefix.clone());
+    let options = RouterOptions {
+        metrics: Arc::new(Metrics::default()),
+        ready: Arc::default(),
+        node: node_name.clone(),
+        node_address: Ipv4Addr::new(198, 51, 100, 2),
+        default_gateway: None,
+        deny: DenyList::parse("22").expect("deny"),
+        services: Some(ServicePublishing {
+            namespaces: scenario,
+            settings: ServiceSettings {
+                method: hostport_api::RouterProtocol::Auto,
+                gateway: Some(Ipv4Addr::new(198, 51, 100, 1)),
+                lifetime_seconds: 3600,
+            },
+            lease: hostport_controller::LeaseConfig {
+                namespace: SYSTEM_NAMESPACE.into(),
+                name: format!("{}-router", env.prefix),
+                identity: "publisher-a".into(),
+                duration: Duration::from_secs(6),
+            },
+        }),
+        keep_on_shutdown: false,
+        dry_run: false,
+        batch_window: Duration::from_millis(50),
+        instance: "publisher-a".into(),
+        renew_at_most: None,
+    };
+    let router = Arc::new(RecordingRouter::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(run::run(
+        env.client_as(publisher_user()),
+        options,
+        router.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // Its claim status write passes the webhook (external + Published only) and RBAC.
+    let claim = env
+        .wait_for("the claim published", Duration::from_secs(30), || async {
+            let claim = env.claims().get("game").await.ok()?;
+            let status = claim.status.clone()?;
+            let published = hostport_api::conditions::find(&status.conditions, "Published")?;
+            (published.reason == "Published" && status.external.len() == 1).then_some(claim)
+        })
+        .await;
+    let status = claim.status.expect("status");
+    assert_eq!(status.external[0].address, PUBLIC.to_string());
+    assert_eq!(status.external[0].port, port);
+    assert_eq!(status.external[0].node_name, node_name);
+    assert_eq!(status.phase, Some(hostport_api::ClaimPhase::Bound));
+    // The Service gets the router's address (the elected publisher).
+    env.wait_for("the Service's ingress", Duration::from_secs(30), || async {
+        let service = services.get("site").await.ok()?;
+        let ip = service
+            .status?
+            .load_balancer?
+            .ingress?
+            .first()?
+            .ip
+            .clone()?;
+        (ip == PUBLIC.to_string()).then_some(())
+    })
+    .await;
+    // The publisher may not write what decides the port.
+    let forged = Api::<hostport_api::HostPortClaim>::namespaced(
+        env.client_as(publisher_user()),
+        &env.namespace,
+    )
+    .patch_status(
+        "game",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"port": 22}})),
+    )
+    .await;
+    assert!(
+        forged.is_err(),
+        "the publisher changed the claim's port: {forged:?}"
+    );
+
+    // The pod stops: unmapped, reported.
+    pods.delete("game", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deleted");
+    env.wait_for("the claim unpublished", Duration::from_secs(30), || async {
+        let status = env.claims().get("game").await.ok()?.status?;
+        let published = hostport_api::conditions::find(&status.conditions, "Published")?;
+        (published.reason == "NotPublished" && status.external.is_empty()).then_some(())
+    })
+    .await;
+    let calls = router.calls.lock().expect("lock").clone();
+    assert!(calls.contains(&format!("map {port}")), "{calls:?}");
+    assert!(calls.contains(&format!("unmap {port}")), "{calls:?}");
+    let _ = stop.send(());
+    publisher.await.expect("publisher stopped");
+
+    // In-process: every call it made is allowed by config/publisher/router/rbac.yaml.
+    if let Some(server) = env.server() {
+        let yaml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/publisher/router/rbac.yaml"
+        ))
+        .expect("rbac.yaml");
+        let objects: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("yaml");
+        let rules: Vec<Value> = objects
+            .iter()
+            .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let used: BTreeSet<(String, String)> = server
+            .counts()
+            .into_keys()
+            .filter(|(u, _, _)| *u == publisher_user().username)
+            .map(|(_, verb, resource)| (verb.as_str().to_owned(), resource))
+            .collect();
+        let missing: Vec<_> = used
+            .iter()
+            .filter(|(verb, resource)| !allowed(&rules, verb, resource))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config/publisher/router/rbac.yaml does not allow {missing:?}"
+        );
+        assert!(
+            used.contains(&("patch".into(), "hostportclaims/status".into())),
+            "{used:?}"
+        );
+        eprintln!("hostport-publisher-router used: {used:?}");
+    }
+    let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    env.cleanup().await;
+}
