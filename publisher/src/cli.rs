@@ -412,10 +412,10 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
     if args.dry_run {
         run::run(client, options, LoggingRouter, served.stop.stopped()).await;
     } else {
-        let router = std::sync::Arc::new(NetworkRouter::new(
-            Duration::from_millis(args.router_timeout_ms.max(1)),
-            3,
-        ));
+        let router = std::sync::Arc::new(
+            NetworkRouter::new(Duration::from_millis(args.router_timeout_ms.max(1)), 3)
+                .with_stable_pcp_nonce(&options.node),
+        );
         run::run(client, options, router, served.stop.stopped()).await;
     }
     served.finish().await;

@@ -337,6 +337,19 @@ async fn pcp_and_upnp_map_and_a_stopped_publisher_removes_its_mappings_unless_to
     .await;
     assert!(publisher.stop().success());
     assert_eq!(lab.leases().len(), 2, "{:?}", lab.leases());
+    let kept = lab.lease("UDP", 40201).expect("kept");
+    // The next run takes them over (renews them; for PCP with the nonce of the run before,
+    // which strict PCP servers require), and removes them when it stops.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let publisher = lab.publisher(0, &kubeconfig, &[]);
+    eventually(WAIT, "the kept PCP mapping renewed by the new run", || {
+        let lease = lab.lease("UDP", 40201)?;
+        (expiry(&lease) != expiry(&kept)).then_some(())
+    })
+    .await;
+    wait_published(&client, "pcp-game", "Published").await;
+    assert!(publisher.stop().success());
+    assert!(lab.leases().is_empty(), "{:?}", lab.leases());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

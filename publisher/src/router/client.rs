@@ -234,6 +234,9 @@ pub struct NetworkRouter {
     working: Mutex<HashMap<Ipv4Addr, Method>>,
     /// Per router, its UPnP control endpoint once found.
     upnp: tokio::sync::Mutex<HashMap<Ipv4Addr, UpnpGateway<Tokio>>>,
+    /// The PCP nonce: a PCP server lets only the same nonce renew or delete a mapping, so a
+    /// restarted publisher must present the one it used before.
+    pcp_nonce: Option<crab_nat::pcp::Nonce>,
 }
 
 impl Default for NetworkRouter {
@@ -255,7 +258,16 @@ impl NetworkRouter {
             search_timeout: first_timeout * 8,
             working: Mutex::new(HashMap::new()),
             upnp: tokio::sync::Mutex::new(HashMap::new()),
+            pcp_nonce: None,
         }
+    }
+
+    /// Uses a PCP nonce derived from `identity` (the node name): the same after a restart,
+    /// so the mappings a previous run left (`--keep-mappings`) are renewed and removed rather
+    /// than refused until they lapse.
+    pub fn with_stable_pcp_nonce(mut self, identity: &str) -> Self {
+        self.pcp_nonce = Some(stable_nonce(identity));
+        self
     }
 
     fn order(&self, request: &MapRequest) -> Vec<Method> {
@@ -314,7 +326,7 @@ impl NetworkRouter {
                 protocol,
                 internal,
             );
-            crab_nat::pcp::port_mapping(base, None, None, self.options(request))
+            crab_nat::pcp::port_mapping(base, self.pcp_nonce, None, self.options(request))
                 .await
                 .map_err(Attempt::from_pcp)?
         } else {
@@ -657,6 +669,17 @@ impl Router for NetworkRouter {
     }
 }
 
+/// Three 32-bit FNV-1a hashes of `identity` (with different seeds): stable across runs and
+/// releases, unlike `std`'s hasher.
+fn stable_nonce(identity: &str) -> crab_nat::pcp::Nonce {
+    let hash = |seed: u32| {
+        identity.bytes().fold(0x811c_9dc5_u32 ^ seed, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        })
+    };
+    [hash(0), hash(0x9e37_79b9), hash(0x7f4a_7c15)]
+}
+
 fn internet_protocol(protocol: Protocol) -> InternetProtocol {
     match protocol {
         Protocol::Tcp => InternetProtocol::Tcp,
@@ -706,6 +729,13 @@ mod tests {
             router.order(&request(RouterProtocol::Natpmp)),
             [Method::NatPmp]
         );
+    }
+
+    #[test]
+    fn the_pcp_nonce_is_stable_per_identity() {
+        assert_eq!(stable_nonce("node-a"), stable_nonce("node-a"));
+        assert_ne!(stable_nonce("node-a"), stable_nonce("node-b"));
+        assert_eq!(stable_nonce("")[0], 0x811c_9dc5);
     }
 
     #[test]
