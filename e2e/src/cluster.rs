@@ -4,7 +4,7 @@ use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -106,6 +106,18 @@ async fn sweep(client: Client, ours: String) {
             force_delete(&claims, &name).await;
         }
         let _ = namespaces.delete(namespace, &delete).await;
+    }
+    // Nodes a scenario made for its pods (labelled with the scenario).
+    let nodes: Api<Node> = Api::all(client.clone());
+    if let Ok(list) = nodes
+        .list(&ListParams::default().labels(SCENARIO_LABEL))
+        .await
+    {
+        for node in list.items {
+            if stale(&node.name_any()) {
+                let _ = nodes.delete(&node.name_any(), &delete).await;
+            }
+        }
     }
     let classes: Api<HostPortClass> = Api::all(client.clone());
     for name in names(&classes).await {

@@ -102,8 +102,10 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         .expect("port");
     let node_name = format!("{}-node", env.prefix);
     let nodes: Api<Node> = Api::all(env.client.clone());
-    let node: Node =
-        serde_json::from_value(json!({"metadata": {"name": node_name}})).expect("node");
+    // Labelled so a run that panics before its cleanup is swept by the next one.
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name,
+        "labels": {"hostport-e2e/scenario": env.prefix}}}))
+    .expect("node");
     nodes
         .create(&PostParams::default(), &node)
         .await

@@ -152,7 +152,7 @@ async fn tenant_cannot_choose_the_host_port_name() {
             .expect("claim");
     }
     env.bound("a").await;
-    env.bound("b").await;
+    let b_port = env.bound("b").await.spec.host_port_name.expect("bound");
     claims
         .create(&PostParams::default(), &claim("pending", &class, None))
         .await
@@ -167,13 +167,14 @@ async fn tenant_cannot_choose_the_host_port_name() {
             .await,
         "is set by the hostport allocator only",
     );
-    // Nor can a tenant re-point a Bound claim.
+    // Nor can a tenant re-point a Bound claim (at the other claim's port: which of the two
+    // `a` got is the allocator's race).
     denied(
         claims
             .patch(
                 "a",
                 &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"hostPortName": "port-33001"}})),
+                &Patch::Merge(json!({"spec": {"hostPortName": b_port}})),
             )
             .await,
         "is set by the hostport allocator only",
