@@ -7,13 +7,13 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
-use hostport_publisher::router::client::{MapRequest, Mapped, Method, Router, RouterError};
+use hostport_publisher::router::recording::RecordingRouter;
 use hostport_publisher::router::run::{self, RouterOptions, ServicePublishing};
 use hostport_publisher::router::wanted::ServiceSettings;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
@@ -22,42 +22,6 @@ use kube_testserver::UserInfo;
 use serde_json::{Value, json};
 
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
-
-/// Grants every request on [`PUBLIC`] and records them.
-#[derive(Debug, Default)]
-struct RecordingRouter {
-    calls: Mutex<Vec<String>>,
-}
-
-impl RecordingRouter {
-    fn grant(&self, call: String, request: &MapRequest) -> Mapped {
-        self.calls.lock().expect("lock").push(call);
-        Mapped {
-            method: Method::NatPmp,
-            external_address: PUBLIC,
-            external_port: request.external_port,
-            lifetime: Duration::from_secs(u64::from(request.lifetime_seconds)),
-        }
-    }
-}
-
-impl Router for RecordingRouter {
-    type Lease = u16;
-    async fn map(&self, request: &MapRequest) -> Result<(u16, Mapped), RouterError> {
-        let mapped = self.grant(format!("map {}", request.external_port), request);
-        Ok((request.external_port, mapped))
-    }
-    async fn renew(&self, lease: &mut u16, request: &MapRequest) -> Result<Mapped, RouterError> {
-        Ok(self.grant(format!("renew {lease}"), request))
-    }
-    async fn unmap(&self, lease: u16) -> Result<(), RouterError> {
-        self.calls
-            .lock()
-            .expect("lock")
-            .push(format!("unmap {lease}"));
-        Ok(())
-    }
-}
 
 fn publisher_user() -> UserInfo {
     UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-publisher-router")
@@ -171,7 +135,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         instance: "publisher-a".into(),
         renew_at_most: None,
     };
-    let router = Arc::new(RecordingRouter::default());
+    let router = Arc::new(RecordingRouter::new(PUBLIC));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let publisher = tokio::spawn(run::run(
         env.client_as(publisher_user()),
@@ -235,7 +199,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         (published.reason == "NotPublished" && status.external.is_empty()).then_some(())
     })
     .await;
-    let calls = router.calls.lock().expect("lock").clone();
+    let calls = router.calls();
     assert!(calls.contains(&format!("map {port}")), "{calls:?}");
     assert!(calls.contains(&format!("unmap {port}")), "{calls:?}");
     let _ = stop.send(());

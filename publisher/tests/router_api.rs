@@ -3,59 +3,20 @@
 //! class opting out does, and that `--dry-run` writes nothing.
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_api::HostPortClaim;
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
-use hostport_publisher::router::client::{MapRequest, Mapped, Method, Router, RouterError};
 use hostport_publisher::router::dry_run::LoggingRouter;
+use hostport_publisher::router::recording::RecordingRouter;
 use hostport_publisher::router::run::{self, RouterOptions};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::oneshot;
-
-/// Grants everything on 203.0.113.9 and records the calls.
-#[derive(Debug, Default)]
-struct RecordingRouter {
-    calls: Mutex<Vec<String>>,
-}
-
-impl RecordingRouter {
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().expect("lock").clone()
-    }
-    fn grant(&self, call: String, request: &MapRequest) -> Mapped {
-        self.calls.lock().expect("lock").push(call);
-        Mapped {
-            method: Method::Pcp,
-            external_address: Ipv4Addr::new(203, 0, 113, 9),
-            external_port: request.external_port,
-            lifetime: Duration::from_secs(u64::from(request.lifetime_seconds)),
-        }
-    }
-}
-
-impl Router for RecordingRouter {
-    type Lease = u16;
-    async fn map(&self, request: &MapRequest) -> Result<(u16, Mapped), RouterError> {
-        let mapped = self.grant(format!("map {}", request.external_port), request);
-        Ok((request.external_port, mapped))
-    }
-    async fn renew(&self, lease: &mut u16, request: &MapRequest) -> Result<Mapped, RouterError> {
-        Ok(self.grant(format!("renew {lease}"), request))
-    }
-    async fn unmap(&self, lease: u16) -> Result<(), RouterError> {
-        self.calls
-            .lock()
-            .expect("lock")
-            .push(format!("unmap {lease}"));
-        Ok(())
-    }
-}
 
 fn options(dry_run: bool) -> RouterOptions {
     RouterOptions {
@@ -166,7 +127,7 @@ async fn the_loop_reports_repairs_an_overwritten_status_and_unmaps_when_the_clas
     .expect("API server");
     let client = server.client();
     objects(&client, 41001).await;
-    let router = Arc::new(RecordingRouter::default());
+    let router = Arc::new(RecordingRouter::new(Ipv4Addr::new(203, 0, 113, 9)));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run::run(
         client.clone(),

@@ -461,6 +461,32 @@ enum Attempt {
 }
 
 impl Attempt {
+    /// The error this failure of `method` is, for `request`.
+    fn into_error(self, method: Method, request: &MapRequest) -> RouterError {
+        let gateway = request.gateway;
+        match self {
+            Self::NoAnswer(detail) => RouterError::Unreachable {
+                gateway,
+                methods: method.to_string(),
+                detail,
+            },
+            Self::Refused(detail) => RouterError::Refused {
+                gateway,
+                method,
+                detail,
+            },
+            Self::Taken { offered } => RouterError::PortTaken {
+                gateway,
+                method,
+                protocol: request.protocol,
+                port: request.external_port,
+                offered: offered
+                    .map(|p| format!(", offered {p}"))
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
     fn from_pcp(failure: crab_nat::pcp::Failure) -> Self {
         use crab_nat::pcp::Failure as F;
         match failure {
@@ -500,24 +526,12 @@ impl Router for NetworkRouter {
                     return Ok(granted);
                 }
                 Err(Attempt::NoAnswer(detail)) => unanswered.push(detail),
-                Err(Attempt::Refused(detail)) => {
-                    return Err(RouterError::Refused {
-                        gateway: request.gateway,
-                        method,
-                        detail,
-                    });
-                }
-                Err(Attempt::Taken { offered }) => {
-                    self.remember(request.gateway, method);
-                    return Err(RouterError::PortTaken {
-                        gateway: request.gateway,
-                        method,
-                        protocol: request.protocol,
-                        port: request.external_port,
-                        offered: offered
-                            .map(|p| format!(", offered {p}"))
-                            .unwrap_or_default(),
-                    });
+                Err(failure) => {
+                    if matches!(failure, Attempt::Taken { .. }) {
+                        // It speaks this method: ask it this way first next time.
+                        self.remember(request.gateway, method);
+                    }
+                    return Err(failure.into_error(method, request));
                 }
             }
         }
@@ -598,25 +612,7 @@ impl Router for NetworkRouter {
                     lifetime: Duration::from_secs(u64::from(lifetime)),
                 })
             }
-            Err(Attempt::NoAnswer(detail)) => Err(RouterError::Unreachable {
-                gateway: request.gateway,
-                methods: method.to_string(),
-                detail,
-            }),
-            Err(Attempt::Refused(detail)) => Err(RouterError::Refused {
-                gateway: request.gateway,
-                method,
-                detail,
-            }),
-            Err(Attempt::Taken { offered }) => Err(RouterError::PortTaken {
-                gateway: request.gateway,
-                method,
-                protocol: request.protocol,
-                port: request.external_port,
-                offered: offered
-                    .map(|p| format!(", offered {p}"))
-                    .unwrap_or_default(),
-            }),
+            Err(failure) => Err(failure.into_error(method, request)),
         }
     }
 

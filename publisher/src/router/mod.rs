@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dry_run;
 pub mod gateway;
+pub mod recording;
 pub mod report;
 pub mod run;
 pub mod table;

@@ -1,65 +1,10 @@
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
 
 use hostport_api::{ExternalPortPolicy, RouterProtocol};
 
 use super::*;
+use crate::router::recording::RecordingRouter;
 use crate::router::wanted::Want;
-
-/// A router that grants what it is asked (on its public address) unless told to refuse,
-/// and records every call.
-#[derive(Debug, Default)]
-struct FakeRouter {
-    calls: Mutex<Vec<String>>,
-    refuse: Mutex<bool>,
-    lifetime: u64,
-}
-
-impl FakeRouter {
-    fn calls(&self) -> Vec<String> {
-        std::mem::take(&mut *self.calls.lock().expect("lock"))
-    }
-    fn refuse(&self, refuse: bool) {
-        *self.refuse.lock().expect("lock") = refuse;
-    }
-    fn answer(&self, call: String, request: &MapRequest) -> Result<Mapped, RouterError> {
-        self.calls.lock().expect("lock").push(call);
-        if *self.refuse.lock().expect("lock") {
-            return Err(RouterError::Refused {
-                gateway: request.gateway,
-                method: Method::NatPmp,
-                detail: "not authorized".into(),
-            });
-        }
-        Ok(Mapped {
-            method: Method::NatPmp,
-            external_address: Ipv4Addr::new(203, 0, 113, 1),
-            external_port: request.external_port,
-            lifetime: Duration::from_secs(self.lifetime),
-        })
-    }
-}
-
-impl Router for FakeRouter {
-    type Lease = u16;
-
-    async fn map(&self, request: &MapRequest) -> Result<(u16, Mapped), RouterError> {
-        let mapped = self.answer(format!("map {}", request.external_port), request)?;
-        Ok((request.external_port, mapped))
-    }
-
-    async fn renew(&self, lease: &mut u16, request: &MapRequest) -> Result<Mapped, RouterError> {
-        self.answer(format!("renew {lease}"), request)
-    }
-
-    async fn unmap(&self, lease: u16) -> Result<(), RouterError> {
-        self.calls
-            .lock()
-            .expect("lock")
-            .push(format!("unmap {lease}"));
-        Ok(())
-    }
-}
 
 fn want(claim: &str, port: u16) -> Want {
     Want {
@@ -91,11 +36,10 @@ fn wanted(wants: &[Want]) -> Wanted {
     wanted
 }
 
-fn table() -> Table<FakeRouter> {
-    Table::new(FakeRouter {
-        lifetime: 100,
-        ..FakeRouter::default()
-    })
+fn table() -> Table<RecordingRouter> {
+    Table::new(
+        RecordingRouter::new(Ipv4Addr::new(203, 0, 113, 1)).granting(Duration::from_secs(100)),
+    )
 }
 
 #[tokio::test]
@@ -105,27 +49,27 @@ async fn maps_what_is_missing_renews_at_half_the_lifetime_and_removes_what_is_go
     let both = wanted(&[want("a", 7000), want("b", 7001)]);
     let pass = table.reconcile(&both, start).await;
     assert_eq!((pass.mapped, table.held()), (2, 2));
-    assert_eq!(table.router().calls(), ["map 7000", "map 7001"]);
+    assert_eq!(table.router().take_calls(), ["map 7000", "map 7001"]);
     // Repeating the pass asks nothing.
     table
         .reconcile(&both, start + Duration::from_secs(10))
         .await;
-    assert!(table.router().calls().is_empty());
+    assert!(table.router().take_calls().is_empty());
     assert_eq!(table.next_due(), Some(start + Duration::from_secs(50)));
     let pass = table
         .reconcile(&both, start + Duration::from_secs(50))
         .await;
     assert_eq!(pass.renewed, 2);
-    assert_eq!(table.router().calls(), ["renew 7000", "renew 7001"]);
+    assert_eq!(table.router().take_calls(), ["renew 7000", "renew 7001"]);
     let pass = table
         .reconcile(&wanted(&[want("b", 7001)]), start + Duration::from_secs(51))
         .await;
     assert_eq!(pass.removed, 1);
-    assert_eq!(table.router().calls(), ["unmap 7000"]);
+    assert_eq!(table.router().take_calls(), ["unmap 7000"]);
     let reports = table.reports(&[]);
     assert_eq!(reports.len(), 1);
     assert_eq!(table.clear().await, 1);
-    assert_eq!(table.router().calls(), ["unmap 7001"]);
+    assert_eq!(table.router().take_calls(), ["unmap 7001"]);
 }
 
 #[tokio::test]
@@ -133,9 +77,9 @@ async fn a_port_given_to_another_object_is_unmapped_and_mapped_again() {
     let mut table = table();
     let now = Instant::now();
     table.reconcile(&wanted(&[want("a", 7000)]), now).await;
-    table.router().calls();
+    table.router().take_calls();
     table.reconcile(&wanted(&[want("b", 7000)]), now).await;
-    assert_eq!(table.router().calls(), ["unmap 7000", "map 7000"]);
+    assert_eq!(table.router().take_calls(), ["unmap 7000", "map 7000"]);
     let owners: Vec<Owner> = table.reports(&[]).into_keys().collect();
     assert_eq!(owners, [want("b", 7000).owner]);
 }
@@ -152,11 +96,11 @@ async fn a_refusal_is_reported_and_retried_with_a_growing_backoff() {
     assert_eq!(report.errors[0].reason(), "RouterRefused");
     // Not asked again before the backoff ends (2 s), then again after 4 s.
     table.reconcile(&one, start + Duration::from_secs(1)).await;
-    assert_eq!(table.router().calls(), ["map 7000"]);
+    assert_eq!(table.router().take_calls(), ["map 7000"]);
     table.reconcile(&one, start + Duration::from_secs(2)).await;
-    assert_eq!(table.router().calls(), ["map 7000"]);
+    assert_eq!(table.router().take_calls(), ["map 7000"]);
     table.reconcile(&one, start + Duration::from_secs(5)).await;
-    assert!(table.router().calls().is_empty());
+    assert!(table.router().take_calls().is_empty());
     table.router().refuse(false);
     let pass = table.reconcile(&one, start + Duration::from_secs(6)).await;
     assert_eq!((pass.mapped, table.failing(), table.held()), (1, 0, 1));
