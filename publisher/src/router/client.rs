@@ -334,26 +334,7 @@ impl NetworkRouter {
                 .await
                 .map_err(Attempt::from_natpmp)?
         };
-        let external_address = match mapping.mapping_type() {
-            PortMappingType::Pcp {
-                external_ip: IpAddr::V4(ip),
-                ..
-            } => ip,
-            PortMappingType::Pcp { .. } => {
-                return Err(Attempt::Refused("the router gave an IPv6 address".into()));
-            }
-            PortMappingType::NatPmp => {
-                crab_nat::natpmp::external_address(gateway, Some(self.timeouts))
-                    .await
-                    .map_err(Attempt::from_natpmp)?
-            }
-        };
-        let mapped = Mapped {
-            method,
-            external_address,
-            external_port: mapping.external_port().get(),
-            lifetime: Duration::from_secs(u64::from(mapping.lifetime())),
-        };
+        let mapped = self.granted(&mapping).await?;
         let lease = Lease::PortControl(mapping);
         if request.policy == ExternalPortPolicy::Same
             && mapped.external_port != request.external_port
@@ -368,6 +349,31 @@ impl NetworkRouter {
             });
         }
         Ok((lease, mapped))
+    }
+
+    /// What a PCP or NAT-PMP grant is: PCP answers with the public address, NAT-PMP is asked
+    /// for it (again at each renewal: the router's public address may change).
+    async fn granted(&self, mapping: &PortMapping) -> Result<Mapped, Attempt> {
+        let external_address = match mapping.mapping_type() {
+            PortMappingType::Pcp {
+                external_ip: IpAddr::V4(ip),
+                ..
+            } => ip,
+            PortMappingType::Pcp { .. } => {
+                return Err(Attempt::Refused("the router gave an IPv6 address".into()));
+            }
+            PortMappingType::NatPmp => {
+                crab_nat::natpmp::external_address(mapping.gateway(), Some(self.timeouts))
+                    .await
+                    .map_err(Attempt::from_natpmp)?
+            }
+        };
+        Ok(Mapped {
+            method: port_control_method(mapping),
+            external_address,
+            external_port: mapping.external_port().get(),
+            lifetime: Duration::from_secs(u64::from(mapping.lifetime())),
+        })
     }
 
     async fn upnp_gateway(&self, gateway: Ipv4Addr) -> Result<UpnpGateway<Tokio>, Attempt> {
@@ -547,32 +553,15 @@ impl Router for NetworkRouter {
     }
 
     async fn renew(&self, lease: &mut Lease, request: &MapRequest) -> Result<Mapped, RouterError> {
-        let (method, attempt) = match lease {
+        match lease {
             Lease::PortControl(mapping) => {
-                let method = match mapping.mapping_type() {
-                    PortMappingType::Pcp { .. } => Method::Pcp,
-                    PortMappingType::NatPmp => Method::NatPmp,
+                let method = port_control_method(mapping);
+                let renewed = match mapping.renew().await {
+                    Ok(()) => self.granted(mapping).await,
+                    Err(crab_nat::MappingFailure::Pcp(f)) => Err(Attempt::from_pcp(f)),
+                    Err(crab_nat::MappingFailure::NatPmp(f)) => Err(Attempt::from_natpmp(f)),
                 };
-                let renewed = mapping.renew().await.map_err(|failure| match failure {
-                    crab_nat::MappingFailure::Pcp(f) => Attempt::from_pcp(f),
-                    crab_nat::MappingFailure::NatPmp(f) => Attempt::from_natpmp(f),
-                });
-                // PCP answers with the public address; NAT-PMP is asked below.
-                let attempt = renewed.map(|()| {
-                    let external_address = match mapping.mapping_type() {
-                        PortMappingType::Pcp {
-                            external_ip: IpAddr::V4(ip),
-                            ..
-                        } => Some(ip),
-                        _ => None,
-                    };
-                    (
-                        mapping.external_port().get(),
-                        external_address,
-                        mapping.lifetime(),
-                    )
-                });
-                (method, attempt)
+                renewed.map_err(|failure| failure.into_error(method, request))
             }
             Lease::Upnp { external_port, .. } => {
                 let renew = MapRequest {
@@ -580,39 +569,11 @@ impl Router for NetworkRouter {
                     policy: ExternalPortPolicy::Same,
                     ..request.clone()
                 };
-                let attempt = self.upnp_map(&renew).await.map(|(_, m)| {
-                    (
-                        m.external_port,
-                        Some(m.external_address),
-                        request.lifetime_seconds,
-                    )
-                });
-                (Method::Upnp, attempt)
-            }
-        };
-        match attempt {
-            Ok((external_port, address, lifetime)) => {
-                let external_address = match address {
-                    Some(address) => address,
-                    None => crab_nat::natpmp::external_address(
-                        crab_nat::GatewayAddress::from(request.gateway),
-                        Some(self.timeouts),
-                    )
+                self.upnp_map(&renew)
                     .await
-                    .map_err(|f| RouterError::Unreachable {
-                        gateway: request.gateway,
-                        methods: method.to_string(),
-                        detail: f.to_string(),
-                    })?,
-                };
-                Ok(Mapped {
-                    method,
-                    external_address,
-                    external_port,
-                    lifetime: Duration::from_secs(u64::from(lifetime)),
-                })
+                    .map(|(_, mapped)| mapped)
+                    .map_err(|failure| failure.into_error(Method::Upnp, request))
             }
-            Err(failure) => Err(failure.into_error(method, request)),
         }
     }
 
@@ -623,10 +584,7 @@ impl Router for NetworkRouter {
                     crab_nat::GatewayAddress::IpV4(ip) => ip,
                     crab_nat::GatewayAddress::IpV6(..) => Ipv4Addr::UNSPECIFIED,
                 };
-                let method = match mapping.mapping_type() {
-                    PortMappingType::Pcp { .. } => Method::Pcp,
-                    PortMappingType::NatPmp => Method::NatPmp,
-                };
+                let method = port_control_method(&mapping);
                 mapping
                     .try_drop()
                     .await
@@ -674,6 +632,14 @@ fn stable_nonce(identity: &str) -> crab_nat::pcp::Nonce {
         })
     };
     [hash(0), hash(0x9e37_79b9), hash(0x7f4a_7c15)]
+}
+
+/// PCP or NAT-PMP, as `crab_nat` made the mapping.
+fn port_control_method(mapping: &PortMapping) -> Method {
+    match mapping.mapping_type() {
+        PortMappingType::Pcp { .. } => Method::Pcp,
+        PortMappingType::NatPmp => Method::NatPmp,
+    }
 }
 
 fn internet_protocol(protocol: Protocol) -> InternetProtocol {
