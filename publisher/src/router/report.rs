@@ -29,13 +29,14 @@ pub const REASON_PUBLISHED: &str = "Published";
 pub const REASON_NOT_PUBLISHED: &str = "NotPublished";
 
 /// Writes reports as node `node`.
-#[derive(Clone)]
 pub struct Reporter {
     client: Client,
     node: String,
     events: Publisher,
     /// Claims this process reported on, so it also reports when their mappings are gone.
-    touched: Arc<std::sync::Mutex<BTreeSet<(String, String)>>>,
+    touched: BTreeSet<(String, String)>,
+    /// Services whose ingress this process wrote, and the address it wrote (`None`: cleared).
+    services_written: BTreeMap<Owner, Option<String>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -51,8 +52,15 @@ impl std::fmt::Debug for Reporter {
 pub struct ClaimReport {
     /// Every node's entries (ours replaced).
     pub external: Vec<ExternalEndpoint>,
+    /// The claim's conditions with `Published` set.
+    pub conditions: Vec<Condition>,
+}
+
+impl ClaimReport {
     /// The `Published` condition.
-    pub condition: Condition,
+    pub fn published(&self) -> Option<&Condition> {
+        conditions::find(&self.conditions, PUBLISHED)
+    }
 }
 
 /// What node `node` wants a claim's status to say, from its current `status` and `report`
@@ -120,9 +128,9 @@ pub fn claim_report(
             "no Running pod of this claim is mapped on the router".to_owned(),
         ),
     };
-    let mut conditions_now = status.conditions.clone();
+    let mut conditions = status.conditions;
     conditions::set(
-        &mut conditions_now,
+        &mut conditions,
         Condition::new(
             PUBLISHED,
             state,
@@ -134,10 +142,9 @@ pub fn claim_report(
             ),
         ),
     );
-    let condition = conditions::find(&conditions_now, PUBLISHED)?.clone();
     Some(ClaimReport {
         external,
-        condition,
+        conditions,
     })
 }
 
@@ -148,12 +155,22 @@ impl Reporter {
             events: Publisher::new(client.clone(), "hostport-publisher".into(), instance),
             client,
             node,
-            touched: Arc::default(),
+            touched: BTreeSet::new(),
+            services_written: BTreeMap::new(),
         }
     }
 
+    /// Forgets the Services written (leadership lost: the next leader writes them).
+    pub fn forget_services(&mut self) {
+        self.services_written.clear();
+    }
+
     /// Writes what changed for every claim in `claims` (the cache) given `reports`.
-    pub async fn claims(&self, claims: &[Arc<HostPortClaim>], reports: &BTreeMap<Owner, Report>) {
+    pub async fn claims(
+        &mut self,
+        claims: &[Arc<HostPortClaim>],
+        reports: &BTreeMap<Owner, Report>,
+    ) {
         for claim in claims {
             let key = (claim.namespace().unwrap_or_default(), claim.name_any());
             let owner = Owner::Claim {
@@ -161,30 +178,29 @@ impl Reporter {
                 name: key.1.clone(),
             };
             let report = reports.get(&owner);
-            let touched = self.touched.lock().is_ok_and(|t| t.contains(&key));
+            let touched = self.touched.contains(&key);
             let Some(wanted) = claim_report(claim, &self.node, report, touched) else {
+                continue;
+            };
+            let Some(published) = wanted.published() else {
                 continue;
             };
             let status = claim.status.clone().unwrap_or_default();
             let current = conditions::find(&status.conditions, PUBLISHED);
             let same_condition = current.is_some_and(|c| {
-                c.status == wanted.condition.status
-                    && c.reason == wanted.condition.reason
-                    && c.message == wanted.condition.message
+                c.status == published.status
+                    && c.reason == published.reason
+                    && c.message == published.message
             });
             if same_condition && status.external == wanted.external {
-                if report.is_none()
-                    && let Ok(mut touched) = self.touched.lock()
-                {
-                    touched.remove(&key);
+                if report.is_none() {
+                    self.touched.remove(&key);
                 }
                 continue;
             }
-            let mut conditions_now = status.conditions.clone();
-            conditions::set(&mut conditions_now, wanted.condition.clone());
             let patch = json!({
                 "metadata": {"resourceVersion": claim.resource_version()},
-                "status": {"external": wanted.external, "conditions": conditions_now},
+                "status": {"external": wanted.external, "conditions": wanted.conditions},
             });
             let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), &key.0);
             match api
@@ -192,14 +208,10 @@ impl Reporter {
                 .await
             {
                 Ok(_) => {
-                    if let Ok(mut touched) = self.touched.lock() {
-                        touched.insert(key.clone());
-                    }
-                    let reason_changed =
-                        current.is_none_or(|c| c.reason != wanted.condition.reason);
-                    if reason_changed {
-                        let type_ = if wanted.condition.reason == REASON_PUBLISHED
-                            || wanted.condition.reason == REASON_NOT_PUBLISHED
+                    self.touched.insert(key.clone());
+                    if current.is_none_or(|c| c.reason != published.reason) {
+                        let type_ = if published.reason == REASON_PUBLISHED
+                            || published.reason == REASON_NOT_PUBLISHED
                         {
                             EventType::Normal
                         } else {
@@ -209,9 +221,9 @@ impl Reporter {
                             .publish(
                                 claim.as_ref(),
                                 type_,
-                                &wanted.condition.reason,
+                                &published.reason,
                                 "Publish",
-                                wanted.condition.message.clone(),
+                                published.message.clone(),
                             )
                             .await;
                     }
@@ -226,15 +238,10 @@ impl Reporter {
         }
     }
 
-    /// Writes `status.loadBalancer.ingress` of our Services: the router's address once every
-    /// port is mapped; empty when none is. `ours` is false when another publisher leads (we
-    /// then leave Services alone).
-    pub async fn services(
-        &self,
-        services: &[Arc<Service>],
-        reports: &BTreeMap<Owner, Report>,
-        previous: &mut BTreeMap<Owner, Option<String>>,
-    ) {
+    /// Writes `status.loadBalancer.ingress` of our Services (called by the leader only): the
+    /// router's address once every port is mapped; empty when none is, or when a Service it
+    /// wrote is no longer published.
+    pub async fn services(&mut self, services: &[Arc<Service>], reports: &BTreeMap<Owner, Report>) {
         for service in services {
             let owner = Owner::Service {
                 namespace: service.namespace().unwrap_or_default(),
@@ -245,7 +252,7 @@ impl Reporter {
                 .filter(|r| r.errors.is_empty())
                 .and_then(|r| r.endpoints.first())
                 .map(|e| e.address.to_string());
-            let known = previous.get(&owner).cloned();
+            let known = self.services_written.get(&owner).cloned();
             let current = service
                 .status
                 .as_ref()
@@ -278,9 +285,9 @@ impl Reporter {
             {
                 Ok(_) => {
                     if report.is_none() {
-                        previous.remove(&owner);
+                        self.services_written.remove(&owner);
                     } else {
-                        previous.insert(owner.clone(), address.clone());
+                        self.services_written.insert(owner.clone(), address.clone());
                     }
                     if let Some(error) = report.and_then(|r| r.errors.first()) {
                         self.events

@@ -28,8 +28,8 @@ use crate::desired::Inputs;
 use crate::metrics::Metrics;
 use crate::router::client::Router;
 use crate::router::report::Reporter;
-use crate::router::table::{Pass, Table};
-use crate::router::wanted::{self, Owner, ServiceSettings, ThisNode, Wanted};
+use crate::router::table::Table;
+use crate::router::wanted::{self, ServiceSettings, ThisNode, Wanted};
 use crate::runner::claim_caches;
 
 /// Longest sleep between passes when nothing is due (repairs what a lost event missed).
@@ -90,10 +90,6 @@ fn strip_namespace(namespace: &mut Namespace) {
     namespace.spec = None;
 }
 
-fn strip_service(service: &mut Service) {
-    strip_metadata(service);
-}
-
 async fn start(
     client: &Client,
     options: &RouterOptions,
@@ -105,7 +101,7 @@ async fn start(
         let (services, task) = watched_cache(
             Api::all(client.clone()),
             watcher::Config::default(),
-            strip_service,
+            strip_metadata::<Service>,
             changes.clone(),
         );
         tasks.push(tokio::spawn(task));
@@ -168,12 +164,12 @@ fn wanted_services(caches: &Caches, options: &RouterOptions) -> Wanted {
     else {
         return Wanted::default();
     };
+    // An empty selector allows nothing: Services are published only where an admin said.
+    let selector = &publishing.namespaces;
+    if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
+        return Wanted::default();
+    }
     let allowed = |name: &str| {
-        // An empty selector allows nothing: Services are published only where an admin said.
-        let selector = &publishing.namespaces;
-        if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
-            return false;
-        }
         namespaces
             .get(&kube::runtime::reflector::ObjectRef::new(name))
             .is_some_and(|ns| {
@@ -208,10 +204,6 @@ fn elect(
     (lock, task)
 }
 
-fn record(metrics: &Metrics, kind: &str, pass: Pass) {
-    metrics.router_pass(kind, pass);
-}
-
 /// Runs until `shutdown` completes.
 pub async fn run<R: Router + Clone>(
     client: Client,
@@ -235,21 +227,20 @@ pub async fn run<R: Router + Clone>(
         None => None,
     };
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
-    let reporter = Reporter::new(
+    let mut reporter = Reporter::new(
         client.clone(),
         options.node.clone(),
         options.instance.clone(),
     );
     let mut claims_table = Table::new(router.clone()).renewing_at_most(options.renew_at_most);
     let mut services_table = Table::new(router).renewing_at_most(options.renew_at_most);
-    let mut services_reported: BTreeMap<Owner, Option<String>> = BTreeMap::new();
     tracing::info!(node = %options.node, address = %options.node_address, gateway = ?options.default_gateway, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
     loop {
         changed.borrow_and_update();
         let now = std::time::Instant::now();
         let wanted = wanted_claims(&caches, &options);
         let pass = claims_table.reconcile(&wanted, now).await;
-        record(&options.metrics, "claim", pass);
+        options.metrics.router_pass("claim", pass);
         let reports = claims_table.reports(&wanted.problems);
         if !options.dry_run {
             reporter.claims(&caches.claims.state(), &reports).await;
@@ -258,17 +249,15 @@ pub async fn run<R: Router + Clone>(
         if is_leading {
             let wanted = wanted_services(&caches, &options);
             let pass = services_table.reconcile(&wanted, now).await;
-            record(&options.metrics, "service", pass);
+            options.metrics.router_pass("service", pass);
             if let (Some((services, _)), false) = (&caches.services, options.dry_run) {
                 let reports = services_table.reports(&wanted.problems);
-                reporter
-                    .services(&services.state(), &reports, &mut services_reported)
-                    .await;
+                reporter.services(&services.state(), &reports).await;
             }
         } else if services_table.held() > 0 {
             let removed = services_table.clear().await;
             tracing::info!(removed, "not leading: removed the Services' mappings");
-            services_reported.clear();
+            reporter.forget_services();
         }
         options.metrics.router_mappings(
             claims_table.held() + services_table.held(),

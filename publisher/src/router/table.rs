@@ -155,7 +155,7 @@ impl<R: Router> Table<R> {
                 match self.router.renew(&mut held.lease, &want.request).await {
                     Ok(mapped) => {
                         pass.renewed += 1;
-                        grant(held, mapped, now, self.renew_at_most);
+                        held.granted(mapped, now, self.renew_at_most);
                     }
                     Err(error) => {
                         pass.renew_failures += 1;
@@ -179,17 +179,20 @@ impl<R: Router> Table<R> {
                     pass.mapped += 1;
                     tracing::info!(owner = %want.owner, protocol = %want.request.protocol, external = %format!("{}:{}", mapped.external_address, mapped.external_port), internal = %format!("{}:{}", want.request.client, want.request.internal_port), method = %mapped.method, "mapped on the router");
                     self.failing.remove(key);
-                    let mut held = Held {
-                        owner: want.owner.clone(),
-                        request: want.request.clone(),
-                        lease,
-                        mapped: mapped.clone(),
-                        renew_at: now,
-                        expires_at: now,
-                        expires_wall: Timestamp::now(),
-                    };
-                    grant(&mut held, mapped, now, self.renew_at_most);
-                    self.held.insert(*key, held);
+                    let (renew_at, expires_at, expires_wall) =
+                        schedule(&mapped, now, self.renew_at_most);
+                    self.held.insert(
+                        *key,
+                        Held {
+                            owner: want.owner.clone(),
+                            request: want.request.clone(),
+                            lease,
+                            mapped,
+                            renew_at,
+                            expires_at,
+                            expires_wall,
+                        },
+                    );
                 }
                 Err(error) => {
                     pass.failed += 1;
@@ -289,17 +292,28 @@ impl<R: Router> Table<R> {
     }
 }
 
-/// Records a grant: renewed at half its lifetime (RFC 6886 §3.3), as routers expect, or
-/// sooner when `at_most` says so.
-fn grant<L>(held: &mut Held<L>, mapped: Mapped, now: Instant, at_most: Option<Duration>) {
+/// When a grant is renewed and when it ends: renewed at half its lifetime (RFC 6886 §3.3),
+/// as routers expect, or sooner when `at_most` says so.
+fn schedule(
+    mapped: &Mapped,
+    now: Instant,
+    at_most: Option<Duration>,
+) -> (Instant, Instant, Timestamp) {
     let half = mapped.lifetime / 2;
-    held.renew_at = now + at_most.map_or(half, |cap| half.min(cap));
-    held.expires_at = now + mapped.lifetime;
+    let renew_at = now + at_most.map_or(half, |cap| half.min(cap));
     let lifetime = SignedDuration::try_from(mapped.lifetime).unwrap_or(SignedDuration::ZERO);
-    held.expires_wall = Timestamp::now()
+    let expires_wall = Timestamp::now()
         .checked_add(lifetime)
         .unwrap_or_else(|_| Timestamp::now());
-    held.mapped = mapped;
+    (renew_at, now + mapped.lifetime, expires_wall)
+}
+
+impl<L> Held<L> {
+    /// Records a renewal.
+    fn granted(&mut self, mapped: Mapped, now: Instant, at_most: Option<Duration>) {
+        (self.renew_at, self.expires_at, self.expires_wall) = schedule(&mapped, now, at_most);
+        self.mapped = mapped;
+    }
 }
 
 #[cfg(test)]
