@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use hostport_api::cache::{strip_claim, strip_metadata};
 use hostport_api::{HostPortClaim, HostPortClass};
-use hostport_process::watched_cache;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
 use kube::api::Api;
@@ -130,6 +129,30 @@ fn wanted(caches: &Caches, mode: &Mode) -> Wanted {
     }
 }
 
+/// A watch-fed cache of the `K`s `config` selects (stored `strip`ped; `changes` bumped after
+/// each event), its feeding task pushed on `tasks`.
+pub(crate) fn spawn_cache<K>(
+    client: &Client,
+    config: watcher::Config,
+    strip: fn(&mut K),
+    changes: &watch::Sender<u64>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, feed) =
+        hostport_process::watched_cache(Api::all(client.clone()), config, strip, changes.clone());
+    tasks.push(tokio::spawn(feed));
+    store
+}
+
 /// The caches every mode reads: classes, claims, and pods (only node `node`'s when set),
 /// each fed by a watch whose task is pushed on `tasks`.
 pub(crate) fn claim_caches(
@@ -138,32 +161,26 @@ pub(crate) fn claim_caches(
     changes: &watch::Sender<u64>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> (Store<HostPortClass>, Store<HostPortClaim>, Store<Pod>) {
-    let (classes, task) = watched_cache(
-        Api::all(client.clone()),
+    let classes = spawn_cache(
+        client,
         watcher::Config::default(),
         strip_metadata::<HostPortClass>,
-        changes.clone(),
+        changes,
+        tasks,
     );
-    tasks.push(tokio::spawn(task));
     // Claims keep their status: router mode rewrites only its own part of it.
-    let (claims, task) = watched_cache(
-        Api::all(client.clone()),
+    let claims = spawn_cache(
+        client,
         watcher::Config::default(),
         strip_claim,
-        changes.clone(),
+        changes,
+        tasks,
     );
-    tasks.push(tokio::spawn(task));
     let pod_config = match node {
         Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         None => watcher::Config::default(),
     };
-    let (pods, task) = watched_cache(
-        Api::all(client.clone()),
-        pod_config,
-        strip_pod,
-        changes.clone(),
-    );
-    tasks.push(tokio::spawn(task));
+    let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
     (classes, claims, pods)
 }
 
@@ -183,22 +200,20 @@ async fn start(
     if let Mode::Edge { service_namespaces } = mode
         && !service_namespaces.is_empty()
     {
-        let (store, task) = watched_cache(
-            Api::all(client.clone()),
+        services = Some(spawn_cache(
+            client,
             watcher::Config::default(),
             strip_service,
-            changes.clone(),
-        );
-        tasks.push(tokio::spawn(task));
-        services = Some(store);
-        let (store, task) = watched_cache(
-            Api::all(client.clone()),
+            changes,
+            &mut tasks,
+        ));
+        nodes = Some(spawn_cache(
+            client,
             watcher::Config::default(),
             strip_node,
-            changes.clone(),
-        );
-        tasks.push(tokio::spawn(task));
-        nodes = Some(store);
+            changes,
+            &mut tasks,
+        ));
     }
     let caches = Caches {
         classes,

@@ -15,10 +15,8 @@ use hostport_api::cache::strip_metadata;
 use hostport_api::selector::LabelSelector;
 use hostport_api::{HostPortClaim, HostPortClass};
 use hostport_process::leader::{LeaseConfig, LeaseLock};
-use hostport_process::watched_cache;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::Client;
-use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
@@ -30,7 +28,7 @@ use crate::router::client::Router;
 use crate::router::report::Reporter;
 use crate::router::table::Table;
 use crate::router::wanted::{self, ServiceSettings, ThisNode, Wanted};
-use crate::runner::claim_caches;
+use crate::runner::{claim_caches, spawn_cache};
 
 /// Longest sleep between passes when nothing is due (repairs what a lost event missed).
 const IDLE_PASS: Duration = Duration::from_secs(30);
@@ -98,20 +96,20 @@ async fn start(
     let mut tasks = vec![];
     let (classes, claims, pods) = claim_caches(client, Some(&options.node), changes, &mut tasks);
     let services = if options.services.is_some() {
-        let (services, task) = watched_cache(
-            Api::all(client.clone()),
+        let services = spawn_cache(
+            client,
             watcher::Config::default(),
             strip_metadata::<Service>,
-            changes.clone(),
+            changes,
+            &mut tasks,
         );
-        tasks.push(tokio::spawn(task));
-        let (namespaces, task) = watched_cache(
-            Api::all(client.clone()),
+        let namespaces = spawn_cache(
+            client,
             watcher::Config::default(),
             strip_namespace,
-            changes.clone(),
+            changes,
+            &mut tasks,
         );
-        tasks.push(tokio::spawn(task));
         Some((services, namespaces))
     } else {
         None
