@@ -10,17 +10,20 @@
 //! cargo bench -p publisher --bench router
 //! ```
 
+#[path = "../tests/api/mod.rs"]
+mod api;
+#[path = "../tests/netns/mod.rs"]
+mod netns;
 #[path = "../tests/router_lab/mod.rs"]
 mod router_lab;
 
 use std::time::{Duration, Instant};
 
-use hostport_api::{ExternalPortPolicy, HostPortClaim, RouterProtocol};
+use hostport_api::{ExternalPortPolicy, RouterProtocol};
 use hostport_publisher::forward::Protocol;
 use hostport_publisher::router::client::{MapRequest, NetworkRouter, Router};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube_testserver::{TestApiServer, UserInfo};
 use router_lab::Lab;
 use serde_json::json;
 
@@ -83,27 +86,9 @@ async fn requests_per_second(method: RouterProtocol) {
 }
 
 async fn running_to_mapped(lab: &mut Lab, method: &str, first_port: u16) {
-    let server = TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
-    let port: u16 = server
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("port");
-    lab.bridge_api(0, port);
-    let kubeconfig = std::env::temp_dir().join(format!("{}-{method}.kubeconfig", lab.router));
-    let yaml = serde_saphyr::to_string(&server.kubeconfig(UserInfo::service_account(
-        "hostport-system",
-        "hostport-publisher-router",
-    )))
-    .expect("kubeconfig");
-    std::fs::write(&kubeconfig, yaml).expect("kubeconfig");
+    let kubeconfig = lab.connect(&server);
     let class: hostport_api::HostPortClass = serde_json::from_value(json!({
         "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
         "metadata": {"name": method},
@@ -116,30 +101,12 @@ async fn running_to_mapped(lab: &mut Lab, method: &str, first_port: u16) {
         .await
         .expect("class");
     let publisher = lab.publisher(0, &kubeconfig, &[]);
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut took = vec![];
     for i in 0..PODS {
         let port = first_port + i;
         let name = format!("{method}-{i}");
-        let claim: HostPortClaim = serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": name},
-            "spec": {"hostPortClassName": method, "hostPortName": format!("port-{port}")}
-        }))
-        .expect("claim");
-        claims
-            .create(&PostParams::default(), &claim)
-            .await
-            .expect("claim");
-        claims
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
-            )
-            .await
-            .expect("bound");
+        api::bound_claim(&client, &name, method, port).await;
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/game": name}},
             "spec": {"nodeName": "node-0", "containers": [{"name": "game", "image": "game", "ports": [

@@ -2,16 +2,16 @@
 //! namespaces, see `router_lab`) and the in-process API server: assertions are on the
 //! router's own view (its lease list and nft DNAT rules) and on the objects' status.
 
+mod api;
+mod netns;
 mod router_lab;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use hostport_api::HostPortClaim;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube_testserver::{TestApiServer, UserInfo};
 use router_lab::{GATEWAY, Lab, PUBLIC, eventually};
 use serde_json::json;
 
@@ -25,36 +25,6 @@ macro_rules! lab_or_skip {
         }
         Lab::new($nodes)
     }};
-}
-
-async fn server() -> TestApiServer {
-    TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server")
-}
-
-/// The server reachable from every node of `lab`, and a kubeconfig file for it.
-fn connect(server: &TestApiServer, lab: &mut Lab) -> PathBuf {
-    let port: u16 = server
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("port in the URL");
-    for i in 0..lab.nodes.len() {
-        lab.bridge_api(i, port);
-    }
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", lab.router));
-    let yaml = serde_saphyr::to_string(&server.kubeconfig(UserInfo::service_account(
-        "hostport-system",
-        "hostport-publisher",
-    )))
-    .expect("kubeconfig");
-    std::fs::write(&path, yaml).expect("kubeconfig");
-    path
 }
 
 async fn apply<K>(api: &Api<K>, object: serde_json::Value) -> K
@@ -78,28 +48,6 @@ async fn class(client: &Client, name: &str, (start, end): (u16, u16), router: se
         }),
     )
     .await;
-}
-
-/// Claim `name` of `class` in `default`, Bound to `port` (as the controller leaves it).
-async fn bound_claim(client: &Client, name: &str, class: &str, port: u16) {
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    apply(
-        &claims,
-        json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": name},
-            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")}
-        }),
-    )
-    .await;
-    claims
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Bound", "port": port}})),
-        )
-        .await
-        .expect("bound");
 }
 
 /// Pod `pod` using claim `claim` for its port `game` (`protocols`, host port `port`),
@@ -182,9 +130,9 @@ fn expiry(lease: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn natpmp_mapping_is_created_renewed_moved_with_the_pod_and_removed() {
     let mut lab = lab_or_skip!(2);
-    let server = server().await;
+    let server = api::server().await;
     let client = server.client();
-    let kubeconfig = connect(&server, &mut lab);
+    let kubeconfig = lab.connect(&server);
     class(
         &client,
         "home",
@@ -192,7 +140,7 @@ async fn natpmp_mapping_is_created_renewed_moved_with_the_pod_and_removed() {
         json!({"protocol": "natpmp", "lifetimeSeconds": 600}),
     )
     .await;
-    bound_claim(&client, "game", "home", 40005).await;
+    api::bound_claim(&client, "game", "home", 40005).await;
     let renew = ["--max-renew-interval-seconds=2", "--deny-ports=22"];
     let node0 = lab.publisher(0, &kubeconfig, &renew);
     let node1 = lab.publisher(1, &kubeconfig, &renew);
@@ -288,9 +236,9 @@ async fn natpmp_mapping_is_created_renewed_moved_with_the_pod_and_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pcp_and_upnp_map_and_a_stopped_publisher_removes_its_mappings_unless_told_to_keep() {
     let mut lab = lab_or_skip!(1);
-    let server = server().await;
+    let server = api::server().await;
     let client = server.client();
-    let kubeconfig = connect(&server, &mut lab);
+    let kubeconfig = lab.connect(&server);
     class(&client, "pcp", (40200, 40210), json!({"protocol": "pcp"})).await;
     class(
         &client,
@@ -299,8 +247,8 @@ async fn pcp_and_upnp_map_and_a_stopped_publisher_removes_its_mappings_unless_to
         json!({"protocol": "upnp", "gateway": GATEWAY.to_string()}),
     )
     .await;
-    bound_claim(&client, "pcp-game", "pcp", 40201).await;
-    bound_claim(&client, "upnp-game", "upnp", 40301).await;
+    api::bound_claim(&client, "pcp-game", "pcp", 40201).await;
+    api::bound_claim(&client, "upnp-game", "upnp", 40301).await;
     running_pod(&client, "pcp-game", "pcp-game", 40201, &["UDP"], 0).await;
     running_pod(&client, "upnp-game", "upnp-game", 40301, &["TCP"], 0).await;
 
@@ -355,9 +303,9 @@ async fn pcp_and_upnp_map_and_a_stopped_publisher_removes_its_mappings_unless_to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_taken_on_the_router_is_reported_or_another_is_taken_with_external_port_any() {
     let mut lab = lab_or_skip!(2);
-    let server = server().await;
+    let server = api::server().await;
     let client = server.client();
-    let kubeconfig = connect(&server, &mut lab);
+    let kubeconfig = lab.connect(&server);
     // Another host (node 1's address, no publisher there) holds 40401 and 40501 on the router.
     for port in ["40401", "40501"] {
         let out = std::process::Command::new("ip")
@@ -394,9 +342,9 @@ async fn a_port_taken_on_the_router_is_reported_or_another_is_taken_with_externa
         json!({"protocol": "natpmp"}),
     )
     .await;
-    bound_claim(&client, "same", "same", 40401).await;
-    bound_claim(&client, "any", "any", 40501).await;
-    bound_claim(&client, "denied", "denied", 40601).await;
+    api::bound_claim(&client, "same", "same", 40401).await;
+    api::bound_claim(&client, "any", "any", 40501).await;
+    api::bound_claim(&client, "denied", "denied", 40601).await;
     running_pod(&client, "same", "same", 40401, &["TCP"], 0).await;
     running_pod(&client, "any", "any", 40501, &["TCP"], 0).await;
     running_pod(&client, "denied", "denied", 40601, &["TCP"], 0).await;
@@ -449,9 +397,9 @@ async fn a_port_taken_on_the_router_is_reported_or_another_is_taken_with_externa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancer_services_of_allowed_namespaces_get_the_router_address() {
     let mut lab = lab_or_skip!(1);
-    let server = server().await;
+    let server = api::server().await;
     let client = server.client();
-    let kubeconfig = connect(&server, &mut lab);
+    let kubeconfig = lab.connect(&server);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for (name, labels) in [
         ("hostport-system", json!({})),

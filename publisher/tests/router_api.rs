@@ -2,6 +2,8 @@
 //! router: what it writes on claims, how it repairs a status someone else overwrote, what a
 //! class opting out does, and that `--dry-run` writes nothing.
 
+mod api;
+
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,12 +121,7 @@ fn published_reason(status: &hostport_api::HostPortClaimStatus) -> Option<String
 
 #[tokio::test]
 async fn the_loop_reports_repairs_an_overwritten_status_and_unmaps_when_the_class_opts_out() {
-    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
     objects(&client, 41001).await;
     let router = Arc::new(RecordingRouter::new(Ipv4Addr::new(203, 0, 113, 9)));
@@ -188,12 +185,7 @@ async fn the_loop_reports_repairs_an_overwritten_status_and_unmaps_when_the_clas
 
 #[tokio::test]
 async fn dry_run_writes_nothing() {
-    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
-        crds_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds").into()),
-        ..Default::default()
-    })
-    .await
-    .expect("API server");
+    let server = api::server().await;
     let client = server.client();
     objects(&client, 41002).await;
     let options = options(true);

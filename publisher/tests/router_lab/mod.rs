@@ -43,22 +43,7 @@ pub fn unavailable() -> Option<String> {
             ));
         }
     }
-    let probe = format!(
-        "hplab-probe-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    match Command::new("ip").args(["netns", "add", &probe]).output() {
-        Ok(out) if out.status.success() => {
-            let _ = Command::new("ip").args(["netns", "del", &probe]).status();
-            None
-        }
-        Ok(out) => Some(format!(
-            "network namespaces cannot be created here (`ip netns add`: {}); skipping",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(error) => Some(format!("`ip` is not available ({error}); skipping")),
-    }
+    crate::netns::unavailable()
 }
 
 fn run(args: &[&str]) {
@@ -396,6 +381,28 @@ impl Lab {
             .expect("socat");
         self.children.push(inside);
         std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Makes `server` reachable from every node and writes a kubeconfig for it (as the router
+    /// publisher's ServiceAccount); returns its path.
+    pub fn connect(&mut self, server: &kube_testserver::TestApiServer) -> PathBuf {
+        let port: u16 = server
+            .url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse().ok())
+            .expect("port in the URL");
+        for i in 0..self.nodes.len() {
+            self.bridge_api(i, port);
+        }
+        let path = self.dir.join(format!("api-{port}.kubeconfig"));
+        let user = kube_testserver::UserInfo::service_account(
+            "hostport-system",
+            "hostport-publisher-router",
+        );
+        let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("kubeconfig");
+        std::fs::write(&path, yaml).expect("kubeconfig");
+        path
     }
 
     /// Starts `hostport-publisher --mode router` in node `i`'s namespace with `kubeconfig`
