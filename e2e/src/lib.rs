@@ -8,6 +8,7 @@ pub mod controllers;
 pub mod harness;
 pub mod local;
 pub mod measure;
+pub mod rbac;
 pub mod samples;
 pub mod webhooks;
 pub mod workloads;

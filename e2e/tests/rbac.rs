@@ -3,76 +3,16 @@
 //! must be allowed by its ServiceAccount's rules. (On a real cluster the same is proven by
 //! impersonation: see the README, "RBAC on a real cluster".)
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use hostport_controller::{LeaseConfig, RunOptions};
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE, controller_user};
+use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_e2e::workloads::{PodName, pod_from_template};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
 use serde_json::{Value, json};
-
-/// API group of a resource plural as the counters name it.
-fn group_of(resource: &str) -> &'static str {
-    match resource.split('/').next().unwrap_or_default() {
-        "hostportclaims" | "hostports" | "hostportclasses" => "hostport.rmb938.com",
-        "leases" => "coordination.k8s.io",
-        "statefulsets" => "apps",
-        "events" => "events.k8s.io",
-        "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" => {
-            "admissionregistration.k8s.io"
-        }
-        _ => "",
-    }
-}
-
-/// The rules bound to a ServiceAccount in the rendered config/rbac.
-fn rules_of(objects: &[Value], service_account: &str) -> Vec<Value> {
-    let bound_roles: BTreeSet<(String, String)> = objects
-        .iter()
-        .filter(|o| o["kind"] == "ClusterRoleBinding" || o["kind"] == "RoleBinding")
-        .filter(|o| {
-            o["subjects"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["name"] == service_account)
-        })
-        .map(|o| {
-            (
-                o["roleRef"]["kind"].as_str().unwrap_or_default().to_owned(),
-                o["roleRef"]["name"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    objects
-        .iter()
-        .filter(|o| {
-            bound_roles.contains(&(
-                o["kind"].as_str().unwrap_or_default().to_owned(),
-                o["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ))
-        })
-        .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
-        .collect()
-}
-
-fn allowed(rules: &[Value], verb: &str, resource: &str) -> bool {
-    let has = |list: &Value, item: &str| {
-        list.as_array()
-            .is_some_and(|a| a.iter().any(|v| v == item || v == "*"))
-    };
-    rules.iter().any(|r| {
-        has(&r["verbs"], verb)
-            && has(&r["resources"], resource)
-            && has(&r["apiGroups"], group_of(resource))
-    })
-}
 
 #[tokio::test]
 async fn rbac_covers_every_call_of_each_binary() {
@@ -254,17 +194,8 @@ async fn rbac_covers_every_call_of_each_binary() {
     ] {
         let rules = rules_of(&objects, service_account);
         assert!(!rules.is_empty(), "no rules bound to {service_account}");
-        let used: BTreeSet<(String, String)> = server
-            .counts()
-            .into_keys()
-            .filter(|(u, _, _)| *u == user.username)
-            .map(|(_, verb, resource)| (verb.as_str().to_owned(), resource))
-            .collect();
+        let (used, missing) = calls_of(server, &user, &rules);
         assert!(!used.is_empty(), "{service_account} made no calls");
-        let missing: Vec<_> = used
-            .iter()
-            .filter(|(verb, resource)| !allowed(&rules, verb, resource))
-            .collect();
         assert!(
             missing.is_empty(),
             "config/rbac does not let {service_account} make these calls: {missing:?}"

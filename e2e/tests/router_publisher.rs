@@ -5,12 +5,12 @@
 //! `config/publisher/router/rbac.yaml` applied; in-process, every call it makes is checked
 //! against those rules.
 
-use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
+use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
 use hostport_publisher::router::recording::RecordingRouter;
@@ -25,22 +25,6 @@ const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 
 fn publisher_user() -> UserInfo {
     UserInfo::service_account(SYSTEM_NAMESPACE, "hostport-publisher-router")
-}
-
-fn allowed(rules: &[Value], verb: &str, resource: &str) -> bool {
-    let group = match resource.split('/').next().unwrap_or_default() {
-        "hostportclaims" | "hostportclasses" => "hostport.rmb938.com",
-        "leases" => "coordination.k8s.io",
-        "events" => "events.k8s.io",
-        _ => "",
-    };
-    let has = |list: &Value, item: &str| {
-        list.as_array()
-            .is_some_and(|a| a.iter().any(|v| v == item || v == "*"))
-    };
-    rules.iter().any(|r| {
-        has(&r["verbs"], verb) && has(&r["resources"], resource) && has(&r["apiGroups"], group)
-    })
 }
 
 #[tokio::test]
@@ -213,21 +197,8 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         ))
         .expect("rbac.yaml");
         let objects: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("yaml");
-        let rules: Vec<Value> = objects
-            .iter()
-            .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
-            .flat_map(|o| o["rules"].as_array().cloned().unwrap_or_default())
-            .collect();
-        let used: BTreeSet<(String, String)> = server
-            .counts()
-            .into_keys()
-            .filter(|(u, _, _)| *u == publisher_user().username)
-            .map(|(_, verb, resource)| (verb.as_str().to_owned(), resource))
-            .collect();
-        let missing: Vec<_> = used
-            .iter()
-            .filter(|(verb, resource)| !allowed(&rules, verb, resource))
-            .collect();
+        let rules = rules_of(&objects, "hostport-publisher-router");
+        let (used, missing) = calls_of(server, &publisher_user(), &rules);
         assert!(
             missing.is_empty(),
             "config/publisher/router/rbac.yaml does not allow {missing:?}"
