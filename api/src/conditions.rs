@@ -16,6 +16,9 @@ pub mod types {
     /// HostPortClass: a pool shares ports with a pool of another class (information only:
     /// a port is still handed out once whatever its class).
     pub const POOLS_OVERLAP_OTHER_CLASS: &str = "PoolsOverlapOtherClass";
+    /// HostPortClaim: the port is mapped on the router (written by the router publisher,
+    /// the only condition it writes).
+    pub const PUBLISHED: &str = "Published";
 }
 
 /// Condition reasons this project writes (PascalCase, a fixed set: they are also Event reasons).

@@ -223,9 +223,6 @@ pub async fn main() -> anyhow::Result<()> {
             "--external-interface {interface:?} is not an interface name (1-15 characters, no '/', spaces or quotes)"
         );
     }
-    if args.mode == ModeArg::Router {
-        return router_main(args, deny).await;
-    }
     let mode = match args.mode {
         ModeArg::Edge => Mode::Edge {
             service_namespaces: args.service_namespaces.clone(),
@@ -236,7 +233,7 @@ pub async fn main() -> anyhow::Result<()> {
                 .clone()
                 .context("--mode node needs --node-name (or NODE_NAME from the downward API)")?,
         },
-        ModeArg::Router => unreachable!("handled above"),
+        ModeArg::Router => return router_main(args, deny).await,
     };
     let executor = match &args.ssh {
         Some(destination) => Executor::Ssh {

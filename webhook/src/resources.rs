@@ -53,7 +53,9 @@ fn not_allocator(what: String, who: &str) -> Verdict {
 fn without_publisher_part(claim: &HostPortClaim) -> Option<hostport_api::HostPortClaimStatus> {
     let mut status = claim.status.clone()?;
     status.external.clear();
-    status.conditions.retain(|c| c.type_ != "Published");
+    status
+        .conditions
+        .retain(|c| c.type_ != hostport_api::conditions::types::PUBLISHED);
     Some(status)
 }
 

@@ -22,7 +22,7 @@ use crate::router::table::Report;
 use crate::router::wanted::Owner;
 
 /// Condition type on claims.
-pub const PUBLISHED: &str = "Published";
+pub use hostport_api::conditions::types::PUBLISHED;
 /// Reason: mapped on the router.
 pub const REASON_PUBLISHED: &str = "Published";
 /// Reason: nothing maps it (no Running pod of the claim on a publishing node).
