@@ -59,10 +59,40 @@ fn bad_flags_say_what_to_fix() {
             ],
             "",
         ),
+        (
+            vec!["--mode", "router"],
+            "--mode router needs --node-name (or NODE_NAME",
+        ),
+        (
+            vec!["--mode", "router", "--node-name", "n1"],
+            "--mode router needs --node-ip (or NODE_IP",
+        ),
+        (
+            vec![
+                "--mode",
+                "router",
+                "--node-name",
+                "n1",
+                "--node-ip",
+                "192.0.2.2",
+                "--service-namespace-selector",
+                "games",
+            ],
+            "\"games\" is not key=value (e.g. hostport.rmb938.com/publish=true)",
+        ),
+        (
+            vec!["--mode", "router", "--service-lifetime-seconds", "60"],
+            "60 is not in 120..=86400",
+        ),
+        (
+            vec!["--mode", "router", "--node-ip", "198.51.100.300"],
+            "invalid value '198.51.100.300' for '--node-ip",
+        ),
     ] {
         let out = Command::new(BINARY)
             .args(&args)
             .env_remove("NODE_NAME")
+            .env_remove("NODE_IP")
             .output()
             .expect("runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

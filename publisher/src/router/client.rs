@@ -693,6 +693,23 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_router_that_does_not_answer_is_reported_with_every_method_tried() {
+        // Nothing listens on 127.0.0.1:5351 or :1900: no answer to any method.
+        let router = NetworkRouter::new(Duration::from_millis(20), 0);
+        let mut request = request(RouterProtocol::Auto);
+        request.gateway = Ipv4Addr::LOCALHOST;
+        request.client = Ipv4Addr::LOCALHOST;
+        let error = router.map(&request).await.expect_err("no router");
+        assert_eq!(error.reason(), "RouterUnreachable");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("router 127.0.0.1 did not answer PCP, NAT-PMP, UPnP: "),
+            "{text}"
+        );
+        assert!(text.contains("SSDP search"), "{text}");
+    }
+
     #[test]
     fn the_pcp_nonce_is_stable_per_identity() {
         assert_eq!(stable_nonce("node-a"), stable_nonce("node-a"));
