@@ -1,12 +1,83 @@
-//! What both binaries drop before an object enters a watch cache, so their memory grows with
+//! What the binaries drop before an object enters a watch cache, so their memory grows with
 //! the number of objects, never with their size (a tenant's 200 KB of annotations on every
-//! claim must not reach either cache).
+//! claim, or a 1.4 MB pod, must not reach a cache).
 
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
+use crate::annotations::CLAIM_PREFIX;
 use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
 use crate::{HostPort, HostPortClaim};
+
+/// Claim annotations kept per cached pod (a pod cannot use more: it has fewer named ports).
+pub const MAX_CLAIM_ANNOTATIONS: usize = 64;
+
+/// Container ports kept per cached pod. Real pods declare a handful; the cap bounds what a
+/// hostile pod with thousands of ports costs (ports with a `hostPort` are kept first).
+pub const MAX_POD_PORTS: usize = 256;
+
+/// A pod as caches keep it: name, namespace, UID, deletion timestamp, claim annotations
+/// (at most [`MAX_CLAIM_ANNOTATIONS`]), node, `hostNetwork`, each container's name, restart
+/// policy and ports (at most [`MAX_POD_PORTS`] in all), phase and addresses. What decides a
+/// release, a port in use outside the books and a forward; nothing a tenant can grow.
+pub fn strip_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    let mut annotations = meta.annotations.take().unwrap_or_default();
+    annotations.retain(|key, _| key.starts_with(CLAIM_PREFIX));
+    if let Some(first_dropped) = annotations.keys().nth(MAX_CLAIM_ANNOTATIONS).cloned() {
+        annotations.split_off(&first_dropped);
+    }
+    strip_metadata(pod);
+    pod.metadata.finalizers = None;
+    pod.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
+    pod.spec = pod.spec.take().map(|spec| {
+        let mut containers: Vec<Container> = spec.containers;
+        let mut init_containers: Vec<Container> = spec.init_containers.unwrap_or_default();
+        // Host ports first, so the cap never hides a declared host port behind plain ones.
+        let mut budget = MAX_POD_PORTS;
+        let mut kept: Vec<Vec<_>> = vec![];
+        for with_host_port in [true, false] {
+            for (i, c) in containers.iter().chain(&init_containers).enumerate() {
+                if kept.len() <= i {
+                    kept.push(vec![]);
+                }
+                let ports = c.ports.iter().flatten();
+                let chosen: Vec<_> = ports
+                    .filter(|p| p.host_port.is_some_and(|h| h != 0) == with_host_port)
+                    .take(budget)
+                    .cloned()
+                    .collect();
+                budget -= chosen.len();
+                kept[i].extend(chosen);
+            }
+        }
+        let mut kept = kept.into_iter();
+        let mut slim = |c: &mut Container| {
+            *c = Container {
+                name: std::mem::take(&mut c.name),
+                restart_policy: c.restart_policy.take(),
+                ports: kept.next().filter(|p| !p.is_empty()),
+                ..Container::default()
+            };
+        };
+        containers.iter_mut().for_each(&mut slim);
+        init_containers.iter_mut().for_each(&mut slim);
+        PodSpec {
+            containers,
+            init_containers: Some(init_containers).filter(|c| !c.is_empty()),
+            host_network: spec.host_network,
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        }
+    });
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        host_ip: status.host_ip,
+        pod_ip: status.pod_ip,
+        ..PodStatus::default()
+    });
+}
 
 /// Drops metadata no decision reads: managed fields, labels, annotations (kubectl's
 /// last-applied copy among them), owner references.
@@ -106,6 +177,64 @@ mod tests {
         let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
         assert_eq!(uids, vec!["0", "s"]);
         assert!(claim.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn a_stripped_pod_keeps_ports_addresses_and_claims_within_caps() {
+        let many_ports: Vec<serde_json::Value> = (0..1000)
+            .map(|i| serde_json::json!({"name": format!("p{i}"), "containerPort": 1000 + i}))
+            .collect();
+        let mut annotations: std::collections::BTreeMap<String, String> = (0..100)
+            .map(|i| (format!("{CLAIM_PREFIX}p{i:03}"), format!("claim-{i}")))
+            .collect();
+        annotations.insert("big".into(), "x".repeat(1024 * 1024));
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": "u",
+                "labels": {"app": "x"}, "finalizers": ["example.com/hold"],
+                "annotations": annotations},
+            "spec": {"nodeName": "n1", "hostNetwork": false,
+                "containers": [
+                    {"name": "plain", "image": "x", "command": ["x".repeat(100_000)],
+                     "ports": many_ports},
+                    {"name": "web", "image": "x", "ports": [
+                        {"name": "web", "containerPort": 8080, "hostPort": 37200, "protocol": "UDP"}]}],
+                "initContainers": [{"name": "side", "restartPolicy": "Always",
+                    "ports": [{"name": "s", "containerPort": 9, "hostPort": 37201}]}]},
+            "status": {"phase": "Running", "hostIP": "198.51.100.2", "podIP": "203.0.113.9",
+                "message": "x".repeat(100_000)}
+        }))
+        .expect("pod");
+        strip_pod(&mut pod);
+        let kept = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(kept.len(), MAX_CLAIM_ANNOTATIONS);
+        assert!(kept.keys().all(|k| k.starts_with(CLAIM_PREFIX)));
+        assert_eq!(pod.metadata.finalizers, None);
+        assert_eq!(pod.metadata.uid.as_deref(), Some("u"));
+        assert_eq!(
+            crate::container_ports::declared_host_ports(&pod),
+            vec![(37200, "UDP"), (37201, "TCP")],
+            "host ports survive the cap"
+        );
+        let spec = pod.spec.as_ref().expect("spec");
+        let ports: usize = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .map(|c| c.ports.as_ref().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(ports, MAX_POD_PORTS);
+        assert_eq!(spec.containers[0].command, None);
+        assert_eq!(
+            spec.init_containers.as_ref().expect("init")[0]
+                .restart_policy
+                .as_deref(),
+            Some("Always")
+        );
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        let status = pod.status.as_ref().expect("status");
+        assert_eq!(status.host_ip.as_deref(), Some("198.51.100.2"));
+        assert_eq!(status.message, None);
+        assert!(serde_json::to_vec(&pod).expect("json").len() < 32 * 1024);
     }
 
     #[test]

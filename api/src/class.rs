@@ -184,14 +184,39 @@ pub struct HostPortClassStatus {
     /// name): who uses the class, at a glance in `kubectl get -o yaml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_namespaces: Option<Vec<NamespaceAllocation>>,
+    /// Ports of the pools that live pods declare without a claim of theirs holding them (a
+    /// `hostPort` set by hand in a namespace without the label, a `hostNetwork` pod, a pod
+    /// that kept a port after its claim was released): the allocator never hands these out
+    /// while the pod lives. Lowest first, at most 10; the `PortsInUseOutside` condition counts
+    /// them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_in_use_outside: Option<Vec<PortInUseOutside>>,
     /// The `.metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Current state: `Exhausted` (no free port) and `PoolsOverlapOtherClass` (information).
+    /// Current state: `Exhausted` (no free port), `PoolsOverlapOtherClass` (information),
+    /// `PortsInUseOutside` (pods use pool ports outside the allocator) and
+    /// `OverlapsNodePortRange` (a pool shares ports with the NodePort Service range).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
 }
+
+/// A port of a class's pools that a live pod declares outside the allocator's books.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PortInUseOutside {
+    /// The port.
+    pub port: i32,
+    /// The pod declaring it, `namespace/name` (the first by name when several do).
+    pub pod: String,
+    /// The node the pod runs on, once scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// How many ports a class status lists in `portsInUseOutside`.
+pub const PORTS_IN_USE_OUTSIDE_LISTED: usize = 10;
 
 /// Ports of a class held by the claims of one namespace.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -16,6 +16,12 @@ pub mod types {
     /// HostPortClass: a pool shares ports with a pool of another class (information only:
     /// a port is still handed out once whatever its class).
     pub const POOLS_OVERLAP_OTHER_CLASS: &str = "PoolsOverlapOtherClass";
+    /// Class: live pods declare ports of its pools outside the allocator's books (the
+    /// allocator skips them; `status.portsInUseOutside` lists them).
+    pub const PORTS_IN_USE_OUTSIDE: &str = "PortsInUseOutside";
+    /// Class: a pool overlaps the cluster's NodePort Service range (a Service may take a
+    /// port a claim holds, or the other way round).
+    pub const OVERLAPS_NODE_PORT_RANGE: &str = "OverlapsNodePortRange";
     /// HostPortClaim: the port is mapped on the router (written by the router publisher,
     /// the only condition it writes).
     pub const PUBLISHED: &str = "Published";
@@ -37,6 +43,20 @@ pub mod reasons {
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     /// The claim's requested `spec.port` is in none of its class's pools.
     pub const PORT_OUTSIDE_POOLS: &str = "PortOutsidePools";
+    /// The claim's requested (or previous) port is declared by a live pod that did not get
+    /// it from the allocator (a `hostPort` set by hand, a `hostNetwork` pod).
+    pub const PORT_IN_USE: &str = "PortInUse";
+    /// The claim is being deleted; its port is kept while pod admissions that may have read
+    /// it can still complete.
+    pub const ADMISSIONS_IN_FLIGHT: &str = "AdmissionsInFlight";
+    /// Class: live pods declare ports of its pools that no claim of theirs holds.
+    pub const PORTS_IN_USE_OUTSIDE: &str = "PortsInUseOutside";
+    /// Class: every port of its pools in use is held through a claim.
+    pub const NO_PORTS_IN_USE_OUTSIDE: &str = "NoPortsInUseOutside";
+    /// Class: a pool overlaps the cluster's NodePort Service range.
+    pub const NODE_PORT_RANGE: &str = "NodePortRange";
+    /// Class: no pool overlaps the cluster's NodePort Service range.
+    pub const OUTSIDE_NODE_PORT_RANGE: &str = "OutsideNodePortRange";
     /// The claim's namespace is not selected by its class's `namespaceSelector`.
     pub const NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
     /// The claim's namespace already holds `maxClaimsPerNamespace` claims of its class.
@@ -69,6 +89,7 @@ pub mod reasons {
             CLASS_NOT_FOUND
                 | POOL_EXHAUSTED
                 | PORT_UNAVAILABLE
+                | PORT_IN_USE
                 | PORT_OUTSIDE_POOLS
                 | NAMESPACE_NOT_ALLOWED
                 | NAMESPACE_LIMIT_REACHED

@@ -42,9 +42,65 @@ pub fn container_ports(pod: &Pod) -> impl Iterator<Item = (PortPlace, &Container
     })
 }
 
+/// The host ports a pod declares, with their protocol (`TCP` when unset), sorted and
+/// distinct: every `hostPort` of its containers and init containers (the scheduler's
+/// NodePorts filter and the kubelet's port mappings count them all), and for a `hostNetwork`
+/// pod every container port (it binds them on the node itself).
+pub fn declared_host_ports(pod: &Pod) -> Vec<(u16, &str)> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return vec![];
+    };
+    let host_network = spec.host_network == Some(true);
+    let mut ports: Vec<(u16, &str)> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = match p.host_port.filter(|h| *h != 0) {
+                Some(host) => host,
+                None if host_network => p.container_port,
+                None => return None,
+            };
+            let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+            Some((port, p.protocol.as_deref().unwrap_or("TCP")))
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_host_ports_of_containers_init_containers_and_the_host_network() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {
+                "containers": [{"name": "a", "ports": [
+                    {"containerPort": 80, "hostPort": 37200},
+                    {"containerPort": 80, "hostPort": 37200, "protocol": "UDP"},
+                    {"containerPort": 81},
+                    {"containerPort": 82, "hostPort": 0},
+                    {"containerPort": 83, "hostPort": 70000}]}],
+                "initContainers": [{"name": "setup", "ports": [{"containerPort": 1, "hostPort": 37201}]}]
+            }
+        }))
+        .expect("pod");
+        assert_eq!(
+            declared_host_ports(&pod),
+            vec![(37200, "TCP"), (37200, "UDP"), (37201, "TCP")]
+        );
+        let host_network: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {"hostNetwork": true, "containers": [{"name": "a", "ports": [
+                {"containerPort": 9100}, {"containerPort": 9100}]}]}
+        }))
+        .expect("pod");
+        assert_eq!(declared_host_ports(&host_network), vec![(9100, "TCP")]);
+        assert!(declared_host_ports(&Pod::default()).is_empty());
+    }
 
     #[test]
     fn containers_then_sidecars_not_plain_init_containers() {

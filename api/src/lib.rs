@@ -27,7 +27,7 @@ pub use claim::{
 };
 pub use class::{
     ExternalPortPolicy, HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation,
-    Publish, RouterProtocol, RouterPublish,
+    PortInUseOutside, Publish, RouterProtocol, RouterPublish,
 };
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};

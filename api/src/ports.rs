@@ -53,6 +53,32 @@ impl PortRange {
     }
 }
 
+/// A port or range that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a port (1-65535) or a range like 30000-32767")]
+pub struct PortRangeError(pub String);
+
+impl std::str::FromStr for PortRange {
+    type Err = PortRangeError;
+
+    /// `9000` or `30000-32767` (inclusive).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || PortRangeError(text.to_owned());
+        let port = |s: &str| {
+            s.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p >= MIN_PORT)
+                .ok_or_else(error)
+        };
+        let (start, end) = match text.split_once('-') {
+            Some((start, end)) => (port(start)?, port(end)?),
+            None => (port(text)?, port(text)?),
+        };
+        PortRange::new(start, end).ok_or_else(error)
+    }
+}
+
 /// An inclusive range of node ports.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -197,6 +223,22 @@ pub fn distinct_port_count(ranges: &[PortRange]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_parse_from_text() {
+        assert_eq!(
+            "30000-32767".parse(),
+            Ok(PortRange {
+                start: 30000,
+                end: 32767
+            })
+        );
+        assert_eq!(" 22 ".parse(), Ok(PortRange { start: 22, end: 22 }));
+        for bad in ["", "0", "70000", "9-1", "a-b", "1-2-3"] {
+            let error = bad.parse::<PortRange>().expect_err(bad);
+            assert!(error.to_string().contains("is not a port"), "{error}");
+        }
+    }
     use proptest::prelude::*;
 
     fn pool(start: i32, end: i32) -> PortPool {

@@ -333,7 +333,10 @@ async fn pending(
     }
     if matches!(
         reason,
-        reasons::POOL_EXHAUSTED | reasons::PORT_UNAVAILABLE | reasons::NAMESPACE_LIMIT_REACHED
+        reasons::POOL_EXHAUSTED
+            | reasons::PORT_UNAVAILABLE
+            | reasons::PORT_IN_USE
+            | reasons::NAMESPACE_LIMIT_REACHED
     ) {
         ctx.wait_for_port(ObjectRef::from_obj(claim));
     }
@@ -393,28 +396,71 @@ async fn delete_extra_host_ports(
     Ok(())
 }
 
-/// A deleting claim: wait for its pods, delete its HostPorts, drop the finalizer.
+/// How much longer a claim deleted at its deletion timestamp keeps its port for pod
+/// admissions in flight (`grace` after the timestamp); `None` once that is over.
+fn admissions_in_flight(claim: &HostPortClaim, grace: Duration) -> Option<Duration> {
+    let deleted = claim.metadata.deletion_timestamp.as_ref()?;
+    admission_wait(clock::age(deleted), grace)
+}
+
+/// The rule behind [`admissions_in_flight`]: a claim deleted `since_deleted` ago keeps its
+/// port for `grace - since_deleted` more. An admission that read the port before the
+/// deletion answers within the webhook's timeout and its pod is stored right after, so with
+/// `grace` at least that long the final check for pods sees the pod.
+pub fn admission_wait(since_deleted: Duration, grace: Duration) -> Option<Duration> {
+    (since_deleted < grace).then(|| grace - since_deleted)
+}
+
+/// A deleting claim: wait out admissions in flight and its pods, delete its HostPorts, drop
+/// the finalizer.
 async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Action> {
     if !claim.has_finalizer() {
         return Ok(Action::await_change());
     }
     let namespace = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
-    let mut using = pods::using(&namespace, &name, &ctx.caches.pods.state());
+    let (held_here, reserved) = ctx.book().of_claim(uid);
+    let port = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.port)
+        .and_then(hostport_api::ports::port_from_wire)
+        .or_else(|| held_here.iter().find_map(|h| h.port))
+        .or(reserved);
+    let holds_a_port = port.is_some() || !held_here.is_empty();
+    if holds_a_port && let Some(wait) = admissions_in_flight(claim, ctx.settings.admission_grace) {
+        // A pod admission that read this claim before it was deleted may still be on its way
+        // to the API server with the port: its pod is checked for once it is stored.
+        let message = format!(
+            "deletion waits {:.0?} more for pod admissions that may have read the claim's port before it was deleted",
+            wait
+        );
+        let held = Condition::new(
+            types::BOUND,
+            status::TRUE,
+            reasons::ADMISSIONS_IN_FLIGHT,
+            message,
+            claim.metadata.generation,
+            now(),
+        );
+        set_claim_status(claim, ClaimPhase::Deleting, port, held, ctx).await?;
+        return Ok(Action::requeue(wait));
+    }
+    let of = pods::ClaimUse {
+        namespace: &namespace,
+        claim: &name,
+        port,
+    };
+    let mut using = pods::using(of, &ctx.caches.pods.state());
     if using.is_empty() {
         // About to free the port: the API server has the last word on which pods exist.
-        using = pods::using_now(&ctx.client, &namespace, &name).await?;
+        using = pods::using_now(&ctx.client, of).await?;
     }
     if !using.is_empty() {
         let message = format!(
             "deletion waits for {} using this claim to terminate",
             pods::describe(&using)
         );
-        let port = claim
-            .status
-            .as_ref()
-            .and_then(|s| s.port)
-            .and_then(hostport_api::ports::port_from_wire);
         let held = Condition::new(
             types::BOUND,
             status::TRUE,
@@ -436,8 +482,7 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
         return Ok(Action::requeue(RECHECK));
     }
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    let (cached, reserved) = ctx.book().of_claim(uid);
-    let mut names: Vec<String> = cached.into_iter().map(|c| c.name).collect();
+    let mut names: Vec<String> = held_here.into_iter().map(|c| c.name).collect();
     names.extend(claim.spec.host_port_name.iter().cloned());
     names.extend(reserved.map(HostPort::name_for_port));
     names.sort();

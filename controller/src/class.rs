@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hostport_api::class::TOP_NAMESPACES;
+use hostport_api::class::{PORTS_IN_USE_OUTSIDE_LISTED, TOP_NAMESPACES};
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::{PortRange, distinct_port_count};
-use hostport_api::{HostPortClass, HostPortClassStatus, NamespaceAllocation};
+use hostport_api::{HostPortClass, HostPortClassStatus, NamespaceAllocation, PortInUseOutside};
+use hostport_process::events::EventType;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -74,6 +75,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
                 &ctx.metrics.class_capacity,
                 &ctx.metrics.class_allocated,
                 &ctx.metrics.class_available,
+                &ctx.metrics.class_in_use_outside,
             ] {
                 labels.remove(&ClassLabels {
                     class: name.clone(),
@@ -119,6 +121,20 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         .get_or_create(&labels)
         .set(i64::from(available));
 
+    let outside: Vec<PortInUseOutside> = ctx
+        .book()
+        .outside_in(&ranges)
+        .into_iter()
+        .map(|(port, pod)| PortInUseOutside {
+            port: i32::from(port),
+            pod: pod.key(),
+            node: pod.node.clone(),
+        })
+        .collect();
+    ctx.metrics
+        .class_in_use_outside
+        .get_or_create(&labels)
+        .set(outside.len() as i64);
     let top_namespaces = top_namespaces(&name, ctx);
     let now = crate::clock::now();
     let generation = class.metadata.generation;
@@ -129,6 +145,13 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         available: Some(available as i32),
         // An empty list, not none, so the merge patch clears a list that was there.
         top_namespaces: Some(top_namespaces),
+        ports_in_use_outside: Some(
+            outside
+                .iter()
+                .take(PORTS_IN_USE_OUTSIDE_LISTED)
+                .cloned()
+                .collect(),
+        ),
         observed_generation: generation,
         conditions: current.conditions.clone(),
     };
@@ -154,7 +177,15 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     conditions::set(&mut desired.conditions, exhausted);
     conditions::set(
         &mut desired.conditions,
-        overlap_condition(&name, &ranges, ctx, generation, now),
+        overlap_condition(&name, &ranges, ctx, generation, now.clone()),
+    );
+    conditions::set(
+        &mut desired.conditions,
+        outside_condition(&outside, generation, now.clone()),
+    );
+    conditions::set(
+        &mut desired.conditions,
+        node_port_range_condition(&ranges, ctx.settings.node_port_range, generation, now),
     );
     if desired == current {
         return Ok(Action::await_change());
@@ -164,6 +195,39 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         return Ok(Action::requeue(wait));
     }
     writes::class_status(ctx, &class, &desired).await?;
+    let listed_before: Vec<i32> = current
+        .ports_in_use_outside
+        .iter()
+        .flatten()
+        .map(|p| p.port)
+        .collect();
+    let newly: Vec<&PortInUseOutside> = outside
+        .iter()
+        .filter(|p| !listed_before.contains(&p.port))
+        .collect();
+    if !newly.is_empty() {
+        let shown: Vec<String> = newly.iter().take(5).map(|p| describe_outside(p)).collect();
+        let message = format!(
+            "{} of the pools {} declared by pods outside the allocator (a hostPort not given through a claim): {}{}; the allocator skips them while those pods live",
+            if newly.len() == 1 { "a port" } else { "ports" },
+            if newly.len() == 1 { "is" } else { "are" },
+            shown.join(", "),
+            if newly.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+        tracing::warn!(class = %name, ports = newly.len(), "{message}");
+        ctx.event(
+            &class,
+            EventType::Warning,
+            reasons::PORTS_IN_USE_OUTSIDE,
+            "Allocating",
+            message,
+        )
+        .await;
+    }
     if available > 0 && current.available == Some(0) {
         ctx.wake_waiting();
     }
@@ -192,6 +256,86 @@ fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
     top.sort_by_key(|entry| std::cmp::Reverse(entry.allocated));
     top.truncate(TOP_NAMESPACES);
     top
+}
+
+fn describe_outside(port: &PortInUseOutside) -> String {
+    match &port.node {
+        Some(node) => format!("port {} by pod {} on node {node}", port.port, port.pod),
+        None => format!("port {} by pod {}", port.port, port.pod),
+    }
+}
+
+/// `PortsInUseOutside`: whether pods declare ports of the pools outside the books.
+fn outside_condition(
+    outside: &[PortInUseOutside],
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    match outside.first() {
+        None => Condition::new(
+            types::PORTS_IN_USE_OUTSIDE,
+            status::FALSE,
+            reasons::NO_PORTS_IN_USE_OUTSIDE,
+            "every port of the pools that a pod declares is held through its claim",
+            generation,
+            now,
+        ),
+        Some(first) => Condition::new(
+            types::PORTS_IN_USE_OUTSIDE,
+            status::TRUE,
+            reasons::PORTS_IN_USE_OUTSIDE,
+            format!(
+                "{} port(s) of the pools are declared by pods without a claim holding them (e.g. {}; status.portsInUseOutside lists them): the allocator skips them while those pods live; give those pods claims, or move them off the pools",
+                outside.len(),
+                describe_outside(first)
+            ),
+            generation,
+            now,
+        ),
+    }
+}
+
+/// `OverlapsNodePortRange`: whether a pool shares ports with the cluster's NodePort Service
+/// range, where kube-proxy may give a Service a port a claim holds (or the other way round).
+fn node_port_range_condition(
+    ranges: &[PortRange],
+    node_ports: Option<PortRange>,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let overlap = node_ports.filter(|n| ranges.iter().any(|r| r.overlaps(n)));
+    match (overlap, node_ports) {
+        (Some(node_ports), _) => Condition::new(
+            types::OVERLAPS_NODE_PORT_RANGE,
+            status::TRUE,
+            reasons::NODE_PORT_RANGE,
+            format!(
+                "pools share ports with the NodePort Service range {}-{} (controller flag --service-node-port-range): a NodePort Service can take a port a claim holds on every node; move the pools out of that range",
+                node_ports.start, node_ports.end
+            ),
+            generation,
+            now,
+        ),
+        (None, Some(node_ports)) => Condition::new(
+            types::OVERLAPS_NODE_PORT_RANGE,
+            status::FALSE,
+            reasons::OUTSIDE_NODE_PORT_RANGE,
+            format!(
+                "no pool shares ports with the NodePort Service range {}-{}",
+                node_ports.start, node_ports.end
+            ),
+            generation,
+            now,
+        ),
+        (None, None) => Condition::new(
+            types::OVERLAPS_NODE_PORT_RANGE,
+            status::UNKNOWN,
+            reasons::OUTSIDE_NODE_PORT_RANGE,
+            "not checked (--service-node-port-range none)",
+            generation,
+            now,
+        ),
+    }
 }
 
 fn overlap_condition(

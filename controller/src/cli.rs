@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::{LeaseConfig, RunOptions, Settings};
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
+use hostport_api::ports::PortRange;
 use hostport_process::{LogFormat, Stop};
 
 /// Binds HostPortClaims to HostPorts holding free node ports (hostport.rmb938.com).
@@ -52,9 +53,31 @@ pub struct Args {
     /// before it is deleted as never used.
     #[arg(long, env = "HOSTPORT_POD_CLAIM_GRACE_SECONDS", default_value_t = 60)]
     pod_claim_grace_seconds: u64,
+    /// How long a deleted claim keeps its port before the final check for pods using it:
+    /// the longest a pod admission that read the port before the deletion can take to store
+    /// its pod (at least the webhook's timeoutSeconds, 5 in config/).
+    #[arg(long, env = "HOSTPORT_ADMISSION_GRACE_SECONDS", default_value_t = 10)]
+    admission_grace_seconds: u64,
+    /// The cluster's NodePort Service range (kube-apiserver --service-node-port-range); a
+    /// class whose pools overlap it gets a Warning condition. `none` turns the check off.
+    #[arg(long, env = "HOSTPORT_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767", value_parser = node_port_range)]
+    service_node_port_range: NodePortRange,
     /// Log format.
     #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// `--service-node-port-range`: a range, or none.
+#[derive(Clone, Copy, Debug)]
+struct NodePortRange(Option<PortRange>);
+
+fn node_port_range(text: &str) -> Result<NodePortRange, String> {
+    if text == "none" {
+        return Ok(NodePortRange(None));
+    }
+    text.parse()
+        .map(|range| NodePortRange(Some(range)))
+        .map_err(|e| format!("{e}, or none"))
 }
 
 /// Parses the command line and runs until SIGTERM/ctrl-c.
@@ -82,6 +105,8 @@ pub async fn main() -> anyhow::Result<()> {
             reporter: "hostport-controller".into(),
             identity: identity.clone(),
             pod_claim_grace: Duration::from_secs(args.pod_claim_grace_seconds),
+            admission_grace: Duration::from_secs(args.admission_grace_seconds),
+            node_port_range: args.service_node_port_range.0,
         },
         leader_election: args.leader_election.then(|| LeaseConfig {
             namespace,

@@ -17,6 +17,10 @@ use crate::port_book::PortBook;
 use crate::superseded::Superseded;
 use hostport_process::events::{EventType, Publisher};
 
+/// Default [`Settings::admission_grace`]: twice the webhook's `timeoutSeconds` (5 s in
+/// `config/`), for the rest of the admission chain.
+pub const DEFAULT_ADMISSION_GRACE: Duration = Duration::from_secs(10);
+
 /// Tunables of the controller.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -30,6 +34,13 @@ pub struct Settings {
     /// How long a claim the webhook made for a pod waits for that pod before it is deleted
     /// as never used.
     pub pod_claim_grace: Duration,
+    /// How long a deleted claim keeps its port before the final check for pods using it:
+    /// the longest a pod admission that read the port before the deletion can take to store
+    /// its pod (the webhook's `timeoutSeconds` plus the rest of the admission chain).
+    pub admission_grace: Duration,
+    /// The cluster's NodePort Service range (kube-apiserver `--service-node-port-range`): a
+    /// class whose pools overlap it gets a Warning condition.
+    pub node_port_range: Option<hostport_api::ports::PortRange>,
 }
 
 impl Default for Settings {
@@ -39,6 +50,8 @@ impl Default for Settings {
             reporter: "hostport-controller".into(),
             identity: "hostport-controller".into(),
             pod_claim_grace: Duration::from_secs(60),
+            admission_grace: DEFAULT_ADMISSION_GRACE,
+            node_port_range: hostport_api::ports::PortRange::new(30000, 32767),
         }
     }
 }
@@ -52,7 +65,7 @@ pub struct Caches {
     pub host_ports: Store<HostPort>,
     /// Every HostPortClass.
     pub classes: Store<HostPortClass>,
-    /// Pods, stripped to name, namespace, claim annotations and phase.
+    /// Pods, stripped (`hostport_api::cache::strip_pod`).
     pub pods: Store<Pod>,
 }
 

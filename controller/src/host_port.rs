@@ -73,10 +73,15 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     if owner.as_ref().is_some_and(matches) {
         return Ok(Action::requeue(CLAIM_CACHE_LAG));
     }
-    // The claim is gone, but the port is free only once no pod that named the claim may
-    // still run: its finalizer can have been removed early (a mistaken RBAC grant, an
+    // The claim is gone, but the port is free only once no pod that named the claim (or
+    // declares its port) may still run: its finalizer can have been removed early (a mistaken RBAC grant, an
     // uninstall), and the pod keeps the port on its node until it stops.
-    let using = pods::using_now(&ctx.client, namespace, claim_name).await?;
+    let of = pods::ClaimUse {
+        namespace,
+        claim: claim_name,
+        port: host_port.port(),
+    };
+    let using = pods::using_now(&ctx.client, of).await?;
     if !using.is_empty() {
         let message = format!(
             "HostPortClaim {namespace}/{claim_name} is gone, but {} that named it still exist; the port is released once they stop",

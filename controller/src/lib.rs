@@ -12,6 +12,7 @@ pub mod class;
 pub mod cli;
 mod clock;
 pub mod context;
+pub mod declared;
 pub mod error;
 pub mod host_port;
 pub mod metrics;

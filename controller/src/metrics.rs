@@ -51,6 +51,8 @@ pub struct Metrics {
     pub class_allocated: Family<ClassLabels, Gauge>,
     /// Free ports in each class's pools.
     pub class_available: Family<ClassLabels, Gauge>,
+    /// Ports of each class's pools that live pods declare outside the allocator's books.
+    pub class_in_use_outside: Family<ClassLabels, Gauge>,
     /// Time from a claim's creation to Bound, seconds.
     pub allocation_seconds: Histogram,
     /// Reconcile durations by controller, seconds.
@@ -85,6 +87,12 @@ impl Default for Metrics {
             "Free ports in the pools of a HostPortClass",
             class_available.clone(),
         );
+        let class_in_use_outside = Family::default();
+        registry.register(
+            "class_ports_in_use_outside",
+            "Ports in the pools of a HostPortClass that live pods declare without a claim holding them (skipped by the allocator)",
+            class_in_use_outside.clone(),
+        );
         let allocation_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "allocation_duration_seconds",
@@ -117,6 +125,7 @@ impl Default for Metrics {
             class_capacity,
             class_allocated,
             class_available,
+            class_in_use_outside,
             allocation_seconds,
             reconcile_seconds,
             reconcile_errors,

@@ -10,6 +10,7 @@ use hostport_api::conditions::reasons;
 use hostport_api::ports::{describe_ranges, distinct_port_count};
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 
+use crate::declared::PodPorts;
 use crate::port_book::PortBook;
 
 /// The outcome of a pick.
@@ -75,14 +76,25 @@ pub fn pick_port(
     // A claim whose `port-<n>` HostPort vanished gets port n back when it is still free and
     // in its class pools (its pods may still use it); a taken one is not waited for (the
     // lowest free port is), unlike a requested one.
+    let claim_name = claim.metadata.name.as_deref().unwrap_or_default();
+    let free_for_claim = |port: u16| book.is_free_for(port, namespace, claim_name);
     let previous = claim
         .spec
         .host_port_name
         .as_deref()
         .and_then(HostPort::port_from_name)
-        .filter(|port| ranges.iter().any(|r| r.contains(*port)) && !book.is_used(*port));
+        .filter(|port| ranges.iter().any(|r| r.contains(*port)) && free_for_claim(*port));
     match requested.or(previous) {
-        Some(port) if book.is_used(port) => wait(
+        Some(port) if !free_for_claim(port) && !book.is_held(port) && book.is_declared(port) => {
+            wait(
+                reasons::PORT_IN_USE,
+                format!(
+                    "port {port} is declared by {} outside the allocator (a hostPort not given through a claim): the claim binds when that is gone",
+                    describe_pods(&book.outside_users(port))
+                ),
+            )
+        }
+        Some(port) if !free_for_claim(port) => wait(
             reasons::PORT_UNAVAILABLE,
             format!("port {port} is held by another HostPort; the claim binds when it is released"),
         ),
@@ -92,16 +104,43 @@ pub fn pick_port(
         }
         None => match book.reserve_lowest(&ranges, uid, now) {
             Some(port) => Pick::Port(port),
-            None => wait(
-                reasons::POOL_EXHAUSTED,
-                format!(
-                    "all {} ports of HostPortClass {class_name:?} ({}) are in use; the claim binds when one is released",
-                    distinct_port_count(&ranges),
-                    describe_ranges(&ranges)
-                ),
-            ),
+            None => {
+                let outside = book.outside_in(&ranges);
+                let outside = match outside.first() {
+                    Some((port, pod)) => format!(
+                        " ({} of them declared by pods outside the allocator, e.g. port {port} by {})",
+                        outside.len(),
+                        describe_pods(&[pod])
+                    ),
+                    None => String::new(),
+                };
+                wait(
+                    reasons::POOL_EXHAUSTED,
+                    format!(
+                        "all {} ports of HostPortClass {class_name:?} ({}) are in use{outside}; the claim binds when one is released",
+                        distinct_port_count(&ranges),
+                        describe_ranges(&ranges)
+                    ),
+                )
+            }
         },
     }
+}
+
+/// "pod team/a (node n1), pod team/b" for at most three pods.
+pub fn describe_pods(pods: &[&PodPorts]) -> String {
+    let mut shown: Vec<String> = pods
+        .iter()
+        .take(3)
+        .map(|p| match &p.node {
+            Some(node) => format!("pod {} (node {node})", p.key()),
+            None => format!("pod {}", p.key()),
+        })
+        .collect();
+    if pods.len() > shown.len() {
+        shown.push(format!("{} more", pods.len() - shown.len()));
+    }
+    shown.join(", ")
 }
 
 #[cfg(test)]
@@ -254,6 +293,67 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn ports_pods_declare_outside_the_books_are_skipped_and_named() {
+        let class = class(&[(9000, 9001)]);
+        let now = Instant::now();
+        let mut book = book(&[]);
+        book.pods_relist_start();
+        book.pods_relist_done();
+        let squatter = |name: &str, port: u16, claims: &[&str]| PodPorts {
+            namespace: "other".into(),
+            name: name.into(),
+            node: Some("n1".into()),
+            ports: vec![port],
+            claims: claims.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        book.set_pod("other/squat", Some(squatter("squat", 9000, &[])));
+        let mut web = claim(Some(9000), None);
+        web.metadata.namespace = Some("team".into());
+        let refused = pick_port(&web, "a", Some(&class), &open(), &mut book, now);
+        assert_eq!(reason(&refused), reasons::PORT_IN_USE);
+        let Pick::Wait { message, .. } = refused else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("port 9000") && message.contains("pod other/squat (node n1)"),
+            "{message}"
+        );
+        let mut any = claim(None, None);
+        any.metadata.namespace = Some("team".into());
+        assert_eq!(
+            pick_port(&any, "b", Some(&class), &open(), &mut book, now),
+            Pick::Port(9001)
+        );
+        let exhausted = pick_port(&any, "c", Some(&class), &open(), &mut book, now);
+        let Pick::Wait { reason, message } = exhausted else {
+            panic!("{exhausted:?}")
+        };
+        assert_eq!(reason, reasons::POOL_EXHAUSTED);
+        assert!(
+            message.contains("1 of them declared by pods outside the allocator, e.g. port 9000 by pod other/squat"),
+            "{message}"
+        );
+        // A claim whose HostPort vanished gets back the port its own pods declare.
+        book.release(9001);
+        book.set_pod("other/squat", None);
+        book.set_pod(
+            "team/user",
+            Some(PodPorts {
+                namespace: "team".into(),
+                ..squatter("user", 9001, &["web"])
+            }),
+        );
+        let back = claim(None, Some("port-9001"));
+        let mut back = back;
+        back.metadata.namespace = Some("team".into());
+        back.metadata.name = Some("web".into());
+        assert_eq!(
+            pick_port(&back, "d", Some(&class), &open(), &mut book, now),
+            Pick::Port(9001)
+        );
     }
 
     #[test]

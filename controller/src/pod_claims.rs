@@ -97,7 +97,10 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
         let why = format!("its pod {} (uid {}) is gone", pod.name, pod.uid);
         return delete(claim, false, "PodGone", why, ctx).await;
     }
-    let user = match pods::first_user(&namespace, &claim.name_any(), &ctx.caches.pods.state()) {
+    let user = match pods::first_user(
+        pods::ClaimUse::named(&namespace, &claim.name_any()),
+        &ctx.caches.pods.state(),
+    ) {
         Some(user) => user,
         None => match user_after_grace(claim, &namespace, ctx).await? {
             Ok(user) => user,
@@ -148,7 +151,7 @@ async fn user_after_grace(
         return Ok(Err(Action::requeue(grace - waited)));
     }
     let name = claim.name_any();
-    if let Some(user) = pods::users_now(&ctx.client, namespace, &name)
+    if let Some(user) = pods::users_now(&ctx.client, pods::ClaimUse::named(namespace, &name))
         .await?
         .into_iter()
         .next()

@@ -1,32 +1,64 @@
 //! Which pods still use a claim: pods in the claim's namespace, not Succeeded or Failed,
-//! whose `claim.hostport.rmb938.com/<port>` annotations name it. Such a pod holds its host
-//! port on its node, so the port must not be handed to anyone else before it stops.
+//! whose `claim.hostport.rmb938.com/<port>` annotations name it, or that declare the claim's
+//! port as a `hostPort` (a pod admitted with the port whose annotations were read before a
+//! change). Such a pod holds its host port on its node, so the port must not be handed to
+//! anyone else before it stops.
 //!
 //! The cache answers first; before a port is released the API server is asked as well
-//! (a pod created a moment ago may not be in the cache yet).
+//! (a pod created a moment ago may not be in the cache yet), in small pages.
 
 use std::sync::Arc;
 
 use hostport_api::annotations::referenced_claim_names;
+use hostport_api::container_ports::declared_host_ports;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use crate::error::{Error, Result};
 
-/// Whether `pod` is in `namespace`, may still run, and names the claim `claim`.
-fn holds(pod: &Pod, namespace: &str, claim: &str) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    pod.namespace().as_deref() == Some(namespace)
-        && !matches!(phase, Some("Succeeded" | "Failed"))
-        && referenced_claim_names(pod.annotations()).any(|c| c == claim)
+/// Pods per page when the API server is asked (a namespace of big pods arrives in pieces).
+const PAGE: u32 = 100;
+
+/// A claim as the pods that may use it see it: its namespace, name and, once bound, port.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimUse<'a> {
+    /// The claim's namespace.
+    pub namespace: &'a str,
+    /// The claim's name.
+    pub claim: &'a str,
+    /// Its port, if it holds one.
+    pub port: Option<u16>,
 }
 
-/// Names of the pods among `pods` that use claim `namespace/claim`, sorted.
-pub fn using(namespace: &str, claim: &str, pods: &[Arc<Pod>]) -> Vec<String> {
+impl<'a> ClaimUse<'a> {
+    /// The claim `namespace/claim`, whatever its port.
+    pub fn named(namespace: &'a str, claim: &'a str) -> Self {
+        Self {
+            namespace,
+            claim,
+            port: None,
+        }
+    }
+}
+
+/// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
+/// its port.
+fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.namespace().as_deref() == Some(of.namespace)
+        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && (referenced_claim_names(pod.annotations()).any(|c| c == of.claim)
+            || of
+                .port
+                .is_some_and(|port| declared_host_ports(pod).iter().any(|(p, _)| *p == port)))
+}
+
+/// Names of the pods among `pods` that use the claim, sorted.
+pub fn using(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> Vec<String> {
     let mut names: Vec<String> = pods
         .iter()
-        .filter(|pod| holds(pod, namespace, claim))
+        .filter(|pod| holds(pod, of))
         .map(|pod| pod.name_any())
         .collect();
     names.sort();
@@ -51,25 +83,26 @@ impl PodId {
     }
 }
 
-/// The first of `pods` (by name) that uses claim `namespace/claim`.
-pub fn first_user(namespace: &str, claim: &str, pods: &[Arc<Pod>]) -> Option<PodId> {
+/// The first of `pods` (by name) that uses the claim.
+pub fn first_user(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> Option<PodId> {
     pods.iter()
-        .filter(|pod| holds(pod, namespace, claim))
+        .filter(|pod| holds(pod, of))
         .map(|pod| PodId::of(pod))
         .min_by(|a, b| a.name.cmp(&b.name))
 }
 
-/// Names of the pods that use claim `namespace/claim`, as the API server has them now.
-pub async fn using_now(client: &Client, namespace: &str, claim: &str) -> Result<Vec<String>> {
-    let users = users_now(client, namespace, claim).await?;
+/// Names of the pods that use the claim, as the API server has them now.
+pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>> {
+    let users = users_now(client, of).await?;
     Ok(users.into_iter().map(|pod| pod.name).collect())
 }
 
-/// The pods that use claim `namespace/claim`, as the API server has them now, by name.
-pub async fn users_now(client: &Client, namespace: &str, claim: &str) -> Result<Vec<PodId>> {
+/// The pods that use the claim, as the API server has them now, by name.
+pub async fn users_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<PodId>> {
+    let namespace = of.namespace;
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut users = vec![];
-    let mut params = ListParams::default().limit(500);
+    let mut params = ListParams::default().limit(PAGE);
     loop {
         let page = api.list(&params).await.map_err(Error::api(
             "listing",
@@ -79,7 +112,7 @@ pub async fn users_now(client: &Client, namespace: &str, claim: &str) -> Result<
         users.extend(
             page.items
                 .iter()
-                .filter(|pod| holds(pod, namespace, claim))
+                .filter(|pod| holds(pod, of))
                 .map(PodId::of),
         );
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -146,6 +179,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_declaring_the_claims_port_uses_it_whatever_it_names() {
+        let squatter: Arc<Pod> = Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "kept", "namespace": "team",
+                    "annotations": {"claim.hostport.rmb938.com/web": "other"}},
+                "spec": {"containers": [{"name": "c", "ports": [
+                    {"containerPort": 80, "hostPort": 37000}]}]},
+                "status": {"phase": "Pending"}
+            }))
+            .expect("pod"),
+        );
+        let with_port = |port| ClaimUse {
+            namespace: "team",
+            claim: "a-web",
+            port: Some(port),
+        };
+        assert_eq!(using(with_port(37000), std::slice::from_ref(&squatter)), vec!["kept"]);
+        assert!(using(with_port(37001), std::slice::from_ref(&squatter)).is_empty());
+        let elsewhere = ClaimUse {
+            namespace: "elsewhere",
+            ..with_port(37000)
+        };
+        assert!(using(elsewhere, &[squatter]).is_empty());
+    }
+
+    #[test]
     fn only_live_pods_of_the_namespace_that_name_the_claim() {
         let pods = [
             pod("b", "team", "web", "Running"),
@@ -155,7 +214,7 @@ mod tests {
             pod("other-claim", "team", "db", "Running"),
             pod("other-ns", "elsewhere", "web", "Running"),
         ];
-        assert_eq!(using("team", "web", &pods), vec!["a", "b"]);
+        assert_eq!(using(ClaimUse::named("team", "web"), &pods), vec!["a", "b"]);
         let many: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
         assert_eq!(describe(&many), "7 pod(s): p0, p1, p2, p3, p4, ...");
     }

@@ -1,7 +1,8 @@
 //! Which ports are taken, as the controller knows it: every HostPort in the watch-fed cache
-//! (whatever its class or name, including HostPorts written by the Go project) plus the
-//! ports this process reserved for HostPorts it is creating and has not seen in the watch
-//! yet. Pure data; the controller feeds it watch events.
+//! (whatever its class or name, including HostPorts written by the Go project), the ports
+//! this process reserved for HostPorts it is creating and has not seen in the watch yet, and
+//! the host ports live pods declare (`declared`: a port some pod uses is never handed out,
+//! whether or not the allocator gave it). Pure data; the controller feeds it watch events.
 //!
 //! The book is only a guess: the API server's name uniqueness (`port-<n>`) is the lock. A
 //! guess that is stale costs a 409 and another pick, never a duplicate port.
@@ -15,6 +16,8 @@ use kube::ResourceExt;
 
 use hostport_api::port_set::PortSet;
 
+use crate::declared::{DeclaredPorts, PodPorts};
+
 /// How long a reservation may wait for its HostPort to show up in the watch before it is
 /// forgotten (the create failed in a way we did not see, or another controller holds it).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(60);
@@ -23,6 +26,8 @@ pub const RESERVATION_TTL: Duration = Duration::from_secs(60);
 struct Held {
     port: Option<u16>,
     claim_uid: Option<String>,
+    /// The claim's namespace and name, from `claimRef`.
+    claim: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,12 +57,104 @@ pub struct PortBook {
     /// Filled during a (re)list, swapped in when the list is complete.
     relisting: Option<Vec<HostPort>>,
     synced: bool,
+    /// Host ports of live pods (kept across relists of HostPorts).
+    pods: DeclaredPorts,
 }
 
 impl PortBook {
-    /// Whether the book has been built from a complete list of HostPorts.
+    /// Whether the book has been built from complete lists of HostPorts and pods.
     pub fn is_synced(&self) -> bool {
-        self.synced
+        self.synced && self.pods.is_synced()
+    }
+
+    /// Keeps `used` equal to held ∪ reserved ∪ declared for `port`.
+    fn mark(&mut self, port: u16) {
+        if self.holders.contains_key(&port)
+            || self.reserved.contains_key(&port)
+            || self.pods.contains(port)
+        {
+            self.used.insert(port);
+        } else {
+            self.used.remove(port);
+        }
+    }
+
+    /// A pod was created or changed (`ports`: what it declares now, `None` when gone,
+    /// finished or declaring nothing); returns the ports that became declared or free.
+    pub fn set_pod(&mut self, key: &str, ports: Option<PodPorts>) -> Vec<u16> {
+        let changed = self.pods.set(ports, key);
+        changed.iter().for_each(|port| self.mark(*port));
+        changed
+    }
+
+    /// A (re)list of pods starts.
+    pub fn pods_relist_start(&mut self) {
+        self.pods.relist_start();
+    }
+
+    /// One pod of a (re)list.
+    pub fn pods_relist_apply(&mut self, ports: Option<PodPorts>) {
+        self.pods.relist_apply(ports);
+    }
+
+    /// The (re)list of pods is complete; returns the ports that changed.
+    pub fn pods_relist_done(&mut self) -> Vec<u16> {
+        let changed = self.pods.relist_done();
+        changed.iter().for_each(|port| self.mark(*port));
+        changed
+    }
+
+    /// Whether `port` may go to the claim `namespace/claim`: no HostPort holds it, nobody
+    /// reserved it, and every live pod declaring it holds it through that very claim (a claim
+    /// whose HostPort vanished gets the port its pods use back).
+    pub fn is_free_for(&self, port: u16, namespace: &str, claim: &str) -> bool {
+        !self.holders.contains_key(&port)
+            && !self.reserved.contains_key(&port)
+            && self
+                .pods
+                .pods_on(port)
+                .all(|p| p.uses_claim(namespace, claim))
+    }
+
+    /// Whether a live pod declares `port`.
+    pub fn is_declared(&self, port: u16) -> bool {
+        self.pods.contains(port)
+    }
+
+    /// Whether a HostPort holds `port`.
+    pub fn is_held(&self, port: u16) -> bool {
+        self.holders.contains_key(&port)
+    }
+
+    /// The live pods declaring `port` that do not hold it through the claim of a HostPort on
+    /// it: ports in use outside the allocator's books.
+    pub fn outside_users(&self, port: u16) -> Vec<&PodPorts> {
+        let claims: Vec<&(String, String)> = self
+            .by_name
+            .values()
+            .filter(|held| held.port == Some(port))
+            .filter_map(|held| held.claim.as_ref())
+            .collect();
+        self.pods
+            .pods_on(port)
+            .filter(|pod| !claims.iter().any(|(ns, claim)| pod.uses_claim(ns, claim)))
+            .collect()
+    }
+
+    /// The ports of `ranges` in use outside the books (see [`Self::outside_users`]), sorted,
+    /// each with the first such pod by key.
+    pub fn outside_in(&self, ranges: &[PortRange]) -> Vec<(u16, &PodPorts)> {
+        let mut found: Vec<(u16, &PodPorts)> = self
+            .pods
+            .ports()
+            .filter(|port| ranges.iter().any(|r| r.contains(*port)))
+            .filter_map(|port| {
+                let users = self.outside_users(port);
+                users.into_iter().min_by_key(|p| p.key()).map(|p| (port, p))
+            })
+            .collect();
+        found.sort_by_key(|(port, _)| *port);
+        found
     }
 
     /// A (re)list starts: HostPorts arrive through `relist_apply`, then `relist_done`.
@@ -77,7 +174,15 @@ impl PortBook {
     pub fn relist_done(&mut self) {
         let listed = self.relisting.take().unwrap_or_default();
         let reserved = std::mem::take(&mut self.reserved);
-        *self = PortBook::default();
+        let pods = std::mem::take(&mut self.pods);
+        *self = PortBook {
+            pods,
+            ..PortBook::default()
+        };
+        let declared: Vec<u16> = self.pods.ports().collect();
+        for port in declared {
+            self.used.insert(port);
+        }
         for host_port in &listed {
             self.apply(host_port);
         }
@@ -96,6 +201,9 @@ impl PortBook {
         let held = Held {
             port: host_port.port(),
             claim_uid: host_port.claim_uid().map(str::to_owned),
+            claim: host_port
+                .claim_key()
+                .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
         };
         if self.by_name.get(&name) == Some(&held) {
             return;
@@ -130,9 +238,7 @@ impl PortBook {
             *count -= 1;
             if *count == 0 {
                 self.holders.remove(&port);
-                if !self.reserved.contains_key(&port) {
-                    self.used.remove(port);
-                }
+                self.mark(port);
             }
         }
         if let Some(uid) = held.claim_uid
@@ -145,7 +251,7 @@ impl PortBook {
         }
     }
 
-    /// Whether `port` is held or reserved.
+    /// Whether `port` is held, reserved or declared by a live pod.
     pub fn is_used(&self, port: u16) -> bool {
         self.used.contains(port)
     }
@@ -178,8 +284,8 @@ impl PortBook {
 
     /// Drops a reservation whose HostPort was not created.
     pub fn release(&mut self, port: u16) {
-        if self.reserved.remove(&port).is_some() && !self.holders.contains_key(&port) {
-            self.used.remove(port);
+        if self.reserved.remove(&port).is_some() {
+            self.mark(port);
         }
     }
 
@@ -263,6 +369,9 @@ mod tests {
         // A HostPort written by the Go project: named by claim, port in status only.
         book.relist_apply(&host_port("hpc-b", None, Some(9001), "b"));
         book.relist_done();
+        assert!(!book.is_synced(), "the pods are not listed yet");
+        book.pods_relist_start();
+        book.pods_relist_done();
         assert!(book.is_synced());
         assert!(book.is_used(9000) && book.is_used(9001));
         let now = Instant::now();
@@ -320,6 +429,81 @@ mod tests {
         assert!(!book.is_used(9000));
         assert_eq!(book.used_in(&pool()), 0);
         assert_eq!(book.of_claim("x"), (vec![], None));
+    }
+
+    fn pod(name: &str, ports: &[u16], claims: &[&str]) -> PodPorts {
+        PodPorts {
+            namespace: "team".into(),
+            name: name.into(),
+            node: Some("n1".into()),
+            ports: ports.to_vec(),
+            claims: claims.iter().map(|c| (*c).to_owned()).collect(),
+        }
+    }
+
+    fn synced() -> PortBook {
+        let mut book = PortBook::default();
+        book.relist_start();
+        book.relist_done();
+        book.pods_relist_start();
+        book.pods_relist_done();
+        book
+    }
+
+    #[test]
+    fn ports_pods_declare_are_never_handed_out() {
+        let mut book = synced();
+        assert_eq!(
+            book.set_pod("team/squatter", Some(pod("squatter", &[9000], &[]))),
+            vec![9000]
+        );
+        let now = Instant::now();
+        assert_eq!(book.reserve_lowest(&pool(), "a", now), Some(9001));
+        assert!(!book.is_free_for(9000, "team", "web"));
+        let outside = book.outside_in(&pool());
+        assert_eq!(outside.len(), 1);
+        assert_eq!(
+            (outside[0].0, outside[0].1.name.as_str()),
+            (9000, "squatter")
+        );
+        // Gone: the port is free again.
+        assert_eq!(book.set_pod("team/squatter", None), vec![9000]);
+        assert!(!book.is_used(9000));
+        assert!(book.outside_in(&pool()).is_empty());
+    }
+
+    #[test]
+    fn a_pod_using_its_claims_port_is_inside_the_books() {
+        let mut book = synced();
+        let mut held = host_port("port-9002", Some(9002), None, "uid-web");
+        if let Some(claim) = held.spec.claim_ref.as_mut() {
+            claim.namespace = Some("team".into());
+            claim.name = Some("web".into());
+        }
+        book.apply(&held);
+        book.set_pod("team/user", Some(pod("user", &[9002], &["web"])));
+        assert!(
+            book.outside_in(&pool()).is_empty(),
+            "held through its claim"
+        );
+        book.set_pod("team/other", Some(pod("other", &[9002], &["db"])));
+        let outside: Vec<&str> = book
+            .outside_users(9002)
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(outside, vec!["other"]);
+        // The HostPort vanished: the port goes back to the claim its pod uses, not to others.
+        book.delete("port-9002");
+        book.set_pod("team/other", None);
+        assert!(book.is_used(9002), "the pod still declares it");
+        assert!(book.is_free_for(9002, "team", "web"));
+        assert!(!book.is_free_for(9002, "team", "db"));
+        // A HostPort relist keeps the pods' ports.
+        book.relist_start();
+        book.relist_done();
+        assert!(book.is_used(9002));
+        assert!(book.is_synced());
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hostport_api::annotations::{CLAIM_PREFIX, referenced_claim_names};
-use hostport_api::cache::{strip_claim, strip_host_port, strip_metadata};
+use hostport_api::annotations::referenced_claim_names;
+use hostport_api::cache::{strip_claim, strip_host_port, strip_metadata, strip_pod};
+use hostport_api::container_ports::declared_host_ports;
 use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -18,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 
 use crate::context::Context;
+use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
 
 /// Drives a watch: every event goes into the cache, then to `on_event`; errors are logged
@@ -176,30 +178,50 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     .await;
 }
 
-/// Claim annotations kept per cached pod (a pod cannot use more: it has fewer named ports).
-const MAX_CLAIM_ANNOTATIONS: usize = 64;
+/// What the port book keeps of a (stripped) pod: its declared host ports while it may run.
+fn pod_ports(pod: &Pod) -> Option<PodPorts> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let mut ports: Vec<u16> = declared_host_ports(pod)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    ports.dedup();
+    if ports.is_empty() {
+        return None;
+    }
+    Some(PodPorts {
+        namespace: pod.namespace().unwrap_or_default(),
+        name: pod.name_any(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        ports,
+        claims: referenced_claim_names(pod.annotations())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
 
-/// Keeps what deletion gating needs of a pod: name, namespace, claim annotations, phase.
-fn strip(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.labels = None;
-    pod.metadata.owner_references = None;
-    pod.metadata.finalizers = None;
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.retain(|key, _| key.starts_with(CLAIM_PREFIX));
-        // A pod has a handful of claimed ports; thousands of claim annotations are an
-        // attack on memory (the pod webhook refuses such pods in labelled namespaces).
-        if let Some(first_dropped) = annotations.keys().nth(MAX_CLAIM_ANNOTATIONS).cloned() {
-            annotations.split_off(&first_dropped);
+/// Ports that pods started or stopped declaring: the classes whose pools hold them report
+/// them, and a freed port may bind a waiting claim.
+fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
+    if changed.is_empty() {
+        return;
+    }
+    for class in ctx.caches.classes.state() {
+        if class
+            .ranges()
+            .iter()
+            .any(|r| changed.iter().any(|p| r.contains(*p)))
+        {
+            let _ = ctx
+                .triggers
+                .classes
+                .send(ObjectRef::from_obj(class.as_ref()));
         }
     }
-    pod.spec = None;
-    if let Some(status) = pod.status.as_mut() {
-        *status = PodStatus {
-            phase: status.phase.take(),
-            ..PodStatus::default()
-        };
-    }
+    ctx.wake_waiting();
 }
 
 /// Queues the HostPorts still bound to the deleted claim `namespace/claim` (held while its
@@ -215,14 +237,35 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     }
 }
 
-/// Pods: a stripped cache, and wake-ups of the deleting claims they hold and of the claims
+/// Pods per page of the initial list: a list of big pods arrives in small pieces.
+const POD_PAGE: u32 = 100;
+
+/// Pods: a stripped cache, the host ports they declare (in the port book), and wake-ups of the deleting claims they hold and of the claims
 /// made for them.
 pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().page_size(POD_PAGE))
         .default_backoff()
-        .modify(strip);
+        .modify(strip_pod);
     follow(stream, "Pod", &mut writer, |event| {
+        match event {
+            Event::Init => ctx.book().pods_relist_start(),
+            Event::InitApply(pod) => ctx.book().pods_relist_apply(pod_ports(pod)),
+            Event::InitDone => {
+                let changed = ctx.book().pods_relist_done();
+                declared_ports_changed(&ctx, &changed);
+            }
+            Event::Apply(pod) => {
+                let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                let changed = ctx.book().set_pod(&key, pod_ports(pod));
+                declared_ports_changed(&ctx, &changed);
+            }
+            Event::Delete(pod) => {
+                let key = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                let changed = ctx.book().set_pod(&key, None);
+                declared_ports_changed(&ctx, &changed);
+            }
+        }
         if let Event::Apply(pod) | Event::Delete(pod) = &event {
             let namespace = pod.namespace().unwrap_or_default();
             for claim in referenced_claim_names(pod.annotations()) {
@@ -278,25 +321,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_pod_keeps_a_bounded_set_of_claim_annotations_and_nothing_else() {
-        let mut annotations: std::collections::BTreeMap<String, String> = (0..100)
-            .map(|i| (format!("{CLAIM_PREFIX}p{i:03}"), format!("claim-{i}")))
-            .collect();
-        annotations.insert(
-            "kubectl.kubernetes.io/last-applied-configuration".into(),
-            "x".repeat(200 * 1024),
-        );
-        let mut pod = Pod::default();
-        pod.metadata.annotations = Some(annotations);
-        pod.metadata.finalizers = Some(vec!["example.com/hold".into()]);
-        strip(&mut pod);
-        let kept = pod.metadata.annotations.unwrap_or_default();
-        assert_eq!(kept.len(), MAX_CLAIM_ANNOTATIONS);
-        assert!(kept.keys().all(|k| k.starts_with(CLAIM_PREFIX)));
-        assert_eq!(
-            kept.keys().last().map(String::as_str),
-            Some("claim.hostport.rmb938.com/p063")
-        );
-        assert_eq!(pod.metadata.finalizers, None);
+    fn the_book_keeps_the_host_ports_of_pods_that_may_run() {
+        let pod = |phase: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns",
+                    "annotations": {"claim.hostport.rmb938.com/web": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                    {"containerPort": 80, "hostPort": 37200},
+                    {"containerPort": 80, "hostPort": 37200, "protocol": "UDP"}]}]},
+                "status": {"phase": phase}
+            }))
+            .expect("pod")
+        };
+        let running = pod_ports(&pod("Running")).expect("declares");
+        assert_eq!(running.ports, vec![37200], "one port for TCP and UDP");
+        assert_eq!(running.claims, vec!["web"]);
+        assert_eq!(running.node.as_deref(), Some("n1"));
+        assert_eq!(running.key(), "ns/p");
+        assert!(pod_ports(&pod("Pending")).is_some());
+        assert!(pod_ports(&pod("Succeeded")).is_none());
+        assert!(pod_ports(&pod("Failed")).is_none());
+        assert!(pod_ports(&Pod::default()).is_none());
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use hostport_controller::RunOptions;
+use hostport_controller::context::DEFAULT_ADMISSION_GRACE;
 use kube::Client;
 
 /// A controller started for a scenario; dropping it stops it (like a crash).
@@ -62,8 +63,16 @@ impl Drop for ControllerProcess {
     }
 }
 
+/// The admission grace scenarios run with unless they set another (see
+/// `Settings::admission_grace`): the webhook here answers in milliseconds, and every release
+/// waits this long before its final check for pods.
+pub const SCENARIO_ADMISSION_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs the controller in-process on `client` until the handle is dropped.
-pub fn spawn_controller(client: Client, options: RunOptions) -> ControllerHandle {
+pub fn spawn_controller(client: Client, mut options: RunOptions) -> ControllerHandle {
+    if options.settings.admission_grace == DEFAULT_ADMISSION_GRACE {
+        options.settings.admission_grace = SCENARIO_ADMISSION_GRACE;
+    }
     ControllerHandle {
         task: tokio::spawn(async move {
             hostport_controller::run(client, options, std::future::pending()).await

@@ -140,6 +140,17 @@ impl Env {
         env
     }
 
+    /// A namespace of this scenario *without* the `hostport.rmb938.com` label, so the pod
+    /// webhook leaves its pods alone (what a tenant or an admin does outside the allocator);
+    /// deleted with the scenario.
+    pub async fn plain_namespace(&self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.namespace);
+        ensure_namespace(&self.client, &name, json!({SCENARIO_LABEL: self.prefix}))
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        name
+    }
+
     /// The in-process API server (fault injection, counters); `None` on a real cluster.
     pub fn server(&self) -> Option<&TestApiServer> {
         self.server.as_ref()
@@ -459,9 +470,12 @@ impl Env {
         }
         let _controller = self.start_controller(RunOptions::default());
         crate::local::unregister_webhooks(&self.client, &self.webhook_configurations()).await;
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.namespace, &DeleteParams::default())
-            .await;
+        let own_namespaces = self.own_namespaces().await;
+        for namespace in &own_namespaces {
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(namespace, &DeleteParams::default())
+                .await;
+        }
         let classes = self.own_classes().await;
         let pools: Vec<(i32, i32)> = classes
             .iter()
@@ -476,7 +490,10 @@ impl Env {
         let namespaces = Api::<Namespace>::all(self.client.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let namespace_left = matches!(namespaces.get_opt(&self.namespace).await, Ok(Some(_)));
+            let mut namespace_left = false;
+            for namespace in &own_namespaces {
+                namespace_left |= matches!(namespaces.get_opt(namespace).await, Ok(Some(_)));
+            }
             let classes_left = self.own_classes().await.len();
             if !namespace_left && classes_left == 0 {
                 break;
@@ -518,6 +535,20 @@ impl Env {
         for host_port in found.iter().filter(|hp| in_pools(hp)) {
             crate::cluster::force_delete(&host_ports, &host_port.name_any()).await;
         }
+    }
+
+    /// This scenario's namespaces: its own and those of [`Self::plain_namespace`].
+    async fn own_namespaces(&self) -> Vec<String> {
+        let selector = format!("{SCENARIO_LABEL}={}", self.prefix);
+        let mut found: Vec<String> = Api::<Namespace>::all(self.client.clone())
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items.iter().map(ResourceExt::name_any).collect())
+            .unwrap_or_default();
+        if !found.contains(&self.namespace) {
+            found.push(self.namespace.clone());
+        }
+        found
     }
 
     /// Classes this scenario created (named with its prefix).

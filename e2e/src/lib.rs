@@ -3,6 +3,7 @@
 //! `E2E_KUBECONFIG` set, a real cluster, and the scenarios that run unchanged on both.
 #![forbid(unsafe_code)]
 
+pub mod books;
 mod cluster;
 pub mod controllers;
 pub mod harness;

@@ -276,7 +276,7 @@ pub async fn main() -> anyhow::Result<()> {
     }
     let client = client().await?;
     if args.render {
-        let forwards = runner::wanted_once(&client, &mode).await;
+        let forwards = runner::wanted_once(&client, &mode, syncer.deny()).await;
         print!("{}", syncer.render(&forwards));
         return Ok(());
     }
@@ -287,6 +287,9 @@ pub async fn main() -> anyhow::Result<()> {
         mode,
         batch_window: Duration::from_millis(args.batch_window_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        instance: std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "hostport-publisher".into()),
     };
     runner::run(client, options, syncer, served.stop.stopped()).await;
     served.finish().await;

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use hostport_api::ports::PortRange;
+
 use crate::forward::{Forward, ForwardSet};
 
 /// SSH, DNS, kube-apiserver, etcd, kubelet (read-write and read-only), kube-proxy health,
@@ -36,28 +38,10 @@ impl DenyList {
     pub fn parse(list: &str) -> Result<Self, DenyListError> {
         let mut ports = BTreeSet::new();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let error = || DenyListError {
+            let range: PortRange = entry.parse().map_err(|_| DenyListError {
                 entry: entry.to_owned(),
-            };
-            let port = |s: &str| {
-                s.trim()
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(error)
-            };
-            match entry.split_once('-') {
-                Some((start, end)) => {
-                    let (start, end) = (port(start)?, port(end)?);
-                    if start > end {
-                        return Err(error());
-                    }
-                    ports.extend(start..=end);
-                }
-                None => {
-                    ports.insert(port(entry)?);
-                }
-            }
+            })?;
+            ports.extend(range.start..=range.end);
         }
         Ok(Self { ports })
     }

@@ -22,7 +22,9 @@ use hostport_api::{HostPortClaim, HostPortClass, Publish};
 use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Service};
 use kube::ResourceExt;
 
+use crate::deny::DenyList;
 use crate::forward::{Conflict, Forward, ForwardSet, Protocol, Target};
+use hostport_api::port_set::PortSet;
 
 /// Service annotation (value `"true"`) that asks for its ports to be forwarded from the edge.
 pub const SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
@@ -38,13 +40,18 @@ pub struct Inputs<'a> {
     pub pods: &'a [Arc<Pod>],
 }
 
-/// The forwards wanted, and the conflicts met on the way (two targets for one port).
+/// The forwards wanted, and what was left out on the way.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Wanted {
     /// One target per external port and protocol.
     pub forwards: ForwardSet,
-    /// What was left out for a conflict.
+    /// What was left out for a conflict (two targets for one port).
     pub conflicts: Vec<Conflict>,
+    /// Service ports left out because claims may hold them.
+    pub refused: Vec<RefusedServicePort>,
+    /// Forwards left out by the deny-list (before conflicts are settled, so a denied
+    /// candidate never displaces an allowed one).
+    pub denied: Vec<Forward>,
 }
 
 impl Wanted {
@@ -53,6 +60,39 @@ impl Wanted {
         if let Err(conflict) = self.forwards.insert(forward) {
             self.conflicts.push(conflict);
         }
+    }
+
+    /// Adds `forward` unless `deny` denies its external or target port.
+    pub fn add_allowed(&mut self, forward: Forward, deny: &DenyList) {
+        if deny.denies(forward.port) || deny.denies(forward.target.port) {
+            self.denied.push(forward);
+        } else {
+            self.add(forward);
+        }
+    }
+
+    /// Adds what `later` wants after what is here (claims first, then Services): the
+    /// deny-list first, then a conflict keeps what is here.
+    pub fn merge(&mut self, later: Wanted, deny: &DenyList) {
+        for forward in later.forwards.iter() {
+            if deny.denies(forward.port) || deny.denies(forward.target.port) {
+                self.denied.push(forward);
+            } else if let Some(kept) = self.forwards.get(forward.protocol, forward.port) {
+                if kept != forward.target {
+                    self.conflicts.push(Conflict {
+                        protocol: forward.protocol,
+                        port: forward.port,
+                        kept,
+                        dropped: forward.target,
+                    });
+                }
+            } else {
+                self.add(forward);
+            }
+        }
+        self.conflicts.extend(later.conflicts);
+        self.refused.extend(later.refused);
+        self.denied.extend(later.denied);
     }
 }
 
@@ -63,17 +103,17 @@ enum Mode<'a> {
     Node(&'a str),
 }
 
-/// The edge host's forwards for claimed ports.
-pub fn edge(inputs: Inputs<'_>) -> Wanted {
-    claimed(inputs, Mode::Edge)
+/// The edge host's forwards for claimed ports (the deny-list applied first).
+pub fn edge(inputs: Inputs<'_>, deny: &DenyList) -> Wanted {
+    claimed(inputs, Mode::Edge, deny)
 }
 
-/// Node `node`'s forwards for the pods there.
-pub fn node(inputs: Inputs<'_>, node: &str) -> Wanted {
-    claimed(inputs, Mode::Node(node))
+/// Node `node`'s forwards for the pods there (the deny-list applied first).
+pub fn node(inputs: Inputs<'_>, node: &str, deny: &DenyList) -> Wanted {
+    claimed(inputs, Mode::Node(node), deny)
 }
 
-fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
+fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> Wanted {
     let mut wanted = Wanted::default();
     let opted_in = |publish: &Publish| match mode {
         Mode::Edge => publish.edge,
@@ -99,14 +139,17 @@ fn claimed(inputs: Inputs<'_>, mode: Mode<'_>) -> Wanted {
         ) else {
             continue;
         };
-        wanted.add(Forward {
-            protocol: used.protocol,
-            port: used.port,
-            target: Target {
-                address,
-                port: target_port,
+        wanted.add_allowed(
+            Forward {
+                protocol: used.protocol,
+                port: used.port,
+                target: Target {
+                    address,
+                    port: target_port,
+                },
             },
-        });
+            deny,
+        );
     }
     wanted
 }
@@ -205,14 +248,41 @@ fn named_ports<'p, 'n>(
         .filter(move |p| p.name.as_deref() == Some(name))
 }
 
+/// The ports claims may hold: every port of every class's pools (whether the class opted in
+/// or not) and every claim's bound port (a Go-era HostPort may lie outside today's pools).
+/// A Service never gets one of them forwarded or mapped: claims win over Services.
+pub fn claimable_ports(classes: &[Arc<HostPortClass>], claims: &[Arc<HostPortClaim>]) -> PortSet {
+    let mut ports = PortSet::default();
+    for class in classes {
+        for range in class.ranges() {
+            ports.fill(range);
+        }
+    }
+    for port in claims.iter().filter_map(|c| c.bound_port()) {
+        ports.insert(port);
+    }
+    ports
+}
+
+/// A Service port left out because claims may hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedServicePort {
+    /// The Service, `namespace/name`.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+}
+
 /// The edge host's forwards for Services that opted in: each port of a NodePort or
 /// LoadBalancer Service annotated [`SERVICE_ANNOTATION`] in a namespace `namespace_allowed`
 /// accepts, from its `port` to the nodePort of the first Ready node (by name) with an
-/// InternalIP.
+/// InternalIP; except ports in `claimable` (see [`claimable_ports`]), which go to
+/// [`Wanted::refused`].
 pub fn services(
     services: &[Arc<Service>],
     nodes: &[Arc<Node>],
     namespace_allowed: impl Fn(&str) -> bool,
+    claimable: &PortSet,
 ) -> Wanted {
     let mut wanted = Wanted::default();
     let Some(node) = ready_node_address(nodes) else {
@@ -239,6 +309,17 @@ pub fn services(
             ) else {
                 continue;
             };
+            if claimable.contains(external) {
+                wanted.refused.push(RefusedServicePort {
+                    service: format!(
+                        "{}/{}",
+                        service.namespace().unwrap_or_default(),
+                        service.name_any()
+                    ),
+                    port: external,
+                });
+                continue;
+            }
             wanted.add(Forward {
                 protocol,
                 port: external,

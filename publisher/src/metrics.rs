@@ -44,6 +44,9 @@ pub struct Metrics {
     pub denied: Gauge,
     /// Forwards left out for a conflict (two targets for one port).
     pub conflicts: Gauge,
+    /// Service ports left out: claims may hold the port (edge mode), or router Services
+    /// refused for it.
+    pub claimed_service_ports: Gauge,
     /// Syncs by outcome.
     pub syncs: Family<SyncLabels, Counter>,
     /// Time one sync took, seconds.
@@ -76,6 +79,12 @@ impl Default for Metrics {
             "conflicts",
             "Forwards left out: another target has the port",
             conflicts.clone(),
+        );
+        let claimed_service_ports = Gauge::default();
+        registry.register(
+            "claimed_service_ports",
+            "Service ports left out: in a HostPortClass's pools or a claim's port (claims win over Services)",
+            claimed_service_ports.clone(),
         );
         let syncs = Family::default();
         registry.register("syncs", "Syncs of the rules by outcome", syncs.clone());
@@ -111,6 +120,7 @@ impl Default for Metrics {
             forwards,
             denied,
             conflicts,
+            claimed_service_ports,
             syncs,
             sync_seconds,
         }

@@ -15,9 +15,13 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::desired::{self, Inputs, Wanted};
+use crate::deny::DenyList;
+use crate::desired::{self, Inputs, RefusedServicePort, Wanted};
 use crate::forward::ForwardSet;
 use crate::sync::Syncer;
+use hostport_process::events::{EventType, Publisher};
+use kube::runtime::reflector::ObjectRef;
+use std::collections::BTreeSet;
 
 /// Which forwards this publisher keeps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +52,8 @@ pub struct RunOptions {
     pub batch_window: Duration,
     /// A full sync at least this often.
     pub resync: Duration,
+    /// Instance name in the Events it publishes (pod or host name).
+    pub instance: String,
 }
 
 /// The watch-fed caches.
@@ -100,8 +106,9 @@ fn strip_node(node: &mut Node) {
     }
 }
 
-/// The forwards the caches ask for now.
-fn wanted(caches: &Caches, mode: &Mode) -> Wanted {
+/// The forwards the caches ask for now: claims first, then Services (none in a class's
+/// pools or on a claim's port), the deny-list applied before any conflict is settled.
+fn wanted(caches: &Caches, mode: &Mode, deny: &DenyList) -> Wanted {
     let (classes, claims, pods) = (
         caches.classes.state(),
         caches.claims.state(),
@@ -113,16 +120,15 @@ fn wanted(caches: &Caches, mode: &Mode) -> Wanted {
         pods: &pods,
     };
     match mode {
-        Mode::Node { node } => desired::node(inputs, node),
+        Mode::Node { node } => desired::node(inputs, node, deny),
         Mode::Edge { service_namespaces } => {
-            let mut wanted = desired::edge(inputs);
+            let mut wanted = desired::edge(inputs, deny);
             if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
                 let allowed = |ns: &str| service_namespaces.iter().any(|n| n == "*" || n == ns);
-                let services = desired::services(&services.state(), &nodes.state(), allowed);
-                for forward in services.forwards.iter() {
-                    wanted.add(forward);
-                }
-                wanted.conflicts.extend(services.conflicts);
+                let claimable = desired::claimable_ports(&classes, &claims);
+                let services =
+                    desired::services(&services.state(), &nodes.state(), allowed, &claimable);
+                wanted.merge(services, deny);
             }
             wanted
         }
@@ -250,6 +256,14 @@ pub async fn run(
     };
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
     tracing::info!(mode = ?options.mode, "caches synced; applying the rules");
+    let mut refusals = Refusals {
+        events: Publisher::new(
+            client.clone(),
+            "hostport-publisher".into(),
+            options.instance.clone(),
+        ),
+        reported: BTreeSet::new(),
+    };
     let mut last_full = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
@@ -258,7 +272,7 @@ pub async fn run(
             syncer.forget();
             last_full = tokio::time::Instant::now();
         }
-        let wanted = wanted(&caches, &options.mode);
+        let wanted = wanted(&caches, &options.mode, syncer.deny());
         for conflict in &wanted.conflicts {
             tracing::warn!(%conflict, "two targets for one port");
         }
@@ -266,8 +280,17 @@ pub async fn run(
         metrics
             .conflicts
             .set(i64::try_from(wanted.conflicts.len()).unwrap_or(i64::MAX));
+        metrics
+            .claimed_service_ports
+            .set(i64::try_from(wanted.refused.len()).unwrap_or(i64::MAX));
+        refusals
+            .report(&wanted.refused, caches.services.as_ref())
+            .await;
         let allowed = syncer.allowed(&wanted.forwards);
-        let (forwards, denied) = (allowed.forwards().len(), allowed.denied().len());
+        let (forwards, denied) = (
+            allowed.forwards().len(),
+            allowed.denied().len() + wanted.denied.len(),
+        );
         metrics
             .denied
             .set(i64::try_from(denied).unwrap_or(i64::MAX));
@@ -314,9 +337,50 @@ pub async fn run(
 }
 
 /// The forwards the API asks for now, listed once (for `--render`).
-pub async fn wanted_once(client: &Client, mode: &Mode) -> ForwardSet {
+pub async fn wanted_once(client: &Client, mode: &Mode, deny: &DenyList) -> ForwardSet {
     let (changes, _) = watch::channel(0u64);
     let (caches, tasks) = start(client, mode, &changes).await;
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
-    wanted(&caches, mode).forwards
+    wanted(&caches, mode, deny).forwards
+}
+
+/// Service ports left out because claims may hold them: a Warning Event on the Service the
+/// first time each is seen (logged every time it is first seen again after going away).
+struct Refusals {
+    events: Publisher,
+    reported: BTreeSet<(String, u16)>,
+}
+
+impl Refusals {
+    async fn report(&mut self, refused: &[RefusedServicePort], services: Option<&Store<Service>>) {
+        let now: BTreeSet<(String, u16)> = refused
+            .iter()
+            .map(|r| (r.service.clone(), r.port))
+            .collect();
+        for (service, port) in now.difference(&self.reported) {
+            tracing::warn!(
+                service,
+                port,
+                "Service port lies in a HostPortClass's pools or is a claim's port; not forwarded (claims win)"
+            );
+            let Some((namespace, name)) = service.split_once('/') else {
+                continue;
+            };
+            let key = ObjectRef::new(name).within(namespace);
+            if let Some(object) = services.and_then(|s| s.get(&key)) {
+                self.events
+                    .publish(
+                        object.as_ref(),
+                        EventType::Warning,
+                        "PortClaimed",
+                        "Forward",
+                        format!(
+                            "port {port} is not forwarded: it lies in a HostPortClass's pools or is held by a claim, and claims win over Services; give the Service another port"
+                        ),
+                    )
+                    .await;
+            }
+        }
+        self.reported = now;
+    }
 }

@@ -107,6 +107,11 @@ impl Syncer {
         }
     }
 
+    /// The deny-list.
+    pub fn deny(&self) -> &DenyList {
+        &self.deny
+    }
+
     /// `desired` without denied ports, and the forwards left out for that.
     pub fn allowed(&self, desired: &ForwardSet) -> Allowed {
         let (forwards, denied) = self.deny.filter(desired);

@@ -67,6 +67,7 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
             },
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),
+            instance: "test".into(),
         },
         syncer,
         async move {
@@ -153,6 +154,7 @@ async fn a_burst_of_changes_is_one_transaction() {
             },
             batch_window: Duration::from_millis(1500),
             resync: Duration::from_secs(60),
+            instance: "test".into(),
         },
         syncer,
         async move {

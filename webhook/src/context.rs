@@ -27,7 +27,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
 use crate::metrics::Metrics;
-use crate::pod::ClaimState;
+use crate::pod::{Binding, ClaimState, ClaimStates};
 use crate::verdict::{Verdict, deny, reasons as verdict_reasons};
 
 /// Shared by every admission request.
@@ -74,13 +74,14 @@ impl Context {
     }
 
     /// A claim's state for pod admission, after waiting (until `deadline`) while it does not
-    /// exist yet or is Pending for a reason the allocator gets past by itself.
+    /// exist yet or is Pending for a reason the allocator gets past by itself; and whether it
+    /// waited.
     pub async fn claim_state_when_settled(
         &self,
         namespace: &str,
         name: &str,
         deadline: Instant,
-    ) -> ClaimState {
+    ) -> (ClaimState, bool) {
         let key = ObjectRef::new(name).within(namespace);
         let mut changes = self.claim_changes.clone();
         let mut waiting: Option<WaitGuard> = None;
@@ -102,7 +103,7 @@ impl Context {
         };
         let waited = waiting.is_some();
         drop(waiting);
-        match self.claim_state(namespace, name).await {
+        let state = match self.claim_state(namespace, name).await {
             ClaimState::Pending { why } if waited && !settled => {
                 let waited = format!(
                     "not Bound after the webhook waited {:?} for the allocator",
@@ -113,6 +114,19 @@ impl Context {
                 }
             }
             state => state,
+        };
+        (state, waited)
+    }
+
+    /// After an admission waited, every claim it found Bound before is read again (cache
+    /// first, else one bounded API read): one deleted or re-bound meanwhile is not used, since
+    /// its old port may have been released and handed to another claim during the wait.
+    pub async fn recheck_bound(&self, namespace: &str, states: &mut ClaimStates) {
+        for (name, state) in states.iter_mut() {
+            if let ClaimState::Bound(before) = state {
+                let now = self.claim_state(namespace, name).await;
+                *state = ClaimState::recheck(before, now);
+            }
         }
     }
 
@@ -175,7 +189,7 @@ impl Context {
         if let Some(host_port) = &cached
             && let Ok(port) = verify_binding(claim, host_port)
         {
-            return ClaimState::Bound { port };
+            return ClaimState::Bound(binding(claim, host_port_name, port));
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
         let what = format!("HostPort {host_port_name:?}");
@@ -189,7 +203,7 @@ impl Context {
             };
         };
         match verify_binding(claim, &host_port) {
-            Ok(port) => ClaimState::Bound { port },
+            Ok(port) => ClaimState::Bound(binding(claim, host_port_name, port)),
             Err(why) => ClaimState::Unverified { why },
         }
     }
@@ -341,6 +355,14 @@ impl Drop for WaitGuard<'_> {
         self.metrics
             .claim_wait_seconds
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+fn binding(claim: &HostPortClaim, host_port: &str, port: u16) -> Binding {
+    Binding {
+        port,
+        claim_uid: claim.uid().unwrap_or_default(),
+        host_port: host_port.to_owned(),
     }
 }
 

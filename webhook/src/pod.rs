@@ -34,11 +34,66 @@ pub enum ClaimState {
         /// What does not hold.
         why: String,
     },
-    /// Bound to this port.
-    Bound {
-        /// The host port.
-        port: u16,
+    /// Bound, the chain verified.
+    Bound(Binding),
+    /// Was Bound when the admission first read it, but was deleted or re-bound while the
+    /// admission waited for another claim: its old port may belong to someone else now.
+    Changed {
+        /// What changed.
+        why: String,
     },
+}
+
+/// A verified binding: which claim (by UID) holds which port through which HostPort. Two
+/// reads of a claim agree only if all three are the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    /// The host port.
+    pub port: u16,
+    /// The claim's UID (a claim deleted and created again under the same name differs).
+    pub claim_uid: String,
+    /// The HostPort holding the port.
+    pub host_port: String,
+}
+
+impl ClaimState {
+    /// What a claim read again after a wait means for a pod that read `before` earlier: the
+    /// same binding stands, anything else is not used (a port read before a wait may have
+    /// been released and handed to another claim meanwhile).
+    pub fn recheck(before: &Binding, now: ClaimState) -> ClaimState {
+        let was = format!(
+            "it was Bound to HostPort {:?} (port {}) when the admission began",
+            before.host_port, before.port
+        );
+        match now {
+            ClaimState::Bound(binding) if binding == *before => ClaimState::Bound(binding),
+            ClaimState::Deleting => ClaimState::Deleting,
+            ClaimState::Missing => ClaimState::Changed {
+                why: format!("{was} and was deleted while it waited"),
+            },
+            ClaimState::Bound(binding) if binding.claim_uid != before.claim_uid => {
+                ClaimState::Changed {
+                    why: format!("{was} and was deleted and created again while it waited"),
+                }
+            }
+            ClaimState::Bound(binding) => ClaimState::Changed {
+                why: format!(
+                    "{was} and is bound to HostPort {:?} (port {}) now",
+                    binding.host_port, binding.port
+                ),
+            },
+            ClaimState::Pending { why } => ClaimState::Changed {
+                why: format!(
+                    "{was} and is not Bound now ({})",
+                    why.unwrap_or_else(|| "no reason given".into())
+                ),
+            },
+            ClaimState::Unverified { why } => ClaimState::Changed {
+                why: format!("{was}, but now {why}"),
+            },
+            ClaimState::Changed { why } => ClaimState::Changed { why },
+        }
+    }
 }
 
 /// What the webhook knows about each claim a pod names, by claim name (absent: `Missing`).
@@ -330,7 +385,7 @@ fn single_slot<'p>(pod: &'p NewPod, key: &str, port_name: &str) -> Result<&'p Po
 /// The port of the claim annotation `key` names, or why the pod cannot have it.
 fn bound_port(key: &str, claim_name: &str, state: Option<&ClaimState>) -> Result<u16, Verdict> {
     match state.unwrap_or(&ClaimState::Missing) {
-        ClaimState::Bound { port } => Ok(*port),
+        ClaimState::Bound(binding) => Ok(binding.port),
         ClaimState::Missing => Err(deny(
             reasons::CLAIM_NOT_FOUND,
             format!(
@@ -350,6 +405,12 @@ fn bound_port(key: &str, claim_name: &str, state: Option<&ClaimState>) -> Result
             reasons::CLAIM_NOT_VERIFIED,
             format!(
                 "annotation {key:?} names HostPortClaim {claim_name:?}, which claims to be Bound but {why}: no port is injected; the allocator repairs the claim, then create the pod again"
+            ),
+        )),
+        ClaimState::Changed { why } => Err(deny(
+            reasons::CLAIM_CHANGED,
+            format!(
+                "annotation {key:?} names HostPortClaim {claim_name:?}: {why}; no port is injected: create the pod again"
             ),
         )),
         ClaimState::Deleting => Err(deny(

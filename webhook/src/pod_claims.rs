@@ -20,7 +20,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::context::Context;
 use crate::pod::per_pod::{ClaimNaming, PodClaim};
-use crate::pod::{ClaimState, ClaimStates};
+use crate::pod::{Binding, ClaimState, ClaimStates};
 use crate::verdict::{Verdict, deny, reasons};
 
 /// The claims made (or found) for a pod.
@@ -93,7 +93,13 @@ pub async fn make(
                 ClaimNaming::Fixed(name) | ClaimNaming::Generated(name) => name.clone(),
             };
             made.annotations.extend(plan.annotations(&name));
-            made.predicted.insert(name, ClaimState::Bound { port });
+            // Not made, so nothing to verify: the port it would get now.
+            let binding = Binding {
+                port,
+                claim_uid: String::new(),
+                host_port: hostport_api::HostPort::name_for_port(port),
+            };
+            made.predicted.insert(name, ClaimState::Bound(binding));
             continue;
         }
         let name = create(ctx, namespace, plan, &object).await?;

@@ -244,11 +244,18 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> R
                     .into_iter()
                     .chain(made.existing.iter().map(String::as_str))
                     .collect();
+                let mut waited = false;
                 for name in names {
-                    let state = shared
+                    let (state, waited_for) = shared
                         .claim_state_when_settled(&namespace, name, deadline)
                         .await;
+                    waited |= waited_for;
                     states.insert(name.to_owned(), state);
+                }
+                // Decided on what holds now, not when the wait began: a claim deleted while
+                // the pod waited may have lost its port to another claim.
+                if waited {
+                    shared.recheck_bound(&namespace, &mut states).await;
                 }
                 let verdict =
                     pod::admit_create(&new_pod, host_network_allowed, &made.annotations, &states);

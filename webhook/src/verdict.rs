@@ -46,6 +46,8 @@ pub mod reasons {
     pub const CLAIM_NOT_BOUND: &str = "ClaimNotBound";
     /// The named claim says it is bound, but its HostPort does not confirm it.
     pub const CLAIM_NOT_VERIFIED: &str = "ClaimNotVerified";
+    /// The named claim was deleted or re-bound while the pod's admission waited.
+    pub const CLAIM_CHANGED: &str = "ClaimChanged";
     /// The named claim is being deleted.
     pub const CLAIM_DELETING: &str = "ClaimDeleting";
     /// A pod's `hostPort` differs from its claim's port.

@@ -65,11 +65,14 @@ fn edge_forwards_claimed_ports_of_opted_in_classes_to_the_node() {
         // A hostPort that is not the claim's port is not forwarded.
         pod("forged", "n2", "198.51.100.3", "10.0.1.5", "a", 9050),
     ];
-    let wanted = edge(Inputs {
-        classes: &classes,
-        claims: &claims,
-        pods: &pods,
-    });
+    let wanted = edge(
+        Inputs {
+            classes: &classes,
+            claims: &claims,
+            pods: &pods,
+        },
+        &DenyList::default(),
+    );
     let forwards: Vec<Forward> = wanted.forwards.iter().collect();
     assert_eq!(forwards.len(), 2, "{forwards:?}");
     assert_eq!(
@@ -99,14 +102,14 @@ fn node_mode_forwards_to_the_pods_of_its_node_only() {
         claims: &claims,
         pods: &pods,
     };
-    let wanted = node(inputs, "n1");
+    let wanted = node(inputs, "n1", &DenyList::default());
     assert_eq!(wanted.forwards.len(), 2);
     assert_eq!(
         wanted.forwards.get(Protocol::Tcp, 9000),
         Some(target("10.0.0.5", 7777))
     );
     assert!(
-        edge(inputs).forwards.is_empty(),
+        edge(inputs, &DenyList::default()).forwards.is_empty(),
         "not opted in for the edge"
     );
 }
@@ -118,11 +121,14 @@ fn two_pods_on_one_claim_conflict_and_the_result_is_deterministic() {
     let one = pod("a-0", "n1", "198.51.100.3", "10.0.0.5", "a", 9000);
     let two = pod("a-1", "n2", "198.51.100.2", "10.0.1.5", "a", 9000);
     let forwards = |pods: &[Arc<Pod>]| {
-        edge(Inputs {
-            classes: &classes,
-            claims: &claims,
-            pods,
-        })
+        edge(
+            Inputs {
+                classes: &classes,
+                claims: &claims,
+                pods,
+            },
+            &DenyList::default(),
+        )
     };
     let (ab, ba) = (forwards(&[one.clone(), two.clone()]), forwards(&[two, one]));
     assert_eq!(ab.forwards, ba.forwards);
@@ -171,12 +177,104 @@ fn services_opt_in_by_annotation_and_namespace() {
         service("public", false, "NodePort"),
         service("public", true, "ClusterIP"),
     ];
-    let wanted = services(&services_in, &nodes, |ns| ns == "public");
+    let none = PortSet::default();
+    let wanted = services(&services_in, &nodes, |ns| ns == "public", &none);
     assert_eq!(wanted.forwards.len(), 2);
     assert_eq!(
         wanted.forwards.get(Protocol::Tcp, 8443),
         Some(target("198.51.100.3", 30443)),
         "to the first Ready node"
     );
-    assert!(services(&services_in, &[], |_| true).forwards.is_empty());
+    assert!(
+        services(&services_in, &[], |_| true, &none)
+            .forwards
+            .is_empty()
+    );
+}
+
+/// Case 3 of the security issue: a Service port equal to a claim's port, or inside a class's
+/// pools, is never forwarded; the claim keeps its forward whatever the Service's nodePort
+/// and the deny-list say.
+#[test]
+fn claims_win_over_services_and_the_deny_list_comes_first() {
+    let classes = [class("public", true, false)];
+    let claims = [claim("games", "a", "public", Some(9000))];
+    let pods = [pod("a-0", "n1", "198.51.100.2", "10.0.0.5", "a", 9000)];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let service = |name: &str, port: i32, node_port: i32| {
+        Arc::new(
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": name, "namespace": "public",
+                    "annotations": {SERVICE_ANNOTATION: "true"}},
+                "spec": {"type": "NodePort", "ports": [
+                    {"port": port, "nodePort": node_port, "protocol": "TCP"}]}
+            }))
+            .expect("service"),
+        )
+    };
+    let ready = Arc::new(
+        serde_json::from_value::<Node>(json!({
+            "metadata": {"name": "a"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+        }))
+        .expect("node"),
+    );
+    // The Service's target (198.51.100.1) is lower than the claim's (198.51.100.2): before,
+    // it won the conflict. A pool port that no claim holds yet is refused as well.
+    let taker = [
+        service("taker", 9000, 30080),
+        service("pool", 9050, 30081),
+        service("fine", 8080, 30082),
+    ];
+    // 30080 is denied: before, the deny-list came after the conflict and took the claim's
+    // forward away with it.
+    let deny = DenyList::parse("30080").expect("deny");
+    let claimable = claimable_ports(&classes, &claims);
+    let mut wanted = edge(inputs, &deny);
+    wanted.merge(services(&taker, &[ready], |_| true, &claimable), &deny);
+    assert_eq!(
+        wanted.forwards.get(Protocol::Tcp, 9000),
+        Some(target("198.51.100.2", 9000)),
+        "the claim keeps its port"
+    );
+    assert_eq!(
+        wanted.forwards.get(Protocol::Tcp, 8080),
+        Some(target("198.51.100.1", 30082))
+    );
+    let refused: Vec<(String, u16)> = wanted
+        .refused
+        .iter()
+        .map(|r| (r.service.clone(), r.port))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            ("public/taker".to_owned(), 9000),
+            ("public/pool".to_owned(), 9050)
+        ]
+    );
+    assert!(wanted.conflicts.is_empty(), "{:?}", wanted.conflicts);
+}
+
+#[test]
+fn a_denied_claim_does_not_displace_an_allowed_one() {
+    // Two pods of one claim: the lower target's forward is denied (its target port), so the
+    // other one is forwarded instead of nothing.
+    let classes = [class("cni", false, true)];
+    let claims = [claim("games", "a", "cni", Some(9000))];
+    let pods = [pod("a-0", "n1", "198.51.100.2", "10.0.0.5", "a", 9000)];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let deny = DenyList::parse("7777").expect("deny");
+    let wanted = node(inputs, "n1", &deny);
+    assert!(wanted.forwards.is_empty());
+    assert_eq!(wanted.denied.len(), 2, "TCP and UDP to 7777");
 }

@@ -106,6 +106,15 @@ pub enum RouterError {
         /// The port.
         port: u16,
     },
+    /// A Service port that claims may hold (in a class's pools, or a claim's port): claims
+    /// win over Services, so it is never published for the Service.
+    #[error(
+        "port {port} belongs to the host ports of a HostPortClass (in its pools, or held by a claim): claims win over Services, so it is not published; give the Service another port"
+    )]
+    PortClaimed {
+        /// The port.
+        port: u16,
+    },
     /// No gateway configured and no default route.
     #[error(
         "no router address: set spec.publish.router.gateway on the class (or --gateway) or give the node a default route"
@@ -155,6 +164,7 @@ impl RouterError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Denied { .. } => "PortDenied",
+            Self::PortClaimed { .. } => "PortClaimed",
             Self::NoGateway => "NoGateway",
             Self::Unreachable { .. } => "RouterUnreachable",
             Self::Refused { .. } => "RouterRefused",

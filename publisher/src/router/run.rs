@@ -174,9 +174,12 @@ fn wanted_services(caches: &Caches, options: &RouterOptions) -> Wanted {
                 selector.matches(ns.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
             })
     };
+    let claimable =
+        crate::desired::claimable_ports(&caches.classes.state(), &caches.claims.state());
     wanted::services(
         &services.state(),
         allowed,
+        &claimable,
         options.this_node(),
         publishing.settings,
     )

@@ -8,13 +8,18 @@
 //!   configuration allows: external `port` → this node's address and the `nodePort`.
 //!
 //! Ports on the deny-list and classes without a usable router address become problems
-//! reported on their object instead of requests.
+//! reported on their object instead of requests, and so does a Service port that a claim may
+//! hold (in a class's pools, or a claim's bound port): claims win over Services. Mappings are
+//! keyed by the external port, so two wants for one router port are a conflict too, which
+//! the claim wins. Every request maps to this node's own address, never to an address a pod
+//! reports in its status (a pod's status is not proof of where it runs).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use hostport_api::port_set::PortSet;
 use hostport_api::{ExternalPortPolicy, RouterProtocol};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
@@ -55,7 +60,7 @@ impl fmt::Display for Owner {
     }
 }
 
-/// A mapping this node keeps: protocol and the port on this node.
+/// A mapping this node keeps: protocol and the external port on the router.
 pub type Key = (Protocol, u16);
 
 /// One wanted mapping and whom it is for.
@@ -78,11 +83,22 @@ pub struct Wanted {
 
 impl Wanted {
     fn add(&mut self, want: Want) {
-        let key = (want.request.protocol, want.request.internal_port);
+        let key = (want.request.protocol, want.request.external_port);
         match self.mappings.get(&key) {
-            // One port of the node serves one object: the first by name keeps it.
+            // One router port serves one object: claims before Services, then the first by
+            // name keeps it.
             Some(kept) if kept.owner <= want.owner => {
-                tracing::warn!(kept = %kept.owner, left_out = %want.owner, port = key.1, protocol = %key.0, "two objects want one node port mapped; the first by name keeps it");
+                tracing::warn!(kept = %kept.owner, left_out = %want.owner, port = key.1, protocol = %key.0, "two objects want one router port; the claim, else the first by name, keeps it");
+                if matches!(kept.owner, Owner::Claim { .. })
+                    && matches!(want.owner, Owner::Service { .. })
+                {
+                    self.problems.push((
+                        want.owner,
+                        RouterError::PortClaimed {
+                            port: want.request.external_port,
+                        },
+                    ));
+                }
             }
             _ => {
                 self.mappings.insert(key, want);
@@ -158,10 +174,8 @@ pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> Wanted {
                 continue;
             }
         };
-        let client = status
-            .and_then(|s| s.host_ip.as_deref())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(node.address);
+        // This node's address from its flags, never the pod's `status.hostIP`.
+        let client = node.address;
         let description = format!("hostport-allocator {}", owner_path(&owner));
         wanted.add(Want {
             owner,
@@ -197,6 +211,7 @@ pub struct ServiceSettings {
 pub fn services(
     services: &[Arc<Service>],
     namespace_allowed: impl Fn(&str) -> bool,
+    claimable: &PortSet,
     node: ThisNode<'_>,
     settings: ServiceSettings,
 ) -> Wanted {
@@ -232,6 +247,12 @@ pub fn services(
             ) else {
                 continue;
             };
+            if claimable.contains(external) {
+                wanted
+                    .problems
+                    .push((owner.clone(), RouterError::PortClaimed { port: external }));
+                continue;
+            }
             if node.deny.denies(external) || node.deny.denies(node_port) {
                 let denied = if node.deny.denies(external) {
                     external

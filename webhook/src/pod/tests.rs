@@ -24,6 +24,15 @@ fn claims(state: ClaimState) -> ClaimStates {
         .collect()
 }
 
+/// A verified binding to `port`.
+fn bound(port: u16) -> ClaimState {
+    ClaimState::Bound(Binding {
+        port,
+        claim_uid: "uid-1".into(),
+        host_port: format!("port-{port}"),
+    })
+}
+
 fn admit(pod: &Pod, host_network_allowed: bool, states: ClaimStates) -> Verdict {
     admit_create(&NewPod::new(pod), host_network_allowed, &[], &states)
 }
@@ -42,7 +51,7 @@ fn readme_pod_gets_its_host_port_and_annotation() {
         json!({"claim.hostport.rmb938.com/web": "echo-web"}),
         json!([{"name": "web", "containerPort": 8080}]),
     );
-    let verdict = admit(&p, false, claims(ClaimState::Bound { port: 9000 }));
+    let verdict = admit(&p, false, claims(bound(9000)));
     let Verdict::Patch(patch) = &verdict else {
         panic!("{verdict:?}")
     };
@@ -64,10 +73,7 @@ fn two_ports_share_one_claim() {
         json!({"claim.hostport.rmb938.com/game-tcp": "game", "claim.hostport.rmb938.com/game-udp": "game"}),
         json!([{"name": "game-tcp", "containerPort": 7777, "protocol": "TCP"}, {"name": "game-udp", "containerPort": 7777, "protocol": "UDP"}]),
     );
-    let patched = apply(
-        &p,
-        &admit(&p, false, claims(ClaimState::Bound { port: 27015 })),
-    );
+    let patched = apply(&p, &admit(&p, false, claims(bound(27015))));
     assert_eq!(
         patched["spec"]["containers"][0]["ports"][0]["hostPort"],
         27015
@@ -94,10 +100,7 @@ fn sidecar_ports_can_be_claimed_but_plain_init_containers_cannot() {
             "containers": [{"name": "app", "image": "a"}]
         }
     }));
-    let patched = apply(
-        &p,
-        &admit(&p, false, claims(ClaimState::Bound { port: 9001 })),
-    );
+    let patched = apply(&p, &admit(&p, false, claims(bound(9001))));
     assert_eq!(
         patched["spec"]["initContainers"][1]["ports"][0]["hostPort"],
         9001
@@ -129,7 +132,7 @@ fn already_correct_host_port_needs_only_the_annotation() {
         json!({"claim.hostport.rmb938.com/web": "echo-web"}),
         json!([{"name": "web", "containerPort": 8080, "hostPort": 9000}]),
     );
-    let Verdict::Patch(patch) = admit(&p, false, claims(ClaimState::Bound { port: 9000 })) else {
+    let Verdict::Patch(patch) = admit(&p, false, claims(bound(9000))) else {
         panic!()
     };
     assert_eq!(patch.0.len(), 1);
@@ -159,7 +162,7 @@ fn every_denial_names_the_problem_and_the_fix() {
                 json!({"claim.hostport.rmb938.com/http": "echo-web"}),
                 web.clone(),
             ),
-            ClaimState::Bound { port: 9000 },
+            bound(9000),
             "UnknownPortName",
             "no container port of the pod has that name: add `name: http`",
         ),
@@ -169,7 +172,7 @@ fn every_denial_names_the_problem_and_the_fix() {
                 "spec": {"containers": [{"name": "a", "image": "a", "ports": [{"name": "web", "containerPort": 1}]},
                                         {"name": "b", "image": "b", "ports": [{"name": "web", "containerPort": 2}]}]}}),
             ),
-            ClaimState::Bound { port: 9000 },
+            bound(9000),
             "DuplicatePortName",
             "which 2 ports share (spec.containers[0].ports[0], spec.containers[1].ports[0])",
         ),
@@ -225,7 +228,7 @@ fn every_denial_names_the_problem_and_the_fix() {
                 json!({"claim.hostport.rmb938.com/web": "echo-web"}),
                 json!([{"name": "web", "containerPort": 8080, "hostPort": 1234}]),
             ),
-            ClaimState::Bound { port: 9000 },
+            bound(9000),
             "HostPortMismatch",
             "sets hostPort 1234, but HostPortClaim \"echo-web\" is bound to port 9000",
         ),
@@ -315,4 +318,63 @@ fn updates_may_not_touch_hostport_annotations() {
         .expect("annotations")
         .remove("claim.hostport.rmb938.com/web");
     assert!(matches!(admit_update(&old, &removed), Verdict::Deny { .. }));
+}
+
+#[test]
+fn a_claim_read_again_after_a_wait_is_used_only_if_its_binding_stands() {
+    let before = Binding {
+        port: 37000,
+        claim_uid: "uid-1".into(),
+        host_port: "port-37000".into(),
+    };
+    assert_eq!(
+        ClaimState::recheck(&before, ClaimState::Bound(before.clone())),
+        ClaimState::Bound(before.clone())
+    );
+    assert_eq!(
+        ClaimState::recheck(&before, ClaimState::Deleting),
+        ClaimState::Deleting
+    );
+    let changed = |now: ClaimState| match ClaimState::recheck(&before, now) {
+        ClaimState::Changed { why } => why,
+        other => panic!("expected Changed, got {other:?}"),
+    };
+    let gone = changed(ClaimState::Missing);
+    assert!(
+        gone.contains("HostPort \"port-37000\" (port 37000)") && gone.contains("was deleted"),
+        "{gone}"
+    );
+    let recreated = changed(ClaimState::Bound(Binding {
+        claim_uid: "uid-2".into(),
+        ..before.clone()
+    }));
+    assert!(recreated.contains("created again"), "{recreated}");
+    let moved = changed(ClaimState::Bound(Binding {
+        port: 37001,
+        host_port: "port-37001".into(),
+        ..before.clone()
+    }));
+    assert!(moved.contains("port 37001"), "{moved}");
+    let pending = changed(ClaimState::Pending { why: None });
+    assert!(pending.contains("not Bound now"), "{pending}");
+    let unverified = changed(ClaimState::Unverified {
+        why: "its HostPort \"port-37000\" does not exist".into(),
+    });
+    assert!(unverified.contains("does not exist"), "{unverified}");
+    // The denial names the annotation, the claim and the fix.
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    );
+    let verdict = admit(&p, false, claims(ClaimState::Changed { why: gone }));
+    let Verdict::Deny { reason, message } = verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(reason, reasons::CLAIM_CHANGED);
+    assert!(
+        message.contains("\"claim.hostport.rmb938.com/web\"")
+            && message.contains("\"echo-web\"")
+            && message.contains("create the pod again"),
+        "{message}"
+    );
 }

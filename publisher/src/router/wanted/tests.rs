@@ -37,7 +37,8 @@ fn pod(name: &str, node: &str, phase: &str, claim: &str, host_port: i32) -> Arc<
                          "annotations": {"claim.hostport.rmb938.com/game": claim}},
             "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
                 {"name": "game", "containerPort": 7777, "hostPort": host_port, "protocol": "UDP"}]}]},
-            "status": {"phase": phase, "hostIP": NODE.to_string()}
+            // A hostIP the pod's status claims is never the mapping's target.
+            "status": {"phase": phase, "hostIP": "198.51.100.99"}
         }))
         .expect("pod"),
     )
@@ -188,22 +189,23 @@ fn only_load_balancers_of_our_class_in_allowed_namespaces_are_mapped_to_this_nod
     let wanted = super::services(
         &services,
         |ns| ns.starts_with("web"),
+        &PortSet::default(),
         this_node(&deny),
         settings,
     );
     assert_eq!(
         keys(&wanted),
-        [((Protocol::Tcp, 30080), "Service web/site".to_owned())]
+        [((Protocol::Tcp, 80), "Service web/site".to_owned())]
     );
-    let request = &wanted.mappings[&(Protocol::Tcp, 30080)].request;
-    assert_eq!((request.external_port, request.client), (80, NODE));
+    let request = &wanted.mappings[&(Protocol::Tcp, 80)].request;
+    assert_eq!((request.internal_port, request.client), (30080, NODE));
     // Port 53 is denied: reported on the Service.
     assert_eq!(wanted.problems.len(), 1);
     assert_eq!(wanted.problems[0].1.reason(), "PortDenied");
 }
 
 #[test]
-fn one_node_port_serves_one_object_the_first_by_name() {
+fn one_router_port_serves_one_object_the_first_by_name() {
     let deny = DenyList::parse("22").expect("deny");
     let mut wanted = Wanted::default();
     let settings = ServiceSettings {
@@ -211,22 +213,106 @@ fn one_node_port_serves_one_object_the_first_by_name() {
         gateway: Some(GATEWAY),
         lifetime_seconds: 3600,
     };
+    let none = PortSet::default();
     let b = super::services(
         &[service("b", "LoadBalancer", Some(LOAD_BALANCER_CLASS))],
         |_| true,
+        &none,
         this_node(&deny),
         settings,
     );
     let a = super::services(
         &[service("a", "LoadBalancer", Some(LOAD_BALANCER_CLASS))],
         |_| true,
+        &none,
         this_node(&deny),
         settings,
     );
     wanted.merge(b);
     wanted.merge(a);
     assert_eq!(
-        wanted.mappings[&(Protocol::Tcp, 30080)].owner.to_string(),
+        wanted.mappings[&(Protocol::Tcp, 80)].owner.to_string(),
         "Service a/site"
+    );
+}
+
+/// Case 3 of the security issue: a LoadBalancer Service does not race a claim for the
+/// router port. Mappings are keyed by the router's port, the claim keeps it, and a Service
+/// port in a class's pools is refused and reported on the Service.
+#[test]
+fn claims_win_the_router_port_over_services() {
+    let deny = DenyList::parse("22").expect("deny");
+    let classes = [class("home", json!({}))];
+    let claims = [claim("a", "home", 7001)];
+    let pods = [pod("a", "node-a", "Running", "a", 7001)];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let settings = ServiceSettings {
+        method: RouterProtocol::Auto,
+        gateway: Some(GATEWAY),
+        lifetime_seconds: 3600,
+    };
+    let taker = Arc::new(
+        serde_json::from_value::<Service>(json!({
+            "metadata": {"name": "taker", "namespace": "web"},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": LOAD_BALANCER_CLASS, "ports": [
+                {"port": 7001, "nodePort": 30001, "protocol": "UDP"},
+                {"port": 7050, "nodePort": 30002, "protocol": "UDP"},
+                {"port": 8080, "nodePort": 30003, "protocol": "UDP"}]}
+        }))
+        .expect("service"),
+    );
+    // Without the pools check, the claim still wins the router port by its key.
+    let mut unchecked = claims_wanted(inputs, this_node(&deny));
+    unchecked.merge(super::services(
+        std::slice::from_ref(&taker),
+        |_| true,
+        &PortSet::default(),
+        this_node(&deny),
+        settings,
+    ));
+    assert_eq!(
+        unchecked.mappings[&(Protocol::Udp, 7001)].owner.to_string(),
+        "HostPortClaim games/a"
+    );
+    assert!(
+        unchecked
+            .problems
+            .iter()
+            .any(|(o, e)| o.to_string() == "Service web/taker" && e.reason() == "PortClaimed"),
+        "{:?}",
+        unchecked.problems
+    );
+    // With it (what the publisher does), no pool port is asked for a Service at all.
+    let claimable = crate::desired::claimable_ports(&classes, &claims);
+    let mut wanted = claims_wanted(inputs, this_node(&deny));
+    wanted.merge(super::services(
+        &[taker],
+        |_| true,
+        &claimable,
+        this_node(&deny),
+        settings,
+    ));
+    assert_eq!(
+        keys(&wanted),
+        [
+            ((Protocol::Udp, 7001), "HostPortClaim games/a".to_owned()),
+            ((Protocol::Udp, 8080), "Service web/taker".to_owned())
+        ]
+    );
+    let refused: Vec<String> = wanted
+        .problems
+        .iter()
+        .map(|(o, e)| format!("{o}: {}", e.reason()))
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "Service web/taker: PortClaimed",
+            "Service web/taker: PortClaimed"
+        ]
     );
 }

@@ -1,0 +1,401 @@
+//! No host port in use outside the allocator's books: a pod never keeps a port whose claim
+//! was released while the pod was in admission, and the allocator never hands out a port
+//! that a live pod already declares (a `hostPort` set by hand where the webhook does not
+//! act, a `hostNetwork` pod). Each scenario ends with the books invariant checked against
+//! what the API server stores (`hostport_e2e::books`).
+
+use std::time::Duration;
+
+use hostport_api::conditions::{self, reasons, types};
+use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass};
+use hostport_controller::{RunOptions, Settings};
+use hostport_e2e::books;
+use hostport_e2e::harness::{Env, webhook_user};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube_testserver::RequestMatch;
+use serde_json::json;
+
+fn claim(name: &str, class: &str, port: Option<i32>) -> HostPortClaim {
+    HostPortClaim::new(
+        name,
+        HostPortClaimSpec {
+            host_port_class_name: class.into(),
+            host_port_name: None,
+            port,
+        },
+    )
+}
+
+fn pod(value: serde_json::Value) -> Pod {
+    serde_json::from_value(value).expect("pod")
+}
+
+/// A pod naming `claims` as `(portName, claimName)`, one container port each.
+fn pod_naming(name: &str, claims: &[(&str, &str)]) -> Pod {
+    let annotations: serde_json::Map<String, serde_json::Value> = claims
+        .iter()
+        .map(|(port, claim)| (format!("claim.hostport.rmb938.com/{port}"), json!(claim)))
+        .collect();
+    let ports: Vec<serde_json::Value> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, (port, _))| json!({"name": port, "containerPort": 8000 + i}))
+        .collect();
+    pod(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app", "ports": ports}]}
+    }))
+}
+
+fn reason_of(claim: &HostPortClaim) -> Option<String> {
+    let status = claim.status.as_ref()?;
+    conditions::find(&status.conditions, types::BOUND).map(|c| c.reason.clone())
+}
+
+async fn tenant_or_admin(env: &Env) -> Client {
+    env.tenant().await.unwrap_or_else(|| env.client.clone())
+}
+
+/// Waits until claim `name` has the `Bound` condition reason `reason`; returns it.
+async fn with_reason(env: &Env, name: &str, reason: &str) -> HostPortClaim {
+    let claims = env.claims();
+    env.wait_for(
+        &format!("claim {name} with reason {reason}"),
+        Duration::from_secs(30),
+        || {
+            let claims = claims.clone();
+            async move {
+                claims
+                    .get_opt(name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|c| reason_of(c).as_deref() == Some(reason))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until claim `name` is gone (its port released).
+async fn gone(env: &Env, name: &str) {
+    let claims = env.claims();
+    env.wait_for(
+        &format!("claim {name} to be released"),
+        Duration::from_secs(30),
+        || {
+            let claims = claims.clone();
+            async move { matches!(claims.get_opt(name).await, Ok(None)).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Case 1 of the issue, driven with a held-open admission: the pod names a Bound claim and a
+/// claim that does not exist yet, so its admission waits; meanwhile the tenant deletes the
+/// Bound claim and the controller releases its port. When the missing claim appears, the
+/// admission must not use the port it read before the wait.
+#[tokio::test]
+async fn a_pod_does_not_keep_a_port_released_while_it_was_in_admission() {
+    let env = Env::new("books-admission").await;
+    let tenant = tenant_or_admin(&env).await;
+    let webhook = env
+        .start_webhook_with(hostport_webhook::RunOptions {
+            bind_wait: Duration::from_secs(4),
+            ..Default::default()
+        })
+        .await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("pool", &[(37000, 37002)]).await;
+    let claims: Api<HostPortClaim> = Api::namespaced(tenant.clone(), &env.namespace);
+    claims
+        .create(&PostParams::default(), &claim("a-web", &class, None))
+        .await
+        .expect("claim a-web");
+    assert_eq!(env.bound("a-web").await.bound_port(), Some(37000));
+
+    // The admission is held open: it waits for `late`, which does not exist yet.
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), &env.namespace);
+    let held = pod_naming("held", &[("web", "a-web"), ("game", "late")]);
+    let admission = tokio::spawn({
+        let pods = pods.clone();
+        async move { pods.create(&PostParams::default(), &held).await }
+    });
+    let metrics = webhook.metrics.clone();
+    env.wait_for(
+        "the admission to wait for claim late",
+        Duration::from_secs(10),
+        || {
+            let waiting = metrics.claim_waits.get();
+            async move { (waiting > 0).then_some(()) }
+        },
+    )
+    .await;
+
+    // Meanwhile: a-web is deleted and its port released.
+    claims
+        .delete("a-web", &DeleteParams::default())
+        .await
+        .expect("delete a-web");
+    gone(&env, "a-web").await;
+    // The missing claim appears (on another port), and the admission wakes.
+    claims
+        .create(&PostParams::default(), &claim("late", &class, Some(37001)))
+        .await
+        .expect("claim late");
+    let answer = admission.await.expect("admission task");
+    match answer {
+        Err(kube::Error::Api(status)) => {
+            assert!(
+                status.message.contains("\"a-web\"")
+                    && status.message.contains("was deleted while it waited"),
+                "{}",
+                status.message
+            );
+        }
+        Ok(pod) => panic!(
+            "the pod was admitted with ports {:?} from a claim released during its admission",
+            pod.spec.map(|s| s.containers[0].ports.clone())
+        ),
+        Err(other) => panic!("{other}"),
+    }
+    // 37000 is free and goes to the next claim; no pod holds it.
+    claims
+        .create(&PostParams::default(), &claim("next", &class, None))
+        .await
+        .expect("claim next");
+    assert_eq!(env.bound("next").await.bound_port(), Some(37000));
+    books::assert_hold(&env.client, &[&env.namespace]).await;
+    drop(webhook);
+    env.cleanup().await;
+}
+
+/// The controller's half of case 1: a deleted claim keeps its port while an admission that
+/// read it may still store its pod. The webhook's caches are frozen (an admission that read
+/// the claim before the deletion), so the pod is admitted with the port after the deletion;
+/// the claim must still hold the port when the pod is stored. In-process only (it freezes
+/// the webhook's watches).
+#[tokio::test]
+async fn a_deleted_claim_keeps_its_port_while_admissions_may_be_in_flight() {
+    let env = Env::new("books-grace").await;
+    let Some(server) = env.server() else {
+        eprintln!("needs the in-process server to freeze the webhook's watches; skipped");
+        return env.cleanup().await;
+    };
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions {
+        settings: Settings {
+            admission_grace: Duration::from_secs(3),
+            ..Settings::default()
+        },
+        ..RunOptions::default()
+    });
+    let class = env.create_class("pool", &[(37010, 37011)]).await;
+    env.create_claim("a-web", &class, None).await;
+    assert_eq!(env.bound("a-web").await.bound_port(), Some(37010));
+
+    // The webhook still sees a-web Bound (its watches are frozen) after it is deleted.
+    let webhook = webhook_user();
+    for resource in ["hostportclaims", "hostports"] {
+        server.freeze_watches(RequestMatch::resource(resource).by_user(&webhook.username));
+    }
+    env.claims()
+        .delete("a-web", &DeleteParams::default())
+        .await
+        .expect("delete a-web");
+    let deleting = with_reason(&env, "a-web", reasons::ADMISSIONS_IN_FLIGHT).await;
+    assert_eq!(
+        deleting.status.as_ref().and_then(|s| s.port),
+        Some(37010),
+        "the port is kept and shown"
+    );
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    let stored = pods
+        .create(
+            &PostParams::default(),
+            &pod_naming("late-pod", &[("web", "a-web")]),
+        )
+        .await
+        .expect("admitted from the stale cache");
+    let host_port = stored
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].ports.as_ref())
+        .and_then(|p| p[0].host_port);
+    assert_eq!(host_port, Some(37010));
+    server.thaw_watches();
+    // The final check finds the stored pod: the claim keeps the port for it.
+    with_reason(&env, "a-web", reasons::IN_USE_BY_PODS).await;
+    env.create_claim("next", &class, None).await;
+    assert_eq!(env.bound("next").await.bound_port(), Some(37011));
+    books::assert_hold(&env.client, &[&env.namespace]).await;
+    // The pod goes: the port is released.
+    pods.delete("late-pod", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete pod");
+    gone(&env, "a-web").await;
+    env.cleanup().await;
+}
+
+/// Case 2 of the issue: ports that pods declare where the webhook does not act (a namespace
+/// without the label, a `hostNetwork` pod) are never handed out; the class shows them, a
+/// claim asking for one says why it waits, and the port binds once the pod is gone.
+#[tokio::test]
+async fn ports_pods_declare_outside_the_books_are_not_handed_out() {
+    let env = Env::new("books-outside").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let plain = env.plain_namespace("plain").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &plain);
+    pods.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "squatter"},
+            "spec": {"containers": [{"name": "app", "image": "app",
+                "ports": [{"containerPort": 8080, "hostPort": 37100}]}]}
+        })),
+    )
+    .await
+    .expect("squatter pod");
+    pods.create(
+        &PostParams::default(),
+        &pod(json!({
+            "metadata": {"name": "agent"},
+            "spec": {"hostNetwork": true, "containers": [{"name": "agent", "image": "agent",
+                "ports": [{"containerPort": 37102}]}]}
+        })),
+    )
+    .await
+    .expect("hostNetwork pod");
+    let class = env.create_class("pool", &[(37100, 37103)]).await;
+
+    env.create_claim("any", &class, None).await;
+    assert_eq!(
+        env.bound("any").await.bound_port(),
+        Some(37101),
+        "37100 is declared by the squatter"
+    );
+    env.create_claim("next", &class, None).await;
+    assert_eq!(
+        env.bound("next").await.bound_port(),
+        Some(37103),
+        "37102 is the hostNetwork pod's"
+    );
+    env.create_claim("wants-37100", &class, Some(37100)).await;
+    let waiting = with_reason(&env, "wants-37100", reasons::PORT_IN_USE).await;
+    let message = conditions::find(
+        &waiting.status.as_ref().expect("status").conditions,
+        types::BOUND,
+    )
+    .map(|c| c.message.clone())
+    .unwrap_or_default();
+    assert!(
+        message.contains("port 37100") && message.contains(&format!("pod {plain}/squatter")),
+        "{message}"
+    );
+    env.create_claim("full", &class, None).await;
+    let full = with_reason(&env, "full", reasons::POOL_EXHAUSTED).await;
+    let message = conditions::find(
+        &full.status.as_ref().expect("status").conditions,
+        types::BOUND,
+    )
+    .map(|c| c.message.clone())
+    .unwrap_or_default();
+    assert!(
+        message.contains("2 of them declared by pods outside the allocator"),
+        "{message}"
+    );
+
+    // The class shows them.
+    let classes: Api<HostPortClass> = env.classes();
+    let status = env
+        .wait_for(
+            "the class to list the ports in use outside",
+            Duration::from_secs(30),
+            || {
+                let classes = classes.clone();
+                let class = class.clone();
+                async move {
+                    let status = classes.get(&class).await.ok()?.status?;
+                    let listed = status.ports_in_use_outside.clone().unwrap_or_default();
+                    (listed.len() == 2).then_some(status)
+                }
+            },
+        )
+        .await;
+    let listed: Vec<(i32, String)> = status
+        .ports_in_use_outside
+        .iter()
+        .flatten()
+        .map(|p| (p.port, p.pod.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (37100, format!("{plain}/squatter")),
+            (37102, format!("{plain}/agent"))
+        ]
+    );
+    let condition =
+        conditions::find(&status.conditions, types::PORTS_IN_USE_OUTSIDE).expect("condition");
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.starts_with("2 port(s)"),
+        "{}",
+        condition.message
+    );
+    books::assert_hold(&env.client, &[&env.namespace, &plain]).await;
+
+    // The squatter goes: the claim that waited for 37100 gets it (the claim waiting for any
+    // port goes first, so it cannot take 37100 instead).
+    env.claims()
+        .delete("full", &DeleteParams::default())
+        .await
+        .expect("delete full");
+    gone(&env, "full").await;
+    pods.delete("squatter", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete squatter");
+    assert_eq!(env.bound("wants-37100").await.bound_port(), Some(37100));
+    books::assert_hold(&env.client, &[&env.namespace, &plain]).await;
+    env.cleanup().await;
+}
+
+/// A class whose pools overlap the NodePort Service range says so.
+#[tokio::test]
+async fn a_class_in_the_node_port_range_gets_a_warning_condition() {
+    let env = Env::new("books-nodeport").await;
+    let _controller = env.start_controller(RunOptions::default());
+    let inside = env.create_class("inside", &[(32700, 32701)]).await;
+    let outside = env.create_class("outside", &[(37200, 37201)]).await;
+    let classes: Api<HostPortClass> = env.classes();
+    for (class, expected) in [(inside, "True"), (outside, "False")] {
+        let condition = env
+            .wait_for(
+                &format!("class {class} to have OverlapsNodePortRange"),
+                Duration::from_secs(30),
+                || {
+                    let classes = classes.clone();
+                    let class = class.clone();
+                    async move {
+                        let status = classes.get(&class).await.ok()?.status?;
+                        conditions::find(&status.conditions, types::OVERLAPS_NODE_PORT_RANGE)
+                            .cloned()
+                    }
+                },
+            )
+            .await;
+        assert_eq!(condition.status, expected, "{class}: {}", condition.message);
+        if expected == "True" {
+            assert!(
+                condition.message.contains("30000-32767")
+                    && condition.message.contains("--service-node-port-range"),
+                "{}",
+                condition.message
+            );
+        }
+    }
+    env.cleanup().await;
+}
