@@ -195,7 +195,10 @@ mod tests {
             claim: "a-web",
             port: Some(port),
         };
-        assert_eq!(using(with_port(37000), std::slice::from_ref(&squatter)), vec!["kept"]);
+        assert_eq!(
+            using(with_port(37000), std::slice::from_ref(&squatter)),
+            vec!["kept"]
+        );
         assert!(using(with_port(37001), std::slice::from_ref(&squatter)).is_empty());
         let elsewhere = ClaimUse {
             namespace: "elsewhere",

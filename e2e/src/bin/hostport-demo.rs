@@ -317,14 +317,17 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
 
     println!("\n4. Release");
     claims.delete("echo-web", &DeleteParams::default()).await?;
-    let held = wait_for("the claim to show Deleting", || {
+    // First AdmissionsInFlight (admissions that read the port may still be on their way),
+    // then InUseByPods once the controller found the running pod.
+    let held = wait_for("the claim to show Deleting, held by its pod", || {
         let claims = claims.clone();
         async move {
-            claims
-                .get("echo-web")
-                .await
-                .ok()
-                .filter(|c| c.phase() == hostport_api::ClaimPhase::Deleting)
+            claims.get("echo-web").await.ok().filter(|c| {
+                c.phase() == hostport_api::ClaimPhase::Deleting
+                    && c.bound_condition().is_some_and(|b| {
+                        b.reason == hostport_api::conditions::reasons::IN_USE_BY_PODS
+                    })
+            })
         }
     })
     .await?;
