@@ -12,6 +12,11 @@ fn webhook(
     rule: Value,
     namespace_selector: Option<Value>,
 ) -> Value {
+    // One rule, or a list of them.
+    let rules = match rule {
+        Value::Array(rules) => rules,
+        rule => vec![rule],
+    };
     // The pod webhook creates the claims of pods with class annotations, never on a dry-run.
     let side_effects = if name.starts_with("pods.") {
         "NoneOnDryRun"
@@ -25,7 +30,7 @@ fn webhook(
         "failurePolicy": "Fail",
         "timeoutSeconds": 5,
         "clientConfig": {"url": url, "caBundle": ca_bundle},
-        "rules": [rule],
+        "rules": rules,
     });
     if let Some(selector) = namespace_selector {
         webhook["namespaceSelector"] = selector;
@@ -35,6 +40,15 @@ fn webhook(
 
 fn rule(group: &str, resources: &[&str], operations: &[&str]) -> Value {
     json!({"apiGroups": [group], "apiVersions": ["v1alpha1"], "resources": resources, "operations": operations, "scope": "*"})
+}
+
+/// The pod webhook's rules, as in `config/webhook/webhooks.yaml`: pods on create and update,
+/// and their status on update (which can change annotations too).
+pub fn pod_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"},
+        {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/status"], "operations": ["UPDATE"], "scope": "Namespaced"}
+    ])
 }
 
 /// `(mutating, validating)` configurations named `name`, calling `base_url` (e.g.
@@ -48,7 +62,7 @@ pub fn configurations(
 ) -> (Value, Value) {
     let url = |path: &str| format!("{base_url}{path}");
     let group = hostport_api::GROUP;
-    let pods = json!({"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"});
+    let pods = pod_rules();
     let mutating = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},

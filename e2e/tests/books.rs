@@ -399,3 +399,75 @@ async fn a_class_in_the_node_port_range_gets_a_warning_condition() {
     }
     env.cleanup().await;
 }
+
+/// `pods/status` is covered: a status update can change a pod's annotations, and the claim
+/// and port annotations are fixed there too (otherwise a tenant with `pods/status` could
+/// move a running pod off its claim, so the claim's port is released under it).
+#[tokio::test]
+async fn a_pods_claim_cannot_be_changed_through_its_status() {
+    let env = Env::new("books-status").await;
+    let tenant = tenant_or_admin(&env).await;
+    if env.server().is_none() && std::env::var_os("E2E_RBAC").is_some() {
+        // A mistaken grant: the tenant may write pod status.
+        env.grant_tenant(
+            "pod-status",
+            json!([{"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch", "update"]}]),
+        )
+        .await;
+    }
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("pool", &[(37300, 37301)]).await;
+    env.create_claim("web", &class, None).await;
+    env.create_claim("other", &class, None).await;
+    assert_eq!(env.bound("web").await.bound_port(), Some(37300));
+    env.bound("other").await;
+    let pods: Api<Pod> = Api::namespaced(tenant.clone(), &env.namespace);
+    pods.create(
+        &PostParams::default(),
+        &pod_naming("app", &[("web", "web")]),
+    )
+    .await
+    .expect("admitted");
+    let moved = json!({"metadata": {"annotations": {
+        "claim.hostport.rmb938.com/web": "other",
+        "port.hostport.rmb938.com/web": "37301"}}});
+    // RBAC sees a new binding after a moment: retry while the API server says Forbidden by RBAC.
+    let denial = env
+        .wait_for(
+            "the status write to reach admission",
+            Duration::from_secs(30),
+            || {
+                let pods = pods.clone();
+                let moved = moved.clone();
+                async move {
+                    match pods
+                        .patch_status(
+                            "app",
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&moved),
+                        )
+                        .await
+                    {
+                        Err(kube::Error::Api(status)) if status.message.contains("RBAC") => None,
+                        other => Some(other),
+                    }
+                }
+            },
+        )
+        .await;
+    match denial {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403, "{}", status.message);
+            assert!(
+                status.message.contains("claim.hostport.rmb938.com/web")
+                    && status.message.contains("cannot change once the pod exists"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("the claim annotation was changed through pods/status: {other:?}"),
+    }
+    books::assert_hold(&env.client, &[&env.namespace]).await;
+    env.cleanup().await;
+}

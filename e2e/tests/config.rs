@@ -187,6 +187,13 @@ fn default_install_is_hardened_and_highly_available() {
             };
             assert_eq!(webhook["sideEffects"], side_effects, "{}", webhook["name"]);
             assert!(webhook["timeoutSeconds"].as_i64().expect("timeout") <= 5);
+            if webhook["name"] == "pods.hostport.rmb938.com" {
+                assert_eq!(
+                    webhook["rules"],
+                    hostport_e2e::webhooks::pod_rules(),
+                    "the scenarios register the pod webhook with the rules config/ installs"
+                );
+            }
             assert_eq!(
                 webhook["clientConfig"]["service"]["name"],
                 "hostport-webhook"

@@ -87,7 +87,27 @@ impl Ctx<'_> {
         let status_only = self.path.subresource.as_deref() == Some("status");
         if status_only {
             let status = new.get("status").cloned();
+            // A pod's status write may change its labels and annotations too, as
+            // kube-apiserver's pod status strategy allows (what the kubelet relied on).
+            let pod_metadata = (self.rt.plural == "pods" && self.rt.group.is_empty()).then(|| {
+                (
+                    new["metadata"].get("labels").cloned(),
+                    new["metadata"].get("annotations").cloned(),
+                )
+            });
             new = (**old).clone();
+            if let Some((labels, annotations)) = pod_metadata {
+                for (field, value) in [("labels", labels), ("annotations", annotations)] {
+                    match value {
+                        Some(value) => new["metadata"][field] = value,
+                        None => {
+                            if let Some(meta) = new["metadata"].as_object_mut() {
+                                meta.remove(field);
+                            }
+                        }
+                    }
+                }
+            }
             match status {
                 Some(status) => new["status"] = status,
                 None => {
