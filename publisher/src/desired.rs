@@ -96,11 +96,11 @@ impl Wanted {
     }
 }
 
-/// Which side of the pod a forward goes to.
+/// Which side of the pod a forward goes to (node mode: which node, its pod CIDRs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode<'a> {
     Edge,
-    Node(&'a str),
+    Node(&'a str, &'a [Ipv4Cidr]),
 }
 
 /// The edge host's forwards for claimed ports (the deny-list applied first).
@@ -108,23 +108,68 @@ pub fn edge(inputs: Inputs<'_>, deny: &DenyList) -> Wanted {
     claimed(inputs, Mode::Edge, deny)
 }
 
-/// Node `node`'s forwards for the pods there (the deny-list applied first).
-pub fn node(inputs: Inputs<'_>, node: &str, deny: &DenyList) -> Wanted {
-    claimed(inputs, Mode::Node(node), deny)
+/// Node `node`'s forwards for the pods there (the deny-list applied first), only to pod
+/// addresses inside the node's `pod_cidrs` when it has any: a pod's `status.podIP` is not
+/// proof of where it runs, and a forward must never point at another host.
+pub fn node(inputs: Inputs<'_>, node: &str, pod_cidrs: &[String], deny: &DenyList) -> Wanted {
+    let cidrs: Vec<Ipv4Cidr> = pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    claimed(inputs, Mode::Node(node, &cidrs), deny)
+}
+
+/// An IPv4 CIDR (`10.244.1.0/24`); IPv6 ones do not parse (forwards are IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    network: u32,
+    mask: u32,
+}
+
+impl Ipv4Cidr {
+    /// Whether `address` lies inside.
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        u32::from(address) & self.mask == self.network
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let (address, bits) = text.split_once('/').ok_or(())?;
+        let address: Ipv4Addr = address.parse().map_err(|_| ())?;
+        let bits: u32 = bits.parse().map_err(|_| ())?;
+        let mask = match bits {
+            0 => 0,
+            1..=32 => u32::MAX << (32 - bits),
+            _ => return Err(()),
+        };
+        Ok(Self {
+            network: u32::from(address) & mask,
+            mask,
+        })
+    }
 }
 
 fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> Wanted {
     let mut wanted = Wanted::default();
     let opted_in = |publish: &Publish| match mode {
         Mode::Edge => publish.edge,
-        Mode::Node(_) => publish.node,
+        Mode::Node(..) => publish.node,
     };
     for used in claimed_ports(inputs, opted_in) {
         let status = used.pod.status.as_ref();
         let (address, target_port) = match mode {
             Mode::Edge => (status.and_then(|s| s.host_ip.as_deref()), Some(used.port)),
-            Mode::Node(node) => {
+            Mode::Node(node, cidrs) => {
                 if used.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+                    continue;
+                }
+                let pod_ip = status
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|a| a.parse::<Ipv4Addr>().ok());
+                if !cidrs.is_empty()
+                    && !pod_ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)))
+                {
+                    tracing::warn!(pod = %format!("{}/{}", used.pod.namespace().unwrap_or_default(), used.pod.name_any()), pod_ip = ?pod_ip, "pod address outside this node's pod CIDRs; not forwarded");
                     continue;
                 }
                 (

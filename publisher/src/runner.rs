@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hostport_api::cache::{strip_claim, strip_metadata};
+use hostport_api::cache::{strip_claim, strip_metadata, strip_pod};
 use hostport_api::{HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
@@ -66,29 +66,6 @@ struct Caches {
     nodes: Option<Store<Node>>,
 }
 
-/// What a pod weighs in the cache: the claim annotations, node, ports and addresses.
-fn strip_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    pod.metadata.labels = None;
-    pod.metadata.owner_references = None;
-    if let Some(annotations) = pod.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with(hostport_api::annotations::CLAIM_PREFIX));
-    }
-    if let Some(spec) = pod.spec.as_mut() {
-        for container in spec
-            .containers
-            .iter_mut()
-            .chain(spec.init_containers.iter_mut().flatten())
-        {
-            container.env = None;
-            container.command = None;
-            container.args = None;
-            container.volume_mounts = None;
-        }
-        spec.volumes = None;
-    }
-}
-
 fn strip_service(service: &mut Service) {
     service.metadata.managed_fields = None;
     if let Some(annotations) = service.metadata.annotations.as_mut() {
@@ -120,7 +97,16 @@ fn wanted(caches: &Caches, mode: &Mode, deny: &DenyList) -> Wanted {
         pods: &pods,
     };
     match mode {
-        Mode::Node { node } => desired::node(inputs, node, deny),
+        Mode::Node { node } => {
+            let pod_cidrs: Vec<String> = caches
+                .nodes
+                .iter()
+                .flat_map(|nodes| nodes.state())
+                .filter_map(|n| n.spec.as_ref()?.pod_cidrs.clone())
+                .flatten()
+                .collect();
+            desired::node(inputs, node, &pod_cidrs, deny)
+        }
         Mode::Edge { service_namespaces } => {
             let mut wanted = desired::edge(inputs, deny);
             if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
@@ -203,6 +189,16 @@ async fn start(
     };
     let (classes, claims, pods) = claim_caches(client, node, changes, &mut tasks);
     let (mut services, mut nodes) = (None, None);
+    if let Mode::Node { node } = mode {
+        // Its own Node only: the pod CIDRs a forward's target must lie in.
+        nodes = Some(spawn_cache(
+            client,
+            watcher::Config::default().fields(&format!("metadata.name={node}")),
+            strip_node,
+            changes,
+            &mut tasks,
+        ));
+    }
     if let Mode::Edge { service_namespaces } = mode
         && !service_namespaces.is_empty()
     {

@@ -102,7 +102,7 @@ fn node_mode_forwards_to_the_pods_of_its_node_only() {
         claims: &claims,
         pods: &pods,
     };
-    let wanted = node(inputs, "n1", &DenyList::default());
+    let wanted = node(inputs, "n1", &[], &DenyList::default());
     assert_eq!(wanted.forwards.len(), 2);
     assert_eq!(
         wanted.forwards.get(Protocol::Tcp, 9000),
@@ -274,7 +274,39 @@ fn a_denied_claim_does_not_displace_an_allowed_one() {
         pods: &pods,
     };
     let deny = DenyList::parse("7777").expect("deny");
-    let wanted = node(inputs, "n1", &deny);
+    let wanted = node(inputs, "n1", &[], &deny);
     assert!(wanted.forwards.is_empty());
     assert_eq!(wanted.denied.len(), 2, "TCP and UDP to 7777");
+}
+
+#[test]
+fn node_mode_forwards_only_to_pod_addresses_of_its_node() {
+    let classes = [class("cni", false, true)];
+    let claims = [
+        claim("games", "a", "cni", Some(9000)),
+        claim("games", "b", "cni", Some(9001)),
+    ];
+    let pods = [
+        pod("a-0", "n1", "198.51.100.2", "10.244.1.5", "a", 9000),
+        // A pod of this node whose status names an address elsewhere (another node's range).
+        pod("b-0", "n1", "198.51.100.2", "10.244.2.5", "b", 9001),
+    ];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let cidrs = ["10.244.1.0/24".to_owned(), "fd00:1::/64".to_owned()];
+    let wanted = node(inputs, "n1", &cidrs, &DenyList::default());
+    let ports: Vec<u16> = wanted.forwards.iter().map(|f| f.port).collect();
+    assert_eq!(ports, vec![9000, 9000], "TCP and UDP of a-0 only");
+    // Without podCIDRs on the Node there is nothing to check against.
+    assert_eq!(
+        node(inputs, "n1", &[], &DenyList::default()).forwards.len(),
+        4
+    );
+    assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
+    assert!("x/8".parse::<Ipv4Cidr>().is_err());
+    let all: Ipv4Cidr = "0.0.0.0/0".parse().expect("cidr");
+    assert!(all.contains(Ipv4Addr::new(203, 0, 113, 1)));
 }
