@@ -30,15 +30,17 @@ pub async fn prepare(client: &Client, rbac: bool) {
         crate::samples::apply_yaml(client, "config/rbac", &yaml)
             .await
             .expect("applying config/rbac");
-        // The router publisher's own ServiceAccount and rules.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/publisher/router/rbac.yaml"
-        );
-        let yaml = std::fs::read_to_string(path).expect("config/publisher/router/rbac.yaml");
-        crate::samples::apply_yaml(client, "config/publisher/router", &yaml)
-            .await
-            .expect("applying config/publisher/router/rbac.yaml");
+        // The publishers' own ServiceAccounts and rules.
+        for file in [
+            "config/publisher/router/rbac.yaml",
+            "config/publisher/rbac/rbac.yaml",
+        ] {
+            let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+            let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            crate::samples::apply_yaml(client, file, &yaml)
+                .await
+                .unwrap_or_else(|e| panic!("applying {file}: {e}"));
+        }
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let params = PatchParams::apply("hostport-e2e").force();
