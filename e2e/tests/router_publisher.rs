@@ -87,6 +87,17 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         .create(&PostParams::default(), &service)
         .await
         .expect("service");
+    // A tenant's LoadBalancer Service on the claim's port: claims win, it is refused.
+    let taker: Service = serde_json::from_value(json!({
+        "metadata": {"name": "taker"},
+        "spec": {"type": "LoadBalancer", "loadBalancerClass": "hostport.rmb938.com/router",
+                 "ports": [{"port": port, "nodePort": node_port + 1, "protocol": "UDP"}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &taker)
+        .await
+        .expect("service");
 
     let mut scenario = hostport_api::selector::LabelSelector::default();
     scenario
@@ -157,6 +168,35 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         (ip == PUBLIC.to_string()).then_some(())
     })
     .await;
+    // The Service on the claim's port gets no mapping and says why.
+    let refused = env
+        .wait_for(
+            "the taker Service refused",
+            Duration::from_secs(30),
+            || async {
+                let status = services.get("taker").await.ok()?.status?;
+                let condition = status
+                    .conditions?
+                    .into_iter()
+                    .find(|c| c.type_ == "hostport.rmb938.com/Published")?;
+                (condition.reason == "PortClaimed").then_some((condition, status.load_balancer))
+            },
+        )
+        .await;
+    assert_eq!(refused.0.status, "False");
+    assert!(
+        refused.0.message.contains(&format!("port {port}")),
+        "{}",
+        refused.0.message
+    );
+    assert!(
+        refused
+            .1
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .is_empty(),
+        "no ingress for a refused Service"
+    );
     // The publisher may not write what decides the port.
     let forged = Api::<hostport_api::HostPortClaim>::namespaced(
         env.client_as(publisher_user()),
@@ -185,6 +225,14 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     .await;
     let calls = router.calls();
     assert!(calls.contains(&format!("map {port}")), "{calls:?}");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| **c == format!("map {port}"))
+            .count(),
+        1,
+        "the router port is asked for the claim only: {calls:?}"
+    );
     assert!(calls.contains(&format!("unmap {port}")), "{calls:?}");
     let _ = stop.send(());
     publisher.await.expect("publisher stopped");

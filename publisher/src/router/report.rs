@@ -14,6 +14,7 @@ use hostport_api::conditions::{self, Condition};
 use hostport_api::{ExternalEndpoint, HostPortClaim};
 use hostport_process::events::{EventType, Publisher};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as ServiceCondition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -263,14 +264,20 @@ impl Reporter {
             if report.is_none() && known.is_none() {
                 continue;
             }
-            if current == address && known == Some(address.clone()) {
+            let conditions = service_conditions(service, report, address.as_deref());
+            let current_conditions = service.status.as_ref().and_then(|s| s.conditions.clone());
+            if current == address
+                && known == Some(address.clone())
+                && same_conditions(current_conditions.as_deref(), &conditions)
+            {
                 continue;
             }
             let ingress: Vec<serde_json::Value> = address
                 .iter()
                 .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
                 .collect();
-            let patch = json!({"status": {"loadBalancer": {"ingress": ingress}}});
+            let patch =
+                json!({"status": {"loadBalancer": {"ingress": ingress}, "conditions": conditions}});
             let api: Api<Service> = Api::namespaced(
                 self.client.clone(),
                 &service.namespace().unwrap_or_default(),
@@ -317,6 +324,75 @@ impl Reporter {
             }
         }
     }
+}
+
+/// Condition type on the LoadBalancer Services this publisher serves: whether every port is
+/// mapped on the router, and if not, why (e.g. `PortClaimed`).
+pub const SERVICE_CONDITION: &str = "hostport.rmb938.com/Published";
+
+/// The Service's `status.conditions` with ours set from `report` (removed when there is no
+/// report: the Service is not ours any more); other writers' conditions are kept.
+fn service_conditions(
+    service: &Service,
+    report: Option<&Report>,
+    address: Option<&str>,
+) -> Vec<ServiceCondition> {
+    let mut conditions: Vec<ServiceCondition> = service
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let previous = conditions
+        .iter()
+        .find(|c| c.type_ == SERVICE_CONDITION)
+        .cloned();
+    conditions.retain(|c| c.type_ != SERVICE_CONDITION);
+    let Some(report) = report else {
+        return conditions;
+    };
+    let (status, reason, message) = match (report.errors.first(), address) {
+        (Some(error), _) => ("False", error.reason().to_owned(), error.to_string()),
+        (None, Some(address)) => (
+            "True",
+            REASON_PUBLISHED.to_owned(),
+            format!("every port is mapped on the router at {address}"),
+        ),
+        (None, None) => (
+            "False",
+            "NotPublished".to_owned(),
+            "no port is mapped on the router yet".to_owned(),
+        ),
+    };
+    let last_transition_time = match &previous {
+        Some(previous) if previous.status == status => previous.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    conditions.push(ServiceCondition {
+        type_: SERVICE_CONDITION.into(),
+        status: status.into(),
+        reason,
+        message,
+        last_transition_time,
+        observed_generation: service.metadata.generation,
+    });
+    conditions
+}
+
+/// Whether two condition lists say the same (transition times aside).
+fn same_conditions(current: Option<&[ServiceCondition]>, desired: &[ServiceCondition]) -> bool {
+    let key = |c: &ServiceCondition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    };
+    let mut a: Vec<_> = current.unwrap_or_default().iter().map(key).collect();
+    let mut b: Vec<_> = desired.iter().map(key).collect();
+    a.sort();
+    b.sort();
+    a == b
 }
 
 #[cfg(test)]
