@@ -17,8 +17,8 @@ use kube::{Client, ResourceExt};
 
 use crate::error::{Error, Result};
 
-/// Pods per page when the API server is asked (a namespace of big pods arrives in pieces).
-const PAGE: u32 = 100;
+/// Pods per page of a metadata-only list (annotations are at most 256 KiB a pod).
+const PAGE: u32 = 20;
 
 /// A claim as the pods that may use it see it: its namespace, name and, once bound, port.
 #[derive(Clone, Copy, Debug)]
@@ -97,28 +97,41 @@ pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>>
     Ok(users.into_iter().map(|pod| pod.name).collect())
 }
 
-/// The pods that use the claim, as the API server has them now, by name.
+/// The pods that use the claim, as the API server has them now, by name: a metadata-only
+/// list in small pages (a namespace of big pods costs a few KiB per pod, not their specs),
+/// then one read of each pod whose annotations name the claim, for its phase. A pod that
+/// declares the claim's port without naming it is the cache's to see (it also holds the port
+/// in the port book, whoever it names).
 pub async fn users_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<PodId>> {
     let namespace = of.namespace;
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut users = vec![];
+    let mut candidates = vec![];
     let mut params = ListParams::default().limit(PAGE);
     loop {
-        let page = api.list(&params).await.map_err(Error::api(
+        let page = api.list_metadata(&params).await.map_err(Error::api(
             "listing",
             "Pod",
             format!("{namespace}/*"),
         ))?;
-        users.extend(
+        candidates.extend(
             page.items
                 .iter()
-                .filter(|pod| holds(pod, of))
-                .map(PodId::of),
+                .filter(|pod| referenced_claim_names(pod.annotations()).any(|c| c == of.claim))
+                .map(ResourceExt::name_any),
         );
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,
         }
+    }
+    let mut users = vec![];
+    for name in candidates {
+        let found = api.get_opt(&name).await.map_err(Error::api(
+            "reading",
+            "Pod",
+            format!("{namespace}/{name}"),
+        ))?;
+        users.extend(found.filter(|pod| holds(pod, of)).as_ref().map(PodId::of));
     }
     users.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(users)

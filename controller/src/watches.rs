@@ -237,8 +237,9 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     }
 }
 
-/// Pods per page of the initial list: a list of big pods arrives in small pieces.
-const POD_PAGE: u32 = 100;
+/// Pods per page of the initial list: a list of big pods (up to kube-apiserver's 1.5 MiB
+/// object limit each) arrives in pieces of a few MiB, each stripped before the next.
+const POD_PAGE: u32 = 10;
 
 /// Pods: a stripped cache, the host ports they declare (in the port book), and wake-ups of the deleting claims they hold and of the claims
 /// made for them.

@@ -128,7 +128,12 @@ async fn deletion_waits_for_pods_then_frees_the_port() {
                         .get("echo-web")
                         .await
                         .ok()
-                        .filter(|c| c.phase() == ClaimPhase::Deleting)
+                        // AdmissionsInFlight first (admissions that read the port), then
+                        // the pod holds it.
+                        .filter(|c| {
+                            c.phase() == ClaimPhase::Deleting
+                                && reason_of(c).as_deref() == Some(reasons::IN_USE_BY_PODS)
+                        })
                 }
             },
         )

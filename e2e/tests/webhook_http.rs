@@ -261,6 +261,20 @@ async fn malformed_requests_get_400_and_an_error_review() {
         .await
         .expect("send");
     assert_eq!(response.status().as_u16(), 413, "bodies are limited");
+    // Our own kinds are small: their paths take less, a pod's size is refused there.
+    for path in [
+        "/validate-hostport-rmb938-com-v1alpha1-hostportclaim",
+        "/mutate-hostport-rmb938-com-v1alpha1-hostportclaim",
+        "/validate-hostport-rmb938-com-v1alpha1-hostportclass",
+    ] {
+        let response = client
+            .post(format!("{}{path}", webhook.url))
+            .body(vec![b' '; hostport_webhook::server::MAX_RESOURCE_BODY + 1])
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), 413, "{path}");
+    }
     env.cleanup().await;
 }
 

@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub instance: String,
 }
 
+/// Pods per page of the initial list (see the controller's pod watch).
+const POD_PAGE: u32 = 10;
+
 /// The watch-fed caches.
 #[derive(Clone, Debug)]
 struct Caches {
@@ -168,10 +171,12 @@ pub(crate) fn claim_caches(
         changes,
         tasks,
     );
+    // Big pods arrive in small pages, each stripped before the next.
     let pod_config = match node {
         Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         None => watcher::Config::default(),
-    };
+    }
+    .page_size(POD_PAGE);
     let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
     (classes, claims, pods)
 }

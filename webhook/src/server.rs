@@ -26,24 +26,63 @@ use crate::pod_claims;
 use crate::resources::{self, Requester};
 use crate::verdict::{Verdict, deny, reasons};
 
-/// Largest AdmissionReview accepted (kube-apiserver's own request limit is 3 MiB).
+/// Largest AdmissionReview accepted for a pod (kube-apiserver's own request limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// Largest AdmissionReview accepted for our own kinds: a claim, class or HostPort is a few
+/// hundred bytes plus metadata (annotations are capped at 256 KiB by kube-apiserver), twice
+/// for an update's old and new object.
+pub const MAX_RESOURCE_BODY: usize = 768 * 1024;
+
+/// Admission requests served at once, per group of paths (pods; our own kinds); more wait
+/// for a place before their body is read, so memory stays bounded whatever arrives
+/// (kube-apiserver's timeout bounds the wait). Separate groups, because a pod admission may
+/// wait for a claim whose own admission must not queue behind it.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 /// Every webhook path of the compatibility contract.
 pub fn router(state: Arc<Context>) -> Router {
-    Router::new()
+    let small = || DefaultBodyLimit::max(MAX_RESOURCE_BODY);
+    let pods = Router::new()
         .route(paths::MUTATE_POD, post(mutate_pod))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(in_flight_limit());
+    let resources = Router::new()
         .route(paths::MUTATE_CLAIM, post(mutate_claim))
         .route(paths::MUTATE_CLASS, post(allow))
         .route(paths::MUTATE_HOST_PORT, post(allow))
         .route(paths::VALIDATE_CLAIM, post(validate_claim))
         .route(paths::VALIDATE_CLASS, post(validate_class))
         .route(paths::VALIDATE_HOST_PORT, post(validate_host_port))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .layer(small())
+        .layer(in_flight_limit());
+    pods.merge(resources).with_state(state)
 }
 
-type Request = AdmissionRequest<DynamicObject>;
+/// At most [`MAX_IN_FLIGHT`] requests of the routes it wraps at once.
+fn in_flight_limit() -> axum::middleware::FromFnLayer<
+    impl Fn(
+        axum::extract::Request,
+        axum::middleware::Next,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
+    + Clone,
+    (),
+    (axum::extract::Request,),
+> {
+    let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let places = places.clone();
+            Box::pin(async move {
+                // Never closed: the semaphore lives as long as the routes.
+                let _place = places.acquire_owned().await;
+                next.run(request).await
+            }) as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
+        },
+    )
+}
+
+type Request<K> = AdmissionRequest<K>;
 
 fn error_review(status: StatusCode, message: String) -> Response {
     (
@@ -53,35 +92,21 @@ fn error_review(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-/// Decodes, decides, answers and counts one admission request.
-async fn admit<F, Fut>(state: &Context, path: &'static str, body: &[u8], decide: F) -> Response
+/// Decodes (straight into `K`: one copy of a big object, not two), decides, answers and
+/// counts one admission request.
+async fn admit<K, F, Fut>(state: &Context, path: &'static str, body: &[u8], decide: F) -> Response
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = (Request, Verdict)>,
+    K: kube::Resource<DynamicType = ()> + DeserializeOwned,
+    F: FnOnce(Request<K>) -> Fut,
+    Fut: Future<Output = (Request<K>, Verdict)>,
 {
     let started = Instant::now();
-    let outcome = |outcome: &str| {
-        state
-            .metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                path: path.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-        state
-            .metrics
-            .latency
-            .observe(started.elapsed().as_secs_f64());
-    };
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
+    let outcome = |outcome: &str| count(state, path, outcome, started);
+    let review: AdmissionReview<K> = match serde_json::from_slice(body) {
         Ok(review) => review,
         Err(error) => {
             outcome("error");
-            return error_review(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not an AdmissionReview: {error}"),
-            );
+            return undecodable::<K>(body, error);
         }
     };
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
@@ -94,7 +119,7 @@ where
             ),
         );
     }
-    let request: Request = match review.try_into() {
+    let request: Request<K> = match review.try_into() {
         Ok(request) => request,
         Err(_) => {
             outcome("error");
@@ -104,7 +129,10 @@ where
             );
         }
     };
-    let (request, verdict) = decide(request).await;
+    let (request, verdict) = match wrong_kind(&request) {
+        Some(verdict) => (request, verdict),
+        None => decide(request).await,
+    };
     let mut response = AdmissionResponse::from(&request);
     match verdict {
         Verdict::Allow => outcome("allowed"),
@@ -144,58 +172,117 @@ where
     axum::Json(response.into_review()).into_response()
 }
 
-/// The object (or old object) of a request as `K`, checking the kind first.
-fn typed<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
-    request: &Request,
-    object: Option<&DynamicObject>,
-) -> Result<Option<K>, Verdict> {
-    if request.kind.kind != K::kind(&()) || request.kind.group != K::group(&()) {
-        return Err(Verdict::Deny {
+/// The answer to a body that does not decode as an AdmissionReview of `K`: a request for an
+/// object of another kind is an AdmissionReview all the same, answered (HTTP 200) with a
+/// denial naming the kind; anything else is HTTP 400.
+fn undecodable<K: kube::Resource<DynamicType = ()>>(
+    body: &[u8],
+    error: serde_json::Error,
+) -> Response {
+    // Only on this error path is the body decoded a second time, without the object.
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        request: Option<Kinds>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Kinds {
+        uid: String,
+        kind: kube::core::GroupVersionKind,
+    }
+    if let Ok(Envelope {
+        request: Some(request),
+    }) = serde_json::from_slice::<Envelope>(body)
+    {
+        let (reason, message) = if request.kind.kind != K::kind(&()) {
+            (
+                reasons::WRONG_KIND,
+                format!(
+                    "this webhook admits {} objects, not {}",
+                    K::kind(&()),
+                    request.kind.kind
+                ),
+            )
+        } else {
+            (
+                reasons::UNDECODABLE,
+                format!(
+                    "the {} in the request cannot be decoded: {error}",
+                    K::kind(&())
+                ),
+            )
+        };
+        let mut response = AdmissionResponse::invalid(message);
+        response.uid = request.uid;
+        response.result.code = 403;
+        response.result.reason = reason.into();
+        return axum::Json(response.into_review()).into_response();
+    }
+    error_review(
+        StatusCode::BAD_REQUEST,
+        format!("the body is not an AdmissionReview: {error}"),
+    )
+}
+
+/// A denial when the request's kind is not `K` (a webhook registered for the wrong
+/// resources must refuse, never allow).
+fn wrong_kind<K: kube::Resource<DynamicType = ()>>(request: &Request<K>) -> Option<Verdict> {
+    (request.kind.kind != K::kind(&()) || request.kind.group != K::group(&())).then(|| {
+        Verdict::Deny {
             reason: reasons::WRONG_KIND,
             message: format!(
                 "this webhook admits {} objects, not {}",
                 K::kind(&()),
                 request.kind.kind
             ),
-        });
-    }
-    let Some(object) = object else {
-        return Ok(None);
-    };
-    let value = serde_json::to_value(object).map_err(|e| Verdict::Deny {
-        reason: reasons::UNDECODABLE,
-        message: e.to_string(),
-    })?;
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|e| Verdict::Deny {
-            reason: reasons::UNDECODABLE,
-            message: format!("the {} in the request cannot be decoded: {e}", K::kind(&())),
-        })
-}
-
-macro_rules! try_typed {
-    ($request:expr, $object:expr) => {
-        match typed(&$request, $object) {
-            Ok(object) => object,
-            Err(verdict) => return ($request, verdict),
         }
-    };
+    })
 }
 
+/// The paths that admit everything (defaulting of classes and HostPorts has nothing to add):
+/// any AdmissionReview is allowed, whatever object it carries.
 async fn allow(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
-    admit(&state, "allow", &body, |request| async move {
-        (request, Verdict::Allow)
-    })
-    .await
+    let started = Instant::now();
+    let review: Result<AdmissionReview<DynamicObject>, _> = serde_json::from_slice(&body);
+    let request = review
+        .map_err(|e| format!("the body is not an AdmissionReview: {e}"))
+        .and_then(|review| {
+            let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+            request.map_err(|_| "the AdmissionReview has no request".to_owned())
+        });
+    match request {
+        Ok(request) => {
+            count(&state, "allow", "allowed", started);
+            axum::Json(AdmissionResponse::from(&request).into_review()).into_response()
+        }
+        Err(message) => {
+            count(&state, "allow", "error", started);
+            error_review(StatusCode::BAD_REQUEST, message)
+        }
+    }
+}
+
+/// Counts one answered request and its latency.
+fn count(state: &Context, path: &'static str, outcome: &str, started: Instant) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            path: path.into(),
+            outcome: outcome.into(),
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .observe(started.elapsed().as_secs_f64());
 }
 
 async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
-    admit(&state, paths::MUTATE_POD, &body, |request| async move {
+    admit::<Pod, _, _>(&state, paths::MUTATE_POD, &body, |mut request| async move {
         match request.operation {
             Operation::Create => {
-                let Some(pod) = try_typed!(request, request.object.as_ref()) else {
+                let Some(pod) = request.object.take() else {
                     return (
                         request,
                         Verdict::Deny {
@@ -262,8 +349,8 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> R
                 (request, verdict)
             }
             Operation::Update => {
-                let new: Option<Pod> = try_typed!(request, request.object.as_ref());
-                let old: Option<Pod> = try_typed!(request, request.old_object.as_ref());
+                let new: Option<Pod> = request.object.take();
+                let old: Option<Pod> = request.old_object.take();
                 let verdict = match (old, new) {
                     (Some(old), Some(new)) => pod::admit_update(&old, &new),
                     _ => Verdict::Allow,
@@ -277,18 +364,23 @@ async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> R
 }
 
 async fn mutate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
-    admit(&state, paths::MUTATE_CLAIM, &body, |request| async move {
-        if request.operation != Operation::Create {
-            return (request, Verdict::Allow);
-        }
-        let claim: Option<HostPortClaim> = try_typed!(request, request.object.as_ref());
-        let verdict = claim.map_or(Verdict::Allow, |c| resources::default_claim(&c));
-        (request, verdict)
-    })
+    admit::<HostPortClaim, _, _>(
+        &state,
+        paths::MUTATE_CLAIM,
+        &body,
+        |mut request| async move {
+            if request.operation != Operation::Create {
+                return (request, Verdict::Allow);
+            }
+            let claim: Option<HostPortClaim> = request.object.take();
+            let verdict = claim.map_or(Verdict::Allow, |c| resources::default_claim(&c));
+            (request, verdict)
+        },
+    )
     .await
 }
 
-fn requester<'a>(state: &Context, request: &'a Request) -> Requester<'a> {
+fn requester<'a, K: kube::Resource>(state: &Context, request: &'a Request<K>) -> Requester<'a> {
     let user = request.user_info.username.as_deref().unwrap_or_default();
     Requester {
         user,
@@ -299,65 +391,75 @@ fn requester<'a>(state: &Context, request: &'a Request) -> Requester<'a> {
 
 async fn validate_claim(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
-    admit(&state, paths::VALIDATE_CLAIM, &body, |request| async move {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return (request, Verdict::Allow);
-        }
-        let claim: Option<HostPortClaim> = try_typed!(request, request.object.as_ref());
-        let old: Option<HostPortClaim> = try_typed!(request, request.old_object.as_ref());
-        let Some(claim) = claim else {
-            return (request, Verdict::Allow);
-        };
-        let class = shared.class(&claim.spec.host_port_class_name).await;
-        let verdict = resources::validate_claim(
-            &claim,
-            old.as_ref(),
-            class.as_ref(),
-            requester(&shared, &request),
-            request.sub_resource.as_deref(),
-        );
-        let verdict = match (verdict, class, &request.operation) {
-            (Verdict::Allow, Some(class), Operation::Create) => {
-                shared.class_access(&claim, &class, 0).await
+    admit::<HostPortClaim, _, _>(
+        &state,
+        paths::VALIDATE_CLAIM,
+        &body,
+        |mut request| async move {
+            if !matches!(request.operation, Operation::Create | Operation::Update) {
+                return (request, Verdict::Allow);
             }
-            (verdict, ..) => verdict,
-        };
-        (request, verdict)
-    })
+            let claim: Option<HostPortClaim> = request.object.take();
+            let old: Option<HostPortClaim> = request.old_object.take();
+            let Some(claim) = claim else {
+                return (request, Verdict::Allow);
+            };
+            let class = shared.class(&claim.spec.host_port_class_name).await;
+            let verdict = resources::validate_claim(
+                &claim,
+                old.as_ref(),
+                class.as_ref(),
+                requester(&shared, &request),
+                request.sub_resource.as_deref(),
+            );
+            let verdict = match (verdict, class, &request.operation) {
+                (Verdict::Allow, Some(class), Operation::Create) => {
+                    shared.class_access(&claim, &class, 0).await
+                }
+                (verdict, ..) => verdict,
+            };
+            (request, verdict)
+        },
+    )
     .await
 }
 
 async fn validate_class(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
-    admit(&state, paths::VALIDATE_CLASS, &body, |request| async move {
-        if !matches!(request.operation, Operation::Create | Operation::Update) {
-            return (request, Verdict::Allow);
-        }
-        let class: Option<HostPortClass> = try_typed!(request, request.object.as_ref());
-        let verdict = match (class, request.sub_resource.as_deref()) {
-            (None, _) => Verdict::Allow,
-            (Some(class), Some(_)) => {
-                resources::validate_class_status(&class, requester(&shared, &request))
+    admit::<HostPortClass, _, _>(
+        &state,
+        paths::VALIDATE_CLASS,
+        &body,
+        |mut request| async move {
+            if !matches!(request.operation, Operation::Create | Operation::Update) {
+                return (request, Verdict::Allow);
             }
-            (Some(class), None) => resources::validate_class(&class),
-        };
-        (request, verdict)
-    })
+            let class: Option<HostPortClass> = request.object.take();
+            let verdict = match (class, request.sub_resource.as_deref()) {
+                (None, _) => Verdict::Allow,
+                (Some(class), Some(_)) => {
+                    resources::validate_class_status(&class, requester(&shared, &request))
+                }
+                (Some(class), None) => resources::validate_class(&class),
+            };
+            (request, verdict)
+        },
+    )
     .await
 }
 
 async fn validate_host_port(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
-    admit(
+    admit::<HostPort, _, _>(
         &state,
         paths::VALIDATE_HOST_PORT,
         &body,
-        |request| async move {
+        |mut request| async move {
             if !matches!(request.operation, Operation::Create | Operation::Update) {
                 return (request, Verdict::Allow);
             }
-            let host_port: Option<HostPort> = try_typed!(request, request.object.as_ref());
-            let old: Option<HostPort> = try_typed!(request, request.old_object.as_ref());
+            let host_port: Option<HostPort> = request.object.take();
+            let old: Option<HostPort> = request.old_object.take();
             let verdict = host_port.map_or(Verdict::Allow, |hp| {
                 resources::validate_host_port(
                     &hp,
