@@ -43,6 +43,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// Every webhook path of the compatibility contract.
 pub fn router(state: Arc<Context>) -> Router {
     let small = || DefaultBodyLimit::max(MAX_RESOURCE_BODY);
+    let in_flight_limit = || {
+        let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+        axum::middleware::from_fn_with_state(places, one_of_in_flight)
+    };
     let pods = Router::new()
         .route(paths::MUTATE_POD, post(mutate_pod))
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -59,27 +63,15 @@ pub fn router(state: Arc<Context>) -> Router {
     pods.merge(resources).with_state(state)
 }
 
-/// At most [`MAX_IN_FLIGHT`] requests of the routes it wraps at once.
-fn in_flight_limit() -> axum::middleware::FromFnLayer<
-    impl Fn(
-        axum::extract::Request,
-        axum::middleware::Next,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-    + Clone,
-    (),
-    (axum::extract::Request,),
-> {
-    let places = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
-    axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let places = places.clone();
-            Box::pin(async move {
-                // Never closed: the semaphore lives as long as the routes.
-                let _place = places.acquire_owned().await;
-                next.run(request).await
-            }) as std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
-        },
-    )
+/// Waits for a place among [`MAX_IN_FLIGHT`] before the request's body is read.
+async fn one_of_in_flight(
+    AxumState(places): AxumState<Arc<tokio::sync::Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Never closed: the semaphore lives as long as the routes.
+    let _place = places.acquire_owned().await;
+    next.run(request).await
 }
 
 type Request<K> = AdmissionRequest<K>;
