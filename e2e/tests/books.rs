@@ -471,3 +471,92 @@ async fn a_pods_claim_cannot_be_changed_through_its_status() {
     books::assert_hold(&env.client, &[&env.namespace]).await;
     env.cleanup().await;
 }
+
+/// Removes the optional policy when the scenario ends, even when it panics (it is cluster-wide).
+struct PolicyApplied;
+
+impl Drop for PolicyApplied {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "delete",
+                "--ignore-not-found",
+                "-k",
+                "config/policies/unmanaged-host-ports",
+            ])
+            .env(
+                "KUBECONFIG",
+                std::env::var_os("E2E_KUBECONFIG").unwrap_or_default(),
+            )
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status();
+    }
+}
+
+/// The optional ValidatingAdmissionPolicy (`config/policies/unmanaged-host-ports`) refuses a
+/// pod taking a pool port without a claim outside labelled namespaces. kube-apiserver runs it
+/// itself: real clusters only.
+#[tokio::test]
+async fn the_optional_policy_refuses_pool_ports_outside_labelled_namespaces() {
+    let env = Env::new("books-policy").await;
+    if env.server().is_some() {
+        eprintln!("ValidatingAdmissionPolicy is kube-apiserver's own; skipped in-process");
+        return env.cleanup().await;
+    }
+    let class = env.create_class("pool", &[(37600, 37601)]).await;
+    let _policy = PolicyApplied;
+    let applied = std::process::Command::new("kubectl")
+        .args(["apply", "-k", "config/policies/unmanaged-host-ports"])
+        .env(
+            "KUBECONFIG",
+            std::env::var_os("E2E_KUBECONFIG").unwrap_or_default(),
+        )
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .expect("kubectl");
+    assert!(applied.success());
+    let plain = env.plain_namespace("plain").await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &plain);
+    let with_host_port = |name: &str, port: i32| {
+        pod(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": "app",
+                "ports": [{"containerPort": 8080, "hostPort": port}]}]}
+        }))
+    };
+    // The policy is picked up by the API server after a moment.
+    let denial = env
+        .wait_for(
+            "the policy to refuse a pool port",
+            Duration::from_secs(30),
+            || {
+                let pods = pods.clone();
+                let pod = with_host_port("inside", 37600);
+                async move {
+                    match pods.create(&PostParams::default(), &pod).await {
+                        Err(kube::Error::Api(status)) => Some(status),
+                        Ok(_) => {
+                            let _ = pods
+                                .delete("inside", &DeleteParams::default().grace_period(0))
+                                .await;
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            },
+        )
+        .await;
+    assert!(
+        denial
+            .message
+            .contains(&format!("pools of HostPortClass {class}"))
+            && denial.message.contains("without a claim"),
+        "{}",
+        denial.message
+    );
+    pods.create(&PostParams::default(), &with_host_port("outside", 37700))
+        .await
+        .expect("a port outside every pool is allowed");
+    env.cleanup().await;
+}

@@ -1,0 +1,290 @@
+//! Memory under hostile pods: 40 never-scheduled pods of 1.4 MB each (a tenant's big
+//! `command`, what kube-apiserver stores up to its 1.5 MiB object limit) created through the
+//! pod webhook in a labelled namespace, each naming a claim, then every claim deleted (the
+//! controller's release check looks at the pods) and the pods deleted (the ports released).
+//! The release binaries of the controller, the webhook and the publisher (edge mode,
+//! dry-run, watching every pod) run as processes against the in-process API server; each
+//! one's resident memory is printed before and after, with its peak.
+//!
+//! The goal: each grows by less than 16 MiB (caches keep only what decisions read, lists come
+//! in small pages, admission decodes one copy of a request, and few at once).
+//!
+//! ```sh
+//! cargo build --release -p controller --bin hostport-controller -p webhook --bin hostport-webhook \
+//!   -p publisher --bin hostport-publisher
+//! cargo bench -p e2e --bench hostile_pods
+//! ```
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
+use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube_testserver::{Options, TestApiServer, UserInfo};
+use serde_json::json;
+
+const PODS: usize = 40;
+const POD_BYTES: usize = 1_400_000;
+const NAMESPACE: &str = "games";
+/// The glibc setting the image ships (see the memory bench).
+const IMAGE_MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "131072");
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kubeconfig(server: &TestApiServer, user: UserInfo, path: &std::path::Path) {
+    let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("yaml");
+    std::fs::write(path, yaml).expect("kubeconfig");
+}
+
+fn spawn(binary: std::path::PathBuf, args: &[String], config: &std::path::Path) -> Process {
+    Process(
+        Command::new(&binary)
+            .args(args)
+            .env("KUBECONFIG", config)
+            .env(IMAGE_MALLOC_ENV.0, IMAGE_MALLOC_ENV.1)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display())),
+    )
+}
+
+fn rss(process: &Process) -> u64 {
+    proc_status_kib(process.0.id(), "VmRSS:").unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "timed out: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn run() {
+    let server = TestApiServer::start_with(Options {
+        log_capacity: 1_000,
+        ..hostport_e2e::test_server_options()
+    })
+    .await
+    .expect("server");
+    let client = server.client();
+    let dir = std::env::temp_dir().join(format!("hostport-hostile-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let configs: Vec<std::path::PathBuf> = [
+        "hostport-controller",
+        "hostport-webhook",
+        "hostport-publisher",
+    ]
+    .iter()
+    .map(|account| {
+        let path = dir.join(format!("{account}.kubeconfig"));
+        kubeconfig(
+            &server,
+            UserInfo::service_account("hostport-system", account),
+            &path,
+        );
+        path
+    })
+    .collect();
+    let certs = hostport_webhook::tls::generate(
+        &["localhost".into()],
+        &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+        Duration::from_secs(3600),
+    )
+    .expect("certs");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &certs.cert_pem).expect("cert");
+    std::fs::write(&key, &certs.key_pem).expect("key");
+
+    hostport_e2e::harness::ensure_namespace(
+        &client,
+        NAMESPACE,
+        json!({hostport_api::NAMESPACE_LABEL: "true"}),
+    )
+    .await
+    .expect("namespace");
+    Api::<HostPortClass>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &HostPortClass::new("bench", HostPortClassSpec::with_pools(&[(20000, 20999)])),
+        )
+        .await
+        .expect("class");
+    let webhook_port = free_port();
+    let controller = spawn(
+        release_binary("hostport-controller", "controller"),
+        &[
+            "--leader-election=false".into(),
+            "--metrics-address=127.0.0.1:0".into(),
+            "--admission-grace-seconds=1".into(),
+        ],
+        &configs[0],
+    );
+    let webhook = spawn(
+        release_binary("hostport-webhook", "webhook"),
+        &[
+            format!("--listen=127.0.0.1:{webhook_port}"),
+            "--metrics-address=127.0.0.1:0".into(),
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-key-file={}", key.display()),
+        ],
+        &configs[1],
+    );
+    let publisher = spawn(
+        release_binary("hostport-publisher", "publisher"),
+        &[
+            "--mode=edge".into(),
+            "--backend=nft".into(),
+            "--dry-run".into(),
+            "--metrics-address=127.0.0.1:0".into(),
+        ],
+        &configs[2],
+    );
+    let ca = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        certs.ca_pem.as_bytes(),
+    );
+    let (mutating, validating) = hostport_e2e::webhooks::configurations(
+        "hostport-allocator",
+        &format!("https://127.0.0.1:{webhook_port}"),
+        &ca,
+        json!({"matchLabels": {hostport_api::NAMESPACE_LABEL: "true"}}),
+    );
+    // The webhook answers once its caches are synced.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let apply = PatchParams::apply("hostport-bench").force();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .patch("hostport-allocator", &apply, &Patch::Apply(&mutating))
+        .await
+        .expect("mutating webhooks");
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch("hostport-allocator", &apply, &Patch::Apply(&validating))
+        .await
+        .expect("validating webhooks");
+
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    for i in 0..PODS {
+        claims
+            .create(
+                &PostParams::default(),
+                &HostPortClaim::new(&format!("claim-{i}"), HostPortClaimSpec::of_class("bench")),
+            )
+            .await
+            .expect("claim");
+    }
+    until("every claim bound", || {
+        let claims = claims.clone();
+        async move {
+            let list = claims.list(&ListParams::default()).await.expect("claims");
+            list.items
+                .iter()
+                .filter(|c| c.bound_port().is_some())
+                .count()
+                == PODS
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = [rss(&controller), rss(&webhook), rss(&publisher)];
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let big = "x".repeat(POD_BYTES);
+    for i in 0..PODS {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("big-{i}"),
+                "annotations": {"claim.hostport.rmb938.com/web": format!("claim-{i}")}},
+            "spec": {"containers": [{"name": "app", "image": "app", "command": [big],
+                "ports": [{"name": "web", "containerPort": 8080}]}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("admitted");
+    }
+    // Claim releases: each waits for its pod, then the pods go and the ports are released.
+    for i in 0..PODS {
+        claims
+            .delete(&format!("claim-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete claim");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..PODS {
+        pods.delete(
+            &format!("big-{i}"),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await
+        .expect("delete pod");
+    }
+    until("every claim released", || {
+        let claims = claims.clone();
+        async move {
+            claims
+                .list(&ListParams::default())
+                .await
+                .expect("claims")
+                .items
+                .is_empty()
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (name, process, before) in [
+        ("controller", &controller, before[0]),
+        ("webhook", &webhook, before[1]),
+        ("publisher", &publisher, before[2]),
+    ] {
+        let after = rss(process);
+        let peak = peak_rss_kib(process.0.id()).unwrap_or(0);
+        println!(
+            "hostile pods: {name}: RSS {:.1} MiB before, {:.1} MiB after {PODS} pods of {:.1} MB and their claims' releases ({:+.1} MiB; goal < 16), peak {:.1} MiB",
+            mib(before),
+            mib(after),
+            POD_BYTES as f64 / 1e6,
+            mib(after) - mib(before),
+            mib(peak)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
