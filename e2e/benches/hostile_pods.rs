@@ -15,11 +15,10 @@
 //! cargo bench -p e2e --bench hostile_pods
 //! ```
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
-use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
+use hostport_e2e::measure::{Process, release_binary, write_kubeconfig};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
@@ -31,39 +30,6 @@ use serde_json::json;
 const PODS: usize = 40;
 const POD_BYTES: usize = 1_400_000;
 const NAMESPACE: &str = "games";
-/// The glibc setting the image ships (see the memory bench).
-const IMAGE_MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "131072");
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubeconfig(server: &TestApiServer, user: UserInfo, path: &std::path::Path) {
-    let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("yaml");
-    std::fs::write(path, yaml).expect("kubeconfig");
-}
-
-fn spawn(binary: std::path::PathBuf, args: &[String], config: &std::path::Path) -> Process {
-    Process(
-        Command::new(&binary)
-            .args(args)
-            .env("KUBECONFIG", config)
-            .env(IMAGE_MALLOC_ENV.0, IMAGE_MALLOC_ENV.1)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display())),
-    )
-}
-
-fn rss(process: &Process) -> u64 {
-    proc_status_kib(process.0.id(), "VmRSS:").unwrap_or(0)
-}
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
@@ -109,7 +75,7 @@ async fn run() {
     .iter()
     .map(|account| {
         let path = dir.join(format!("{account}.kubeconfig"));
-        kubeconfig(
+        write_kubeconfig(
             &server,
             UserInfo::service_account("hostport-system", account),
             &path,
@@ -142,8 +108,8 @@ async fn run() {
         .await
         .expect("class");
     let webhook_port = free_port();
-    let controller = spawn(
-        release_binary("hostport-controller", "controller"),
+    let controller = Process::spawn(
+        &release_binary("hostport-controller", "controller"),
         &[
             "--leader-election=false".into(),
             "--metrics-address=127.0.0.1:0".into(),
@@ -151,8 +117,8 @@ async fn run() {
         ],
         &configs[0],
     );
-    let webhook = spawn(
-        release_binary("hostport-webhook", "webhook"),
+    let webhook = Process::spawn(
+        &release_binary("hostport-webhook", "webhook"),
         &[
             format!("--listen=127.0.0.1:{webhook_port}"),
             "--metrics-address=127.0.0.1:0".into(),
@@ -161,8 +127,8 @@ async fn run() {
         ],
         &configs[1],
     );
-    let publisher = spawn(
-        release_binary("hostport-publisher", "publisher"),
+    let publisher = Process::spawn(
+        &release_binary("hostport-publisher", "publisher"),
         &[
             "--mode=edge".into(),
             "--backend=nft".into(),
@@ -216,7 +182,7 @@ async fn run() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = [rss(&controller), rss(&webhook), rss(&publisher)];
+    let before = [controller.rss_kib(), webhook.rss_kib(), publisher.rss_kib()];
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let big = "x".repeat(POD_BYTES);
@@ -266,8 +232,7 @@ async fn run() {
         ("webhook", &webhook, before[1]),
         ("publisher", &publisher, before[2]),
     ] {
-        let after = rss(process);
-        let peak = peak_rss_kib(process.0.id()).unwrap_or(0);
+        let (after, peak) = (process.rss_kib(), process.peak_kib());
         println!(
             "hostile pods: {name}: RSS {:.1} MiB before, {:.1} MiB after {PODS} pods of {:.1} MB and their claims' releases ({:+.1} MiB; goal < 16), peak {:.1} MiB",
             mib(before),

@@ -12,41 +12,22 @@
 //! cargo bench -p e2e --bench memory      # MEMORY_BENCH_CLAIMS=10000 by default
 //! ```
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
-use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
+use hostport_e2e::measure::{Process, release_binary, write_kubeconfig};
 use kube::api::{Api, ListParams, PostParams};
 use kube_testserver::{Options, TestApiServer, UserInfo};
-
-/// The glibc setting the image ships (`ENV` in the Dockerfile): a fixed mmap threshold, so
-/// freed large buffers go back to the kernel instead of raising the heap's high-water mark.
-const IMAGE_MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "131072");
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn write_kubeconfig(server: &TestApiServer, user: UserInfo, path: &std::path::Path) {
-    let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("yaml");
-    std::fs::write(path, yaml).expect("kubeconfig");
-}
 
 struct Figures {
     settled_kib: u64,
     peak_kib: u64,
 }
 
-fn figures(pid: u32) -> Figures {
+fn figures(process: &Process) -> Figures {
     Figures {
-        settled_kib: proc_status_kib(pid, "VmRSS:").unwrap_or(0),
-        peak_kib: peak_rss_kib(pid).unwrap_or(0),
+        settled_kib: process.rss_kib(),
+        peak_kib: process.peak_kib(),
     }
 }
 
@@ -89,27 +70,23 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
         )
         .await
         .expect("class");
-    let controller = Process(
-        Command::new(release_binary("hostport-controller", "controller"))
-            .args(["--leader-election=false", "--metrics-address=127.0.0.1:0"])
-            .env("KUBECONFIG", &controller_config)
-            .env(IMAGE_MALLOC_ENV.0, IMAGE_MALLOC_ENV.1)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start hostport-controller"),
+    let controller = Process::spawn(
+        &release_binary("hostport-controller", "controller"),
+        &[
+            "--leader-election=false".into(),
+            "--metrics-address=127.0.0.1:0".into(),
+        ],
+        &controller_config,
     );
-    let webhook = Process(
-        Command::new(release_binary("hostport-webhook", "webhook"))
-            .args(["--listen=127.0.0.1:0", "--metrics-address=127.0.0.1:0"])
-            .arg(format!("--tls-cert-file={}", cert.display()))
-            .arg(format!("--tls-key-file={}", key.display()))
-            .env("KUBECONFIG", &webhook_config)
-            .env(IMAGE_MALLOC_ENV.0, IMAGE_MALLOC_ENV.1)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start hostport-webhook"),
+    let webhook = Process::spawn(
+        &release_binary("hostport-webhook", "webhook"),
+        &[
+            "--listen=127.0.0.1:0".into(),
+            "--metrics-address=127.0.0.1:0".into(),
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-key-file={}", key.display()),
+        ],
+        &webhook_config,
     );
 
     let payload = "x".repeat(annotation_bytes);
@@ -168,7 +145,7 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
     }
     // Claim status writes and the webhook's watch settle.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let measured = (figures(controller.0.id()), figures(webhook.0.id()));
+    let measured = (figures(&controller), figures(&webhook));
     let _ = std::fs::remove_dir_all(&dir);
     measured
 }

@@ -35,3 +35,55 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmHWM:")
 }
+
+/// The glibc setting the image ships (`ENV` in the Dockerfile): a fixed mmap threshold, so
+/// freed large buffers go back to the kernel instead of raising the heap's high-water mark.
+pub const IMAGE_MALLOC_ENV: (&str, &str) = ("MALLOC_MMAP_THRESHOLD_", "131072");
+
+/// A binary under measurement, killed when dropped.
+#[derive(Debug)]
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    /// Starts `binary` with `args` as the image would run it (its malloc setting), talking to
+    /// the API server through `kubeconfig`; its stdout is discarded, warnings go to stderr.
+    pub fn spawn(binary: &std::path::Path, args: &[String], kubeconfig: &std::path::Path) -> Self {
+        Self(
+            std::process::Command::new(binary)
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .env(IMAGE_MALLOC_ENV.0, IMAGE_MALLOC_ENV.1)
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display())),
+        )
+    }
+
+    /// Its resident memory now, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.0.id(), "VmRSS:").unwrap_or(0)
+    }
+
+    /// Its peak resident memory, KiB.
+    pub fn peak_kib(&self) -> u64 {
+        peak_rss_kib(self.0.id()).unwrap_or(0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a kubeconfig for `user` of the in-process `server` to `path`.
+pub fn write_kubeconfig(
+    server: &kube_testserver::TestApiServer,
+    user: kube_testserver::UserInfo,
+    path: &std::path::Path,
+) {
+    let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("yaml");
+    std::fs::write(path, yaml).expect("kubeconfig");
+}
