@@ -9,6 +9,7 @@ pub mod controllers;
 pub mod harness;
 pub mod local;
 pub mod measure;
+pub mod nodes;
 pub mod rbac;
 pub mod samples;
 pub mod webhooks;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
+use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::exec::Executor;
@@ -43,26 +44,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
     assert_eq!(env.bound("game").await.bound_port(), Some(37400));
 
     // A Ready node (the Services' target) and the game pod on it, Running.
-    let node_name = format!("{}-node", env.prefix);
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name,
-        "labels": {"hostport-e2e/scenario": env.prefix}}}))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("node");
-    nodes
-        .patch_status(
-            &node_name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {
-                "conditions": [{"type": "Ready", "status": "True", "reason": "Test",
-                    "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
-                "addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}})),
-        )
-        .await
-        .expect("node ready");
+    let node_name = nodes::ready_node(&env, "198.51.100.1").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
@@ -70,16 +52,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
             "ports": [{"name": "game", "containerPort": 7777, "protocol": "TCP"}]}]}
     }))
     .expect("pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("pod");
-    pods.patch_status(
-        "game",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.2"}})),
-    )
-    .await
-    .expect("running");
+    nodes::running(&pods, &pod, "198.51.100.2").await;
 
     // A tenant's Service on the claim's port, one on a pool port no claim holds yet, and one
     // outside the pools. Its target (the node, 198.51.100.1) is lower than the pod's node
@@ -191,6 +164,8 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
             "{used:?}"
         );
     }
-    let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    let _ = Api::<Node>::all(env.client.clone())
+        .delete(&node_name, &DeleteParams::default())
+        .await;
     env.cleanup().await;
 }

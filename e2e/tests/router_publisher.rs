@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
+use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
@@ -48,16 +49,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         .status
         .and_then(|s| s.port)
         .expect("port");
-    let node_name = format!("{}-node", env.prefix);
-    let nodes: Api<Node> = Api::all(env.client.clone());
-    // Labelled so a run that panics before its cleanup is swept by the next one.
-    let node: Node = serde_json::from_value(json!({"metadata": {"name": node_name,
-        "labels": {"hostport-e2e/scenario": env.prefix}}}))
-    .expect("node");
-    nodes
-        .create(&PostParams::default(), &node)
-        .await
-        .expect("node");
+    let node_name = nodes::ready_node(&env, "198.51.100.2").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
@@ -65,16 +57,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
             "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]}
     }))
     .expect("pod");
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .expect("pod");
-    pods.patch_status(
-        "game",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": "198.51.100.2"}})),
-    )
-    .await
-    .expect("running");
+    nodes::running(&pods, &pod, "198.51.100.2").await;
     let node_port = 30000 + i32::try_from(std::process::id() % 2700).expect("small");
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.namespace);
     let service: Service = serde_json::from_value(json!({
@@ -257,6 +240,8 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         );
         eprintln!("hostport-publisher-router used: {used:?}");
     }
-    let _ = nodes.delete(&node_name, &DeleteParams::default()).await;
+    let _ = Api::<Node>::all(env.client.clone())
+        .delete(&node_name, &DeleteParams::default())
+        .await;
     env.cleanup().await;
 }
