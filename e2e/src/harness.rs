@@ -418,6 +418,24 @@ impl Env {
         .await
     }
 
+    /// Waits until claim `name` has the `Bound` condition reason `reason`; returns it.
+    pub async fn claim_with_reason(&self, name: &str, reason: &str) -> HostPortClaim {
+        let claims = self.claims();
+        self.wait_for(
+            &format!("claim {name} with reason {reason}"),
+            Duration::from_secs(30),
+            || {
+                let claims = claims.clone();
+                async move {
+                    let claim = claims.get_opt(name).await.ok().flatten()?;
+                    let found = claim.bound_condition().map(|c| c.reason.clone());
+                    (found.as_deref() == Some(reason)).then_some(claim)
+                }
+            },
+        )
+        .await
+    }
+
     /// Reasons of the Events in this scenario's namespace.
     pub async fn event_reasons(&self) -> Vec<String> {
         let events: Api<k8s_openapi::api::events::v1::Event> =

@@ -49,34 +49,8 @@ fn pod_naming(name: &str, claims: &[(&str, &str)]) -> Pod {
     }))
 }
 
-fn reason_of(claim: &HostPortClaim) -> Option<String> {
-    let status = claim.status.as_ref()?;
-    conditions::find(&status.conditions, types::BOUND).map(|c| c.reason.clone())
-}
-
 async fn tenant_or_admin(env: &Env) -> Client {
     env.tenant().await.unwrap_or_else(|| env.client.clone())
-}
-
-/// Waits until claim `name` has the `Bound` condition reason `reason`; returns it.
-async fn with_reason(env: &Env, name: &str, reason: &str) -> HostPortClaim {
-    let claims = env.claims();
-    env.wait_for(
-        &format!("claim {name} with reason {reason}"),
-        Duration::from_secs(30),
-        || {
-            let claims = claims.clone();
-            async move {
-                claims
-                    .get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|c| reason_of(c).as_deref() == Some(reason))
-            }
-        },
-    )
-    .await
 }
 
 /// Waits until claim `name` is gone (its port released).
@@ -205,7 +179,9 @@ async fn a_deleted_claim_keeps_its_port_while_admissions_may_be_in_flight() {
         .delete("a-web", &DeleteParams::default())
         .await
         .expect("delete a-web");
-    let deleting = with_reason(&env, "a-web", reasons::ADMISSIONS_IN_FLIGHT).await;
+    let deleting = env
+        .claim_with_reason("a-web", reasons::ADMISSIONS_IN_FLIGHT)
+        .await;
     assert_eq!(
         deleting.status.as_ref().and_then(|s| s.port),
         Some(37010),
@@ -227,7 +203,8 @@ async fn a_deleted_claim_keeps_its_port_while_admissions_may_be_in_flight() {
     assert_eq!(host_port, Some(37010));
     server.thaw_watches();
     // The final check finds the stored pod: the claim keeps the port for it.
-    with_reason(&env, "a-web", reasons::IN_USE_BY_PODS).await;
+    env.claim_with_reason("a-web", reasons::IN_USE_BY_PODS)
+        .await;
     env.create_claim("next", &class, None).await;
     assert_eq!(env.bound("next").await.bound_port(), Some(37011));
     books::assert_hold(&env.client, &[&env.namespace]).await;
@@ -284,25 +261,23 @@ async fn ports_pods_declare_outside_the_books_are_not_handed_out() {
         "37102 is the hostNetwork pod's"
     );
     env.create_claim("wants-37100", &class, Some(37100)).await;
-    let waiting = with_reason(&env, "wants-37100", reasons::PORT_IN_USE).await;
-    let message = conditions::find(
-        &waiting.status.as_ref().expect("status").conditions,
-        types::BOUND,
-    )
-    .map(|c| c.message.clone())
-    .unwrap_or_default();
+    let waiting = env
+        .claim_with_reason("wants-37100", reasons::PORT_IN_USE)
+        .await;
+    let message = waiting
+        .bound_condition()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     assert!(
         message.contains("port 37100") && message.contains(&format!("pod {plain}/squatter")),
         "{message}"
     );
     env.create_claim("full", &class, None).await;
-    let full = with_reason(&env, "full", reasons::POOL_EXHAUSTED).await;
-    let message = conditions::find(
-        &full.status.as_ref().expect("status").conditions,
-        types::BOUND,
-    )
-    .map(|c| c.message.clone())
-    .unwrap_or_default();
+    let full = env.claim_with_reason("full", reasons::POOL_EXHAUSTED).await;
+    let message = full
+        .bound_condition()
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
     assert!(
         message.contains("2 of them declared by pods outside the allocator"),
         "{message}"

@@ -254,7 +254,8 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
         .create(&PostParams::default(), &claim("waiting", &class, None))
         .await
         .expect("claim");
-    wait_reason(&env, "waiting", reasons::POOL_EXHAUSTED).await;
+    env.claim_with_reason("waiting", reasons::POOL_EXHAUSTED)
+        .await;
     claims
         .patch(
             "waiting",
@@ -275,23 +276,6 @@ async fn controller_ignores_a_claim_supplied_host_port_name() {
     let waiting = claims.get("waiting").await.expect("claim");
     assert_eq!(waiting.bound_port(), None);
     env.cleanup().await;
-}
-
-async fn wait_reason(env: &Env, name: &str, reason: &str) {
-    let claims = env.claims();
-    env.wait_for(
-        &format!("claim {name} with reason {reason}"),
-        Duration::from_secs(30),
-        || {
-            let claims = claims.clone();
-            async move {
-                let claim = claims.get(name).await.ok()?;
-                let found = claim.bound_condition().map(|c| c.reason.clone());
-                (found.as_deref() == Some(reason)).then_some(())
-            }
-        },
-    )
-    .await;
 }
 
 /// Case 3: removing the finalizer of a claim whose pod still runs.
@@ -315,7 +299,7 @@ async fn finalizer_cannot_free_a_port_early() {
         .delete("game", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_reason(&env, "game", reasons::IN_USE_BY_PODS).await;
+    env.claim_with_reason("game", reasons::IN_USE_BY_PODS).await;
     let remove = Patch::Json::<()>(
         serde_json::from_value(json!([{"op": "remove", "path": "/metadata/finalizers"}]))
             .expect("patch"),
