@@ -656,3 +656,46 @@ async fn server_owned_metadata_is_immutable() {
         "creationTimestamp is the server's"
     );
 }
+
+/// A metadata-only list carries each object's metadata, not its spec (what the controller's
+/// release check relies on to stay small with big pods), in pages.
+#[tokio::test]
+async fn metadata_only_lists_carry_metadata_in_pages() {
+    let (_server, client) = server().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..3 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("big-{i}"), "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "x", "command": ["x".repeat(100_000)]}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("pod");
+    }
+    let page = pods
+        .list_metadata(&ListParams::default().limit(2))
+        .await
+        .expect("metadata list");
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.items[0].name_any(), "big-0");
+    assert_eq!(
+        page.items[0].annotations().get("a").map(String::as_str),
+        Some("b")
+    );
+    assert!(page.metadata.continue_.is_some_and(|c| !c.is_empty()));
+    let raw: serde_json::Value = client
+        .request(
+            http::Request::get("/api/v1/namespaces/default/pods")
+                .header(
+                    "accept",
+                    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+                )
+                .body(vec![])
+                .expect("request"),
+        )
+        .await
+        .expect("raw list");
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert!(raw["items"][0].get("spec").is_none(), "{}", raw["items"][0]);
+}

@@ -15,6 +15,31 @@ pub fn wants_table(accept: Option<&str>) -> bool {
     })
 }
 
+/// Whether the request asks for metadata only (`as=PartialObjectMetadataList`, what
+/// `Api::list_metadata` sends).
+pub fn wants_metadata(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .next()
+            .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+    })
+}
+
+/// A list of `objects` as `PartialObjectMetadataList`: metadata only, as kube-apiserver
+/// answers a metadata-only list.
+pub fn metadata_list(objects: &[&Value], list_metadata: Value) -> Value {
+    json!({
+        "apiVersion": "meta.k8s.io/v1",
+        "kind": "PartialObjectMetadataList",
+        "metadata": list_metadata,
+        "items": objects.iter().map(|o| json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": o["metadata"],
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn columns(rt: &ResourceType) -> Vec<Value> {
     let name = json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0});
     match &rt.custom {

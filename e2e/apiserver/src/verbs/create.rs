@@ -43,6 +43,7 @@ pub(crate) fn seed(
     let query = Query::default();
     let ctx = Ctx {
         as_table: false,
+        as_metadata: false,
         handles,
         rt: &rt,
         path: &path,

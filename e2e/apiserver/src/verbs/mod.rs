@@ -103,6 +103,7 @@ pub(crate) async fn serve(
         .and_then(|v| v.to_str().ok());
     let request = Ctx {
         as_table: table::wants_table(accept),
+        as_metadata: table::wants_metadata(accept),
         handles,
         rt: &rt,
         path: &path,
@@ -155,6 +156,8 @@ pub(super) fn parse_body(body: &[u8]) -> ApiResult<Value> {
 pub(super) struct Ctx<'a> {
     /// kubectl asked for server-side printing.
     pub as_table: bool,
+    /// A metadata-only list (`as=PartialObjectMetadataList`).
+    pub as_metadata: bool,
     pub handles: Handles<'a>,
     pub rt: &'a ResourceType,
     pub path: &'a ResourcePath,

@@ -91,6 +91,13 @@ impl Ctx<'_> {
         if let Some(token) = next {
             metadata["continue"] = Value::String(token);
         }
+        if self.as_metadata {
+            let objects: Vec<&Value> = items.iter().map(|o| o.as_ref()).collect();
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::metadata_list(&objects, metadata),
+            ));
+        }
         let list = json!({
             "apiVersion": self.rt.api_version(),
             "kind": format!("{}List", self.rt.kind),
