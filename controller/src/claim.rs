@@ -431,9 +431,10 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
     if holds_a_port && let Some(wait) = admissions_in_flight(claim, ctx.settings.admission_grace) {
         // A pod admission that read this claim before it was deleted may still be on its way
         // to the API server with the port: its pod is checked for once it is stored.
+        // A message that does not change while waiting: one status write, not one per pass.
         let message = format!(
-            "deletion waits {:.0?} more for pod admissions that may have read the claim's port before it was deleted",
-            wait
+            "the port is kept {:?} after the deletion for pod admissions that may have read it before (--admission-grace-seconds)",
+            ctx.settings.admission_grace
         );
         let held = Condition::new(
             types::BOUND,
