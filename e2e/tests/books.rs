@@ -535,3 +535,39 @@ async fn the_optional_policy_refuses_pool_ports_outside_labelled_namespaces() {
         .expect("a port outside every pool is allowed");
     env.cleanup().await;
 }
+
+/// Waiting out admissions in flight costs one status write, not one per pass (in-process:
+/// it counts requests).
+#[tokio::test]
+async fn waiting_out_admissions_writes_the_claim_status_once() {
+    let env = Env::new("books-grace-writes").await;
+    let Some(server) = env.server() else {
+        eprintln!("needs the in-process server to count requests; skipped");
+        return env.cleanup().await;
+    };
+    let _controller = env.start_controller(RunOptions {
+        settings: Settings {
+            admission_grace: Duration::from_secs(2),
+            ..Settings::default()
+        },
+        ..RunOptions::default()
+    });
+    let class = env.create_class("pool", &[(37020, 37020)]).await;
+    env.create_claim("a-web", &class, None).await;
+    env.bound("a-web").await;
+    server.reset_counts();
+    env.claims()
+        .delete("a-web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    gone(&env, "a-web").await;
+    let status_writes = server.count(
+        &RequestMatch::new(kube_testserver::Verb::Patch, "hostportclaims/status")
+            .by_user(&hostport_e2e::harness::controller_user().username),
+    );
+    assert_eq!(
+        status_writes, 1,
+        "AdmissionsInFlight once, then the release"
+    );
+    env.cleanup().await;
+}
