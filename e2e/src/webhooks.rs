@@ -35,6 +35,9 @@ fn webhook(
     if let Some(selector) = namespace_selector {
         webhook["namespaceSelector"] = selector;
     }
+    if name.starts_with("pods.") {
+        webhook["matchConditions"] = pod_match_conditions();
+    }
     webhook
 }
 
@@ -49,6 +52,15 @@ pub fn pod_rules() -> Value {
         {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"},
         {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods/status"], "operations": ["UPDATE"], "scope": "Namespaced"}
     ])
+}
+
+/// The pod webhook's `matchConditions`, as in `config/webhook/webhooks.yaml`: of the status
+/// writes, only those that change annotations.
+pub fn pod_match_conditions() -> Value {
+    json!([{
+        "name": "status-writes-that-change-annotations",
+        "expression": "request.subResource != 'status' || (has(object.metadata.annotations) ? object.metadata.annotations : {}) != (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {})"
+    }])
 }
 
 /// `(mutating, validating)` configurations named `name`, calling `base_url` (e.g.

@@ -193,6 +193,23 @@ fn default_install_is_hardened_and_highly_available() {
                     hostport_e2e::webhooks::pod_rules(),
                     "the scenarios register the pod webhook with the rules config/ installs"
                 );
+                let conditions = &webhook["matchConditions"];
+                assert_eq!(
+                    conditions[0]["name"],
+                    hostport_e2e::webhooks::pod_match_conditions()[0]["name"]
+                );
+                let collapse = |v: &Value| {
+                    v.as_str()
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                assert_eq!(
+                    collapse(&conditions[0]["expression"]),
+                    collapse(&hostport_e2e::webhooks::pod_match_conditions()[0]["expression"]),
+                    "the scenarios register the pod webhook with the matchConditions config/ installs"
+                );
             }
             assert_eq!(
                 webhook["clientConfig"]["service"]["name"],
