@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
-use hostport_e2e::measure::{Process, release_binary, write_kubeconfig};
+use hostport_e2e::measure::{Process, release_binary, webhook_certificate, write_kubeconfig};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
@@ -83,15 +83,7 @@ async fn run() {
         path
     })
     .collect();
-    let certs = hostport_webhook::tls::generate(
-        &["localhost".into()],
-        &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, &certs.cert_pem).expect("cert");
-    std::fs::write(&key, &certs.key_pem).expect("key");
+    let ([tls_cert, tls_key], ca_pem) = webhook_certificate(&dir);
 
     hostport_e2e::harness::ensure_namespace(
         &client,
@@ -122,8 +114,8 @@ async fn run() {
         &[
             format!("--listen=127.0.0.1:{webhook_port}"),
             "--metrics-address=127.0.0.1:0".into(),
-            format!("--tls-cert-file={}", cert.display()),
-            format!("--tls-key-file={}", key.display()),
+            tls_cert,
+            tls_key,
         ],
         &configs[1],
     );
@@ -139,7 +131,7 @@ async fn run() {
     );
     let ca = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
-        certs.ca_pem.as_bytes(),
+        ca_pem.as_bytes(),
     );
     let (mutating, validating) = hostport_e2e::webhooks::configurations(
         "hostport-allocator",

@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
-use hostport_e2e::measure::{Process, release_binary, write_kubeconfig};
+use hostport_e2e::measure::{Process, release_binary, webhook_certificate, write_kubeconfig};
 use kube::api::{Api, ListParams, PostParams};
 use kube_testserver::{Options, TestApiServer, UserInfo};
 
@@ -52,15 +52,7 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
         UserInfo::service_account("hostport-system", "hostport-webhook"),
         &webhook_config,
     );
-    let certs = hostport_webhook::tls::generate(
-        &["localhost".into()],
-        &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, &certs.cert_pem).expect("cert");
-    std::fs::write(&key, &certs.key_pem).expect("key");
+    let ([tls_cert, tls_key], _) = webhook_certificate(&dir);
 
     let client = server.client();
     Api::<HostPortClass>::all(client.clone())
@@ -83,8 +75,8 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
         &[
             "--listen=127.0.0.1:0".into(),
             "--metrics-address=127.0.0.1:0".into(),
-            format!("--tls-cert-file={}", cert.display()),
-            format!("--tls-key-file={}", key.display()),
+            tls_cert,
+            tls_key,
         ],
         &webhook_config,
     );

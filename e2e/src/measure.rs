@@ -87,3 +87,25 @@ pub fn write_kubeconfig(
     let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("yaml");
     std::fs::write(path, yaml).expect("kubeconfig");
 }
+
+/// A serving certificate for a webhook process on 127.0.0.1, written to `dir` as `tls.crt`
+/// and `tls.key`: the webhook's `--tls-cert-file`/`--tls-key-file` arguments, and the CA (PEM)
+/// a webhook configuration trusts.
+pub fn webhook_certificate(dir: &std::path::Path) -> ([String; 2], String) {
+    let certs = hostport_webhook::tls::generate(
+        &["localhost".into()],
+        &[std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+        std::time::Duration::from_secs(3600),
+    )
+    .expect("certs");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, &certs.cert_pem).expect("cert");
+    std::fs::write(&key, &certs.key_pem).expect("key");
+    (
+        [
+            format!("--tls-cert-file={}", cert.display()),
+            format!("--tls-key-file={}", key.display()),
+        ],
+        certs.ca_pem,
+    )
+}
