@@ -10,6 +10,15 @@ use crate::annotations::CLAIM_PREFIX;
 use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
 use crate::{HostPort, HostPortClaim};
 
+/// Objects per page of a watch's initial list: a tenant can give each claim or Service up
+/// to 256 KiB of metadata, so a page stays within ~12 MiB before its objects are stripped
+/// (the watcher's default of 500 could be 125 MiB).
+pub const LIST_PAGE: u32 = 50;
+
+/// Pods per page of a watch's initial list: a pod can weigh 1.5 MiB (kube-apiserver's object
+/// limit), so a page stays within ~15 MiB.
+pub const POD_LIST_PAGE: u32 = 10;
+
 /// Claim annotations kept per cached pod (a pod cannot use more: it has fewer named ports).
 pub const MAX_CLAIM_ANNOTATIONS: usize = 64;
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use hostport_api::annotations::referenced_claim_names;
-use hostport_api::cache::{strip_claim, strip_host_port, strip_metadata, strip_pod};
+use hostport_api::cache::{
+    LIST_PAGE, POD_LIST_PAGE, strip_claim, strip_host_port, strip_metadata, strip_pod,
+};
 use hostport_api::container_ports::declared_host_ports;
 use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClass};
@@ -67,7 +69,7 @@ fn touched_host_port(ctx: &Context, host_port: &HostPort) {
 /// HostPorts: cache, port book, and wake-ups of their claims and classes.
 pub async fn host_ports(ctx: Arc<Context>, mut writer: Writer<HostPort>) {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_host_port);
     follow(stream, "HostPort", &mut writer, |event| match event {
@@ -108,7 +110,7 @@ fn class_if_deleting(ctx: &Context, claim: &HostPortClaim) {
 /// HostPortClaims: cache and their own reconciles.
 pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
     let api: Api<HostPortClaim> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_claim);
     follow(stream, "HostPortClaim", &mut writer, |event| {
@@ -142,7 +144,7 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
 /// HostPortClasses: cache, their own reconciles, and retries of the claims waiting for them.
 pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     let api: Api<HostPortClass> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_metadata);
     follow(stream, "HostPortClass", &mut writer, |event| {
@@ -237,15 +239,11 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     }
 }
 
-/// Pods per page of the initial list: a list of big pods (up to kube-apiserver's 1.5 MiB
-/// object limit each) arrives in pieces of a few MiB, each stripped before the next.
-const POD_PAGE: u32 = 10;
-
 /// Pods: a stripped cache, the host ports they declare (in the port book), and wake-ups of the deleting claims they hold and of the claims
 /// made for them.
 pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
-    let stream = watcher(api, watcher::Config::default().page_size(POD_PAGE))
+    let stream = watcher(api, watcher::Config::default().page_size(POD_LIST_PAGE))
         .default_backoff()
         .modify(strip_pod);
     follow(stream, "Pod", &mut writer, |event| {

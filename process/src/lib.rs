@@ -203,6 +203,14 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
+    // Initial lists in small pages, each stripped before the next arrives.
+    let mut config = config;
+    config.page_size = Some(
+        config
+            .page_size
+            .unwrap_or(hostport_api::cache::LIST_PAGE)
+            .min(hostport_api::cache::LIST_PAGE),
+    );
     let (store, writer) = kube::runtime::reflector::store::<K>();
     let stream = kube::runtime::reflector::reflector(
         writer,

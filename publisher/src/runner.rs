@@ -56,9 +56,6 @@ pub struct RunOptions {
     pub instance: String,
 }
 
-/// Pods per page of the initial list (see the controller's pod watch).
-const POD_PAGE: u32 = 10;
-
 /// The watch-fed caches.
 #[derive(Clone, Debug)]
 struct Caches {
@@ -176,7 +173,7 @@ pub(crate) fn claim_caches(
         Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         None => watcher::Config::default(),
     }
-    .page_size(POD_PAGE);
+    .page_size(hostport_api::cache::POD_LIST_PAGE);
     let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
     (classes, claims, pods)
 }
