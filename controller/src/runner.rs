@@ -20,7 +20,6 @@ use kube::runtime::applier;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::context::{self, Context, Settings};
@@ -218,13 +217,7 @@ fn reconcile_loop<K, Fut>(
     config: &Config,
 ) -> impl Future<Output = ()>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: hostport_process::Watched,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
     applier(

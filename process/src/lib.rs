@@ -179,6 +179,30 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What a watch-fed cache can hold: a typed API object that kube's watcher and reflector can
+/// decode, store and share across tasks. One bound for every cache of the three binaries.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watch-fed cache of `K` (objects `strip`ped before they are stored) and the future that
 /// keeps it current: after each event has reached the cache, `changes` is bumped, so what
 /// waits for objects to change waits on that (no API call per waiter). Watch errors are
@@ -193,13 +217,7 @@ pub fn watched_cache<K>(
     impl Future<Output = ()> + Send + 'static,
 )
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;

@@ -131,13 +131,7 @@ pub(crate) fn spawn_cache<K>(
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Store<K>
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: hostport_process::Watched,
 {
     let (store, feed) =
         hostport_process::watched_cache(Api::all(client.clone()), config, strip, changes.clone());

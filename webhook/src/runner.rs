@@ -93,13 +93,7 @@ fn cache<K>(
     strip: fn(&mut K),
 ) -> (Store<K>, watch::Receiver<u64>, tokio::task::JoinHandle<()>)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: hostport_process::Watched,
 {
     let (changed, changes) = watch::channel(0u64);
     let (store, feed) = hostport_process::watched_cache(
