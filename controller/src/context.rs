@@ -15,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::port_book::PortBook;
 use crate::superseded::Superseded;
-use hostport_process::events::{EventType, Publisher};
+use hostport_process::events::{EventType, Recorder};
 
 /// Default [`Settings::admission_grace`]: twice the webhook's `timeoutSeconds` (5 s in
 /// `config/`), for the rest of the admission chain.
@@ -89,8 +89,8 @@ pub type QuotaLock = Arc<tokio::sync::Mutex<()>>;
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Event publisher.
-    pub events: Publisher,
+    /// Event recorder.
+    pub events: Recorder,
     /// Caches.
     pub caches: Caches,
     /// Ports taken, from the HostPort cache, plus this process's reservations.
@@ -137,7 +137,7 @@ impl Context {
         triggers: Triggers,
         settings: Settings,
     ) -> Self {
-        let events = Publisher::new(
+        let events = Recorder::new(
             client.clone(),
             settings.reporter.clone(),
             settings.identity.clone(),

@@ -34,24 +34,25 @@ pub enum EventType {
     Warning,
 }
 
-/// Publishes Events as one controller instance.
+/// Records Events as one controller instance (what kube-runtime calls a `Recorder`, without
+/// its series cache: see the module header).
 #[derive(Clone)]
-pub struct Publisher {
+pub struct Recorder {
     client: Client,
     controller: String,
     instance: String,
 }
 
-impl std::fmt::Debug for Publisher {
+impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
+        f.debug_struct("Recorder")
             .field("controller", &self.controller)
             .field("instance", &self.instance)
             .finish()
     }
 }
 
-impl Publisher {
+impl Recorder {
     /// Events reported by `controller` (e.g. `hostport-controller`) from `instance` (pod name).
     pub fn new(client: Client, controller: String, instance: String) -> Self {
         Self {

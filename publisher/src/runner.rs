@@ -19,7 +19,7 @@ use crate::deny::DenyList;
 use crate::desired::{self, Inputs, RefusedServicePort, Wanted};
 use crate::forward::ForwardSet;
 use crate::sync::Syncer;
-use hostport_process::events::{EventType, Publisher};
+use hostport_process::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use std::collections::BTreeSet;
 
@@ -249,7 +249,7 @@ pub async fn run(
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
     tracing::info!(mode = ?options.mode, "caches synced; applying the rules");
     let mut refusals = Refusals {
-        events: Publisher::new(
+        events: Recorder::new(
             client.clone(),
             "hostport-publisher".into(),
             options.instance.clone(),
@@ -339,7 +339,7 @@ pub async fn wanted_once(client: &Client, mode: &Mode, deny: &DenyList) -> Forwa
 /// Service ports left out because claims may hold them: a Warning Event on the Service the
 /// first time each is seen (logged every time it is first seen again after going away).
 struct Refusals {
-    events: Publisher,
+    events: Recorder,
     reported: BTreeSet<(String, u16)>,
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use hostport_api::conditions::{self, Condition};
 use hostport_api::{ExternalEndpoint, HostPortClaim};
-use hostport_process::events::{EventType, Publisher};
+use hostport_process::events::{EventType, Recorder};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as ServiceCondition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -33,7 +33,7 @@ pub const REASON_NOT_PUBLISHED: &str = "NotPublished";
 pub struct Reporter {
     client: Client,
     node: String,
-    events: Publisher,
+    events: Recorder,
     /// Claims this process reported on, so it also reports when their mappings are gone.
     touched: BTreeSet<(String, String)>,
     /// Services whose ingress this process wrote, and the address it wrote (`None`: cleared).
@@ -153,7 +153,7 @@ impl Reporter {
     /// Reports as `node`; Events come from `hostport-publisher` instance `instance`.
     pub fn new(client: Client, node: String, instance: String) -> Self {
         Self {
-            events: Publisher::new(client.clone(), "hostport-publisher".into(), instance),
+            events: Recorder::new(client.clone(), "hostport-publisher".into(), instance),
             client,
             node,
             touched: BTreeSet::new(),
