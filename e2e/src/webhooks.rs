@@ -59,7 +59,7 @@ pub fn pod_rules() -> Value {
 pub fn pod_match_conditions() -> Value {
     json!([{
         "name": "status-writes-that-change-annotations",
-        "expression": "request.subResource != 'status' || (has(object.metadata.annotations) ? object.metadata.annotations : {}) != (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {})"
+        "expression": "!has(request.subResource) || request.subResource != 'status' || (has(object.metadata.annotations) ? object.metadata.annotations : {}) != (has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {})"
     }])
 }
 
