@@ -81,7 +81,15 @@ async fn a_pod_does_not_keep_a_port_released_while_it_was_in_admission() {
             ..Default::default()
         })
         .await;
-    let _controller = env.start_controller(RunOptions::default());
+    // The webhook's half on its own: the controller releases at once (no admission grace),
+    // so the release fits well inside the held admission on a busy machine too.
+    let _controller = env.start_controller(RunOptions {
+        settings: Settings {
+            admission_grace: Duration::ZERO,
+            ..Settings::default()
+        },
+        ..RunOptions::default()
+    });
     let class = env.create_class("pool", &[(37000, 37002)]).await;
     let claims: Api<HostPortClaim> = Api::namespaced(tenant.clone(), &env.namespace);
     claims
