@@ -7,7 +7,6 @@ pub mod cli;
 pub mod context;
 pub mod metrics;
 pub mod pod;
-pub mod pod_claims;
 pub mod resources;
 pub mod runner;
 pub mod self_signed;

@@ -22,9 +22,8 @@ use serde::de::DeserializeOwned;
 use crate::context::Context;
 use crate::metrics::{DenialLabels, RequestLabels};
 use crate::pod;
-use crate::pod_claims;
 use crate::resources::{self, Requester};
-use crate::verdict::{Verdict, deny, reasons};
+use crate::verdict::{Verdict, reasons};
 
 /// Largest AdmissionReview accepted for a pod (kube-apiserver's own request limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -272,85 +271,9 @@ fn count(state: &Context, path: &'static str, outcome: &str, started: Instant) {
 async fn mutate_pod(AxumState(state): AxumState<Arc<Context>>, body: Bytes) -> Response {
     let shared = state.clone();
     admit::<Pod, _, _>(&state, paths::MUTATE_POD, &body, |mut request| async move {
-        match request.operation {
-            Operation::Create => {
-                let Some(pod) = request.object.take() else {
-                    return (
-                        request,
-                        Verdict::Deny {
-                            reason: reasons::UNDECODABLE,
-                            message: "the request has no pod".into(),
-                        },
-                    );
-                };
-                let pod: Pod = pod;
-                let new_pod = pod::NewPod::new(&pod);
-                let namespace = request
-                    .namespace
-                    .clone()
-                    .or_else(|| pod.metadata.namespace.clone())
-                    .unwrap_or_default();
-                let host_network_allowed = if new_pod.uses_host_network() {
-                    match shared.host_network_allowed(&namespace).await {
-                        Ok(allowed) => allowed,
-                        Err(why) => {
-                            let message = format!(
-                                "spec.hostNetwork is true and the webhook cannot tell whether namespace {namespace:?} allows it ({why}); try again"
-                            );
-                            return (request, deny(reasons::HOST_NETWORK, message));
-                        }
-                    }
-                } else {
-                    false
-                };
-                // One deadline for everything the pod waits on.
-                let deadline = tokio::time::Instant::now() + shared.bind_wait;
-                let plans = match pod::per_pod::plan(&new_pod, host_network_allowed) {
-                    Ok(plans) => plans,
-                    Err(verdict) => return (request, verdict),
-                };
-                let dry_run = request.dry_run;
-                let made = match pod_claims::make(&shared, &namespace, &plans, dry_run).await {
-                    Ok(made) => made,
-                    Err(verdict) => return (request, verdict),
-                };
-                // Every claim the pod names or was given: waiting for claims applied
-                // together with the pod or made just now, then the cache or one bounded API
-                // read each.
-                let mut states = made.predicted;
-                let names: std::collections::BTreeSet<&str> = new_pod
-                    .claim_names()
-                    .into_iter()
-                    .chain(made.existing.iter().map(String::as_str))
-                    .collect();
-                let mut waited = false;
-                for name in names {
-                    let (state, waited_for) = shared
-                        .claim_state_when_settled(&namespace, name, deadline)
-                        .await;
-                    waited |= waited_for;
-                    states.insert(name.to_owned(), state);
-                }
-                // Decided on what holds now, not when the wait began: a claim deleted while
-                // the pod waited may have lost its port to another claim.
-                if waited {
-                    shared.recheck_bound(&namespace, &mut states).await;
-                }
-                let verdict =
-                    pod::admit_create(&new_pod, host_network_allowed, &made.annotations, &states);
-                (request, verdict)
-            }
-            Operation::Update => {
-                let new: Option<Pod> = request.object.take();
-                let old: Option<Pod> = request.old_object.take();
-                let verdict = match (old, new) {
-                    (Some(old), Some(new)) => pod::admit_update(&old, &new),
-                    _ => Verdict::Allow,
-                };
-                (request, verdict)
-            }
-            _ => (request, Verdict::Allow),
-        }
+        let (object, old) = (request.object.take(), request.old_object.take());
+        let verdict = pod::admit(&shared, &request, object, old).await;
+        (request, verdict)
     })
     .await
 }

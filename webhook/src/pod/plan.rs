@@ -14,7 +14,7 @@ use hostport_api::pod_claims::{
 use hostport_api::{HostPortClaim, HostPortClaimSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::{NewPod, check_pod, single_slot};
+use super::check::{NewPod, check_pod, single_slot};
 use crate::verdict::{Verdict, deny, reasons};
 
 /// How the claim of a pod's port is named.

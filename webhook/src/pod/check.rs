@@ -101,15 +101,15 @@ pub type ClaimStates = BTreeMap<String, ClaimState>;
 
 /// A container port of the pod, where it is.
 #[derive(Clone, Debug)]
-struct PortSlot {
+pub(super) struct PortSlot {
     /// JSON pointer of the port, e.g. `/spec/containers/0/ports/1`.
     pointer: String,
     /// Field path for messages, e.g. `spec.containers[0].ports[1]`.
     field: String,
     host_port: Option<i32>,
-    container_port: i32,
+    pub(super) container_port: i32,
     /// Position among the pod's ports (spec order), so "the first port" is well defined.
-    order: usize,
+    pub(super) order: usize,
 }
 
 /// Container ports by name (see [`container_ports`]), and the unnamed ones.
@@ -161,8 +161,8 @@ pub fn uses_host_network(pod: &Pod) -> bool {
 /// container ports.
 #[derive(Debug)]
 pub struct NewPod<'a> {
-    pod: &'a Pod,
-    annotations: BTreeMap<String, String>,
+    pub(super) pod: &'a Pod,
+    pub(super) annotations: BTreeMap<String, String>,
     claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
     classes: Result<Vec<ClassAnnotation>, AnnotationError>,
     named: BTreeMap<String, Vec<PortSlot>>,
@@ -203,7 +203,7 @@ impl<'a> NewPod<'a> {
 
 /// The checks of a new pod that need no claim: `hostNetwork`, the annotations, host ports
 /// set by hand. Returns the claim and class annotations the pod carries.
-fn check_pod(
+pub(super) fn check_pod(
     pod: &NewPod,
     host_network_allowed: bool,
 ) -> Result<(Vec<ClaimAnnotation>, Vec<ClassAnnotation>), Verdict> {
@@ -223,7 +223,7 @@ fn check_pod(
 
 /// Admission of a new pod in a namespace with the webhook on. `host_network_allowed`: the
 /// namespace carries the admin's opt-out annotation for `hostNetwork` pods; `made`: the
-/// claims made for the pod's class annotations (see [`per_pod::plan`]), by port; `states`:
+/// claims made for the pod's class annotations (see [`super::plan::plan`]), by port; `states`:
 /// the claims of [`NewPod::claim_names`] and of `made`.
 pub fn admit_create(
     pod: &NewPod,
@@ -359,7 +359,11 @@ fn patch_claimed_port(
 }
 
 /// The one container port named `port_name`, which annotation `key` names.
-fn single_slot<'p>(pod: &'p NewPod, key: &str, port_name: &str) -> Result<&'p PortSlot, Verdict> {
+pub(super) fn single_slot<'p>(
+    pod: &'p NewPod,
+    key: &str,
+    port_name: &str,
+) -> Result<&'p PortSlot, Verdict> {
     let Some(slots) = pod.named.get(port_name) else {
         return Err(deny(
             reasons::UNKNOWN_PORT_NAME,
@@ -449,8 +453,6 @@ pub fn admit_update(old: &Pod, new: &Pod) -> Verdict {
     }
     Verdict::Allow
 }
-
-pub mod per_pod;
 
 #[cfg(test)]
 mod tests;

@@ -18,9 +18,9 @@ use hostport_api::{HostPortClaim, HostPortClass};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+use super::plan::{ClaimNaming, PodClaim};
+use super::{Binding, ClaimState, ClaimStates};
 use crate::context::Context;
-use crate::pod::per_pod::{ClaimNaming, PodClaim};
-use crate::pod::{Binding, ClaimState, ClaimStates};
 use crate::verdict::{Verdict, deny, reasons};
 
 /// The claims made (or found) for a pod.
