@@ -15,6 +15,10 @@ pub const PORT_PREFIX: &str = "port.hostport.rmb938.com/";
 /// Prefix of the annotations that ask for a claim of a class made for the pod.
 pub const CLASS_PREFIX: &str = "class.hostport.rmb938.com/";
 
+/// Service annotation (value `"true"`) that asks `hostport-publisher` in edge mode to
+/// forward the Service's ports.
+pub const FORWARD_SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
+
 const CLAIM_USAGE: &str = "claim.hostport.rmb938.com/<containerPortName>: <claimName>";
 const CLASS_USAGE: &str = "class.hostport.rmb938.com/<containerPortName>: <className>";
 

@@ -1,12 +1,13 @@
-//! What the binaries drop before an object enters a watch cache, so their memory grows with
+//! Every cache strip of the three binaries, in one place: what they drop before an object
+//! enters a watch cache, so their memory grows with
 //! the number of objects, never with their size (a tenant's 200 KB of annotations on every
 //! claim, or a 1.4 MB pod, must not reach a cache).
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-use crate::annotations::CLAIM_PREFIX;
+use crate::annotations::{CLAIM_PREFIX, FORWARD_SERVICE_ANNOTATION};
 use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
 use crate::{HostPort, HostPortClaim};
 
@@ -129,6 +130,35 @@ pub fn strip_claim(claim: &mut HostPortClaim) {
     claim.metadata.owner_references = owners.filter(|o| !o.is_empty());
 }
 
+/// A Service as the publisher keeps it: its spec (ports, type, class), metadata without managed
+/// fields and with only the forward annotation, no status.
+pub fn strip_service(service: &mut Service) {
+    service.metadata.managed_fields = None;
+    if let Some(annotations) = service.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == FORWARD_SERVICE_ANNOTATION);
+    }
+    service.status = None;
+}
+
+/// A Node as the publisher keeps it: [`strip_metadata`], its spec, and its status without
+/// the image and volume lists (a node's images alone can weigh megabytes).
+pub fn strip_node(node: &mut Node) {
+    strip_metadata(node);
+    if let Some(status) = node.status.as_mut() {
+        status.images = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+    }
+}
+
+/// A Namespace as the publisher keeps it: name and labels (what a namespace selector reads).
+pub fn strip_namespace(namespace: &mut Namespace) {
+    let labels = namespace.metadata.labels.take();
+    strip_metadata(namespace);
+    namespace.metadata.labels = labels;
+    namespace.spec = None;
+}
+
 /// A HostPort as caches keep it: name, UID, the claim's name, namespace and UID, the port and
 /// the status without condition messages (decisions compare reasons, never messages).
 pub fn strip_host_port(host_port: &mut HostPort) {
@@ -244,6 +274,46 @@ mod tests {
         assert_eq!(status.host_ip.as_deref(), Some("198.51.100.2"));
         assert_eq!(status.message, None);
         assert!(serde_json::to_vec(&pod).expect("json").len() < 32 * 1024);
+    }
+
+    #[test]
+    fn publisher_strips_keep_what_it_reads() {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "annotations": {
+                FORWARD_SERVICE_ANNOTATION: "true", "big": "x".repeat(100_000)}},
+            "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]}}
+        }))
+        .expect("service");
+        strip_service(&mut service);
+        let annotations = service.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            vec![FORWARD_SERVICE_ANNOTATION]
+        );
+        assert!(service.status.is_none() && service.spec.is_some());
+        let mut node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "labels": {"a": "b"}},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {"images": [{"names": ["x".repeat(100_000)]}],
+                "addresses": [{"type": "InternalIP", "address": "198.51.100.1"}]}
+        }))
+        .expect("node");
+        strip_node(&mut node);
+        let status = node.status.as_ref().expect("status");
+        assert!(status.images.is_none() && status.addresses.is_some());
+        assert!(node.metadata.labels.is_none());
+        assert_eq!(
+            node.spec.and_then(|s| s.pod_cidrs),
+            Some(vec!["10.244.1.0/24".to_owned()])
+        );
+        let mut namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "team", "labels": {"team": "a"}, "annotations": {"x": "y"}}
+        }))
+        .expect("namespace");
+        strip_namespace(&mut namespace);
+        assert!(namespace.metadata.annotations.is_none());
+        assert_eq!(namespace.metadata.labels.map(|l| l.len()), Some(1));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::forward::{Conflict, Forward, ForwardSet, Protocol, Target};
 use hostport_api::port_set::PortSet;
 
 /// Service annotation (value `"true"`) that asks for its ports to be forwarded from the edge.
-pub const SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
+pub const SERVICE_ANNOTATION: &str = hostport_api::annotations::FORWARD_SERVICE_ANNOTATION;
 
 /// What the caches hold.
 #[derive(Clone, Copy, Debug)]

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hostport_api::cache::{strip_claim, strip_metadata, strip_pod};
+use hostport_api::cache::{strip_claim, strip_metadata, strip_node, strip_pod, strip_service};
 use hostport_api::{HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
@@ -64,23 +64,6 @@ struct Caches {
     pods: Store<Pod>,
     services: Option<Store<Service>>,
     nodes: Option<Store<Node>>,
-}
-
-fn strip_service(service: &mut Service) {
-    service.metadata.managed_fields = None;
-    if let Some(annotations) = service.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == desired::SERVICE_ANNOTATION);
-    }
-    service.status = None;
-}
-
-fn strip_node(node: &mut Node) {
-    strip_metadata(node);
-    if let Some(status) = node.status.as_mut() {
-        status.images = None;
-        status.volumes_attached = None;
-        status.volumes_in_use = None;
-    }
 }
 
 /// The forwards the caches ask for now: claims first, then Services (none in a class's

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hostport_api::cache::strip_metadata;
+use hostport_api::cache::{strip_metadata, strip_namespace};
 use hostport_api::selector::LabelSelector;
 use hostport_api::{HostPortClaim, HostPortClass};
 use hostport_process::leader::{LeaseConfig, LeaseLock};
@@ -79,13 +79,6 @@ struct Caches {
     claims: Store<HostPortClaim>,
     pods: Store<Pod>,
     services: Option<(Store<Service>, Store<Namespace>)>,
-}
-
-fn strip_namespace(namespace: &mut Namespace) {
-    let labels = namespace.metadata.labels.take();
-    strip_metadata(namespace);
-    namespace.metadata.labels = labels;
-    namespace.spec = None;
 }
 
 async fn start(
