@@ -99,47 +99,63 @@ pub struct Args {
     /// This node's address (router mode): where the router forwards to.
     #[arg(long, env = "NODE_IP")]
     node_ip: Option<std::net::Ipv4Addr>,
-    /// The router (router mode) when a class names none. Default: the default route's gateway.
-    #[arg(long, env = "HOSTPORT_PUBLISHER_GATEWAY")]
+    /// The router when a class names none. Default: the default route's gateway.
+    #[arg(long, help_heading = "Router mode", env = "HOSTPORT_PUBLISHER_GATEWAY")]
     gateway: Option<std::net::Ipv4Addr>,
-    /// Router mode: publish LoadBalancer Services of class `hostport.rmb938.com/router` from
+    /// Publish LoadBalancer Services of class `hostport.rmb938.com/router` from
     /// namespaces with these labels (`key=value,...`). Default: none.
-    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_NAMESPACE_SELECTOR")]
-    service_namespace_selector: Option<String>,
-    /// Router mode: how Services are mapped.
-    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_PROTOCOL", value_enum, default_value_t = RouterProtocolArg::Auto)]
-    service_protocol: RouterProtocolArg,
-    /// Router mode: lifetime asked for Services' mappings (renewed at half).
-    #[arg(long, env = "HOSTPORT_PUBLISHER_SERVICE_LIFETIME_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(120..=86400))]
-    service_lifetime_seconds: u32,
-    /// Router mode: leave the mappings on the router when stopping (they lapse after their
-    /// lifetime unless a publisher renews them).
-    #[arg(long, env = "HOSTPORT_PUBLISHER_KEEP_MAPPINGS")]
-    keep_mappings: bool,
-    /// Router mode: renew each mapping at least this often (default: at half its lifetime);
-    /// a router that rebooted and lost its mappings gets them back within this time.
-    #[arg(long, env = "HOSTPORT_PUBLISHER_MAX_RENEW_INTERVAL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    max_renew_interval_seconds: Option<u64>,
-    /// Router mode: first wait for a PCP/NAT-PMP answer (doubled on each of 3 retries).
     #[arg(
         long,
+        help_heading = "Router mode",
+        env = "HOSTPORT_PUBLISHER_SERVICE_NAMESPACE_SELECTOR"
+    )]
+    service_namespace_selector: Option<String>,
+    /// How Services are mapped.
+    #[arg(long, help_heading = "Router mode", env = "HOSTPORT_PUBLISHER_SERVICE_PROTOCOL", value_enum, default_value_t = RouterProtocolArg::Auto)]
+    service_protocol: RouterProtocolArg,
+    /// Lifetime asked for Services' mappings (renewed at half).
+    #[arg(long, help_heading = "Router mode", env = "HOSTPORT_PUBLISHER_SERVICE_LIFETIME_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u32).range(120..=86400))]
+    service_lifetime_seconds: u32,
+    /// Leave the mappings on the router when stopping (they lapse after their
+    /// lifetime unless a publisher renews them).
+    #[arg(
+        long,
+        help_heading = "Router mode",
+        env = "HOSTPORT_PUBLISHER_KEEP_MAPPINGS"
+    )]
+    keep_mappings: bool,
+    /// Renew each mapping at least this often (default: at half its lifetime);
+    /// a router that rebooted and lost its mappings gets them back within this time.
+    #[arg(long, help_heading = "Router mode", env = "HOSTPORT_PUBLISHER_MAX_RENEW_INTERVAL_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_renew_interval_seconds: Option<u64>,
+    /// First wait for a PCP/NAT-PMP answer (doubled on each of 3 retries).
+    #[arg(
+        long,
+        help_heading = "Router mode",
         env = "HOSTPORT_PUBLISHER_ROUTER_TIMEOUT_MS",
         default_value_t = 250
     )]
     router_timeout_ms: u64,
-    /// Router mode: namespace of the Lease electing the publisher that serves Services.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "hostport-system")]
-    lease_namespace: String,
-    /// Router mode: name of that Lease.
+    /// Namespace of the Lease electing the publisher that serves Services.
     #[arg(
         long,
+        help_heading = "Router mode",
+        env = "POD_NAMESPACE",
+        default_value = "hostport-system"
+    )]
+    lease_namespace: String,
+    /// Name of that Lease.
+    #[arg(
+        long,
+        help_heading = "Router mode",
         env = "HOSTPORT_PUBLISHER_LEASE_NAME",
         default_value = "hostport-publisher-router"
     )]
     lease_name: String,
-    /// Router mode: how long a leader keeps the Lease without renewing it.
+    /// How long a leader keeps the Lease without renewing it.
     #[arg(
         long,
+        help_heading = "Router mode",
         env = "HOSTPORT_PUBLISHER_LEASE_DURATION_SECONDS",
         default_value_t = 15
     )]
