@@ -346,8 +346,7 @@ mod tests {
                 ..squatter("user", 9001, &["web"])
             }),
         );
-        let back = claim(None, Some("port-9001"));
-        let mut back = back;
+        let mut back = claim(None, Some("port-9001"));
         back.metadata.namespace = Some("team".into());
         back.metadata.name = Some("web".into());
         assert_eq!(

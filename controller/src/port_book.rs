@@ -135,6 +135,11 @@ impl PortBook {
             .filter(|held| held.port == Some(port))
             .filter_map(|held| held.claim.as_ref())
             .collect();
+        self.outside_of(port, &claims)
+    }
+
+    /// The pods declaring `port` that name none of `claims` (those of the HostPorts on it).
+    fn outside_of<'a>(&'a self, port: u16, claims: &[&(String, String)]) -> Vec<&'a PodPorts> {
         self.pods
             .pods_on(port)
             .filter(|pod| !claims.iter().any(|(ns, claim)| pod.uses_claim(ns, claim)))
@@ -142,14 +147,22 @@ impl PortBook {
     }
 
     /// The ports of `ranges` in use outside the books (see [`Self::outside_users`]), sorted,
-    /// each with the first such pod by key.
+    /// each with the first such pod by key. One pass over the HostPorts, not one per port: a
+    /// class status is computed on every pod change that touches its pools.
     pub fn outside_in(&self, ranges: &[PortRange]) -> Vec<(u16, &PodPorts)> {
+        let mut claims_on: HashMap<u16, Vec<&(String, String)>> = HashMap::new();
+        for held in self.by_name.values() {
+            if let (Some(port), Some(claim)) = (held.port, held.claim.as_ref()) {
+                claims_on.entry(port).or_default().push(claim);
+            }
+        }
         let mut found: Vec<(u16, &PodPorts)> = self
             .pods
             .ports()
             .filter(|port| ranges.iter().any(|r| r.contains(*port)))
             .filter_map(|port| {
-                let users = self.outside_users(port);
+                let claims = claims_on.get(&port).map(Vec::as_slice).unwrap_or_default();
+                let users = self.outside_of(port, claims);
                 users.into_iter().min_by_key(|p| p.key()).map(|p| (port, p))
             })
             .collect();

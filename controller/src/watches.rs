@@ -206,7 +206,7 @@ fn pod_ports(pod: &Pod) -> Option<PodPorts> {
 }
 
 /// Ports that pods started or stopped declaring: the classes whose pools hold them report
-/// them, and a freed port may bind a waiting claim.
+/// them, and a port that became free may bind a waiting claim.
 fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
     if changed.is_empty() {
         return;
@@ -223,7 +223,15 @@ fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
                 .send(ObjectRef::from_obj(class.as_ref()));
         }
     }
-    ctx.wake_waiting();
+    // Only a port that became free can bind a waiting claim (one a pod starts declaring
+    // cannot), so a pod's creation does not requeue every waiting claim.
+    let freed = {
+        let book = ctx.book();
+        changed.iter().any(|port| !book.is_used(*port))
+    };
+    if freed {
+        ctx.wake_waiting();
+    }
 }
 
 /// Queues the HostPorts still bound to the deleted claim `namespace/claim` (held while its
