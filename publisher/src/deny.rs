@@ -51,11 +51,15 @@ impl DenyList {
         self.ports.contains(&port)
     }
 
+    /// Whether `forward`'s external or target port is denied.
+    pub fn denies_forward(&self, forward: &Forward) -> bool {
+        self.denies(forward.port) || self.denies(forward.target.port)
+    }
+
     /// `set` without denied external or target ports, and the forwards left out.
     pub fn filter(&self, set: &ForwardSet) -> (ForwardSet, Vec<Forward>) {
-        let (denied, kept): (Vec<Forward>, Vec<Forward>) = set
-            .iter()
-            .partition(|f| self.denies(f.port) || self.denies(f.target.port));
+        let (denied, kept): (Vec<Forward>, Vec<Forward>) =
+            set.iter().partition(|f| self.denies_forward(f));
         (kept.into_iter().collect(), denied)
     }
 }

@@ -64,7 +64,7 @@ impl Wanted {
 
     /// Adds `forward` unless `deny` denies its external or target port.
     pub fn add_allowed(&mut self, forward: Forward, deny: &DenyList) {
-        if deny.denies(forward.port) || deny.denies(forward.target.port) {
+        if deny.denies_forward(&forward) {
             self.denied.push(forward);
         } else {
             self.add(forward);
@@ -75,7 +75,7 @@ impl Wanted {
     /// deny-list first, then a conflict keeps what is here.
     pub fn merge(&mut self, later: Wanted, deny: &DenyList) {
         for forward in later.forwards.iter() {
-            if deny.denies(forward.port) || deny.denies(forward.target.port) {
+            if deny.denies_forward(&forward) {
                 self.denied.push(forward);
             } else if let Some(kept) = self.forwards.get(forward.protocol, forward.port) {
                 if kept != forward.target {
