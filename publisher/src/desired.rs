@@ -309,11 +309,16 @@ pub fn claimable_ports(classes: &[Arc<HostPortClass>], claims: &[Arc<HostPortCla
     ports
 }
 
+/// Event and condition reason for a Service port left out because claims may hold it.
+pub const PORT_CLAIMED: &str = "PortClaimed";
+
 /// A Service port left out because claims may hold it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RefusedServicePort {
-    /// The Service, `namespace/name`.
-    pub service: String,
+    /// The Service's namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub name: String,
     /// Its port.
     pub port: u16,
 }
@@ -356,11 +361,8 @@ pub fn services(
             };
             if claimable.contains(external) {
                 wanted.refused.push(RefusedServicePort {
-                    service: format!(
-                        "{}/{}",
-                        service.namespace().unwrap_or_default(),
-                        service.name_any()
-                    ),
+                    namespace: service.namespace().unwrap_or_default(),
+                    name: service.name_any(),
                     port: external,
                 });
                 continue;

@@ -323,31 +323,30 @@ pub async fn wanted_once(client: &Client, mode: &Mode, deny: &DenyList) -> Forwa
 /// first time each is seen (logged every time it is first seen again after going away).
 struct Refusals {
     events: Recorder,
-    reported: BTreeSet<(String, u16)>,
+    reported: BTreeSet<RefusedServicePort>,
 }
 
 impl Refusals {
     async fn report(&mut self, refused: &[RefusedServicePort], services: Option<&Store<Service>>) {
-        let now: BTreeSet<(String, u16)> = refused
-            .iter()
-            .map(|r| (r.service.clone(), r.port))
-            .collect();
-        for (service, port) in now.difference(&self.reported) {
+        let now: BTreeSet<RefusedServicePort> = refused.iter().cloned().collect();
+        for refusal in now.difference(&self.reported) {
+            let RefusedServicePort {
+                namespace,
+                name,
+                port,
+            } = refusal;
             tracing::warn!(
-                service,
+                service = %format!("{namespace}/{name}"),
                 port,
                 "Service port lies in a HostPortClass's pools or is a claim's port; not forwarded (claims win)"
             );
-            let Some((namespace, name)) = service.split_once('/') else {
-                continue;
-            };
             let key = ObjectRef::new(name).within(namespace);
             if let Some(object) = services.and_then(|s| s.get(&key)) {
                 self.events
                     .publish(
                         object.as_ref(),
                         EventType::Warning,
-                        "PortClaimed",
+                        desired::PORT_CLAIMED,
                         "Forward",
                         format!(
                             "port {port} is not forwarded: it lies in a HostPortClass's pools or is held by a claim, and claims win over Services; give the Service another port"

@@ -249,7 +249,7 @@ fn claims_win_over_services_and_the_deny_list_comes_first() {
     let refused: Vec<(String, u16)> = wanted
         .refused
         .iter()
-        .map(|r| (r.service.clone(), r.port))
+        .map(|r| (format!("{}/{}", r.namespace, r.name), r.port))
         .collect();
     assert_eq!(
         refused,

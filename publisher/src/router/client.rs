@@ -164,7 +164,7 @@ impl RouterError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Denied { .. } => "PortDenied",
-            Self::PortClaimed { .. } => "PortClaimed",
+            Self::PortClaimed { .. } => crate::desired::PORT_CLAIMED,
             Self::NoGateway => "NoGateway",
             Self::Unreachable { .. } => "RouterUnreachable",
             Self::Refused { .. } => "RouterRefused",
