@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use hostport_api::conditions::{self, Condition};
+use hostport_api::conditions::{self, Condition, status};
 use hostport_api::{ExternalEndpoint, HostPortClaim};
 use hostport_process::events::{EventType, Recorder};
 use k8s_openapi::api::core::v1::Service;
@@ -351,15 +351,15 @@ fn service_conditions(
         return conditions;
     };
     let (status, reason, message) = match (report.errors.first(), address) {
-        (Some(error), _) => ("False", error.reason().to_owned(), error.to_string()),
+        (Some(error), _) => (status::FALSE, error.reason().to_owned(), error.to_string()),
         (None, Some(address)) => (
-            "True",
+            status::TRUE,
             REASON_PUBLISHED.to_owned(),
             format!("every port is mapped on the router at {address}"),
         ),
         (None, None) => (
-            "False",
-            "NotPublished".to_owned(),
+            status::FALSE,
+            REASON_NOT_PUBLISHED.to_owned(),
             "no port is mapped on the router yet".to_owned(),
         ),
     };
