@@ -187,9 +187,9 @@ impl Context {
         // claim cache).
         let cached = self.host_ports.get(&ObjectRef::new(host_port_name));
         if let Some(host_port) = &cached
-            && let Ok(port) = verify_binding(claim, host_port)
+            && let Ok(binding) = verify_binding(claim, host_port)
         {
-            return ClaimState::Bound(binding(claim, host_port_name, port));
+            return ClaimState::Bound(binding);
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
         let what = format!("HostPort {host_port_name:?}");
@@ -203,7 +203,7 @@ impl Context {
             };
         };
         match verify_binding(claim, &host_port) {
-            Ok(port) => ClaimState::Bound(binding(claim, host_port_name, port)),
+            Ok(binding) => ClaimState::Bound(binding),
             Err(why) => ClaimState::Unverified { why },
         }
     }
@@ -358,27 +358,21 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
-fn binding(claim: &HostPortClaim, host_port: &str, port: u16) -> Binding {
-    Binding {
-        port,
-        claim_uid: claim.uid().unwrap_or_default(),
-        host_port: host_port.to_owned(),
-    }
-}
-
-/// The port a Bound claim may inject, if the chain claim → HostPort → `claimRef.uid` → port
-/// holds; otherwise what breaks it.
-pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<u16, String> {
+/// The binding (and so the port) a Bound claim may inject, if the chain claim → HostPort →
+/// `claimRef.uid` → port holds; otherwise what breaks it.
+pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Binding, String> {
     let name = host_port.name_any();
     if host_port.metadata.deletion_timestamp.is_some() {
         return Err(format!("its HostPort {name:?} is being deleted"));
     }
-    let claim_uid = claim.uid();
-    if claim_uid.is_none() || host_port.claim_uid() != claim_uid.as_deref() {
+    let Some(claim_uid) = claim
+        .uid()
+        .filter(|uid| host_port.claim_uid() == Some(uid.as_str()))
+    else {
         return Err(format!(
             "its HostPort {name:?} is not bound to it (spec.claimRef.uid differs)"
         ));
-    }
+    };
     let Some(port) = host_port.port() else {
         return Err(format!("its HostPort {name:?} holds no port yet"));
     };
@@ -390,7 +384,11 @@ pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<u16
             "its status.port {status_port} differs from port {port} held by its HostPort {name:?}"
         ));
     }
-    Ok(port)
+    Ok(Binding {
+        port,
+        claim_uid,
+        host_port: name,
+    })
 }
 
 #[cfg(test)]
@@ -435,12 +433,12 @@ mod tests {
     #[test]
     fn the_chain_must_hold() {
         assert_eq!(
-            verify_binding(&claim("a", Some(9000)), &host_port("a", 9000)),
+            verify_binding(&claim("a", Some(9000)), &host_port("a", 9000)).map(|b| b.port),
             Ok(9000)
         );
         // Go-era claims carry no status.port.
         assert_eq!(
-            verify_binding(&claim("a", None), &host_port("a", 9000)),
+            verify_binding(&claim("a", None), &host_port("a", 9000)).map(|b| b.port),
             Ok(9000)
         );
         let forged = verify_binding(&claim("a", Some(22)), &host_port("a", 9000));
