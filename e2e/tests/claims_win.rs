@@ -10,13 +10,13 @@ use std::time::Duration;
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
 use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
+use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
-use hostport_publisher::exec::Executor;
-use hostport_publisher::forward::Protocol;
+use hostport_publisher::forwarding::exec::Executor;
+use hostport_publisher::forwarding::nft::Rules;
+use hostport_publisher::forwarding::run::{self, Mode, RunOptions};
+use hostport_publisher::forwarding::sync::{Backend, Syncer};
 use hostport_publisher::metrics::Metrics;
-use hostport_publisher::nft::Rules;
-use hostport_publisher::runner::{self, Mode, RunOptions};
-use hostport_publisher::sync::{Backend, Syncer};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
@@ -81,7 +81,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
         service_namespaces: vec![env.namespace.clone()],
     };
     let client = env.client_as(publisher_user());
-    let forwards = runner::wanted_once(&client, &mode, &DenyList::default()).await;
+    let forwards = run::wanted_once(&client, &mode, &DenyList::default()).await;
     let target = forwards
         .get(Protocol::Tcp, 37400)
         .expect("the claim's forward");
@@ -106,7 +106,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
     );
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let publisher = tokio::spawn(runner::run(
+    let publisher = tokio::spawn(run::run(
         client,
         RunOptions {
             metrics: metrics.clone(),

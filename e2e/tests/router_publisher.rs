@@ -14,8 +14,8 @@ use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
-use hostport_publisher::router::recording::RecordingRouter;
-use hostport_publisher::router::run::{self, RouterOptions, ServicePublishing};
+use hostport_publisher::router::client::recording::RecordingRouter;
+use hostport_publisher::router::run::{self, RunOptions, ServicePublishing};
 use hostport_publisher::router::wanted::ServiceSettings;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -86,7 +86,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     scenario
         .match_labels
         .insert("hostport-e2e/scenario".into(), env.prefix.clone());
-    let options = RouterOptions {
+    let options = RunOptions {
         metrics: Arc::new(Metrics::default()),
         ready: Arc::default(),
         node: node_name.clone(),

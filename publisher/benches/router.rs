@@ -20,8 +20,9 @@ mod router_lab;
 use std::time::{Duration, Instant};
 
 use hostport_api::{ExternalPortPolicy, RouterProtocol};
-use hostport_publisher::forward::Protocol;
-use hostport_publisher::router::client::{MapRequest, NetworkRouter, Router};
+use hostport_publisher::claimed::Protocol;
+use hostport_publisher::router::client::network::NetworkRouter;
+use hostport_publisher::router::client::{MapRequest, Router};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use router_lab::Lab;

@@ -12,11 +12,12 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
-use hostport_publisher::exec::Executor;
-use hostport_publisher::forward::{Forward, ForwardSet, Protocol, Target};
-use hostport_publisher::nft::Rules;
-use hostport_publisher::sync::{Backend, Outcome, Syncer};
+use hostport_publisher::forwarding::exec::Executor;
+use hostport_publisher::forwarding::nft::Rules;
+use hostport_publisher::forwarding::rules::{Forward, ForwardSet, Target};
+use hostport_publisher::forwarding::sync::{Backend, Outcome, Syncer};
 
 const RUNS: usize = 7;
 

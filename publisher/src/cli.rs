@@ -7,15 +7,16 @@ use clap::{Parser, ValueEnum};
 use hostport_process::{LogFormat, Stop};
 
 use crate::deny::{DEFAULT_DENIED, DenyList};
-use crate::exec::Executor;
-use crate::nft::Rules;
-use crate::router::client::NetworkRouter;
-use crate::router::dry_run::LoggingRouter;
+use crate::forwarding::exec::Executor;
+use crate::forwarding::nft::Rules;
+use crate::forwarding::run::Mode;
+use crate::forwarding::sync::{Backend, Syncer};
+use crate::router::client::dry_run::LoggingRouter;
+use crate::router::client::network::NetworkRouter;
 use crate::router::gateway::system_default_gateway;
-use crate::router::run::{self, RouterOptions, ServicePublishing};
+use crate::router::run::ServicePublishing;
 use crate::router::wanted::ServiceSettings;
-use crate::runner::{self, Mode, RunOptions};
-use crate::sync::{Backend, Syncer};
+use crate::{forwarding, router};
 use hostport_api::RouterProtocol;
 use hostport_api::selector::LabelSelector;
 
@@ -292,12 +293,12 @@ pub async fn main() -> anyhow::Result<()> {
     }
     let client = client().await?;
     if args.render {
-        let forwards = runner::wanted_once(&client, &mode, syncer.deny()).await;
+        let forwards = forwarding::run::wanted_once(&client, &mode, syncer.deny()).await;
         print!("{}", syncer.render(&forwards));
         return Ok(());
     }
     let served = Served::start(args.metrics_address).await?;
-    let options = RunOptions {
+    let options = forwarding::run::RunOptions {
         metrics: served.metrics.clone(),
         ready: served.ready.clone(),
         mode,
@@ -307,7 +308,7 @@ pub async fn main() -> anyhow::Result<()> {
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "hostport-publisher".into()),
     };
-    runner::run(client, options, syncer, served.stop.stopped()).await;
+    forwarding::run::run(client, options, syncer, served.stop.stopped()).await;
     served.finish().await;
     Ok(())
 }
@@ -411,7 +412,7 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
     };
     let client = client().await?;
     let served = Served::start(args.metrics_address).await?;
-    let options = RouterOptions {
+    let options = router::run::RunOptions {
         metrics: served.metrics.clone(),
         ready: served.ready.clone(),
         node,
@@ -426,13 +427,13 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
         renew_at_most: args.max_renew_interval_seconds.map(Duration::from_secs),
     };
     if args.dry_run {
-        run::run(client, options, LoggingRouter, served.stop.stopped()).await;
+        router::run::run(client, options, LoggingRouter, served.stop.stopped()).await;
     } else {
         let router = std::sync::Arc::new(
             NetworkRouter::new(Duration::from_millis(args.router_timeout_ms.max(1)), 3)
                 .with_stable_pcp_nonce(&options.node),
         );
-        run::run(client, options, router, served.stop.stopped()).await;
+        router::run::run(client, options, router, served.stop.stopped()).await;
     }
     served.finish().await;
     Ok(())

@@ -5,8 +5,6 @@ use std::collections::BTreeSet;
 
 use hostport_api::ports::PortRange;
 
-use crate::forward::{Forward, ForwardSet};
-
 /// SSH, DNS, kube-apiserver, etcd, kubelet (read-write and read-only), kube-proxy health,
 /// kube-controller-manager, kube-scheduler.
 pub const DEFAULT_DENIED: &[u16] = &[22, 53, 2379, 2380, 6443, 10250, 10255, 10256, 10257, 10259];
@@ -50,25 +48,11 @@ impl DenyList {
     pub fn denies(&self, port: u16) -> bool {
         self.ports.contains(&port)
     }
-
-    /// Whether `forward`'s external or target port is denied.
-    pub fn denies_forward(&self, forward: &Forward) -> bool {
-        self.denies(forward.port) || self.denies(forward.target.port)
-    }
-
-    /// `set` without denied external or target ports, and the forwards left out.
-    pub fn filter(&self, set: &ForwardSet) -> (ForwardSet, Vec<Forward>) {
-        let (denied, kept): (Vec<Forward>, Vec<Forward>) =
-            set.iter().partition(|f| self.denies_forward(f));
-        (kept.into_iter().collect(), denied)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::{Protocol, Target};
-    use std::net::Ipv4Addr;
 
     #[test]
     fn parses_ports_and_ranges_and_refuses_the_rest() {
@@ -80,35 +64,5 @@ mod tests {
             assert!(error.to_string().contains(bad), "{error}");
         }
         assert!(DenyList::default().denies(6443));
-    }
-
-    #[test]
-    fn denied_ports_are_left_out_on_either_side() {
-        let target = |port| Target {
-            address: Ipv4Addr::new(198, 51, 100, 2),
-            port,
-        };
-        let set: ForwardSet = [
-            Forward {
-                protocol: Protocol::Tcp,
-                port: 22,
-                target: target(2222),
-            },
-            Forward {
-                protocol: Protocol::Tcp,
-                port: 2222,
-                target: target(22),
-            },
-            Forward {
-                protocol: Protocol::Tcp,
-                port: 9000,
-                target: target(9000),
-            },
-        ]
-        .into_iter()
-        .collect();
-        let (kept, denied) = DenyList::default().filter(&set);
-        assert_eq!(kept.len(), 1);
-        assert_eq!(denied.len(), 2);
     }
 }

@@ -6,11 +6,12 @@ mod netns;
 
 use std::time::Duration;
 
+use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
-use hostport_publisher::exec::Executor;
-use hostport_publisher::forward::{Forward, ForwardSet, Protocol, Target};
-use hostport_publisher::nft::Rules;
-use hostport_publisher::sync::{Backend, Outcome, Syncer};
+use hostport_publisher::forwarding::exec::Executor;
+use hostport_publisher::forwarding::nft::Rules;
+use hostport_publisher::forwarding::rules::{Forward, ForwardSet, Target};
+use hostport_publisher::forwarding::sync::{Backend, Outcome, Syncer};
 use netns::{NODE, Topology};
 
 fn to_node(protocol: Protocol, port: u16, node_port: u16) -> Forward {
@@ -299,8 +300,8 @@ async fn a_sync_killed_midway_leaves_the_old_or_the_new_ruleset() {
         .map(|port| to_node(Protocol::Tcp, port, 7000))
         .collect();
     let (old_script, new_script) = (
-        hostport_publisher::nft::full(&rules, &old),
-        hostport_publisher::nft::full(&rules, &new),
+        hostport_publisher::forwarding::nft::full(&rules, &old),
+        hostport_publisher::forwarding::nft::full(&rules, &new),
     );
     let count = || {
         let map = topology.router_nft(&["list", "map", "inet", "hostport", "tcp_forwards"]);

@@ -8,11 +8,11 @@ mod netns;
 
 use std::time::Duration;
 
+use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
-use hostport_publisher::forward::Protocol;
-use hostport_publisher::nft::Rules;
-use hostport_publisher::runner::{self, Mode, RunOptions};
-use hostport_publisher::sync::{Backend, Syncer};
+use hostport_publisher::forwarding::nft::Rules;
+use hostport_publisher::forwarding::run::{self, Mode, RunOptions};
+use hostport_publisher::forwarding::sync::{Backend, Syncer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use netns::Topology;
@@ -57,7 +57,7 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = std::sync::Arc::new(hostport_publisher::metrics::Metrics::default());
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let publisher = tokio::spawn(runner::run(
+    let publisher = tokio::spawn(run::run(
         client.clone(),
         RunOptions {
             metrics: metrics.clone(),
@@ -133,7 +133,7 @@ async fn a_burst_of_changes_is_one_transaction() {
         log.display(),
         topology.router
     );
-    let executor = hostport_publisher::exec::Executor::Local {
+    let executor = hostport_publisher::forwarding::exec::Executor::Local {
         prefix: vec!["sh".into(), "-c".into(), wrapper, "sh".into()],
     };
     let syncer = Syncer::new(
@@ -144,7 +144,7 @@ async fn a_burst_of_changes_is_one_transaction() {
         false,
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let publisher = tokio::spawn(runner::run(
+    let publisher = tokio::spawn(run::run(
         client.clone(),
         RunOptions {
             metrics: Default::default(),

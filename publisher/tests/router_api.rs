@@ -11,17 +11,17 @@ use std::time::Duration;
 use hostport_api::HostPortClaim;
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::metrics::Metrics;
-use hostport_publisher::router::dry_run::LoggingRouter;
-use hostport_publisher::router::recording::RecordingRouter;
-use hostport_publisher::router::run::{self, RouterOptions};
+use hostport_publisher::router::client::dry_run::LoggingRouter;
+use hostport_publisher::router::client::recording::RecordingRouter;
+use hostport_publisher::router::run::{self, RunOptions};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::oneshot;
 
-fn options(dry_run: bool) -> RouterOptions {
-    RouterOptions {
+fn options(dry_run: bool) -> RunOptions {
+    RunOptions {
         metrics: Arc::new(Metrics::default()),
         ready: Arc::default(),
         node: "node-a".into(),

@@ -21,14 +21,14 @@ use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use crate::caches::{claim_caches, spawn_cache};
+use crate::claimed::Inputs;
 use crate::deny::DenyList;
-use crate::desired::Inputs;
 use crate::metrics::Metrics;
 use crate::router::client::Router;
 use crate::router::report::Reporter;
 use crate::router::table::Table;
-use crate::router::wanted::{self, ServiceSettings, ThisNode, Wanted};
-use crate::runner::{claim_caches, spawn_cache};
+use crate::router::wanted::{self, ServiceSettings, ThisNode, WantedMappings};
 
 /// Longest sleep between passes when nothing is due (repairs what a lost event missed).
 const IDLE_PASS: Duration = Duration::from_secs(30);
@@ -46,7 +46,7 @@ pub struct ServicePublishing {
 
 /// How the router loop runs.
 #[derive(Clone, Debug)]
-pub struct RouterOptions {
+pub struct RunOptions {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set after the first pass (`/readyz`).
@@ -83,7 +83,7 @@ struct Caches {
 
 async fn start(
     client: &Client,
-    options: &RouterOptions,
+    options: &RunOptions,
     changes: &watch::Sender<u64>,
 ) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let mut tasks = vec![];
@@ -123,7 +123,7 @@ async fn start(
     (caches, tasks)
 }
 
-impl RouterOptions {
+impl RunOptions {
     fn this_node(&self) -> ThisNode<'_> {
         ThisNode {
             name: &self.node,
@@ -135,7 +135,7 @@ impl RouterOptions {
 }
 
 /// The claim mappings the caches ask for now.
-fn wanted_claims(caches: &Caches, options: &RouterOptions) -> Wanted {
+fn wanted_claims(caches: &Caches, options: &RunOptions) -> WantedMappings {
     let (classes, claims, pods) = (
         caches.classes.state(),
         caches.claims.state(),
@@ -150,15 +150,15 @@ fn wanted_claims(caches: &Caches, options: &RouterOptions) -> Wanted {
 }
 
 /// The Service mappings the caches ask for now.
-fn wanted_services(caches: &Caches, options: &RouterOptions) -> Wanted {
+fn wanted_services(caches: &Caches, options: &RunOptions) -> WantedMappings {
     let (Some((services, namespaces)), Some(publishing)) = (&caches.services, &options.services)
     else {
-        return Wanted::default();
+        return WantedMappings::default();
     };
     // An empty selector allows nothing: Services are published only where an admin said.
     let selector = &publishing.namespaces;
     if selector.match_labels.is_empty() && selector.match_expressions.is_empty() {
-        return Wanted::default();
+        return WantedMappings::default();
     }
     let allowed = |name: &str| {
         namespaces
@@ -168,7 +168,7 @@ fn wanted_services(caches: &Caches, options: &RouterOptions) -> Wanted {
             })
     };
     let claimable =
-        crate::desired::claimable_ports(&caches.classes.state(), &caches.claims.state());
+        crate::claimed::claimable_ports(&caches.classes.state(), &caches.claims.state());
     wanted::services(
         &services.state(),
         allowed,
@@ -201,7 +201,7 @@ fn elect(
 /// Runs until `shutdown` completes.
 pub async fn run<R: Router + Clone>(
     client: Client,
-    options: RouterOptions,
+    options: RunOptions,
     router: R,
     shutdown: impl Future<Output = ()> + Send,
 ) {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::forward::Protocol;
+use crate::claimed::ExternalPort;
+use crate::claimed::Protocol;
 use crate::router::client::{MapRequest, Mapped, Method, Router, RouterError};
-use crate::router::wanted::{Key, Owner, Wanted};
+use crate::router::wanted::{Owner, WantedMappings};
 
 /// First retry of a failed request; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -83,8 +84,8 @@ pub struct Pass {
 #[derive(Debug)]
 pub struct Table<R: Router> {
     router: R,
-    held: BTreeMap<Key, Held<R::Lease>>,
-    failing: BTreeMap<Key, Failing>,
+    held: BTreeMap<ExternalPort, Held<R::Lease>>,
+    failing: BTreeMap<ExternalPort, Failing>,
     renew_at_most: Option<Duration>,
 }
 
@@ -122,9 +123,9 @@ impl<R: Router> Table<R> {
     }
 
     /// One pass towards `wanted` at `now`.
-    pub async fn reconcile(&mut self, wanted: &Wanted, now: Instant) -> Pass {
+    pub async fn reconcile(&mut self, wanted: &WantedMappings, now: Instant) -> Pass {
         let mut pass = Pass::default();
-        let stale: Vec<Key> = self
+        let stale: Vec<ExternalPort> = self
             .held
             .iter()
             .filter(|(key, held)| {
@@ -205,7 +206,7 @@ impl<R: Router> Table<R> {
 
     fn fail(
         &mut self,
-        key: Key,
+        key: ExternalPort,
         owner: &Owner,
         request: &MapRequest,
         error: RouterError,

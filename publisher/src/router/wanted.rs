@@ -24,9 +24,8 @@ use hostport_api::{ExternalPortPolicy, RouterProtocol};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
+use crate::claimed::{ExternalPort, Inputs, NodePort, claimed_ports, node_ports};
 use crate::deny::DenyList;
-use crate::desired::{Inputs, claimed_ports};
-use crate::forward::Protocol;
 use crate::router::client::{MapRequest, RouterError};
 
 /// `spec.loadBalancerClass` of the Services this publisher serves.
@@ -60,9 +59,6 @@ impl fmt::Display for Owner {
     }
 }
 
-/// A mapping this node keeps: protocol and the external port on the router.
-pub type Key = (Protocol, u16);
-
 /// One wanted mapping and whom it is for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Want {
@@ -74,14 +70,14 @@ pub struct Want {
 
 /// The wanted mappings and the objects that cannot get one.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Wanted {
+pub struct WantedMappings {
     /// One request per port of this node and protocol.
-    pub mappings: BTreeMap<Key, Want>,
+    pub mappings: BTreeMap<ExternalPort, Want>,
     /// Objects that get no mapping, and why.
     pub problems: Vec<(Owner, RouterError)>,
 }
 
-impl Wanted {
+impl WantedMappings {
     fn add(&mut self, want: Want) {
         let key = (want.request.protocol, want.request.external_port);
         match self.mappings.get(&key) {
@@ -107,7 +103,7 @@ impl Wanted {
     }
 
     /// Adds `other`'s mappings and problems (claims first, then Services).
-    pub fn merge(&mut self, other: Wanted) {
+    pub fn merge(&mut self, other: WantedMappings) {
         for want in other.mappings.into_values() {
             self.add(want);
         }
@@ -138,8 +134,8 @@ impl ThisNode<'_> {
 }
 
 /// The mappings for claimed ports of pods on this node.
-pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> Wanted {
-    let mut wanted = Wanted::default();
+pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
+    let mut wanted = WantedMappings::default();
     for used in claimed_ports(inputs, |p| p.router.is_some()) {
         let spec = used.pod.spec.as_ref();
         let status = used.pod.status.as_ref();
@@ -214,8 +210,8 @@ pub fn services(
     claimable: &PortSet,
     node: ThisNode<'_>,
     settings: ServiceSettings,
-) -> Wanted {
-    let mut wanted = Wanted::default();
+) -> WantedMappings {
+    let mut wanted = WantedMappings::default();
     for service in services {
         let Some(spec) = service.spec.as_ref() else {
             continue;
@@ -239,14 +235,12 @@ pub fn services(
                 continue;
             }
         };
-        for port in spec.ports.iter().flatten() {
-            let (Some(protocol), Ok(external), Some(Ok(node_port))) = (
-                Protocol::from_kubernetes(port.protocol.as_deref()),
-                u16::try_from(port.port),
-                port.node_port.map(u16::try_from),
-            ) else {
-                continue;
-            };
+        for NodePort {
+            protocol,
+            port: external,
+            node_port,
+        } in node_ports(service)
+        {
             if claimable.contains(external) {
                 wanted
                     .problems

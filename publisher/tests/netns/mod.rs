@@ -15,8 +15,8 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use hostport_publisher::exec::Executor;
-use hostport_publisher::forward::Protocol;
+use hostport_publisher::claimed::Protocol;
+use hostport_publisher::forwarding::exec::Executor;
 
 /// The router's external address, as the client sees it.
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);

@@ -4,7 +4,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 
 use super::*;
-use crate::forward::Protocol;
+use crate::claimed::Protocol;
 use crate::router::client::{Method, RouterError};
 use crate::router::table::Endpoint;
 

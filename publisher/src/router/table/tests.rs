@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 use hostport_api::{ExternalPortPolicy, RouterProtocol};
 
 use super::*;
-use crate::router::recording::RecordingRouter;
+use crate::router::client::recording::RecordingRouter;
 use crate::router::wanted::Want;
 
 fn want(claim: &str, port: u16) -> Want {
@@ -26,8 +26,8 @@ fn want(claim: &str, port: u16) -> Want {
     }
 }
 
-fn wanted(wants: &[Want]) -> Wanted {
-    let mut wanted = Wanted::default();
+fn wanted(wants: &[Want]) -> WantedMappings {
+    let mut wanted = WantedMappings::default();
     for w in wants {
         wanted
             .mappings

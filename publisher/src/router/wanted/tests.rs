@@ -3,6 +3,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::*;
+use crate::claimed::Protocol;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -53,7 +54,7 @@ fn this_node(deny: &DenyList) -> ThisNode<'_> {
     }
 }
 
-fn keys(wanted: &Wanted) -> Vec<(Key, String)> {
+fn keys(wanted: &WantedMappings) -> Vec<(ExternalPort, String)> {
     wanted
         .mappings
         .iter()
@@ -112,7 +113,7 @@ fn only_running_pods_of_this_node_with_the_claimed_port_of_an_opted_in_class_are
     assert!(wanted.problems.is_empty());
 }
 
-fn claims_wanted(inputs: Inputs<'_>, node: ThisNode<'_>) -> Wanted {
+fn claims_wanted(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
     claims(inputs, node)
 }
 
@@ -207,7 +208,7 @@ fn only_load_balancers_of_our_class_in_allowed_namespaces_are_mapped_to_this_nod
 #[test]
 fn one_router_port_serves_one_object_the_first_by_name() {
     let deny = DenyList::parse("22").expect("deny");
-    let mut wanted = Wanted::default();
+    let mut wanted = WantedMappings::default();
     let settings = ServiceSettings {
         method: RouterProtocol::Auto,
         gateway: Some(GATEWAY),
@@ -287,7 +288,7 @@ fn claims_win_the_router_port_over_services() {
         unchecked.problems
     );
     // With it (what the publisher does), no pool port is asked for a Service at all.
-    let claimable = crate::desired::claimable_ports(&classes, &claims);
+    let claimable = crate::claimed::claimable_ports(&classes, &claims);
     let mut wanted = claims_wanted(inputs, this_node(&deny));
     wanted.merge(super::services(
         &[taker],

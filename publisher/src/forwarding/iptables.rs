@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
-use crate::forward::ForwardSet;
-use crate::nft::Rules;
+use crate::forwarding::nft::Rules;
+use crate::forwarding::rules::ForwardSet;
 
 /// Our chains: (table, chain, the built-in chain that jumps to it).
 pub const CHAINS: [(&str, &str, &str); 3] = [
@@ -90,7 +90,8 @@ fn sanitize(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::{Forward, Protocol, Target};
+    use crate::claimed::Protocol;
+    use crate::forwarding::rules::{Forward, Target};
     use std::net::Ipv4Addr;
 
     #[test]

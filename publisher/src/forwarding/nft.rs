@@ -11,7 +11,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
-use crate::forward::{Delta, Forward, ForwardSet, Protocol};
+use crate::claimed::Protocol;
+use crate::forwarding::rules::{Delta, Forward, ForwardSet};
 
 /// Family and name of our table.
 pub const TABLE: &str = "inet hostport";
@@ -163,7 +164,7 @@ fn quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::Target;
+    use crate::forwarding::rules::Target;
     use std::net::Ipv4Addr;
 
     fn fwd(protocol: Protocol, port: u16, last: u8) -> Forward {

@@ -1,42 +1,12 @@
-//! The desired state: which external port and protocol goes to which address and port.
+//! A set of forwards (external port and protocol → address and port), what changes between
+//! two sets, and which of them the deny-list leaves out: the value every backend renders.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-/// A transport protocol a port is forwarded for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Protocol {
-    /// `tcp` or `udp`, as nft and iptables spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-
-    /// From a Kubernetes `protocol` (`TCP`, `UDP`; SCTP is not forwarded).
-    pub fn from_kubernetes(protocol: Option<&str>) -> Option<Self> {
-        match protocol.unwrap_or("TCP") {
-            "TCP" => Some(Self::Tcp),
-            "UDP" => Some(Self::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::claimed::{ExternalPort, Protocol};
+use crate::deny::DenyList;
 
 /// Where an external port goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,9 +23,6 @@ impl fmt::Display for Target {
     }
 }
 
-/// The external side of a forward: protocol and port.
-pub type Key = (Protocol, u16);
-
 /// One external port of one protocol and where it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Forward {
@@ -65,6 +32,13 @@ pub struct Forward {
     pub port: u16,
     /// Destination.
     pub target: Target,
+}
+
+impl Forward {
+    /// Whether `deny` denies its external or target port.
+    pub fn is_denied(&self, deny: &DenyList) -> bool {
+        deny.denies(self.port) || deny.denies(self.target.port)
+    }
 }
 
 /// Two wanted forwards for one external port and protocol.
@@ -84,7 +58,7 @@ pub struct Conflict {
 /// At most one target per external port and protocol.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardSet {
-    forwards: BTreeMap<Key, Target>,
+    forwards: BTreeMap<ExternalPort, Target>,
 }
 
 impl ForwardSet {
@@ -146,6 +120,13 @@ impl ForwardSet {
         self.forwards.get(&(protocol, port)).copied()
     }
 
+    /// `self` without forwards `deny` denies, and the forwards left out.
+    pub fn split_denied(&self, deny: &DenyList) -> (ForwardSet, Vec<Forward>) {
+        let (denied, kept): (Vec<Forward>, Vec<Forward>) =
+            self.iter().partition(|f| f.is_denied(deny));
+        (kept.into_iter().collect(), denied)
+    }
+
     /// What turns `self` into `next`.
     pub fn delta(&self, next: &ForwardSet) -> Delta {
         let mut delta = Delta::default();
@@ -168,7 +149,7 @@ impl ForwardSet {
     }
 }
 
-fn forward((protocol, port): Key, target: Target) -> Forward {
+fn forward((protocol, port): ExternalPort, target: Target) -> Forward {
     Forward {
         protocol,
         port,
@@ -274,5 +255,35 @@ mod tests {
             ]
         );
         assert!(new.delta(&new).is_empty());
+    }
+
+    #[test]
+    fn denied_ports_are_left_out_on_either_side() {
+        let target = |port| Target {
+            address: Ipv4Addr::new(198, 51, 100, 2),
+            port,
+        };
+        let set: ForwardSet = [
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 22,
+                target: target(2222),
+            },
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 2222,
+                target: target(22),
+            },
+            Forward {
+                protocol: Protocol::Tcp,
+                port: 9000,
+                target: target(9000),
+            },
+        ]
+        .into_iter()
+        .collect();
+        let (kept, denied) = set.split_denied(&DenyList::default());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(denied.len(), 2);
     }
 }

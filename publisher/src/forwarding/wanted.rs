@@ -12,37 +12,24 @@
 //! Services); a port the pod did not get from its claim (a `hostPort` that differs from the
 //! claim's) is not forwarded.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hostport_api::annotations::parse_claim_annotations;
-use hostport_api::container_ports::container_ports;
-use hostport_api::{HostPortClaim, HostPortClass, Publish};
-use k8s_openapi::api::core::v1::{ContainerPort, Node, Pod, Service};
+use hostport_api::Publish;
+use hostport_api::port_set::PortSet;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::ResourceExt;
 
+use crate::claimed::{Inputs, NodePort, claimed_ports, node_ports};
 use crate::deny::DenyList;
-use crate::forward::{Conflict, Forward, ForwardSet, Protocol, Target};
-use hostport_api::port_set::PortSet;
+use crate::forwarding::rules::{Conflict, Forward, ForwardSet, Target};
 
 /// Service annotation (value `"true"`) that asks for its ports to be forwarded from the edge.
 pub const SERVICE_ANNOTATION: &str = hostport_api::annotations::FORWARD_SERVICE_ANNOTATION;
 
-/// What the caches hold.
-#[derive(Clone, Copy, Debug)]
-pub struct Inputs<'a> {
-    /// Every class.
-    pub classes: &'a [Arc<HostPortClass>],
-    /// Every claim.
-    pub claims: &'a [Arc<HostPortClaim>],
-    /// Every pod (edge) or the node's pods (node mode).
-    pub pods: &'a [Arc<Pod>],
-}
-
 /// The forwards wanted, and what was left out on the way.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Wanted {
+pub struct WantedForwards {
     /// One target per external port and protocol.
     pub forwards: ForwardSet,
     /// What was left out for a conflict (two targets for one port).
@@ -54,7 +41,7 @@ pub struct Wanted {
     pub denied: Vec<Forward>,
 }
 
-impl Wanted {
+impl WantedForwards {
     /// Adds a forward, recording a conflict.
     pub fn add(&mut self, forward: Forward) {
         if let Err(conflict) = self.forwards.insert(forward) {
@@ -64,7 +51,7 @@ impl Wanted {
 
     /// Adds `forward` unless `deny` denies its external or target port.
     pub fn add_allowed(&mut self, forward: Forward, deny: &DenyList) {
-        if deny.denies_forward(&forward) {
+        if forward.is_denied(deny) {
             self.denied.push(forward);
         } else {
             self.add(forward);
@@ -73,9 +60,9 @@ impl Wanted {
 
     /// Adds what `later` wants after what is here (claims first, then Services): the
     /// deny-list first, then a conflict keeps what is here.
-    pub fn merge(&mut self, later: Wanted, deny: &DenyList) {
+    pub fn merge(&mut self, later: WantedForwards, deny: &DenyList) {
         for forward in later.forwards.iter() {
-            if deny.denies_forward(&forward) {
+            if forward.is_denied(deny) {
                 self.denied.push(forward);
             } else if let Some(kept) = self.forwards.get(forward.protocol, forward.port) {
                 if kept != forward.target {
@@ -104,14 +91,19 @@ enum Mode<'a> {
 }
 
 /// The edge host's forwards for claimed ports (the deny-list applied first).
-pub fn edge(inputs: Inputs<'_>, deny: &DenyList) -> Wanted {
+pub fn edge(inputs: Inputs<'_>, deny: &DenyList) -> WantedForwards {
     claimed(inputs, Mode::Edge, deny)
 }
 
 /// Node `node`'s forwards for the pods there (the deny-list applied first), only to pod
 /// addresses inside the node's `pod_cidrs` when it has any: a pod's `status.podIP` is not
 /// proof of where it runs, and a forward must never point at another host.
-pub fn node(inputs: Inputs<'_>, node: &str, pod_cidrs: &[String], deny: &DenyList) -> Wanted {
+pub fn node(
+    inputs: Inputs<'_>,
+    node: &str,
+    pod_cidrs: &[String],
+    deny: &DenyList,
+) -> WantedForwards {
     let cidrs: Vec<Ipv4Cidr> = pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
     claimed(inputs, Mode::Node(node, &cidrs), deny)
 }
@@ -149,8 +141,8 @@ impl std::str::FromStr for Ipv4Cidr {
     }
 }
 
-fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> Wanted {
-    let mut wanted = Wanted::default();
+fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> WantedForwards {
+    let mut wanted = WantedForwards::default();
     let opted_in = |publish: &Publish| match mode {
         Mode::Edge => publish.edge,
         Mode::Node(..) => publish.node,
@@ -199,119 +191,6 @@ fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> Wanted {
     wanted
 }
 
-/// A port a live pod holds through a Bound claim of a class that opted in.
-#[derive(Clone, Debug)]
-pub struct ClaimedPort<'a> {
-    /// The pod.
-    pub pod: &'a Pod,
-    /// The claim.
-    pub claim: &'a HostPortClaim,
-    /// The claim's class.
-    pub class: &'a HostPortClass,
-    /// The container port serving it (its `hostPort` is `port`).
-    pub container_port: &'a ContainerPort,
-    /// The allocated port.
-    pub port: u16,
-    /// Its protocol.
-    pub protocol: Protocol,
-}
-
-/// Every port a pod not finished or terminating holds through a Bound claim of a class
-/// whose `spec.publish` `opted_in` accepts, once per protocol of the named container ports;
-/// only where the pod's `hostPort` is the claim's port (the one the webhook gave it).
-pub fn claimed_ports<'a>(
-    inputs: Inputs<'a>,
-    opted_in: impl Fn(&Publish) -> bool,
-) -> Vec<ClaimedPort<'a>> {
-    let classes: BTreeMap<String, &HostPortClass> = inputs
-        .classes
-        .iter()
-        .filter(|c| {
-            c.metadata.deletion_timestamp.is_none()
-                && c.spec.publish.as_ref().is_some_and(&opted_in)
-        })
-        .map(|c| (c.name_any(), c.as_ref()))
-        .collect();
-    let claims: BTreeMap<(String, String), (&HostPortClaim, &HostPortClass, u16)> = inputs
-        .claims
-        .iter()
-        .filter_map(|c| {
-            let class = classes.get(&c.spec.host_port_class_name)?;
-            Some((
-                (c.namespace()?, c.name_any()),
-                (c.as_ref(), *class, c.bound_port()?),
-            ))
-        })
-        .collect();
-    let mut used = vec![];
-    for pod in inputs.pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if pod.metadata.deletion_timestamp.is_some()
-            || matches!(phase, Some("Succeeded" | "Failed"))
-        {
-            continue;
-        }
-        let namespace = pod.namespace().unwrap_or_default();
-        let Ok(annotations) = parse_claim_annotations(pod.annotations()) else {
-            continue;
-        };
-        for annotation in annotations {
-            let Some(&(claim, class, port)) =
-                claims.get(&(namespace.clone(), annotation.claim_name.clone()))
-            else {
-                continue;
-            };
-            for container_port in named_ports(pod, &annotation.port_name) {
-                if container_port.host_port != Some(i32::from(port)) {
-                    continue;
-                }
-                let Some(protocol) = Protocol::from_kubernetes(container_port.protocol.as_deref())
-                else {
-                    continue;
-                };
-                used.push(ClaimedPort {
-                    pod,
-                    claim,
-                    class,
-                    container_port,
-                    port,
-                    protocol,
-                });
-            }
-        }
-    }
-    used
-}
-
-/// The container ports named `name` that can serve a host port.
-fn named_ports<'p, 'n>(
-    pod: &'p Pod,
-    name: &'n str,
-) -> impl Iterator<Item = &'p ContainerPort> + use<'p, 'n> {
-    container_ports(pod)
-        .map(|(_, port)| port)
-        .filter(move |p| p.name.as_deref() == Some(name))
-}
-
-/// The ports claims may hold: every port of every class's pools (whether the class opted in
-/// or not) and every claim's bound port (a Go-era HostPort may lie outside today's pools).
-/// A Service never gets one of them forwarded or mapped: claims win over Services.
-pub fn claimable_ports(classes: &[Arc<HostPortClass>], claims: &[Arc<HostPortClaim>]) -> PortSet {
-    let mut ports = PortSet::default();
-    for class in classes {
-        for range in class.ranges() {
-            ports.fill(range);
-        }
-    }
-    for port in claims.iter().filter_map(|c| c.bound_port()) {
-        ports.insert(port);
-    }
-    ports
-}
-
-/// Event and condition reason for a Service port left out because claims may hold it.
-pub const PORT_CLAIMED: &str = "PortClaimed";
-
 /// A Service port left out because claims may hold it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RefusedServicePort {
@@ -326,15 +205,15 @@ pub struct RefusedServicePort {
 /// The edge host's forwards for Services that opted in: each port of a NodePort or
 /// LoadBalancer Service annotated [`SERVICE_ANNOTATION`] in a namespace `namespace_allowed`
 /// accepts, from its `port` to the nodePort of the first Ready node (by name) with an
-/// InternalIP; except ports in `claimable` (see [`claimable_ports`]), which go to
-/// [`Wanted::refused`].
+/// InternalIP; except ports in `claimable` (see [`crate::claimed::claimable_ports`]), which go to
+/// [`WantedForwards::refused`].
 pub fn services(
     services: &[Arc<Service>],
     nodes: &[Arc<Node>],
     namespace_allowed: impl Fn(&str) -> bool,
     claimable: &PortSet,
-) -> Wanted {
-    let mut wanted = Wanted::default();
+) -> WantedForwards {
+    let mut wanted = WantedForwards::default();
     let Some(node) = ready_node_address(nodes) else {
         return wanted;
     };
@@ -351,14 +230,12 @@ pub fn services(
         if !opted_in || !exposed || !namespace_allowed(&service.namespace().unwrap_or_default()) {
             continue;
         }
-        for port in spec.into_iter().flat_map(|s| s.ports.iter().flatten()) {
-            let (Some(protocol), Ok(external), Some(Ok(node_port))) = (
-                Protocol::from_kubernetes(port.protocol.as_deref()),
-                u16::try_from(port.port),
-                port.node_port.map(u16::try_from),
-            ) else {
-                continue;
-            };
+        for NodePort {
+            protocol,
+            port: external,
+            node_port,
+        } in node_ports(service)
+        {
             if claimable.contains(external) {
                 wanted.refused.push(RefusedServicePort {
                     namespace: service.namespace().unwrap_or_default(),

@@ -1,24 +1,25 @@
-//! The publisher's loop: watch-fed caches of classes, claims, pods (and Services and nodes
-//! when Services are forwarded), a change counter bumped by every event, and one sync per
-//! batch window: many changes within the window become one transaction. A periodic full
-//! sync repairs rules someone changed behind our back.
+//! The forwarding loop (`--mode edge` and `--mode node`): watch-fed caches of classes,
+//! claims, pods (and Services and nodes when Services are forwarded), a change counter bumped by
+//! every event, and one sync per batch window: many changes within the window become one
+//! transaction. A periodic full sync repairs rules someone changed behind our back.
 
 use std::future::Future;
 use std::time::Duration;
 
-use hostport_api::cache::{strip_claim, strip_metadata, strip_node, strip_pod, strip_service};
+use hostport_api::cache::{strip_node, strip_service};
 use hostport_api::{HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Client;
-use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
+use crate::caches::{claim_caches, spawn_cache};
+use crate::claimed::{Inputs, PORT_CLAIMED, claimable_ports};
 use crate::deny::DenyList;
-use crate::desired::{self, Inputs, RefusedServicePort, Wanted};
-use crate::forward::ForwardSet;
-use crate::sync::Syncer;
+use crate::forwarding::rules::ForwardSet;
+use crate::forwarding::sync::{Outcome, Syncer};
+use crate::forwarding::wanted::{self, RefusedServicePort, WantedForwards};
 use hostport_process::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use std::collections::BTreeSet;
@@ -68,7 +69,7 @@ struct Caches {
 
 /// The forwards the caches ask for now: claims first, then Services (none in a class's
 /// pools or on a claim's port), the deny-list applied before any conflict is settled.
-fn wanted(caches: &Caches, mode: &Mode, deny: &DenyList) -> Wanted {
+fn wanted_now(caches: &Caches, mode: &Mode, deny: &DenyList) -> WantedForwards {
     let (classes, claims, pods) = (
         caches.classes.state(),
         caches.claims.state(),
@@ -88,71 +89,20 @@ fn wanted(caches: &Caches, mode: &Mode, deny: &DenyList) -> Wanted {
                 .filter_map(|n| n.spec.as_ref()?.pod_cidrs.clone())
                 .flatten()
                 .collect();
-            desired::node(inputs, node, &pod_cidrs, deny)
+            wanted::node(inputs, node, &pod_cidrs, deny)
         }
         Mode::Edge { service_namespaces } => {
-            let mut wanted = desired::edge(inputs, deny);
+            let mut forwards = wanted::edge(inputs, deny);
             if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
                 let allowed = |ns: &str| service_namespaces.iter().any(|n| n == "*" || n == ns);
-                let claimable = desired::claimable_ports(&classes, &claims);
+                let claimable = claimable_ports(&classes, &claims);
                 let services =
-                    desired::services(&services.state(), &nodes.state(), allowed, &claimable);
-                wanted.merge(services, deny);
+                    wanted::services(&services.state(), &nodes.state(), allowed, &claimable);
+                forwards.merge(services, deny);
             }
-            wanted
+            forwards
         }
     }
-}
-
-/// A watch-fed cache of the `K`s `config` selects (stored `strip`ped; `changes` bumped after
-/// each event), its feeding task pushed on `tasks`.
-pub(crate) fn spawn_cache<K>(
-    client: &Client,
-    config: watcher::Config,
-    strip: fn(&mut K),
-    changes: &watch::Sender<u64>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Store<K>
-where
-    K: hostport_process::Watched,
-{
-    let (store, feed) =
-        hostport_process::watched_cache(Api::all(client.clone()), config, strip, changes.clone());
-    tasks.push(tokio::spawn(feed));
-    store
-}
-
-/// The caches every mode reads: classes, claims, and pods (only node `node`'s when set),
-/// each fed by a watch whose task is pushed on `tasks`.
-pub(crate) fn claim_caches(
-    client: &Client,
-    node: Option<&str>,
-    changes: &watch::Sender<u64>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> (Store<HostPortClass>, Store<HostPortClaim>, Store<Pod>) {
-    let classes = spawn_cache(
-        client,
-        watcher::Config::default(),
-        strip_metadata::<HostPortClass>,
-        changes,
-        tasks,
-    );
-    // Claims keep their status: router mode rewrites only its own part of it.
-    let claims = spawn_cache(
-        client,
-        watcher::Config::default(),
-        strip_claim,
-        changes,
-        tasks,
-    );
-    // Big pods arrive in small pages, each stripped before the next.
-    let pod_config = match node {
-        Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        None => watcher::Config::default(),
-    }
-    .page_size(hostport_api::cache::POD_LIST_PAGE);
-    let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
-    (classes, claims, pods)
 }
 
 /// Starts the watches; the caches once they are complete, and the tasks to keep them so.
@@ -247,7 +197,7 @@ pub async fn run(
             syncer.forget();
             last_full = tokio::time::Instant::now();
         }
-        let wanted = wanted(&caches, &options.mode, syncer.deny());
+        let wanted = wanted_now(&caches, &options.mode, syncer.deny());
         for conflict in &wanted.conflicts {
             tracing::warn!(%conflict, "two targets for one port");
         }
@@ -282,7 +232,7 @@ pub async fn run(
                 options
                     .ready
                     .store(true, std::sync::atomic::Ordering::Relaxed);
-                if outcome != crate::sync::Outcome::Unchanged {
+                if outcome != Outcome::Unchanged {
                     tracing::info!(?outcome, forwards, "rules in sync");
                 }
                 None
@@ -316,7 +266,7 @@ pub async fn wanted_once(client: &Client, mode: &Mode, deny: &DenyList) -> Forwa
     let (changes, _) = watch::channel(0u64);
     let (caches, tasks) = start(client, mode, &changes).await;
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
-    wanted(&caches, mode, deny).forwards
+    wanted_now(&caches, mode, deny).forwards
 }
 
 /// Service ports left out because claims may hold them: a Warning Event on the Service the
@@ -346,7 +296,7 @@ impl Refusals {
                     .publish(
                         object.as_ref(),
                         EventType::Warning,
-                        desired::PORT_CLAIMED,
+                        PORT_CLAIMED,
                         "Forward",
                         format!(
                             "port {port} is not forwarded: it lies in a HostPortClass's pools or is held by a claim, and claims win over Services; give the Service another port"

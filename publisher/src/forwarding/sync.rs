@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use crate::deny::DenyList;
-use crate::exec::{ExecError, Executor};
-use crate::forward::{Forward, ForwardSet};
-use crate::iptables;
-use crate::nft::{self, Rules};
+use crate::forwarding::exec::{ExecError, Executor};
+use crate::forwarding::iptables;
+use crate::forwarding::nft::{self, Rules};
+use crate::forwarding::rules::{Forward, ForwardSet};
 
 /// Which firewall the rules are written for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Syncer {
 
     /// `desired` without denied ports, and the forwards left out for that.
     pub fn allowed(&self, desired: &ForwardSet) -> Allowed {
-        let (forwards, denied) = self.deny.filter(desired);
+        let (forwards, denied) = desired.split_denied(&self.deny);
         Allowed { forwards, denied }
     }
 

@@ -1,4 +1,8 @@
+use hostport_api::{HostPortClaim, HostPortClass};
+use k8s_openapi::api::core::v1::Pod;
+
 use super::*;
+use crate::claimed::{Protocol, claimable_ports};
 use serde_json::json;
 
 fn class(name: &str, edge: bool, node: bool) -> Arc<HostPortClass> {
