@@ -351,7 +351,7 @@ async fn route_pods(env: &Env, configuration: &str, mut mutating: Value, instanc
 #[tokio::test]
 async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
     use base64::Engine;
-    let env = Env::new("per-pod-200").await;
+    let env = Env::new("pod-claims-200").await;
     // Claim creation, the wait and the last read stay inside the 5 s webhook timeout.
     let options = || hostport_webhook::RunOptions {
         bind_wait: Duration::from_secs(3),
@@ -640,7 +640,7 @@ async fn a_dry_run_answers_with_the_port_and_creates_nothing() {
 
 #[tokio::test]
 async fn bad_class_annotations_are_denied_with_the_reason_and_make_nothing() {
-    let env = Env::new("per-pod-denied").await;
+    let env = Env::new("pod-claims-denied").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("one", &[(15700, 15700)]).await;
@@ -697,7 +697,7 @@ async fn bad_class_annotations_are_denied_with_the_reason_and_make_nothing() {
 
 #[tokio::test]
 async fn class_access_rules_apply_to_pod_claims() {
-    let env = Env::new("per-pod-access").await;
+    let env = Env::new("pod-claims-access").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let closed = env.create_class("closed", &[(15800, 15809)]).await;
@@ -756,7 +756,7 @@ async fn class_access_rules_apply_to_pod_claims() {
 /// made: one claim, the same port.
 #[tokio::test]
 async fn a_retried_admission_reuses_the_claim_it_made() {
-    let env = Env::new("per-pod-retry").await;
+    let env = Env::new("pod-claims-retry").await;
     let webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("web", &[(15900, 15909)]).await;
@@ -806,7 +806,7 @@ async fn a_retried_admission_reuses_the_claim_it_made() {
 /// and the port is released once the pod is gone.
 #[tokio::test]
 async fn a_forged_statefulset_owner_does_not_keep_a_claim() {
-    let env = Env::new("per-pod-forged").await;
+    let env = Env::new("pod-claims-forged").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("web", &[(15950, 15959)]).await;
@@ -855,7 +855,7 @@ async fn a_forged_statefulset_owner_does_not_keep_a_claim() {
 #[tokio::test]
 async fn a_deployment_gives_each_replica_a_port_and_frees_it_with_the_replica() {
     use k8s_openapi::api::apps::v1::Deployment;
-    let env = Env::new("per-pod-deploy").await;
+    let env = Env::new("pod-claims-deploy").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("web", &[(15960, 15969)]).await;

@@ -6,8 +6,8 @@
 //! time, slowest admission, and how many came within 1 s of the 5 s webhook timeout.
 //!
 //! ```sh
-//! cargo bench -p e2e --bench per_pod
-//! E2E_KUBECONFIG=~/.kube/config cargo bench -p e2e --bench per_pod   # on a real cluster
+//! cargo bench -p e2e --bench pod_claims
+//! E2E_KUBECONFIG=~/.kube/config cargo bench -p e2e --bench pod_claims   # on a real cluster
 //! ```
 
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ async fn admit(pods: &Api<Pod>, pod: &Pod, ports: usize) -> Option<Duration> {
     let created = match pods.create(&PostParams::default(), pod).await {
         Ok(created) => created,
         Err(error) => {
-            eprintln!("per_pod: a pod was refused: {error}");
+            eprintln!("pod_claims: a pod was refused: {error}");
             return None;
         }
     };
@@ -62,7 +62,7 @@ fn at(latencies: &[Duration], p: f64) -> f64 {
 fn report(what: &str, mut latencies: Vec<Duration>) {
     latencies.sort();
     println!(
-        "per_pod: {what}: pod admission p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "pod_claims: {what}: pod admission p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         at(&latencies, 0.5),
         at(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
@@ -71,7 +71,7 @@ fn report(what: &str, mut latencies: Vec<Duration>) {
 
 #[tokio::main]
 async fn main() {
-    let env = Env::new("bench-per-pod").await;
+    let env = Env::new("bench-pod-claims").await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("bench", &[(20000, 29999)]).await;
@@ -108,13 +108,13 @@ async fn main() {
                     .map(|(_, n)| *n)
                     .sum()
             };
-            let per_pod = |n: u64| n as f64 / 200.0;
+            let average = |n: u64| n as f64 / 200.0;
             println!(
-                "per_pod: {ports} class annotation(s): API writes per pod {:.2} (webhook {:.2}, controller {:.2}, the pod itself {:.2}; Events and Leases not counted)",
-                per_pod(writes(&|_| true)),
-                per_pod(writes(&|u| u.ends_with(":hostport-webhook"))),
-                per_pod(writes(&|u| u.ends_with(":hostport-controller"))),
-                per_pod(writes(&|u| !u.contains(":hostport-"))),
+                "pod_claims: {ports} class annotation(s): API writes per pod {:.2} (webhook {:.2}, controller {:.2}, the pod itself {:.2}; Events and Leases not counted)",
+                average(writes(&|_| true)),
+                average(writes(&|u| u.ends_with(":hostport-webhook"))),
+                average(writes(&|u| u.ends_with(":hostport-controller"))),
+                average(writes(&|u| !u.contains(":hostport-"))),
             );
         }
     }
@@ -144,7 +144,7 @@ async fn main() {
     let slowest = latencies.iter().max().copied().unwrap_or_default();
     report(&format!("{total} pods by {clients} clients"), latencies);
     println!(
-        "per_pod: {total} pods by {clients} clients: all done after {:.2} s ({:.0} pods/s); slowest admission {:.0} ms; {near_timeout} at or above 4 s (timeout 5 s); {refused} refused",
+        "pod_claims: {total} pods by {clients} clients: all done after {:.2} s ({:.0} pods/s); slowest admission {:.0} ms; {near_timeout} at or above 4 s (timeout 5 s); {refused} refused",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64(),
         slowest.as_secs_f64() * 1e3
