@@ -5,7 +5,7 @@
 FROM rust:1.91-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p controller -p webhook -p publisher --bin hostport-controller --bin hostport-webhook --bin hostport-publisher
+RUN cargo build --release --locked -p hostport-controller -p hostport-webhook -p hostport-publisher --bin hostport-controller --bin hostport-webhook --bin hostport-publisher
 
 FROM debian:bookworm-slim AS publisher
 RUN apt-get update \
@@ -24,7 +24,7 @@ COPY --from=build /src/target/release/hostport-webhook /usr/local/bin/hostport-w
 USER 65532:65532
 # glibc raises its mmap threshold after the first large buffer is freed, so later 200 KB
 # response buffers (a tenant's big annotations) come from the heap and its high-water mark
-# stays: +50 % RSS in `cargo bench -p e2e --bench memory`. A fixed threshold returns them to
+# stays: +50 % RSS in `cargo bench -p hostport-e2e --bench memory`. A fixed threshold returns them to
 # the kernel: the same RSS within 3 % whatever objects weigh (BENCHMARKS.md).
 ENV MALLOC_MMAP_THRESHOLD_=131072
 ENTRYPOINT ["/usr/local/bin/hostport-controller"]

@@ -2,7 +2,7 @@
 //! utilization, through the port book exactly as a reconcile does (reserve the lowest free
 //! port, then release it so the utilization stays put). Target: ≤ 1 µs in every case.
 //!
-//! `cargo bench -p controller --bench allocator`
+//! `cargo bench -p hostport-controller --bench allocator`
 
 use std::time::Instant;
 

@@ -1,7 +1,7 @@
 //! The test API server must not be the bottleneck of the end-to-end benchmarks: time 1,000
 //! creates (10 concurrent clients) and a watch delivering all of them.
 //!
-//! `cargo bench -p e2e --bench apiserver`
+//! `cargo bench -p hostport-e2e --bench apiserver`
 
 use std::time::{Duration, Instant};
 

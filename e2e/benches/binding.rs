@@ -4,8 +4,8 @@
 //! controller's peak RSS.
 //!
 //! ```sh
-//! cargo build --release -p controller --bin hostport-controller
-//! cargo bench -p e2e --bench binding            # 1,000 and 10,000 claims
+//! cargo build --release -p hostport-controller --bin hostport-controller
+//! cargo bench -p hostport-e2e --bench binding            # 1,000 and 10,000 claims
 //! ```
 
 use std::collections::HashMap;

@@ -10,9 +10,9 @@
 //! in small pages, admission decodes one copy of a request, and few at once).
 //!
 //! ```sh
-//! cargo build --release -p controller --bin hostport-controller -p webhook --bin hostport-webhook \
-//!   -p publisher --bin hostport-publisher
-//! cargo bench -p e2e --bench hostile_pods
+//! cargo build --release -p hostport-controller --bin hostport-controller -p hostport-webhook --bin hostport-webhook \
+//!   -p hostport-publisher --bin hostport-publisher
+//! cargo bench -p hostport-e2e --bench hostile_pods
 //! ```
 
 use std::time::{Duration, Instant};

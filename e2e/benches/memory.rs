@@ -8,8 +8,8 @@
 //! big objects.
 //!
 //! ```sh
-//! cargo build --release -p controller --bin hostport-controller -p webhook --bin hostport-webhook
-//! cargo bench -p e2e --bench memory      # MEMORY_BENCH_CLAIMS=10000 by default
+//! cargo build --release -p hostport-controller --bin hostport-controller -p hostport-webhook --bin hostport-webhook
+//! cargo bench -p hostport-e2e --bench memory      # MEMORY_BENCH_CLAIMS=10000 by default
 //! ```
 
 use std::time::{Duration, Instant};

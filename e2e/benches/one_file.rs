@@ -4,8 +4,8 @@
 //! server with the webhook and the controller in-process (release build).
 //!
 //! ```sh
-//! cargo bench -p e2e --bench one_file      # ONE_FILE_BIND_WAIT_MS=2000 by default
-//! E2E_KUBECONFIG=~/.kube/config cargo bench -p e2e --bench one_file   # on a real cluster
+//! cargo bench -p hostport-e2e --bench one_file      # ONE_FILE_BIND_WAIT_MS=2000 by default
+//! E2E_KUBECONFIG=~/.kube/config cargo bench -p hostport-e2e --bench one_file   # on a real cluster
 //! ```
 
 use std::time::{Duration, Instant};

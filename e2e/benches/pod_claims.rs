@@ -6,8 +6,8 @@
 //! time, slowest admission, and how many came within 1 s of the 5 s webhook timeout.
 //!
 //! ```sh
-//! cargo bench -p e2e --bench pod_claims
-//! E2E_KUBECONFIG=~/.kube/config cargo bench -p e2e --bench pod_claims   # on a real cluster
+//! cargo bench -p hostport-e2e --bench pod_claims
+//! E2E_KUBECONFIG=~/.kube/config cargo bench -p hostport-e2e --bench pod_claims   # on a real cluster
 //! ```
 
 use std::time::{Duration, Instant};

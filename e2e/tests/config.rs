@@ -314,6 +314,6 @@ fn dockerfile_builds_and_copies_binaries_that_exist() {
     }
     assert!(dockerfile.contains("--locked"));
     assert!(dockerfile.contains("USER 65532:65532"));
-    // What `cargo bench -p e2e --bench memory` measures with (see BENCHMARKS.md).
+    // What `cargo bench -p hostport-e2e --bench memory` measures with (see BENCHMARKS.md).
     assert!(dockerfile.contains("ENV MALLOC_MMAP_THRESHOLD_=131072"));
 }

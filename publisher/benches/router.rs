@@ -7,7 +7,7 @@
 //!    another as the table does), measured by this program re-run inside the node namespace.
 //!
 //! ```sh
-//! cargo bench -p publisher --bench router
+//! cargo bench -p hostport-publisher --bench router
 //! ```
 
 #[path = "../tests/api/mod.rs"]

@@ -5,7 +5,7 @@
 //! the program's start included (`nft -f -`, `sh -s` with `iptables-restore`).
 //!
 //! ```sh
-//! cargo bench -p publisher --bench rules
+//! cargo bench -p hostport-publisher --bench rules
 //! ```
 
 use std::net::Ipv4Addr;

@@ -3,8 +3,8 @@
 //! claim bound to a port, a pod given that port, then everything released.
 //!
 //! ```sh
-//! cargo run --release -p e2e --bin hostport-demo
-//! cargo run --release -p e2e --bin hostport-demo -- --keep-running   # then use kubectl
+//! cargo run --release -p hostport-e2e --bin hostport-demo
+//! cargo run --release -p hostport-e2e --bin hostport-demo -- --keep-running   # then use kubectl
 //! ```
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! kubeconfig for it, so `kubectl` and the binaries can be pointed at it by hand.
 //!
 //! ```sh
-//! cargo run -p e2e --bin hostport-e2e-apiserver -- --kubeconfig /tmp/e2e.kubeconfig
+//! cargo run -p hostport-e2e --bin hostport-e2e-apiserver -- --kubeconfig /tmp/e2e.kubeconfig
 //! KUBECONFIG=/tmp/e2e.kubeconfig kubectl get hostport-allocator
 //! ```
 
