@@ -1,6 +1,6 @@
 //! Every cache strip of the three binaries, in one place: what they drop before an object
-//! enters a watch cache, so their memory grows with
-//! the number of objects, never with their size (a tenant's 200 KB of annotations on every
+//! enters a watch cache (the webhook's `*_for_admission` variants drop a little more), so
+//! their memory grows with the number of objects, never with their size (a tenant's 200 KB of annotations on every
 //! claim, or a 1.4 MB pod, must not reach a cache).
 
 use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, PodStatus, Service};
@@ -9,7 +9,7 @@ use kube::Resource;
 
 use crate::annotations::{CLAIM_PREFIX, FORWARD_SERVICE_ANNOTATION};
 use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
-use crate::{HostPort, HostPortClaim};
+use crate::{HostPort, HostPortClaim, HostPortClass};
 
 /// Objects per page of a watch's initial list: a tenant can give each claim or Service up
 /// to 256 KiB of metadata, so a page stays within ~12 MiB before its objects are stripped
@@ -176,6 +176,39 @@ pub fn strip_host_port(host_port: &mut HostPort) {
     }
 }
 
+/// What the webhook never reads, dropped beside [`strip_metadata`]'s: finalizers and
+/// `generateName` (the controller keeps finalizers: it reads its own).
+fn strip_admission_metadata<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.finalizers = None;
+    meta.generate_name = None;
+}
+
+/// A claim as the webhook keeps it: [`strip_claim`], no finalizers, and status without
+/// condition messages except the Bound condition's (a denial quotes it).
+pub fn strip_claim_for_admission(claim: &mut HostPortClaim) {
+    strip_claim(claim);
+    strip_admission_metadata(claim);
+    if let Some(status) = claim.status.as_mut() {
+        status
+            .conditions
+            .retain(|c| c.type_ == crate::conditions::types::BOUND);
+    }
+}
+
+/// A HostPort as the webhook keeps it: [`strip_host_port`] and no finalizers.
+pub fn strip_host_port_for_admission(host_port: &mut HostPort) {
+    strip_host_port(host_port);
+    strip_admission_metadata(host_port);
+}
+
+/// A class as the webhook keeps it: name and pools.
+pub fn strip_class_for_admission(class: &mut HostPortClass) {
+    strip_metadata(class);
+    strip_admission_metadata(class);
+    class.status = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +249,31 @@ mod tests {
         let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
         assert_eq!(uids, vec!["0", "s"]);
         assert!(claim.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn the_admission_claim_keeps_only_the_bound_condition_and_no_finalizers() {
+        let mut claim: HostPortClaim = serde_json::from_value(serde_json::json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": "game", "namespace": "games", "generateName": "g-",
+                         "finalizers": ["hostport.rmb938.com/claim"]},
+            "spec": {"hostPortClassName": "games"},
+            "status": {"phase": "Bound", "port": 7000, "conditions": [
+                {"type": "Bound", "status": "True", "reason": "Bound", "message": "bound to 7000",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "Published", "status": "False", "reason": "NotPublished",
+                 "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        }))
+        .expect("claim");
+        strip_claim_for_admission(&mut claim);
+        assert!(claim.metadata.finalizers.is_none() && claim.metadata.generate_name.is_none());
+        let conditions = claim
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].message, "bound to 7000", "a denial quotes it");
     }
 
     #[test]

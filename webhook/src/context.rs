@@ -34,7 +34,7 @@ use crate::verdict::{Verdict, deny, reasons as verdict_reasons};
 pub struct Context {
     /// API client for the reads behind a cache miss.
     pub client: Client,
-    /// Every HostPortClaim (stripped: see `runner::strip`).
+    /// Every HostPortClaim (stripped: `hostport_api::cache::strip_claim_for_admission`).
     pub claims: Store<HostPortClaim>,
     /// Bumped after every change of `claims`.
     pub claim_changes: watch::Receiver<u64>,

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hostport_api::cache::{strip_host_port, strip_metadata};
+use hostport_api::cache::{
+    strip_claim_for_admission, strip_class_for_admission, strip_host_port_for_admission,
+};
 use hostport_api::identity::{CONTROLLER_SERVICE_ACCOUNT, DEFAULT_NAMESPACE, allocator_user};
-use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
@@ -58,34 +59,6 @@ impl Default for RunOptions {
     }
 }
 
-/// The shared metadata strip, plus what the webhook never reads (finalizers).
-fn strip_webhook_metadata<K: kube::Resource>(object: &mut K) {
-    strip_metadata(object);
-    let meta = object.meta_mut();
-    meta.finalizers = None;
-    meta.generate_name = None;
-}
-
-/// A claim as the webhook keeps it: identity, the pod-claim labels and owners
-/// ([`hostport_api::cache::strip_claim`]), spec, and status without condition messages
-/// except the Bound condition's (a denial quotes it).
-pub fn strip_claim(claim: &mut HostPortClaim) {
-    hostport_api::cache::strip_claim(claim);
-    claim.metadata.finalizers = None;
-    claim.metadata.generate_name = None;
-    if let Some(status) = claim.status.as_mut() {
-        status
-            .conditions
-            .retain(|c| c.type_ == hostport_api::conditions::types::BOUND);
-    }
-}
-
-/// A class as the webhook keeps it: name and pools.
-pub fn strip_class(class: &mut HostPortClass) {
-    strip_webhook_metadata(class);
-    class.status = None;
-}
-
 /// A watch-fed cache of every `K`, the task that feeds it, and a counter bumped after each
 /// change has reached the cache (what admissions waiting for an object to change wait on).
 fn cache<K>(
@@ -113,12 +86,9 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let (claims, claim_changes, claim_task) = cache(&client, strip_claim);
-    let (host_ports, _, host_port_task) = cache(&client, |hp: &mut HostPort| {
-        strip_host_port(hp);
-        strip_webhook_metadata(hp);
-    });
-    let (classes, _, class_task) = cache(&client, strip_class);
+    let (claims, claim_changes, claim_task) = cache(&client, strip_claim_for_admission);
+    let (host_ports, _, host_port_task) = cache(&client, strip_host_port_for_admission);
+    let (classes, _, class_task) = cache(&client, strip_class_for_admission);
     let state = Arc::new(Context {
         client,
         claims: claims.clone(),
