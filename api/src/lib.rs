@@ -1,4 +1,4 @@
-//! The `hostport.rmb938.com/v1alpha1` API: custom resource types, the names both binaries agree
+//! The `hostport.rmb938.com/v1alpha1` API: custom resource types, the names the three binaries agree
 //! on (annotations, finalizer, namespace label, webhook paths) and pure helpers over them.
 //!
 //! Everything here is wire-compatible with the Go project rmb938/hostport-allocator: field

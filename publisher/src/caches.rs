@@ -2,6 +2,8 @@
 //! object stripped (see `hostport_api::cache`) before it is stored, a change counter bumped
 //! after every event.
 
+use std::sync::Arc;
+
 use hostport_api::cache::{POD_LIST_PAGE, strip_claim, strip_metadata, strip_pod};
 use hostport_api::{HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
@@ -10,6 +12,8 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
+
+use crate::claimed::Inputs;
 
 /// A watch-fed cache of the `K`s `config` selects (stored `strip`ped; `changes` bumped after
 /// each event), its feeding task pushed on `tasks`.
@@ -29,35 +33,86 @@ where
     store
 }
 
-/// The caches every mode reads: classes, claims, and pods (only node `node`'s when set),
-/// each fed by a watch whose task is pushed on `tasks`.
-pub fn claim_caches(
-    client: &Client,
-    node: Option<&str>,
-    changes: &watch::Sender<u64>,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> (Store<HostPortClass>, Store<HostPortClaim>, Store<Pod>) {
-    let classes = spawn_cache(
-        client,
-        watcher::Config::default(),
-        strip_metadata::<HostPortClass>,
-        changes,
-        tasks,
-    );
-    // Claims keep their status: router mode rewrites only its own part of it.
-    let claims = spawn_cache(
-        client,
-        watcher::Config::default(),
-        strip_claim,
-        changes,
-        tasks,
-    );
-    // Big pods arrive in small pages, each stripped before the next.
-    let pod_config = match node {
-        Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
-        None => watcher::Config::default(),
+/// The caches both halves read: classes, claims, and pods (only one node's when set).
+#[derive(Clone, Debug)]
+pub struct ClaimCaches {
+    /// Every class.
+    pub classes: Store<HostPortClass>,
+    /// Every claim (with status: router mode rewrites only its own part of it).
+    pub claims: Store<HostPortClaim>,
+    /// Every pod, or one node's.
+    pub pods: Store<Pod>,
+}
+
+/// What [`ClaimCaches`] hold at one moment, for one pass.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    classes: Vec<Arc<HostPortClass>>,
+    claims: Vec<Arc<HostPortClaim>>,
+    pods: Vec<Arc<Pod>>,
+}
+
+impl Snapshot {
+    /// The caches' objects as the pure rules read them.
+    pub fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            classes: &self.classes,
+            claims: &self.claims,
+            pods: &self.pods,
+        }
     }
-    .page_size(POD_LIST_PAGE);
-    let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
-    (classes, claims, pods)
+}
+
+impl ClaimCaches {
+    /// Starts the three watches (pods only of node `node` when set), their feeding tasks
+    /// pushed on `tasks`.
+    pub fn spawn(
+        client: &Client,
+        node: Option<&str>,
+        changes: &watch::Sender<u64>,
+        tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+    ) -> Self {
+        let classes = spawn_cache(
+            client,
+            watcher::Config::default(),
+            strip_metadata::<HostPortClass>,
+            changes,
+            tasks,
+        );
+        let claims = spawn_cache(
+            client,
+            watcher::Config::default(),
+            strip_claim,
+            changes,
+            tasks,
+        );
+        // Big pods arrive in small pages, each stripped before the next.
+        let pod_config = match node {
+            Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            None => watcher::Config::default(),
+        }
+        .page_size(POD_LIST_PAGE);
+        let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
+        Self {
+            classes,
+            claims,
+            pods,
+        }
+    }
+
+    /// Returns once each cache holds its first complete list.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.classes.wait_until_ready().await;
+        let _ = self.claims.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+    }
+
+    /// What they hold now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            classes: self.classes.state(),
+            claims: self.claims.state(),
+            pods: self.pods.state(),
+        }
+    }
 }

@@ -7,15 +7,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use hostport_api::cache::{strip_node, strip_service};
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Client;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::caches::{claim_caches, spawn_cache};
-use crate::claimed::{Inputs, PORT_CLAIMED, claimable_ports};
+use crate::caches::{ClaimCaches, spawn_cache};
+use crate::claimed::{PORT_CLAIMED, claimable_ports};
 use crate::deny::DenyList;
 use crate::forwarding::rules::ForwardSet;
 use crate::forwarding::sync::{Outcome, Syncer};
@@ -60,9 +59,7 @@ pub struct RunOptions {
 /// The watch-fed caches.
 #[derive(Clone, Debug)]
 struct Caches {
-    classes: Store<HostPortClass>,
-    claims: Store<HostPortClaim>,
-    pods: Store<Pod>,
+    claimed: ClaimCaches,
     services: Option<Store<Service>>,
     nodes: Option<Store<Node>>,
 }
@@ -70,16 +67,8 @@ struct Caches {
 /// The forwards the caches ask for now: claims first, then Services (none in a class's
 /// pools or on a claim's port), the deny-list applied before any conflict is settled.
 fn wanted_now(caches: &Caches, mode: &Mode, deny: &DenyList) -> WantedForwards {
-    let (classes, claims, pods) = (
-        caches.classes.state(),
-        caches.claims.state(),
-        caches.pods.state(),
-    );
-    let inputs = Inputs {
-        classes: &classes,
-        claims: &claims,
-        pods: &pods,
-    };
+    let snapshot = caches.claimed.snapshot();
+    let inputs = snapshot.inputs();
     match mode {
         Mode::Node { node } => {
             let pod_cidrs: Vec<String> = caches
@@ -95,7 +84,7 @@ fn wanted_now(caches: &Caches, mode: &Mode, deny: &DenyList) -> WantedForwards {
             let mut forwards = wanted::edge(inputs, deny);
             if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
                 let allowed = |ns: &str| service_namespaces.iter().any(|n| n == "*" || n == ns);
-                let claimable = claimable_ports(&classes, &claims);
+                let claimable = claimable_ports(inputs.classes, inputs.claims);
                 let services =
                     wanted::services(&services.state(), &nodes.state(), allowed, &claimable);
                 forwards.merge(services, deny);
@@ -116,7 +105,7 @@ async fn start(
         Mode::Node { node } => Some(node.as_str()),
         Mode::Edge { .. } => None,
     };
-    let (classes, claims, pods) = claim_caches(client, node, changes, &mut tasks);
+    let claimed = ClaimCaches::spawn(client, node, changes, &mut tasks);
     let (mut services, mut nodes) = (None, None);
     if let Mode::Node { node } = mode {
         // Its own Node only: the pod CIDRs a forward's target must lie in.
@@ -147,15 +136,11 @@ async fn start(
         ));
     }
     let caches = Caches {
-        classes,
-        claims,
-        pods,
+        claimed,
         services,
         nodes,
     };
-    let _ = caches.classes.wait_until_ready().await;
-    let _ = caches.claims.wait_until_ready().await;
-    let _ = caches.pods.wait_until_ready().await;
+    caches.claimed.wait_until_ready().await;
     if let Some(services) = &caches.services {
         let _ = services.wait_until_ready().await;
     }

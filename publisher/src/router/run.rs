@@ -13,16 +13,15 @@ use std::time::Duration;
 
 use hostport_api::cache::{strip_metadata, strip_namespace};
 use hostport_api::selector::LabelSelector;
-use hostport_api::{HostPortClaim, HostPortClass};
 use hostport_process::leader::{LeaseConfig, LeaseLock};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::Client;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use crate::caches::{claim_caches, spawn_cache};
-use crate::claimed::Inputs;
+use crate::caches::{ClaimCaches, spawn_cache};
+use crate::claimed::claimable_ports;
 use crate::deny::DenyList;
 use crate::metrics::Metrics;
 use crate::router::client::Router;
@@ -75,9 +74,7 @@ pub struct RunOptions {
 
 #[derive(Clone, Debug)]
 struct Caches {
-    classes: Store<HostPortClass>,
-    claims: Store<HostPortClaim>,
-    pods: Store<Pod>,
+    claimed: ClaimCaches,
     services: Option<(Store<Service>, Store<Namespace>)>,
 }
 
@@ -87,7 +84,7 @@ async fn start(
     changes: &watch::Sender<u64>,
 ) -> (Caches, Vec<tokio::task::JoinHandle<()>>) {
     let mut tasks = vec![];
-    let (classes, claims, pods) = claim_caches(client, Some(&options.node), changes, &mut tasks);
+    let claimed = ClaimCaches::spawn(client, Some(&options.node), changes, &mut tasks);
     let services = if options.services.is_some() {
         let services = spawn_cache(
             client,
@@ -107,15 +104,8 @@ async fn start(
     } else {
         None
     };
-    let caches = Caches {
-        classes,
-        claims,
-        pods,
-        services,
-    };
-    let _ = caches.classes.wait_until_ready().await;
-    let _ = caches.claims.wait_until_ready().await;
-    let _ = caches.pods.wait_until_ready().await;
+    let caches = Caches { claimed, services };
+    caches.claimed.wait_until_ready().await;
     if let Some((services, namespaces)) = &caches.services {
         let _ = services.wait_until_ready().await;
         let _ = namespaces.wait_until_ready().await;
@@ -136,17 +126,7 @@ impl RunOptions {
 
 /// The claim mappings the caches ask for now.
 fn wanted_claims(caches: &Caches, options: &RunOptions) -> WantedMappings {
-    let (classes, claims, pods) = (
-        caches.classes.state(),
-        caches.claims.state(),
-        caches.pods.state(),
-    );
-    let inputs = Inputs {
-        classes: &classes,
-        claims: &claims,
-        pods: &pods,
-    };
-    wanted::claims(inputs, options.this_node())
+    wanted::claims(caches.claimed.snapshot().inputs(), options.this_node())
 }
 
 /// The Service mappings the caches ask for now.
@@ -167,8 +147,10 @@ fn wanted_services(caches: &Caches, options: &RunOptions) -> WantedMappings {
                 selector.matches(ns.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
             })
     };
-    let claimable =
-        crate::claimed::claimable_ports(&caches.classes.state(), &caches.claims.state());
+    let claimable = claimable_ports(
+        &caches.claimed.classes.state(),
+        &caches.claimed.claims.state(),
+    );
     wanted::services(
         &services.state(),
         allowed,
@@ -237,7 +219,9 @@ pub async fn run<R: Router + Clone>(
         options.metrics.router_pass("claim", pass);
         let reports = claims_table.reports(&wanted.problems);
         if !options.dry_run {
-            reporter.claims(&caches.claims.state(), &reports).await;
+            reporter
+                .claims(&caches.claimed.claims.state(), &reports)
+                .await;
         }
         let is_leading = *leading.borrow_and_update();
         if is_leading {
@@ -290,7 +274,7 @@ pub async fn run<R: Router + Clone>(
         tracing::info!(removed, "stopping; removed our mappings from the router");
         if !options.dry_run {
             reporter
-                .claims(&caches.claims.state(), &claims_table.reports(&[]))
+                .claims(&caches.claimed.claims.state(), &claims_table.reports(&[]))
                 .await;
         }
     }
