@@ -1,6 +1,7 @@
 //! `config/`: every kustomize overlay builds, parses, and holds what a cluster install needs;
 //! the webhook configurations match what the scenarios register; the Dockerfile copies
-//! binaries that exist; the controller's RBAC covers every call it makes.
+//! binaries that exist, and `hack/images.sh` builds the same images; the Tiltfile's build
+//! context holds every workspace member; the controller's RBAC covers every call it makes.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -302,8 +303,8 @@ fn dockerfile_builds_and_copies_binaries_that_exist() {
             "{package} has no bin {binary}"
         );
         assert!(
-            dockerfile.contains(&format!("-p {package}")),
-            "the Dockerfile does not build {package}"
+            dockerfile.contains(&format!("-p {binary}")),
+            "the Dockerfile does not build the package {binary}"
         );
         assert!(
             dockerfile.contains(&format!(
@@ -316,4 +317,145 @@ fn dockerfile_builds_and_copies_binaries_that_exist() {
     assert!(dockerfile.contains("USER 65532:65532"));
     // What `cargo bench -p hostport-e2e --bench memory` measures with (see BENCHMARKS.md).
     assert!(dockerfile.contains("ENV MALLOC_MMAP_THRESHOLD_=131072"));
+}
+
+/// One image as a Dockerfile stage or `hack/images.sh` describes it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Image {
+    copied: BTreeSet<String>,
+    user: String,
+    entrypoint: String,
+    env: BTreeSet<String>,
+    packages: BTreeSet<String>,
+}
+
+/// The Dockerfile's stages by name (the last, unnamed one is `final`).
+fn dockerfile_images(dockerfile: &str) -> std::collections::BTreeMap<String, Image> {
+    let mut images = std::collections::BTreeMap::new();
+    let mut stage = String::new();
+    let mut in_install = false;
+    // Continuation lines joined, so an `apt-get install` reads as one line.
+    let joined = dockerfile.replace("\\\n", " ");
+    for line in joined.lines().map(str::trim) {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            stage = from
+                .split_once(" AS ")
+                .map_or("final", |(_, name)| name.trim())
+                .to_owned();
+            images.insert(stage.clone(), Image::default());
+            continue;
+        }
+        let Some(image) = images.get_mut(&stage) else {
+            continue;
+        };
+        if let Some(copy) = line.strip_prefix("COPY --from=build ") {
+            let destination = copy.split_whitespace().last().unwrap_or_default();
+            image.copied.insert(destination.to_owned());
+        } else if let Some(user) = line.strip_prefix("USER ") {
+            image.user = user.trim().to_owned();
+        } else if let Some(entrypoint) = line.strip_prefix("ENTRYPOINT ") {
+            let parsed: Vec<String> =
+                serde_json::from_str(entrypoint).expect("exec-form ENTRYPOINT");
+            image.entrypoint = parsed.join(" ");
+        } else if let Some(env) = line.strip_prefix("ENV ") {
+            image.env.insert(env.trim().to_owned());
+        }
+        if let Some((_, packages)) = line.split_once("apt-get install") {
+            in_install = true;
+            let packages = packages.split("&&").next().unwrap_or_default();
+            image.packages.extend(
+                packages
+                    .split_whitespace()
+                    .filter(|word| !word.starts_with('-'))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    assert!(
+        in_install,
+        "the publisher stage installs its tools with apt-get install"
+    );
+    images
+}
+
+/// `hack/images.sh`'s `<prefix>_copy=(…)`, `_user=`, `_entrypoint=`, `_env=(…)`,
+/// `_packages=(…)`.
+fn script_image(script: &str, prefix: &str) -> Image {
+    let value = |name: &str| -> String {
+        let key = format!("{prefix}_{name}=");
+        script
+            .lines()
+            .find_map(|line| line.strip_prefix(&key))
+            .map(|v| v.trim_start_matches('(').trim_end_matches(')').to_owned())
+            .unwrap_or_default()
+    };
+    let words = |name: &str| -> BTreeSet<String> {
+        value(name).split_whitespace().map(str::to_owned).collect()
+    };
+    Image {
+        copied: words("copy"),
+        user: value("user"),
+        entrypoint: value("entrypoint"),
+        env: words("env"),
+        packages: words("packages"),
+    }
+}
+
+#[test]
+fn the_images_script_builds_what_the_dockerfile_builds() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let script = std::fs::read_to_string(root().join("hack/images.sh")).expect("hack/images.sh");
+    let stages = dockerfile_images(&dockerfile);
+    for (stage, prefix) in [("final", "allocator"), ("publisher", "publisher")] {
+        let from_dockerfile = &stages[stage];
+        let from_script = script_image(&script, prefix);
+        assert!(
+            !from_dockerfile.copied.is_empty() && !from_dockerfile.entrypoint.is_empty(),
+            "the Dockerfile's {stage} stage copies a binary and names its entrypoint"
+        );
+        assert_eq!(
+            &from_script, from_dockerfile,
+            "hack/images.sh's {prefix} image differs from the Dockerfile's {stage} stage: change both"
+        );
+    }
+    // The images carry the tags config/ runs.
+    let manifests = [
+        "config/controller/deployment.yaml",
+        "config/webhook/deployment.yaml",
+        "config/publisher/node/daemonset.yaml",
+    ];
+    for manifest in manifests {
+        let text = std::fs::read_to_string(root().join(manifest)).expect("manifest");
+        let image = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("image: "))
+            .expect("an image");
+        let (name, tag) = image.split_once(':').expect("a tag");
+        assert!(
+            script.contains(&format!("_image={name}")) && script.contains(&format!("tag={tag}")),
+            "hack/images.sh does not build {image} ({manifest})"
+        );
+    }
+}
+
+#[test]
+fn the_tiltfile_builds_with_every_workspace_member() {
+    let tiltfile = std::fs::read_to_string(root().join("Tiltfile")).expect("Tiltfile");
+    let cargo = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let members = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("workspace members");
+    let only = tiltfile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("only="))
+        .expect("the Tiltfile's only= list");
+    for member in members.trim_matches(|c| c == '[' || c == ']').split(',') {
+        let member = member.trim().trim_matches('"');
+        let top = member.split('/').next().unwrap_or(member);
+        assert!(
+            only.contains(&format!("'{top}'")),
+            "the Tiltfile's only= lacks {top}: the Dockerfile builds the whole workspace"
+        );
+    }
 }

@@ -579,3 +579,61 @@ async fn connections_are_bounded_and_aged_out() {
         .expect("served once the slot is free")
         .expect("handshake");
 }
+
+/// At shutdown a request in flight finishes with its answer (over a kept-alive HTTP/2
+/// connection, as kube-apiserver sends them), no new connection is accepted afterwards, and
+/// the server returns once its connections are closed.
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certs = tls::generate(
+        &["localhost".into()],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        Duration::from_secs(3600),
+    )
+    .expect("certs");
+    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
+    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let slow = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "done"
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tls::serve_with_limits(
+        listener,
+        slow,
+        config,
+        tls::Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let client = https_client(&certs.ca_pem);
+    let url = format!("https://localhost:{}/slow", address.port());
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.get(url).send().await?.text().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !server.is_finished(),
+        "the server returned with a request in flight (the process would exit and cut it)"
+    );
+    let answer = in_flight.await.expect("task").expect("the request in flight is answered");
+    assert_eq!(answer, "done");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the server returns once its connections closed")
+        .expect("server task");
+    let refused = tokio::net::TcpStream::connect(address).await;
+    assert!(refused.is_err(), "nothing listens after shutdown");
+}

@@ -117,6 +117,16 @@ pub struct Args {
     /// --api-timeout-ms below the webhook configurations' timeoutSeconds.
     #[arg(long, env = "HOSTPORT_WEBHOOK_BIND_WAIT_MS", default_value_t = 2000)]
     bind_wait_ms: u64,
+
+    /// At SIGTERM, seconds to keep serving while /readyz says not ready, so the Service drops
+    /// this replica before it stops answering; requests in flight then finish. Keep it plus
+    /// 15 s below the pod's terminationGracePeriodSeconds.
+    #[arg(
+        long,
+        env = "HOSTPORT_WEBHOOK_SHUTDOWN_DELAY_SECONDS",
+        default_value_t = 5
+    )]
+    shutdown_delay_seconds: u64,
     /// Log format.
     #[arg(long, env = "HOSTPORT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -222,6 +232,7 @@ pub async fn main() -> anyhow::Result<()> {
         publisher_users,
         api_timeout: Duration::from_millis(args.api_timeout_ms.max(100)),
         bind_wait: Duration::from_millis(args.bind_wait_ms),
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         ..RunOptions::default()
     };
     let stop = Stop::on_signal();

@@ -39,8 +39,12 @@ pub struct RunOptions {
     pub bind_wait: Duration,
     /// Metrics to update.
     pub metrics: Arc<Metrics>,
-    /// Set once the caches are synced (a certificate is loaded before `run` is called).
+    /// Set once the caches are synced (a certificate is loaded before `run` is called);
+    /// cleared when shutting down.
     pub ready: Arc<AtomicBool>,
+    /// At shutdown, how long to keep serving while not ready, so the Service drops this pod
+    /// before it stops answering (kube-proxy and the API server's endpoint view lag).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for RunOptions {
@@ -55,6 +59,7 @@ impl Default for RunOptions {
             bind_wait: Duration::from_secs(2),
             metrics: Arc::default(),
             ready: Arc::default(),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -109,7 +114,20 @@ pub async fn run(
         ready.store(true, Ordering::Relaxed);
         tracing::info!("caches synced; ready");
     });
-    crate::tls::serve(listener, crate::router(state), tls, shutdown).await;
+    // Ready-but-draining: not ready at once, serving for `shutdown_delay`, then the server
+    // closes its connections gracefully (requests in flight finish).
+    let not_ready = options.ready.clone();
+    let delay = options.shutdown_delay;
+    let drained = async move {
+        shutdown.await;
+        not_ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            ?delay,
+            "stopping: not ready; serving until the Service drops this pod"
+        );
+        tokio::time::sleep(delay).await;
+    };
+    crate::tls::serve(listener, crate::router(state), tls, drained).await;
     for task in [claim_task, host_port_task, class_task, mark_ready] {
         task.abort();
     }

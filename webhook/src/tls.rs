@@ -186,6 +186,9 @@ pub struct Limits {
     /// A connection is closed gracefully after this long, busy or idle (kube-apiserver
     /// reconnects at once), so an idle connection never holds its slot for long.
     pub max_connection_age: Duration,
+    /// At shutdown, how long requests in flight may take to finish (longer than the webhook
+    /// configurations' `timeoutSeconds`, so none is cut).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -196,6 +199,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -212,7 +216,10 @@ pub async fn serve(
 }
 
 /// Serves `router` over HTTPS on `listener` until `shutdown` completes. Each connection is
-/// handled on its own task; a failed handshake only ends that connection.
+/// handled on its own task; a failed handshake only ends that connection. At shutdown no new
+/// connection is accepted, every open one is closed gracefully (requests in flight finish,
+/// HTTP/2 clients get a GOAWAY and reconnect elsewhere) and this returns once all are closed,
+/// or after [`Limits::drain_timeout`].
 pub async fn serve_with_limits(
     listener: TcpListener,
     router: Router,
@@ -221,16 +228,20 @@ pub async fn serve_with_limits(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(config));
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits
+        .max_connections
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let (draining, drain) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         // A free slot first: at the limit, new clients wait in the kernel's backlog.
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
                 Ok(slot) => slot,
-                Err(_) => return,
+                Err(_) => break,
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -240,8 +251,9 @@ pub async fn serve_with_limits(
                     continue;
                 }
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
+        let mut drain = drain.clone();
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
@@ -282,11 +294,26 @@ pub async fn serve_with_limits(
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
+                () = async { let _ = drain.wait_for(|draining| *draining).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
             };
             if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    let _ = draining.send(true);
+    // Every slot back means every connection closed.
+    let permits = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(limits.drain_timeout, slots.acquire_many(permits)).await {
+        Ok(_) => tracing::info!("every connection closed"),
+        Err(_) => tracing::warn!(
+            open = max_connections - slots.available_permits(),
+            "connections still open after the drain timeout; closing them"
+        ),
     }
 }
 
