@@ -628,7 +628,10 @@ async fn shutdown_finishes_requests_in_flight() {
         !server.is_finished(),
         "the server returned with a request in flight (the process would exit and cut it)"
     );
-    let answer = in_flight.await.expect("task").expect("the request in flight is answered");
+    let answer = in_flight
+        .await
+        .expect("task")
+        .expect("the request in flight is answered");
     assert_eq!(answer, "done");
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
