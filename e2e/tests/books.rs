@@ -401,10 +401,11 @@ async fn a_pods_claim_cannot_be_changed_through_its_status() {
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("pool", &[(37300, 37301)]).await;
+    // One after the other: two claims created together may bind in either order.
     env.create_claim("web", &class, None).await;
-    env.create_claim("other", &class, None).await;
     assert_eq!(env.bound("web").await.bound_port(), Some(37300));
-    env.bound("other").await;
+    env.create_claim("other", &class, None).await;
+    assert_eq!(env.bound("other").await.bound_port(), Some(37301));
     let pods: Api<Pod> = Api::namespaced(tenant.clone(), &env.namespace);
     pods.create(
         &PostParams::default(),

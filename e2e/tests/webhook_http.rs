@@ -640,3 +640,64 @@ async fn shutdown_finishes_requests_in_flight() {
     let refused = tokio::net::TcpStream::connect(address).await;
     assert!(refused.is_err(), "nothing listens after shutdown");
 }
+
+/// A stopping webhook says it is not ready at once but keeps answering for its shutdown
+/// delay (the Service drops it meanwhile), then stops.
+#[tokio::test]
+async fn a_stopping_webhook_is_not_ready_but_answers_until_its_delay_ends() {
+    let env = Env::new("webhook-drain").await;
+    let certs = tls::generate(
+        &["localhost".into()],
+        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        Duration::from_secs(3600),
+    )
+    .expect("certs");
+    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
+    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr");
+    let options = hostport_webhook::RunOptions {
+        shutdown_delay: Duration::from_millis(1500),
+        ..hostport_webhook::RunOptions::default()
+    };
+    let ready = options.ready.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(hostport_webhook::run(
+        env.client.clone(),
+        listener,
+        config,
+        options,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    for _ in 0..400 {
+        if ready.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready.load(std::sync::atomic::Ordering::Relaxed), "ready");
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !ready.load(std::sync::atomic::Ordering::Relaxed),
+        "not ready once stopping"
+    );
+    // A new connection during the delay is still answered (an unknown path: 404).
+    let client = https_client(&certs.ca_pem);
+    let response = client
+        .get(format!("https://localhost:{}/none", address.port()))
+        .send()
+        .await
+        .expect("answered while draining");
+    assert_eq!(response.status(), 404);
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stopped after its delay")
+        .expect("task");
+    env.cleanup().await;
+}
