@@ -3,7 +3,7 @@
 # a registry, straight into the containerd of a node made by the kube-control-plane kit
 # (../shared/kube-control-plane/node.sh), so `kubectl apply -k config/...` runs them as is.
 #
-#   KAPI_RUN=~/kapi/run-node hack/images.sh [--tag TAG] [--no-build] [--out DIR]
+#   KAPI_RUN=~/kapi/run-node hack/images.sh [--tag TAG] [--no-build] [--out DIR] [--echo]
 #
 # What goes where follows the Dockerfile stage by stage: the allocator image (its final stage:
 # distroless, non-root) and the publisher image (stage `publisher`: Debian's nftables, iptables
@@ -11,7 +11,8 @@
 # arrays below are the contract with the Dockerfile; `cargo test -p hostport-e2e --test config`
 # fails when the two disagree. Files come from this machine (Debian bookworm, like the
 # Dockerfile's base): a package's files as `dpkg -L` lists them, each executable's libraries.
-# --out DIR keeps the OCI archives (and imports nothing when no node runs).
+# --out DIR keeps the OCI archives (and imports nothing when no node runs). --echo also builds
+# `registry.invalid/hostport-echo:1`, the real-node scenarios' pod program (e2e/src/bin/hostport-echo.rs).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,13 +29,14 @@ publisher_entrypoint=/usr/local/bin/hostport-publisher
 publisher_env=()
 publisher_packages=(nftables iptables openssh-client ca-certificates)
 
-tag=0.1.0 build=1 out=
+tag=0.1.0 build=1 out= echo=
 while [ $# -gt 0 ]; do
   case "$1" in
+    --echo) echo=1; shift ;;
     --tag) tag=$2; shift 2 ;;
     --no-build) build=; shift ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: hack/images.sh [--tag TAG] [--no-build] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: hack/images.sh [--tag TAG] [--no-build] [--out DIR] [--echo]" >&2; exit 2 ;;
   esac
 done
 KIT=${KAPI_KIT:-$(cd .. && pwd)/shared/kube-control-plane}
@@ -44,6 +46,8 @@ if [ -n "$build" ]; then
   log "cargo build --release (controller, webhook, publisher)"
   cargo build --release --locked -p hostport-controller -p hostport-webhook -p hostport-publisher \
     --bin hostport-controller --bin hostport-webhook --bin hostport-publisher
+  # Standard library only: rustc alone, not a release build of the e2e package's dependencies.
+  [ -z "$echo" ] || rustc --edition 2024 -C opt-level=2 -C strip=symbols e2e/src/bin/hostport-echo.rs -o "${CARGO_TARGET_DIR:-target}/release/hostport-echo"
 fi
 target=${CARGO_TARGET_DIR:-target}/release
 
@@ -132,3 +136,9 @@ done
 add /etc/ssl/certs/ca-certificates.crt "$root"
 for dest in "${publisher_copy[@]}"; do add "$target/$(basename "$dest")" "$root" "$dest"; done
 pack "$root" "$publisher_image" "$publisher_user" "$publisher_entrypoint" "${publisher_env[@]}"
+
+if [ -n "$echo" ]; then
+  bash "$KIT/image.sh" registry.invalid/hostport-echo:1 --entrypoint /usr/local/bin/hostport-echo \
+    "$target/hostport-echo:/usr/local/bin/hostport-echo" >/dev/null
+  log "registry.invalid/hostport-echo:1 imported into the node's containerd"
+fi
