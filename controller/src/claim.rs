@@ -5,6 +5,9 @@
 //! HostPort `port-<n>` (the lock on the port), its status, the claim's `spec.hostPortName`,
 //! the claim's status. A claim is never Bound before its HostPort exists with a port; a
 //! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
+//!
+//! Over ~500 lines on purpose: binding and release are one state machine over the same claim;
+//! split, each half would have to re-derive where the other left the claim.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,6 +6,8 @@
 //!
 //! The book is only a guess: the API server's name uniqueness (`port-<n>`) is the lock. A
 //! guess that is stale costs a 409 and another pick, never a duplicate port.
+//!
+//! Over ~500 lines only with its tests (from line ~340): one structure and its invariants.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The real router client: PCP and NAT-PMP through `crab_nat`, UPnP-IGD through `igd-next`;
 //! `auto` tries them in that order and remembers per router what worked.
+//!
+//! Over ~500 lines only with its tests (from line ~470): three protocols behind one client.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
