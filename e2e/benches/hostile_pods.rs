@@ -182,7 +182,7 @@ async fn run() {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": format!("big-{i}"),
                 "annotations": {"claim.hostport.rmb938.com/web": format!("claim-{i}")}},
-            "spec": {"containers": [{"name": "app", "image": "app", "command": [big],
+            "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(), "command": [big],
                 "ports": [{"name": "web", "containerPort": 8080}]}]}
         }))
         .expect("pod");

@@ -20,7 +20,7 @@ fn pod(namespace: &str, name: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": namespace,
                      "annotations": {"claim.hostport.rmb938.com/web": name}},
-        "spec": {"containers": [{"name": "app", "image": "app",
+        "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(),
                                  "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod")

@@ -31,7 +31,7 @@ fn pod(class: &str, ports: usize) -> Pod {
     }
     serde_json::from_value(json!({
         "metadata": {"generateName": "bench-", "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "app", "ports": container_ports}]}
+        "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(), "ports": container_ports}]}
     }))
     .expect("pod")
 }

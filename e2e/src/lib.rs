@@ -36,3 +36,11 @@ pub async fn start_test_server() -> kube_testserver::TestApiServer {
         .await
         .unwrap_or_else(|e| panic!("in-process API server: {e}"))
 }
+
+/// The image of the scenarios' pods: `E2E_POD_IMAGE` when set (on a cluster with a node, an
+/// image the node has: `hack/images.sh --echo` imports `registry.invalid/hostport-echo:1`,
+/// which answers on container port 8080 so the pods really run), else `app`, a name no node
+/// pulls (the pods stay Pending, and the scenarios assert on what the API server stored).
+pub fn pod_image() -> String {
+    std::env::var("E2E_POD_IMAGE").unwrap_or_else(|_| "app".into())
+}

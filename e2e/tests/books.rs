@@ -45,7 +45,7 @@ fn pod_naming(name: &str, claims: &[(&str, &str)]) -> Pod {
         .collect();
     pod(json!({
         "metadata": {"name": name, "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "app", "ports": ports}]}
+        "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(), "ports": ports}]}
     }))
 }
 
@@ -238,7 +238,7 @@ async fn ports_pods_declare_outside_the_books_are_not_handed_out() {
         &PostParams::default(),
         &pod(json!({
             "metadata": {"name": "squatter"},
-            "spec": {"containers": [{"name": "app", "image": "app",
+            "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(),
                 "ports": [{"containerPort": 8080, "hostPort": 37100}]}]}
         })),
     )
@@ -248,7 +248,7 @@ async fn ports_pods_declare_outside_the_books_are_not_handed_out() {
         &PostParams::default(),
         &pod(json!({
             "metadata": {"name": "agent"},
-            "spec": {"hostNetwork": true, "containers": [{"name": "agent", "image": "agent",
+            "spec": {"hostNetwork": true, "containers": [{"name": "agent", "image": hostport_e2e::pod_image(),
                 "ports": [{"containerPort": 37102}]}]}
         })),
     )
@@ -504,7 +504,7 @@ async fn the_optional_policy_refuses_pool_ports_outside_labelled_namespaces() {
     let with_host_port = |name: &str, port: i32| {
         pod(json!({
             "metadata": {"name": name},
-            "spec": {"containers": [{"name": "app", "image": "app",
+            "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(),
                 "ports": [{"containerPort": 8080, "hostPort": port}]}]}
         }))
     };

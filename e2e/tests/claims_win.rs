@@ -48,7 +48,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
-        "spec": {"nodeName": node_name, "containers": [{"name": "game", "image": "game",
+        "spec": {"nodeName": node_name, "containers": [{"name": "game", "image": hostport_e2e::pod_image(),
             "ports": [{"name": "game", "containerPort": 7777, "protocol": "TCP"}]}]}
     }))
     .expect("pod");

@@ -459,3 +459,21 @@ fn the_tiltfile_builds_with_every_workspace_member() {
         );
     }
 }
+
+#[test]
+fn uninstalling_removes_the_webhook_configurations_first() {
+    for overlay in ["config/default", "config/cert-manager"] {
+        let Some(objects) = kustomize(overlay) else {
+            return;
+        };
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(
+            kinds[..2],
+            [
+                "MutatingWebhookConfiguration",
+                "ValidatingWebhookConfiguration"
+            ],
+            "{overlay}: `kubectl delete -k` deletes in this order; the webhook configurations must go before the webhook"
+        );
+    }
+}

@@ -21,6 +21,7 @@ fn claim_yaml(namespace: &str, name: &str, class: &str) -> String {
 
 /// The README's pod: port `web` from claim `claim`, read back through the downward API.
 fn pod_yaml(namespace: &str, name: &str, claim: &str) -> String {
+    let image = hostport_e2e::pod_image();
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -32,12 +33,12 @@ metadata:
 spec:
   containers:
   - name: echo
-    image: registry.k8s.io/echoserver:1.4
+    image: {image}
     ports:
     - name: web
       containerPort: 8080
     env:
-    - name: MY_HOST_PORT
+    - name: HOST_PORT
       valueFrom:
         fieldRef:
           fieldPath: metadata.annotations['port.hostport.rmb938.com/web']
@@ -49,7 +50,7 @@ fn pod(namespace: &str, name: &str, claim: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": namespace,
                      "annotations": {"claim.hostport.rmb938.com/web": claim}},
-        "spec": {"containers": [{"name": "echo", "image": "registry.k8s.io/echoserver:1.4",
+        "spec": {"containers": [{"name": "echo", "image": hostport_e2e::pod_image(),
                                  "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod")

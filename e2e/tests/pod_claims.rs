@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// A game server's ports: TCP and UDP on 7777 (one claim), a query port on 27015.
 fn game_container() -> Value {
-    json!({"name": "game", "image": "registry.k8s.io/pause:3.10", "ports": [
+    json!({"name": "game", "image": hostport_e2e::pod_image(), "ports": [
         {"name": "game-tcp", "containerPort": 7777, "protocol": "TCP"},
         {"name": "game-udp", "containerPort": 7777, "protocol": "UDP"},
         {"name": "query", "containerPort": 27015, "protocol": "UDP"},
@@ -47,7 +47,7 @@ fn web_pod(metadata: Value, class: &str) -> Pod {
     metadata["annotations"]["class.hostport.rmb938.com/http"] = json!(class);
     serde_json::from_value(json!({
         "metadata": metadata,
-        "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10",
+        "spec": {"containers": [{"name": "web", "image": hostport_e2e::pod_image(),
             "ports": [{"name": "http", "containerPort": 8080}]}]}
     }))
     .expect("pod")
@@ -868,7 +868,7 @@ async fn a_deployment_gives_each_replica_a_port_and_frees_it_with_the_replica() 
             "template": {
                 "metadata": {"labels": {"app": "web"},
                     "annotations": {"class.hostport.rmb938.com/http": class}},
-                "spec": {"containers": [{"name": "web", "image": "registry.k8s.io/pause:3.10",
+                "spec": {"containers": [{"name": "web", "image": hostport_e2e::pod_image(),
                     "ports": [{"name": "http", "containerPort": 8080}]}]}
             }
         }

@@ -42,7 +42,7 @@ async fn rbac_covers_every_call_of_each_binary() {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "echo", "annotations": {"claim.hostport.rmb938.com/web": "echo-web"}},
-        "spec": {"containers": [{"name": "echo", "image": "echo", "ports": [{"name": "web", "containerPort": 8080}]}]}
+        "spec": {"containers": [{"name": "echo", "image": hostport_e2e::pod_image(), "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod");
     pods.create(&PostParams::default(), &pod)
@@ -62,7 +62,7 @@ async fn rbac_covers_every_call_of_each_binary() {
         "spec": {"replicas": 1, "serviceName": "arena", "selector": {"matchLabels": {"app": "arena"}},
             "template": {"metadata": {"labels": {"app": "arena"},
                 "annotations": {"class.hostport.rmb938.com/web": class}},
-                "spec": {"containers": [{"name": "echo", "image": "echo",
+                "spec": {"containers": [{"name": "echo", "image": hostport_e2e::pod_image(),
                     "ports": [{"name": "web", "containerPort": 8080}]}]}}}
     }))
     .expect("statefulset");

@@ -53,7 +53,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "game", "annotations": {"claim.hostport.rmb938.com/game": "game"}},
-        "spec": {"nodeName": node_name, "containers": [{"name": "game", "image": "game",
+        "spec": {"nodeName": node_name, "containers": [{"name": "game", "image": hostport_e2e::pod_image(),
             "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]}
     }))
     .expect("pod");

@@ -32,7 +32,7 @@ fn claim(name: &str, class: &str, host_port_name: Option<&str>) -> HostPortClaim
 fn pod(name: &str, claim: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/web": claim}},
-        "spec": {"containers": [{"name": "app", "image": "app",
+        "spec": {"containers": [{"name": "app", "image": hostport_e2e::pod_image(),
             "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod")
@@ -424,7 +424,7 @@ async fn host_network_pods_are_refused() {
     let pods: Api<Pod> = Api::namespaced(tenant, &env.namespace);
     let host_network: Pod = serde_json::from_value(json!({
         "metadata": {"name": "sniffer"},
-        "spec": {"hostNetwork": true, "containers": [{"name": "a", "image": "a"}]}
+        "spec": {"hostNetwork": true, "containers": [{"name": "a", "image": hostport_e2e::pod_image()}]}
     }))
     .expect("pod");
     denied(

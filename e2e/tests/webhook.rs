@@ -16,7 +16,7 @@ fn pod(name: &str, annotations: Value, ports: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {"containers": [{
-            "name": "echo", "image": "k8s.gcr.io/echoserver:1.4", "ports": ports,
+            "name": "echo", "image": hostport_e2e::pod_image(), "ports": ports,
             "env": [{"name": "MY_HOST_PORT", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['port.hostport.rmb938.com/web']"}}}]
         }]}
     }))
