@@ -97,8 +97,11 @@ pack() {
   local env; for env in "$@"; do args+=(--env "$env"); done
   python3 hack/oci-image.py "$root" "$name:$tag" "$archive" --entrypoint "$entrypoint" "${args[@]}"
   log "$name:$tag: $(du -h "$archive" | cut -f1)"
-  if [ -S "${KAPI_RUN:-$HOME/kapi/run}/node/containerd.sock" ]; then
-    bash "$KIT/image.sh" "$name:$tag" --archive "$archive" >/dev/null
+  local socket="${KAPI_RUN:-$HOME/kapi/run}/node/containerd.sock"
+  if [ -S "$socket" ]; then
+    # The archive names its image (index annotations). Not the kit's `image.sh --archive`:
+    # its --index-name fails with containerd 1.6 when the name already exists.
+    ctr --address "$socket" -n k8s.io images import --all-platforms "$archive" >/dev/null
     log "$name:$tag imported into the node's containerd"
   elif [ -z "$out" ]; then
     echo "no node containerd under ${KAPI_RUN:-$HOME/kapi/run}: set KAPI_RUN, or --out DIR" >&2

@@ -352,6 +352,17 @@ impl Env {
     /// is one for all classes: HostPorts an earlier run left in them (it crashed before its
     /// cleanup) are deleted first, so a second run on the same cluster starts clean.
     pub async fn create_class(&self, name: &str, pools: &[(i32, i32)]) -> String {
+        self.try_create_class(name, pools)
+            .await
+            .unwrap_or_else(|e| panic!("create class {name}: {e}"))
+    }
+
+    /// [`Env::create_class`], the API server's refusal returned (a webhook not reachable yet).
+    pub async fn try_create_class(
+        &self,
+        name: &str,
+        pools: &[(i32, i32)],
+    ) -> Result<String, kube::Error> {
         let name = self.class_name(name);
         if self.server.is_none() {
             self.sweep_host_ports(pools).await;
@@ -359,9 +370,8 @@ impl Env {
         let class = HostPortClass::new(&name, HostPortClassSpec::with_pools(pools));
         self.classes()
             .create(&PostParams::default(), &class)
-            .await
-            .expect("create class");
-        name
+            .await?;
+        Ok(name)
     }
 
     /// Creates a claim of `class` (optionally requesting `port`).
