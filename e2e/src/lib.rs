@@ -44,3 +44,26 @@ pub async fn start_test_server() -> kube_testserver::TestApiServer {
 pub fn pod_image() -> String {
     std::env::var("E2E_POD_IMAGE").unwrap_or_else(|_| "app".into())
 }
+
+/// Runs `command`; its standard output, or an error that names the program, its arguments
+/// and what it wrote on standard error.
+pub fn run_command(command: &mut std::process::Command) -> Result<String, String> {
+    let what = format!(
+        "{} {}",
+        command.get_program().to_string_lossy(),
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let output = command.output().map_err(|e| format!("{what}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ))
+    }
+}

@@ -64,8 +64,21 @@ impl Drop for LocalWebhook {
     }
 }
 
-/// Starts the webhook on 127.0.0.1 with `options` (caches synced when this returns).
-pub async fn start_webhook(client: Client, options: hostport_webhook::RunOptions) -> LocalWebhook {
+/// HTTPS on 127.0.0.1 as the scenarios serve it: a listener on a free port and a server TLS
+/// configuration for `localhost` and 127.0.0.1, signed by a fresh CA (`ca_pem`, for clients).
+#[derive(Debug)]
+pub struct LocalTls {
+    /// Bound to 127.0.0.1:0.
+    pub listener: tokio::net::TcpListener,
+    /// The serving certificate.
+    pub config: rustls::ServerConfig,
+    /// The CA that signed it.
+    pub ca_pem: String,
+}
+
+/// See [`LocalTls`].
+pub async fn localhost_tls() -> LocalTls {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let certs = hostport_webhook::tls::generate(
         &["localhost".into()],
         &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
@@ -75,13 +88,27 @@ pub async fn start_webhook(client: Client, options: hostport_webhook::RunOptions
     let key =
         hostport_webhook::tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes())
             .expect("key");
-    let tls = hostport_webhook::tls::server_config(Arc::new(
+    let config = hostport_webhook::tls::server_config(Arc::new(
         hostport_webhook::tls::SwappableCert::new(key),
     ))
     .expect("tls");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
+    LocalTls {
+        listener,
+        config,
+        ca_pem: certs.ca_pem,
+    }
+}
+
+/// Starts the webhook on 127.0.0.1 with `options` (caches synced when this returns).
+pub async fn start_webhook(client: Client, options: hostport_webhook::RunOptions) -> LocalWebhook {
+    let LocalTls {
+        listener,
+        config: tls,
+        ca_pem,
+    } = localhost_tls().await;
     let url = format!(
         "https://127.0.0.1:{}",
         listener.local_addr().expect("addr").port()
@@ -107,7 +134,7 @@ pub async fn start_webhook(client: Client, options: hostport_webhook::RunOptions
     );
     LocalWebhook {
         url,
-        ca_pem: certs.ca_pem,
+        ca_pem,
         metrics,
         task,
         registered: None,

@@ -2,7 +2,6 @@
 //! registered caBundle, AdmissionReview v1 requests, JSONPatch applied, denials and failures
 //! reported with kube-apiserver's wording, selectors, rules and failurePolicy honoured.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hostport_e2e::local::{LocalTls, localhost_tls};
 use hostport_webhook::tls;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -50,17 +50,11 @@ struct Webhook {
 }
 
 async fn start_webhook() -> Webhook {
-    let certs = tls::generate(
-        &["localhost".into()],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
-    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let LocalTls {
+        listener,
+        config,
+        ca_pem,
+    } = localhost_tls().await;
     let port = listener.local_addr().expect("addr").port();
     let seen = Seen::default();
     let router = Router::new()
@@ -69,7 +63,7 @@ async fn start_webhook() -> Webhook {
     tokio::spawn(tls::serve(listener, router, config, std::future::pending()));
     Webhook {
         port,
-        ca_bundle: BASE64.encode(&certs.ca_pem),
+        ca_bundle: BASE64.encode(&ca_pem),
         seen,
     }
 }

@@ -23,21 +23,12 @@ const SYSTEM: &str = "hostport-system";
 fn kubectl(args: &[&str]) -> Result<String, String> {
     let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
     let kubeconfig = std::env::var("E2E_KUBECONFIG").unwrap_or_default();
-    let output = Command::new(&program)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    hostport_e2e::run_command(
+        Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+    )
 }
 
 fn claim(name: &str, class: &str) -> HostPortClaim {

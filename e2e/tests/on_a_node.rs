@@ -35,19 +35,7 @@ fn on_a_node() -> bool {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    hostport_e2e::run_command(Command::new(program).args(args))
 }
 
 /// Another host: a network namespace routed to the node through a veth pair (made once,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use hostport_e2e::harness::Env;
-use hostport_e2e::local::{LocalWebhook, client_trusting};
+use hostport_e2e::local::{LocalTls, LocalWebhook, client_trusting, localhost_tls};
 use hostport_webhook::tls;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -528,18 +528,11 @@ async fn serves_http2_and_http1() {
 #[tokio::test]
 async fn connections_are_bounded_and_aged_out() {
     use tokio::io::AsyncReadExt;
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = tls::generate(
-        &["localhost".into()],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
-    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let LocalTls {
+        listener,
+        config,
+        ca_pem,
+    } = localhost_tls().await;
     let address = listener.local_addr().expect("addr");
     let limits = tls::Limits {
         max_connections: 1,
@@ -553,7 +546,7 @@ async fn connections_are_bounded_and_aged_out() {
         limits,
         std::future::pending(),
     ));
-    let client = Arc::new(client_trusting(certs.ca_pem.as_bytes()).expect("client TLS"));
+    let client = Arc::new(client_trusting(ca_pem.as_bytes()).expect("client TLS"));
     let connect = || {
         let connector = tokio_rustls::TlsConnector::from(client.clone());
         async move {
@@ -585,18 +578,11 @@ async fn connections_are_bounded_and_aged_out() {
 /// the server returns once its connections are closed.
 #[tokio::test]
 async fn shutdown_finishes_requests_in_flight() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs = tls::generate(
-        &["localhost".into()],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
-    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let LocalTls {
+        listener,
+        config,
+        ca_pem,
+    } = localhost_tls().await;
     let address = listener.local_addr().expect("addr");
     let slow = axum::Router::new().route(
         "/slow",
@@ -615,7 +601,7 @@ async fn shutdown_finishes_requests_in_flight() {
             let _ = stopped.await;
         },
     ));
-    let client = https_client(&certs.ca_pem);
+    let client = https_client(&ca_pem);
     let url = format!("https://localhost:{}/slow", address.port());
     let in_flight = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
@@ -646,17 +632,11 @@ async fn shutdown_finishes_requests_in_flight() {
 #[tokio::test]
 async fn a_stopping_webhook_is_not_ready_but_answers_until_its_delay_ends() {
     let env = Env::new("webhook-drain").await;
-    let certs = tls::generate(
-        &["localhost".into()],
-        &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        Duration::from_secs(3600),
-    )
-    .expect("certs");
-    let key = tls::certified_key(certs.cert_pem.as_bytes(), certs.key_pem.as_bytes()).expect("key");
-    let config = tls::server_config(Arc::new(tls::SwappableCert::new(key))).expect("config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let LocalTls {
+        listener,
+        config,
+        ca_pem,
+    } = localhost_tls().await;
     let address = listener.local_addr().expect("addr");
     let options = hostport_webhook::RunOptions {
         shutdown_delay: Duration::from_millis(1500),
@@ -687,7 +667,7 @@ async fn a_stopping_webhook_is_not_ready_but_answers_until_its_delay_ends() {
         "not ready once stopping"
     );
     // A new connection during the delay is still answered (an unknown path: 404).
-    let client = https_client(&certs.ca_pem);
+    let client = https_client(&ca_pem);
     let response = client
         .get(format!("https://localhost:{}/none", address.port()))
         .send()
