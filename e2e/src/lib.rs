@@ -67,3 +67,10 @@ pub fn run_command(command: &mut std::process::Command) -> Result<String, String
         ))
     }
 }
+
+/// A `nodeSelector` no node matches, for the scenarios about admission and binding at volume:
+/// their pods need not run, and 200 containers starting at once on a small node starve the
+/// control plane that shares it (what such a scenario measures is the allocator).
+pub fn no_node() -> serde_json::Value {
+    serde_json::json!({"hostport.rmb938.com/e2e": "no-node"})
+}

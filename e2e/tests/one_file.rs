@@ -50,7 +50,8 @@ fn pod(namespace: &str, name: &str, claim: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": namespace,
                      "annotations": {"claim.hostport.rmb938.com/web": claim}},
-        "spec": {"containers": [{"name": "echo", "image": hostport_e2e::pod_image(),
+        "spec": {"nodeSelector": hostport_e2e::no_node(),
+                 "containers": [{"name": "echo", "image": hostport_e2e::pod_image(),
                                  "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod")

@@ -427,12 +427,16 @@ async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
             } else {
                 json!({"generateName": "rs-", "labels": {"webhook": instance}})
             };
-            let pod = web_pod(metadata, &class);
+            let mut pod = web_pod(metadata, &class);
+            if let Some(spec) = pod.spec.as_mut() {
+                spec.node_selector = serde_json::from_value(hostport_e2e::no_node()).ok();
+            }
             loop {
                 match api.create(&PostParams::default(), &pod).await {
                     Ok(created) => break created,
                     Err(kube::Error::Api(status))
-                        if status.reason == "ClaimNotBound" || status.code == 500 =>
+                        if matches!(status.reason.as_str(), "ClaimNotBound" | "PodClaimFailed")
+                            || status.code == 500 =>
                     {
                         retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(500)).await;
