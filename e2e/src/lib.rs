@@ -74,3 +74,16 @@ pub fn run_command(command: &mut std::process::Command) -> Result<String, String
 pub fn no_node() -> serde_json::Value {
     serde_json::json!({"hostport.rmb938.com/e2e": "no-node"})
 }
+
+/// `kubectl` (`KUBECTL`, else the one on the PATH) on the cluster of `E2E_KUBECONFIG`, run
+/// from the checkout's root (so `-k config/...` works); its output or what it said.
+pub fn kubectl(args: &[&str]) -> Result<String, String> {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let kubeconfig = std::env::var("E2E_KUBECONFIG").unwrap_or_default();
+    run_command(
+        std::process::Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+    )
+}

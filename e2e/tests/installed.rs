@@ -7,29 +7,18 @@
 //! (`hack/images.sh`), and `kubectl` on the PATH (or `KUBECTL`). It installs and removes the
 //! operator itself, so run it alone: other scenarios start controllers of their own.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec};
 use hostport_e2e::harness::Env;
+use hostport_e2e::kubectl;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 const SYSTEM: &str = "hostport-system";
-
-fn kubectl(args: &[&str]) -> Result<String, String> {
-    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let kubeconfig = std::env::var("E2E_KUBECONFIG").unwrap_or_default();
-    hostport_e2e::run_command(
-        Command::new(program)
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
-    )
-}
 
 fn claim(name: &str, class: &str) -> HostPortClaim {
     HostPortClaim::new(

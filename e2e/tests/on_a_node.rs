@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use hostport_controller::RunOptions;
-use hostport_e2e::harness::Env;
+use hostport_e2e::harness::{ControllerHandle, Env};
+use hostport_e2e::kubectl;
+use hostport_e2e::local::LocalWebhook;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -158,33 +160,75 @@ async fn answer(env: &Env, node: Ipv4Addr, port: u16, udp: bool) -> String {
     .await
 }
 
-#[tokio::test]
-async fn the_pod_answers_on_its_host_port_with_the_port_it_read() {
+/// A scenario on the node: its environment, the node's address, the class, and the webhook
+/// and controller it runs.
+struct OnANode {
+    env: Env,
+    node: Ipv4Addr,
+    class: String,
+    _webhook: LocalWebhook,
+    _controller: ControllerHandle,
+}
+
+/// Starts scenario `name` with a class of `pools`, or `None` (said why) when not on a node.
+async fn on_a_node_scenario(name: &str, pools: &[(i32, i32)]) -> Option<OnANode> {
     if !on_a_node() {
-        return;
+        return None;
     }
-    let env = Env::new("node-echo").await;
+    let env = Env::new(name).await;
     let node = node_address(&env).await;
     client_namespace(node);
-    let _webhook = env.start_webhook().await;
-    let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("echo", &[(38100, 38109)]).await;
+    let webhook = env.start_webhook().await;
+    let controller = env.start_controller(RunOptions::default());
+    let class = env.create_class(name, pools).await;
+    Some(OnANode {
+        env,
+        node,
+        class,
+        _webhook: webhook,
+        _controller: controller,
+    })
+}
+
+/// The echo program's pod: container port 8080 named `ports` (name, protocol), each naming
+/// claim `claim`; `HOST_PORT` read from the first one's port annotation.
+fn echo_pod(claim: &str, ports: &[(&str, &str)]) -> Pod {
+    let annotations: serde_json::Map<String, serde_json::Value> = ports
+        .iter()
+        .map(|(name, _)| (format!("claim.hostport.rmb938.com/{name}"), json!(claim)))
+        .collect();
+    let container_ports: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|(name, protocol)| json!({"name": name, "containerPort": 8080, "protocol": protocol}))
+        .collect();
+    let first = ports.first().map_or("", |(name, _)| name);
+    serde_json::from_value(json!({
+        "metadata": {"name": "echo", "annotations": annotations},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "echo", "image": hostport_e2e::pod_image(), "ports": container_ports,
+            "env": [{"name": "HOST_PORT", "valueFrom": {"fieldRef": {
+                "fieldPath": format!("metadata.annotations['port.hostport.rmb938.com/{first}']")}}}]}]}
+    }))
+    .expect("pod")
+}
+
+#[tokio::test]
+async fn the_pod_answers_on_its_host_port_with_the_port_it_read() {
+    // Bound, not `..`: the webhook and controller must live until the scenario ends.
+    let Some(OnANode {
+        env,
+        node,
+        class,
+        _webhook,
+        _controller,
+    }) = on_a_node_scenario("node-echo", &[(38100, 38109)]).await
+    else {
+        return;
+    };
     env.create_claim("echo", &class, None).await;
     let port = env.bound("echo").await.bound_port().expect("bound");
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "echo", "annotations": {
-            "claim.hostport.rmb938.com/echo-tcp": "echo",
-            "claim.hostport.rmb938.com/echo-udp": "echo"}},
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "echo", "image": hostport_e2e::pod_image(),
-            "ports": [
-                {"name": "echo-tcp", "containerPort": 8080, "protocol": "TCP"},
-                {"name": "echo-udp", "containerPort": 8080, "protocol": "UDP"}],
-            "env": [{"name": "HOST_PORT", "valueFrom": {"fieldRef": {
-                "fieldPath": "metadata.annotations['port.hostport.rmb938.com/echo-tcp']"}}}]}]}
-    }))
-    .expect("pod");
+    let pod = echo_pod("echo", &[("echo-tcp", "TCP"), ("echo-udp", "UDP")]);
     pods.create(&PostParams::default(), &pod)
         .await
         .expect("admitted");
@@ -197,15 +241,17 @@ async fn the_pod_answers_on_its_host_port_with_the_port_it_read() {
 
 #[tokio::test]
 async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
-    if !on_a_node() {
+    // Bound, not `..`: the webhook and controller must live until the scenario ends.
+    let Some(OnANode {
+        env,
+        node,
+        class,
+        _webhook,
+        _controller,
+    }) = on_a_node_scenario("node-set", &[(38110, 38119)]).await
+    else {
         return;
-    }
-    let env = Env::new("node-set").await;
-    let node = node_address(&env).await;
-    client_namespace(node);
-    let _webhook = env.start_webhook().await;
-    let _controller = env.start_controller(RunOptions::default());
-    let class = env.create_class("games", &[(38110, 38119)]).await;
+    };
     let sets: Api<StatefulSet> = Api::namespaced(env.client.clone(), &env.namespace);
     let set: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "game"},
@@ -256,5 +302,154 @@ async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
         "the same port after the pod came back"
     );
     assert_eq!(answer(&env, node, port, false).await, expected);
+    env.cleanup().await;
+}
+
+/// The router the edge scenario reaches over SSH: a network namespace with `lan0`
+/// (198.18.8.2, towards the node) and `eth0` (203.0.113.1, the outside, where a client
+/// namespace sits at 203.0.113.2), an sshd on 198.18.8.2 that accepts one generated key.
+/// Returns the private key and the known_hosts line.
+const EDGE_SETUP: &str = r#"
+set -e
+dir=/tmp/hp-e2e-edge; rm -rf "$dir"; mkdir -p "$dir" /run/sshd
+ip netns del hp-e2e-router 2>/dev/null || true; ip netns del hp-e2e-outside 2>/dev/null || true
+ip link del hp-e2e-r 2>/dev/null || true
+ip netns add hp-e2e-router; ip netns add hp-e2e-outside
+ip link add hp-e2e-r type veth peer name lan0; ip link set lan0 netns hp-e2e-router
+ip addr add 198.18.8.1/24 dev hp-e2e-r; ip link set hp-e2e-r up
+ip route replace 203.0.113.0/24 via 198.18.8.2
+ip -n hp-e2e-router link add eth0 type veth peer name eth0 netns hp-e2e-outside
+ip -n hp-e2e-router addr add 198.18.8.2/24 dev lan0
+ip -n hp-e2e-router addr add 203.0.113.1/24 dev eth0
+ip -n hp-e2e-outside addr add 203.0.113.2/24 dev eth0
+for ns in hp-e2e-router hp-e2e-outside; do ip -n $ns link set lo up; done
+ip -n hp-e2e-router link set lan0 up; ip -n hp-e2e-router link set eth0 up
+ip -n hp-e2e-outside link set eth0 up
+ip -n hp-e2e-router route add default via 198.18.8.1
+ip -n hp-e2e-outside route add default via 203.0.113.1
+ip netns exec hp-e2e-router sysctl -qw net.ipv4.ip_forward=1
+ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"; ssh-keygen -q -t ed25519 -N '' -f "$dir/id_ed25519"
+cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+echo "198.18.8.2 $(cat "$dir/host_key.pub")" > "$dir/known_hosts"
+printf 'ListenAddress 198.18.8.2\nPort 22\nHostKey %s\nAuthorizedKeysFile %s\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nStrictModes no\nUsePAM no\nPidFile %s\n' \
+  "$dir/host_key" "$dir/authorized_keys" "$dir/sshd.pid" > "$dir/sshd_config"
+ip netns exec hp-e2e-router /usr/sbin/sshd -f "$dir/sshd_config"
+"#;
+
+const EDGE_TEARDOWN: &str = r#"
+dir=/tmp/hp-e2e-edge
+[ -f "$dir/sshd.pid" ] && kill "$(cat "$dir/sshd.pid")" 2>/dev/null
+ip netns exec hp-e2e-router nft delete table inet hostport 2>/dev/null
+ip netns del hp-e2e-router 2>/dev/null; ip netns del hp-e2e-outside 2>/dev/null
+ip link del hp-e2e-r 2>/dev/null; ip route del 203.0.113.0/24 2>/dev/null
+rm -rf "$dir"; true
+"#;
+
+/// `config/publisher/edge` as a pod (its image from `hack/images.sh`), reaching a router
+/// namespace over SSH: a client outside the router reaches the pod's program through the
+/// router's external address and the claim's port.
+#[tokio::test]
+async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
+    // Bound, not `..`: the webhook and controller must live until the scenario ends.
+    let Some(OnANode {
+        env,
+        node,
+        class,
+        _webhook,
+        _controller,
+    }) = on_a_node_scenario("node-edge", &[(38120, 38129)]).await
+    else {
+        return;
+    };
+    run("sh", &["-c", EDGE_SETUP]).unwrap_or_else(|e| panic!("{e}"));
+    env.classes()
+        .patch(
+            &class,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"publish": {"edge": true}}})),
+        )
+        .await
+        .expect("publish.edge");
+    env.create_claim("echo", &class, None).await;
+    let port = env.bound("echo").await.bound_port().expect("bound");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    pods.create(
+        &PostParams::default(),
+        &echo_pod("echo", &[("echo", "TCP")]),
+    )
+    .await
+    .expect("admitted");
+    running(&env, "echo").await;
+
+    // The publisher's Secret and the Deployment, pointed at this router.
+    let dir = "/tmp/hp-e2e-edge";
+    let _ = kubectl(&[
+        "-n",
+        "hostport-system",
+        "delete",
+        "secret",
+        "hostport-publisher-ssh",
+        "--ignore-not-found",
+    ]);
+    kubectl(&[
+        "-n",
+        "hostport-system",
+        "create",
+        "secret",
+        "generic",
+        "hostport-publisher-ssh",
+        &format!("--from-file=id_ed25519={dir}/id_ed25519"),
+        &format!("--from-file=known_hosts={dir}/known_hosts"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Inside the checkout (kustomize refuses absolute paths), under the ignored `target/`.
+    let overlay = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/e2e-edge-overlay");
+    std::fs::create_dir_all(overlay).expect("overlay dir");
+    std::fs::write(
+        format!("{overlay}/kustomization.yaml"),
+            "resources:\n  - ../../config/publisher/edge\npatches:\n  - target:\n      kind: Deployment\n      name: hostport-publisher-edge\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/containers/0/args/2\n        value: --ssh=root@198.18.8.2\n",
+    )
+    .expect("kustomization");
+    kubectl(&["apply", "-k", overlay]).unwrap_or_else(|e| panic!("{e}"));
+    let rolled = kubectl(&[
+        "-n",
+        "hostport-system",
+        "rollout",
+        "status",
+        "deploy/hostport-publisher-edge",
+        "--timeout=120s",
+    ]);
+    let answered = rolled.and_then(|_| {
+        let target = format!("TCP:203.0.113.1:{port}");
+        let script = format!(
+            "for i in $(seq 60); do a=$(echo ask | timeout 2 socat - {target} 2>/dev/null) && [ -n \"$a\" ] && echo \"$a\" && exit 0; sleep 1; done; exit 1"
+        );
+        run("ip", &["netns", "exec", "hp-e2e-outside", "sh", "-c", &script])
+    });
+    let rules = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            "hp-e2e-router",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "hostport",
+        ],
+    );
+    let _ = kubectl(&["delete", "-k", overlay, "--wait=true"]);
+    let _ = kubectl(&[
+        "-n",
+        "hostport-system",
+        "delete",
+        "secret",
+        "hostport-publisher-ssh",
+    ]);
+    let _ = run("sh", &["-c", EDGE_TEARDOWN]);
+    let answer =
+        answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
+    assert_eq!(answer, format!("host port {port}\n"), "node {node}");
     env.cleanup().await;
 }
