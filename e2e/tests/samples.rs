@@ -45,7 +45,15 @@ async fn every_sample_applies_and_works() {
     }
 
     let claims: Api<HostPortClaim> = Api::namespaced(admin.clone(), "demo");
-    let minecraft = claims.get("minecraft").await.expect("static claim");
+    // No pod waits for the static claim: it binds on its own time.
+    let mut minecraft = claims.get("minecraft").await.expect("static claim");
+    for _ in 0..200 {
+        if minecraft.bound_port().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        minecraft = claims.get("minecraft").await.expect("static claim");
+    }
     assert_eq!(
         minecraft.bound_port(),
         Some(9250),
