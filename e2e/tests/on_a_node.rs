@@ -174,6 +174,13 @@ struct OnANode {
     _controller: ControllerHandle,
 }
 
+impl OnANode {
+    /// Cleans the scenario up while its webhook and controller still run.
+    async fn finish(self) {
+        self.env.cleanup().await;
+    }
+}
+
 /// Starts scenario `name` with a class of `pools`, or `None` (said why) when not on a node.
 async fn on_a_node_scenario(name: &str, pools: &[(i32, i32)]) -> Option<OnANode> {
     if !on_a_node() {
@@ -218,44 +225,30 @@ fn echo_pod(claim: &str, ports: &[(&str, &str)]) -> Pod {
 
 #[tokio::test]
 async fn the_pod_answers_on_its_host_port_with_the_port_it_read() {
-    // Bound, not `..`: the webhook and controller must live until the scenario ends.
-    let Some(OnANode {
-        env,
-        node,
-        class,
-        _webhook,
-        _controller,
-    }) = on_a_node_scenario("node-echo", &[(38100, 38109)]).await
-    else {
+    let Some(scenario) = on_a_node_scenario("node-echo", &[(38100, 38109)]).await else {
         return;
     };
-    env.create_claim("echo", &class, None).await;
+    let (env, node, class) = (&scenario.env, scenario.node, scenario.class.as_str());
+    env.create_claim("echo", class, None).await;
     let port = env.bound("echo").await.bound_port().expect("bound");
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod = echo_pod("echo", &[("echo-tcp", "TCP"), ("echo-udp", "UDP")]);
     pods.create(&PostParams::default(), &pod)
         .await
         .expect("admitted");
-    running(&env, "echo").await;
+    running(env, "echo").await;
     let expected = format!("host port {port}\n");
-    assert_eq!(answer(&env, node, port, false).await, expected, "tcp");
-    assert_eq!(answer(&env, node, port, true).await, expected, "udp");
-    env.cleanup().await;
+    assert_eq!(answer(env, node, port, false).await, expected, "tcp");
+    assert_eq!(answer(env, node, port, true).await, expected, "udp");
+    scenario.finish().await;
 }
 
 #[tokio::test]
 async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
-    // Bound, not `..`: the webhook and controller must live until the scenario ends.
-    let Some(OnANode {
-        env,
-        node,
-        class,
-        _webhook,
-        _controller,
-    }) = on_a_node_scenario("node-set", &[(38110, 38119)]).await
-    else {
+    let Some(scenario) = on_a_node_scenario("node-set", &[(38110, 38119)]).await else {
         return;
     };
+    let (env, node, class) = (&scenario.env, scenario.node, scenario.class.as_str());
     let sets: Api<StatefulSet> = Api::namespaced(env.client.clone(), &env.namespace);
     let set: StatefulSet = serde_json::from_value(json!({
         "metadata": {"name": "game"},
@@ -275,7 +268,7 @@ async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
     sets.create(&PostParams::default(), &set)
         .await
         .expect("created");
-    let first = running(&env, "game-0").await;
+    let first = running(env, "game-0").await;
     let port_of = |pod: &Pod| -> u16 {
         pod.annotations()
             .get("port.hostport.rmb938.com/game")
@@ -284,7 +277,7 @@ async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
     };
     let port = port_of(&first);
     let expected = format!("host port {port}\n");
-    assert_eq!(answer(&env, node, port, false).await, expected);
+    assert_eq!(answer(env, node, port, false).await, expected);
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     pods.delete("game-0", &DeleteParams::default())
         .await
@@ -299,14 +292,14 @@ async fn a_statefulset_pod_comes_back_with_its_port_and_the_same_answer() {
         }
     })
     .await;
-    let second = running(&env, "game-0").await;
+    let second = running(env, "game-0").await;
     assert_eq!(
         port_of(&second),
         port,
         "the same port after the pod came back"
     );
-    assert_eq!(answer(&env, node, port, false).await, expected);
-    env.cleanup().await;
+    assert_eq!(answer(env, node, port, false).await, expected);
+    scenario.finish().await;
 }
 
 /// The router the edge scenario reaches over SSH: a network namespace with `lan0`
@@ -354,27 +347,20 @@ rm -rf "$dir"; true
 /// router's external address and the claim's port.
 #[tokio::test]
 async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
-    // Bound, not `..`: the webhook and controller must live until the scenario ends.
-    let Some(OnANode {
-        env,
-        node,
-        class,
-        _webhook,
-        _controller,
-    }) = on_a_node_scenario("node-edge", &[(38120, 38129)]).await
-    else {
+    let Some(scenario) = on_a_node_scenario("node-edge", &[(38120, 38129)]).await else {
         return;
     };
+    let (env, node, class) = (&scenario.env, scenario.node, scenario.class.as_str());
     run("sh", &["-c", EDGE_SETUP]).unwrap_or_else(|e| panic!("{e}"));
     env.classes()
         .patch(
-            &class,
+            class,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(json!({"spec": {"publish": {"edge": true}}})),
         )
         .await
         .expect("publish.edge");
-    env.create_claim("echo", &class, None).await;
+    env.create_claim("echo", class, None).await;
     let port = env.bound("echo").await.bound_port().expect("bound");
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     pods.create(
@@ -383,7 +369,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     )
     .await
     .expect("admitted");
-    running(&env, "echo").await;
+    running(env, "echo").await;
 
     // The publisher's Secret and the Deployment, pointed at this router.
     let dir = "/tmp/hp-e2e-edge";
@@ -455,7 +441,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     let answer =
         answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
     assert_eq!(answer, format!("host port {port}\n"), "node {node}");
-    env.cleanup().await;
+    scenario.finish().await;
 }
 
 /// A CNI configuration without portmap, read before the kit's (`05-` sorts first): pods
@@ -471,16 +457,10 @@ const NO_PORTMAP: &str = r#"{"cniVersion": "1.0.0", "name": "kapi", "plugins": [
 /// the publisher's DNAT, not the CNI, brings the node's port to the pod.
 #[tokio::test]
 async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
-    let Some(OnANode {
-        env,
-        node,
-        class,
-        _webhook,
-        _controller,
-    }) = on_a_node_scenario("node-dnat", &[(38130, 38139)]).await
-    else {
+    let Some(scenario) = on_a_node_scenario("node-dnat", &[(38130, 38139)]).await else {
         return;
     };
+    let (env, node, class) = (&scenario.env, scenario.node, scenario.class.as_str());
     // The kit's node: KAPI_RUN's CNI directory and pod range.
     let run_dir = std::env::var("KAPI_RUN").unwrap_or_else(|_| {
         format!(
@@ -509,13 +489,13 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
         ])?;
         env.classes()
             .patch(
-                &class,
+                class,
                 &kube::api::PatchParams::default(),
                 &kube::api::Patch::Merge(json!({"spec": {"publish": {"node": true}}})),
             )
             .await
             .map_err(|e| e.to_string())?;
-        env.create_claim("echo", &class, None).await;
+        env.create_claim("echo", class, None).await;
         let port = env.bound("echo").await.bound_port().ok_or("not bound")?;
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
         pods.create(
@@ -524,9 +504,9 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
         )
         .await
         .map_err(|e| e.to_string())?;
-        running(&env, "echo").await;
+        running(env, "echo").await;
         let portmap = run("iptables", &["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])?;
-        let answer = answer(&env, node, port, false).await;
+        let answer = answer(env, node, port, false).await;
         let _ = pods.delete("echo", &DeleteParams::default()).await;
         Ok::<_, String>((port, portmap, answer))
     }
@@ -551,5 +531,5 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
     let left = run("nft", &["list", "table", "inet", "hostport"]).unwrap_or_default();
     assert!(!left.contains(&format!("{port} :")), "{left}");
     let _ = run("nft", &["delete", "table", "inet", "hostport"]);
-    env.cleanup().await;
+    scenario.finish().await;
 }

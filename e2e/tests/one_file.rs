@@ -38,7 +38,7 @@ spec:
     - name: web
       containerPort: 8080
     env:
-    - name: HOST_PORT
+    - name: MY_HOST_PORT
       valueFrom:
         fieldRef:
           fieldPath: metadata.annotations['port.hostport.rmb938.com/web']

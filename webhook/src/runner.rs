@@ -118,8 +118,11 @@ pub async fn run(
     // closes its connections gracefully (requests in flight finish).
     let not_ready = options.ready.clone();
     let delay = options.shutdown_delay;
+    // Caches that finish syncing during the drain must not mark it ready again.
+    let syncing = mark_ready.abort_handle();
     let drained = async move {
         shutdown.await;
+        syncing.abort();
         not_ready.store(false, Ordering::Relaxed);
         tracing::info!(
             ?delay,
