@@ -6,7 +6,7 @@ use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{echo_pod, on_a_node_scenario, run, running};
+use crate::{echo_pod, on_a_node_scenario, run, running, uninstall};
 
 /// The router the edge scenario reaches over SSH: a network namespace with `lan0`
 /// (198.18.8.2, towards the node) and `eth0` (203.0.113.1, the outside, where a client
@@ -135,7 +135,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
             "hostport",
         ],
     );
-    let _ = kubectl(&["delete", "-k", overlay, "--wait=true"]);
+    uninstall(overlay);
     let _ = kubectl(&[
         "-n",
         "hostport-system",

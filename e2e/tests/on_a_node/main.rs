@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use hostport_controller::RunOptions;
 use hostport_e2e::harness::{ControllerHandle, Env};
+use hostport_e2e::kubectl;
 use hostport_e2e::local::LocalWebhook;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
@@ -229,4 +230,19 @@ fn echo_pod(claim: &str, ports: &[(&str, &str)]) -> Pod {
                 "fieldPath": format!("metadata.annotations['port.hostport.rmb938.com/{first}']")}}}]}]}
     }))
     .expect("pod")
+}
+
+/// `kubectl delete -k kustomization`, returning once its pods are gone too (foreground
+/// cascade), so a publisher has removed its rules before the scenario takes its network down.
+fn uninstall(kustomization: &str) {
+    if let Err(e) = kubectl(&[
+        "delete",
+        "-k",
+        kustomization,
+        "--cascade=foreground",
+        "--wait=true",
+        "--ignore-not-found",
+    ]) {
+        eprintln!("uninstalling {kustomization}: {e}");
+    }
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{answer, echo_pod, on_a_node_scenario, run, running};
+use crate::{answer, echo_pod, on_a_node_scenario, run, running, uninstall};
 
 /// A CNI configuration without portmap, read before the kit's (`05-` sorts first): pods
 /// made while it is there get no host port forward from the CNI. Same network name, so the
@@ -85,7 +85,7 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
     })
     .await;
     let _ = std::fs::remove_file(&conf);
-    let _ = kubectl(&["delete", "-k", "config/publisher/node", "--wait=true"]);
+    uninstall("config/publisher/node");
     let (port, portmap, answer) = outcome.unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !portmap.contains(&format!("--dport {port}")),

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{echo_pod, on_a_node_scenario, run, running};
+use crate::{echo_pod, on_a_node_scenario, run, running, uninstall};
 
 /// The router's public address, and the WAN namespace's (its STUN server and the client).
 const PUBLIC: &str = "198.51.100.1";
@@ -220,7 +220,17 @@ async fn the_router_publisher_maps_the_pod_port_on_a_real_router() {
         Ok::<_, String>((port, mapped, answer, external, metrics))
     }
     .await;
-    let _ = kubectl(&["delete", "-k", "config/publisher/router", "--wait=true"]);
+    uninstall("config/publisher/router");
+    // Its election Lease is the publishers' own object, not the kustomization's: the README's
+    // uninstall removes it with the namespace; here the namespace stays.
+    let _ = kubectl(&[
+        "-n",
+        "hostport-system",
+        "delete",
+        "lease",
+        "hostport-publisher-router",
+        "--ignore-not-found",
+    ]);
     let leases_left =
         std::fs::read_to_string(format!("{DIR}/miniupnpd.leases")).unwrap_or_default();
     let router_log = std::fs::read_to_string(format!("{DIR}/miniupnpd.log")).unwrap_or_default();
