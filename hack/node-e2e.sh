@@ -12,7 +12,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-: "${E2E_KUBECONFIG:?set E2E_KUBECONFIG to the node's cluster}"
+: "${E2E_KUBECONFIG:?set E2E_KUBECONFIG to the kubeconfig of the cluster with the node}"
 export E2E_NODE=1 E2E_RBAC=1 KUBECONFIG=$E2E_KUBECONFIG
 export E2E_POD_IMAGE=${E2E_POD_IMAGE:-registry.invalid/hostport-echo:1}
 rounds=${ROUNDS:-2}
