@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::PortPolicy;
 use crate::names::{validate_dns1123_subdomain, validate_port_name};
 
 /// Prefix of the annotations that name a claim for a container port.
@@ -15,12 +16,17 @@ pub const PORT_PREFIX: &str = "port.hostport.rmb938.com/";
 /// Prefix of the annotations that ask for a claim of a class made for the pod.
 pub const CLASS_PREFIX: &str = "class.hostport.rmb938.com/";
 
+/// Prefix of the annotations that ask for a port policy for the claim made for the pod
+/// (`port-policy.hostport.rmb938.com/<portName>: Passthrough`, beside a class annotation).
+pub const PORT_POLICY_PREFIX: &str = "port-policy.hostport.rmb938.com/";
+
 /// Service annotation (value `"true"`) that asks `hostport-publisher` in edge mode to
 /// forward the Service's ports.
 pub const FORWARD_SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
 
 const CLAIM_USAGE: &str = "claim.hostport.rmb938.com/<containerPortName>: <claimName>";
 const CLASS_USAGE: &str = "class.hostport.rmb938.com/<containerPortName>: <className>";
+const PORT_POLICY_USAGE: &str = "port-policy.hostport.rmb938.com/<containerPortName>: Passthrough";
 
 /// One `claim.hostport.rmb938.com/<portName>: <claimName>` annotation, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +51,15 @@ pub struct ClassAnnotation {
     pub port_name: String,
     /// Name of the HostPortClass the pod's claim is made of.
     pub class_name: String,
+}
+
+/// One `port-policy.hostport.rmb938.com/<portName>: <policy>` annotation, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPolicyAnnotation {
+    /// Name of the container port whose claim gets the policy.
+    pub port_name: String,
+    /// The policy.
+    pub policy: PortPolicy,
 }
 
 /// Why a claim or class annotation is unusable. Messages quote the annotation and say how to
@@ -109,6 +124,14 @@ pub enum AnnotationError {
         /// Which rule it breaks.
         reason: String,
     },
+    /// A port policy annotation's value is not a policy.
+    #[error("annotation {key:?}: {reason}")]
+    InvalidPortPolicy {
+        /// The annotation key.
+        key: String,
+        /// What is wrong and the values that are right.
+        reason: String,
+    },
 }
 
 /// `claim.hostport.rmb938.com/<port_name>`.
@@ -126,10 +149,17 @@ pub fn port_annotation_key(port_name: &str) -> String {
     format!("{PORT_PREFIX}{port_name}")
 }
 
-/// Whether `key` is a claim, class or port annotation of this project (all are fixed once a
-/// pod exists).
+/// `port-policy.hostport.rmb938.com/<port_name>`.
+pub fn port_policy_annotation_key(port_name: &str) -> String {
+    format!("{PORT_POLICY_PREFIX}{port_name}")
+}
+
+/// Whether `key` is a claim, class, port policy or port annotation of this project (all are
+/// fixed once a pod exists).
 pub fn is_hostport_annotation(key: &str) -> bool {
-    key.starts_with(CLAIM_PREFIX) || key.starts_with(PORT_PREFIX) || key.starts_with(CLASS_PREFIX)
+    [CLAIM_PREFIX, PORT_PREFIX, CLASS_PREFIX, PORT_POLICY_PREFIX]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
 }
 
 /// The valid port name after `prefix` in `key`; `Ok(None)` when `key` has another prefix.
@@ -223,6 +253,27 @@ pub fn parse_class_annotation(
     }))
 }
 
+/// Parses one annotation; `Ok(None)` when the key is not a port policy annotation.
+pub fn parse_port_policy_annotation(
+    key: &str,
+    value: &str,
+) -> Result<Option<PortPolicyAnnotation>, AnnotationError> {
+    let Some(port_name) = port_name_after(PORT_POLICY_PREFIX, PORT_POLICY_USAGE, key)? else {
+        return Ok(None);
+    };
+    let policy =
+        value
+            .parse::<PortPolicy>()
+            .map_err(|reason| AnnotationError::InvalidPortPolicy {
+                key: key.to_owned(),
+                reason,
+            })?;
+    Ok(Some(PortPolicyAnnotation {
+        port_name: port_name.to_owned(),
+        policy,
+    }))
+}
+
 /// Every annotation `parse` recognizes, in key order; the first bad one is the error.
 fn parse_all<T>(
     annotations: &BTreeMap<String, String>,
@@ -246,6 +297,13 @@ pub fn parse_class_annotations(
     annotations: &BTreeMap<String, String>,
 ) -> Result<Vec<ClassAnnotation>, AnnotationError> {
     parse_all(annotations, parse_class_annotation)
+}
+
+/// Every port policy annotation of a pod, in key order; the first bad one is the error.
+pub fn parse_port_policy_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<PortPolicyAnnotation>, AnnotationError> {
+    parse_all(annotations, parse_port_policy_annotation)
 }
 
 /// Names of the claims a pod's annotations refer to, without validation: what keeps a
@@ -413,6 +471,35 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn port_policy_annotations_parse_and_bad_values_say_the_right_ones() {
+        let parsed = parse_port_policy_annotations(&annotations(&[
+            ("port-policy.hostport.rmb938.com/game", "Passthrough"),
+            ("class.hostport.rmb938.com/game", "games"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            parsed,
+            vec![PortPolicyAnnotation {
+                port_name: "game".into(),
+                policy: PortPolicy::Passthrough
+            }]
+        );
+        assert!(is_hostport_annotation(&port_policy_annotation_key("game")));
+        let err =
+            parse_port_policy_annotation("port-policy.hostport.rmb938.com/game", "passthrough")
+                .expect_err("lower case")
+                .to_string();
+        assert!(
+            err.contains(r#""passthrough" is not a port policy: use "Mapped" or "Passthrough""#),
+            "{err}"
+        );
+        let err = parse_port_policy_annotation("port-policy.hostport.rmb938.com/", "Passthrough")
+            .expect_err("no port")
+            .to_string();
+        assert!(err.contains(PORT_POLICY_USAGE), "{err}");
     }
 
     #[test]

@@ -43,6 +43,13 @@ use crate::ports::port_from_wire;
         description = "Pending, Bound or Deleting"
     ),
     printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.portPolicy",
+        priority = "1",
+        description = "Mapped (default) or Passthrough (containerPort = hostPort)"
+    ),
+    printcolumn(
         name = "HostPort",
         type_ = "string",
         json_path = ".spec.hostPortName",
@@ -71,6 +78,11 @@ use crate::ports::port_from_wire;
         "has(self.port) == has(oldSelf.port) && (!has(self.port) || self.port == oldSelf.port)"
     ).message("port is immutable: delete and recreate the claim to request another port").field_path(".port")
 )]
+#[x_kube(
+    validation = Rule::new(
+        "has(self.portPolicy) == has(oldSelf.portPolicy) && (!has(self.portPolicy) || self.portPolicy == oldSelf.portPolicy)"
+    ).message("portPolicy is immutable: delete and recreate the claim to use another policy").field_path(".portPolicy")
+)]
 pub struct HostPortClaimSpec {
     /// Name of the HostPortClass to allocate the port from. Immutable.
     #[schemars(length(min = 1, max = 253))]
@@ -93,6 +105,54 @@ pub struct HostPortClaimSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+
+    /// How pods use the port. `Mapped` (the default): the container port keeps its number and
+    /// the host port forwards to it. `Passthrough`: the pod's container port becomes the
+    /// allocated port too (`containerPort` = `hostPort`), for programs that must listen on the
+    /// port clients reach them on (game servers that announce their port, SIP, WebRTC); the
+    /// webhook rewrites the port's `containerPort` and the probes that named the old number.
+    /// Needs a class with `allowPassthrough: true`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_policy: Option<PortPolicy>,
+}
+
+/// How pods use the claim's port. `Mapped` (the default): the container port keeps its
+/// number and the host port forwards to it. `Passthrough`: the pod's container port becomes
+/// the allocated port too (`containerPort` = `hostPort`), for programs that must listen on the
+/// port clients reach them on (game servers that announce their port, SIP, WebRTC); the
+/// webhook rewrites the port's `containerPort` and the probes that named the old number.
+/// Needs a class with `allowPassthrough: true`. Immutable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PortPolicy {
+    /// The container port keeps its number; the host port forwards to it.
+    #[default]
+    Mapped,
+    /// The container port is the allocated port (`containerPort` = `hostPort`).
+    Passthrough,
+}
+
+impl PortPolicy {
+    /// The policy as written on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PortPolicy::Mapped => "Mapped",
+            PortPolicy::Passthrough => "Passthrough",
+        }
+    }
+}
+
+impl std::str::FromStr for PortPolicy {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "Mapped" => Ok(PortPolicy::Mapped),
+            "Passthrough" => Ok(PortPolicy::Passthrough),
+            other => Err(format!(
+                "{other:?} is not a port policy: use \"Mapped\" or \"Passthrough\""
+            )),
+        }
+    }
 }
 
 /// Lifecycle phase of a claim.
@@ -168,7 +228,13 @@ impl HostPortClaimSpec {
             host_port_class_name: class.to_owned(),
             host_port_name: None,
             port: None,
+            port_policy: None,
         }
+    }
+
+    /// The port policy (unset: `Mapped`).
+    pub fn port_policy(&self) -> PortPolicy {
+        self.port_policy.unwrap_or_default()
     }
 }
 

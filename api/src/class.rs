@@ -76,6 +76,13 @@ pub struct HostPortClassSpec {
     /// An admin's decision: only classes that opt in are ever forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<Publish>,
+    /// Whether claims of this class may ask for `portPolicy: Passthrough` (the pod's
+    /// container port becomes the allocated port; per-pod claims ask with the annotation
+    /// `port-policy.hostport.rmb938.com/<portName>: Passthrough`). Default false: such claims
+    /// are refused (`PassthroughNotAllowed`). An admin's decision, like every other rule of a
+    /// class.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_passthrough: bool,
 }
 
 /// Where `hostport-publisher` forwards the ports of a class.
@@ -242,6 +249,7 @@ impl HostPortClassSpec {
             namespace_selector: None,
             max_claims_per_namespace: None,
             publish: None,
+            allow_passthrough: false,
         }
     }
 }
@@ -283,6 +291,26 @@ impl HostPortClass {
             )),
             _ => None,
         }
+    }
+
+    /// Which opt-in of this class a claim with `spec` asks for and does not get (beyond its
+    /// port): the condition reason and the rule it breaks (callers add who asked and the fix);
+    /// `None` when the class grants all it asks. One rule for the webhook (at creation) and
+    /// the allocator (before binding).
+    pub fn refuses_claim_spec(
+        &self,
+        spec: &crate::HostPortClaimSpec,
+    ) -> Option<(&'static str, String)> {
+        let class = self.metadata.name.as_deref().unwrap_or_default();
+        if spec.port_policy() == crate::PortPolicy::Passthrough && !self.spec.allow_passthrough {
+            return Some((
+                reasons::PASSTHROUGH_NOT_ALLOWED,
+                format!(
+                    "port policy Passthrough is not allowed by HostPortClass {class:?} (its spec.allowPassthrough is false; a cluster admin decides)"
+                ),
+            ));
+        }
+        None
     }
 
     /// Why `port` may not be asked of this class, if it is outside its pools; the caller

@@ -61,6 +61,8 @@ pub mod reasons {
     pub const NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
     /// The claim's namespace already holds `maxClaimsPerNamespace` claims of its class.
     pub const NAMESPACE_LIMIT_REACHED: &str = "NamespaceLimitReached";
+    /// The claim asks for `portPolicy: Passthrough` of a class that does not allow it.
+    pub const PASSTHROUGH_NOT_ALLOWED: &str = "PassthroughNotAllowed";
     /// The claim is being deleted and pods still reference it.
     pub const IN_USE_BY_PODS: &str = "InUseByPods";
     /// HostPort: its claim is gone, but pods that named the claim still run, so the port

@@ -23,7 +23,7 @@ pub mod ports;
 pub mod selector;
 
 pub use claim::{
-    ClaimPhase, ExternalEndpoint, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus,
+    ClaimPhase, ExternalEndpoint, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus, PortPolicy,
 };
 pub use class::{
     ExternalPortPolicy, HostPortClass, HostPortClassSpec, HostPortClassStatus, NamespaceAllocation,

@@ -204,6 +204,11 @@ fn every_cel_rule_is_present_compiles_and_fits_the_cost_budget() {
         ),
         (
             "hostportclaims",
+            "hostportclaims.spec",
+            "has(self.portPolicy) == has(oldSelf.portPolicy)",
+        ),
+        (
+            "hostportclaims",
             "hostportclaims.spec.hostPortClassName",
             "self == oldSelf",
         ),
@@ -366,6 +371,22 @@ fn claim_rules() {
     expect_error(
         validate("hostportclaims", &static_port, Some(&unbound)),
         "port is immutable",
+    );
+    let passthrough = claim(json!({"hostPortClassName": "sample", "portPolicy": "Passthrough"}));
+    validate("hostportclaims", &passthrough, None).expect("passthrough");
+    validate("hostportclaims", &passthrough, Some(&passthrough)).expect("unchanged");
+    for changed in [
+        claim(json!({"hostPortClassName": "sample", "portPolicy": "Mapped"})),
+        unbound.clone(),
+    ] {
+        expect_error(
+            validate("hostportclaims", &changed, Some(&passthrough)),
+            "portPolicy is immutable",
+        );
+    }
+    expect_error(
+        validate("hostportclaims", &passthrough, Some(&unbound)),
+        "portPolicy is immutable",
     );
 }
 

@@ -65,6 +65,12 @@ pub fn pick_port(
     {
         return wait(reason, message);
     }
+    if let Some((reason, rule)) = class.refuses_claim_spec(&claim.spec) {
+        return wait(
+            reason,
+            format!("{rule}: recreate the claim with a class that allows it, or without it"),
+        );
+    }
     let requested = claim.requested_port();
     if let Some(outside) = requested.and_then(|port| class.port_outside_pools(port)) {
         return wait(
@@ -159,6 +165,7 @@ mod tests {
                 host_port_class_name: "games".into(),
                 host_port_name: host_port_name.map(str::to_owned),
                 port,
+                port_policy: None,
             },
         )
     }
@@ -222,6 +229,27 @@ mod tests {
         assert!(
             message.contains("all 4 ports") && message.contains("9000-9002, 30000-30000"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn passthrough_waits_for_a_class_that_allows_it() {
+        let mut passthrough = claim(None, None);
+        passthrough.spec.port_policy = Some(hostport_api::PortPolicy::Passthrough);
+        let mut games = class(&[(9000, 9010)]);
+        let now = Instant::now();
+        let mut book = book(&[]);
+        let refused = pick_port(&passthrough, "a", Some(&games), &open(), &mut book, now);
+        assert_eq!(reason(&refused), reasons::PASSTHROUGH_NOT_ALLOWED);
+        assert!(
+            matches!(&refused, Pick::Wait { message, .. } if message.contains("spec.allowPassthrough is false")),
+            "{refused:?}"
+        );
+        assert!(book.is_free_for(9000, "", "web"), "nothing reserved");
+        games.spec.allow_passthrough = true;
+        assert_eq!(
+            pick_port(&passthrough, "a", Some(&games), &open(), &mut book, now),
+            Pick::Port(9000)
         );
     }
 

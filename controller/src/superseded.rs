@@ -71,6 +71,7 @@ mod tests {
             host_port_class_name: "games".into(),
             host_port_name: None,
             port: None,
+            port_policy: None,
         };
         let mut claim = HostPortClaim::new("web", spec);
         claim.metadata.uid = Some(uid.into());

@@ -20,6 +20,7 @@ fn claim(i: usize) -> HostPortClaim {
             host_port_class_name: "sample".into(),
             host_port_name: None,
             port: None,
+            port_policy: None,
         },
     )
 }

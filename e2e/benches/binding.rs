@@ -103,6 +103,7 @@ async fn run(claims_count: usize) {
                             host_port_class_name: "bench".into(),
                             host_port_name: None,
                             port: None,
+                            port_policy: None,
                         },
                     );
                     // As the claim defaulting webhook would.

@@ -96,6 +96,7 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
                             host_port_class_name: "bench".into(),
                             host_port_name: None,
                             port: None,
+                            port_policy: None,
                         },
                     );
                     claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);

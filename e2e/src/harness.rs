@@ -382,6 +382,7 @@ impl Env {
                 host_port_class_name: class.into(),
                 host_port_name: None,
                 port,
+                port_policy: None,
             },
         );
         self.claims()
@@ -498,6 +499,17 @@ impl Env {
         }
         let _controller = self.start_controller(RunOptions::default());
         crate::local::unregister_webhooks(&self.client, &self.webhook_configurations()).await;
+        // Leader-election Leases a scenario's processes took under its name.
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        if let Ok(list) = leases.list(&ListParams::default()).await {
+            for lease in list.items {
+                let name = lease.name_any();
+                if name == self.prefix || name.starts_with(&format!("{}-", self.prefix)) {
+                    let _ = leases.delete(&name, &DeleteParams::default()).await;
+                }
+            }
+        }
         let own_namespaces = self.own_namespaces().await;
         for namespace in &own_namespaces {
             let _ = Api::<Namespace>::all(self.client.clone())

@@ -45,6 +45,12 @@ pub fn pod_image() -> String {
     std::env::var("E2E_POD_IMAGE").unwrap_or_else(|_| "app".into())
 }
 
+/// Whether the scenarios' pods really run (`E2E_POD_IMAGE` names an image a node has): then
+/// the kubelet writes their status, and a scenario must not write it for them.
+pub fn pods_run() -> bool {
+    std::env::var_os("E2E_POD_IMAGE").is_some()
+}
+
 /// Runs `command`; its standard output, or an error that names the program, its arguments
 /// and what it wrote on standard error.
 pub fn run_command(command: &mut std::process::Command) -> Result<String, String> {

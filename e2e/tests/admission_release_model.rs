@@ -59,6 +59,7 @@ fn binding() -> Binding {
         port: PORT,
         claim_uid: "uid-a".into(),
         host_port: format!("port-{PORT}"),
+        policy: hostport_api::PortPolicy::Mapped,
     }
 }
 

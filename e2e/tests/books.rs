@@ -24,6 +24,7 @@ fn claim(name: &str, class: &str, port: Option<i32>) -> HostPortClaim {
             host_port_class_name: class.into(),
             host_port_name: None,
             port,
+            port_policy: None,
         },
     )
 }

@@ -173,16 +173,38 @@ async fn finished_pods_do_not_hold_a_claim() {
     env.create_claim("job", &class, None).await;
     env.bound("job").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    pods.create(&PostParams::default(), &pod_using("done", "job"))
+    // A program that finishes at once (`EXIT=1`), never restarted.
+    let mut pod = pod_using("done", "job");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.restart_policy = Some("Never".into());
+        spec.containers[0].env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+            name: "EXIT".into(),
+            value: Some("1".into()),
+            value_from: None,
+        }]);
+    }
+    pods.create(&PostParams::default(), &pod)
         .await
         .expect("pod");
-    pods.patch_status(
-        "done",
-        &Default::default(),
-        &kube::api::Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
-    )
-    .await
-    .expect("pod status");
+    if hostport_e2e::pods_run() {
+        // The kubelet says so when the program has exited.
+        env.wait_for("pod done Succeeded", Duration::from_secs(90), || {
+            let pods = pods.clone();
+            async move {
+                let pod = pods.get_opt("done").await.ok()??;
+                (pod.status?.phase.as_deref() == Some("Succeeded")).then_some(())
+            }
+        })
+        .await;
+    } else {
+        pods.patch_status(
+            "done",
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .expect("pod status");
+    }
     env.claims()
         .delete("job", &DeleteParams::default())
         .await

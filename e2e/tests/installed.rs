@@ -27,6 +27,7 @@ fn claim(name: &str, class: &str) -> HostPortClaim {
             host_port_class_name: class.into(),
             host_port_name: None,
             port: None,
+            port_policy: None,
         },
     )
 }

@@ -24,6 +24,7 @@ fn claim_with_finalizer(name: &str, class: &str) -> HostPortClaim {
             host_port_class_name: class.into(),
             host_port_name: None,
             port: None,
+            port_policy: None,
         },
     );
     claim.finalizers_mut().push(hostport_api::FINALIZER.into());
@@ -521,6 +522,7 @@ async fn static_claim_binds_once_its_port_frees_after_a_conflict() {
                     host_port_class_name: class.clone(),
                     host_port_name: None,
                     port: Some(23205),
+                    port_policy: None,
                 },
             ),
         )

@@ -32,6 +32,8 @@ async fn every_sample_applies_and_works() {
         match f.as_str() {
             "namespace.yaml" => 0,
             "hostportclass.yaml" => 1,
+            // Its class first, then its claim, then its pod: one file.
+            "passthrough.yaml" => 3,
             _ if text.contains("kind: Pod") => 3,
             _ => 2,
         }
@@ -74,6 +76,36 @@ async fn every_sample_applies_and_works() {
     assert!(
         ports.iter().all(|p| p.host_port == Some(i32::from(game))),
         "TCP and UDP share the claim's port: {ports:?}"
+    );
+    // passthrough.yaml: the container port is the claim's port, and the probe follows it.
+    let srcds = claims
+        .get("srcds")
+        .await
+        .expect("passthrough claim")
+        .bound_port()
+        .map(i32::from)
+        .expect("bound");
+    let container = pods
+        .get("srcds")
+        .await
+        .expect("srcds pod")
+        .spec
+        .expect("spec")
+        .containers[0]
+        .clone();
+    let ports = container.ports.clone().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .all(|p| p.container_port == srcds && p.host_port == Some(srcds)),
+        "{ports:?}"
+    );
+    assert_eq!(
+        container
+            .readiness_probe
+            .and_then(|p| p.tcp_socket)
+            .map(|t| t.port),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(srcds))
     );
     let echo = pods.get("echo").await.expect("echo pod");
     assert!(

@@ -25,6 +25,7 @@ fn claim(name: &str, class: &str, host_port_name: Option<&str>) -> HostPortClaim
             host_port_class_name: class.into(),
             host_port_name: host_port_name.map(Into::into),
             port: None,
+            port_policy: None,
         },
     )
 }

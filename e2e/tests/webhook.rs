@@ -214,6 +214,7 @@ async fn resource_denials_through_the_api_server() {
             host_port_class_name: class.clone(),
             host_port_name: None,
             port: Some(20000),
+            port_policy: None,
         },
     );
     let (code, message) = denial(

@@ -388,6 +388,7 @@ pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Bin
         port,
         claim_uid,
         host_port: name,
+        policy: claim.spec.port_policy(),
     })
 }
 
@@ -405,6 +406,7 @@ mod tests {
                 host_port_class_name: "sample".into(),
                 host_port_name: Some("port-9000".into()),
                 port: None,
+                port_policy: None,
             },
         );
         claim.metadata.uid = Some(uid.into());

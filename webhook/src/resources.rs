@@ -110,6 +110,21 @@ pub fn validate_claim(
                     .into(),
             );
         }
+        if old.spec.port_policy != claim.spec.port_policy {
+            return deny(
+                reasons::IMMUTABLE_FIELD,
+                "spec.portPolicy cannot change: pods already use the port as it was; delete and recreate the claim to use another policy"
+                    .into(),
+            );
+        }
+    } else if let Some((reason, rule)) = class.and_then(|c| c.refuses_claim_spec(&claim.spec)) {
+        return deny(
+            reason,
+            format!(
+                "HostPortClaim {}: {rule}: use a class that allows it, or leave spec.portPolicy out",
+                claim_label(claim)
+            ),
+        );
     }
     if let Some(requested) = claim.spec.port {
         let Some(port) = port_from_wire(requested) else {

@@ -90,4 +90,9 @@ pub mod reasons {
     pub const POD_CLAIM_CONFLICT: &str = "PodClaimConflict";
     /// The webhook could not create the pod's claim.
     pub const POD_CLAIM_FAILED: &str = "PodClaimFailed";
+    /// A claim asks for `portPolicy: Passthrough` of a class that does not allow it.
+    pub const PASSTHROUGH_NOT_ALLOWED: &str =
+        hostport_api::conditions::reasons::PASSTHROUGH_NOT_ALLOWED;
+    /// A port policy annotation on a port that gets no claim made for the pod.
+    pub const STRAY_PORT_POLICY: &str = "StrayPortPolicy";
 }

@@ -3,7 +3,8 @@
 //! `HOST_PORT` being what the pod read from its `port.hostport.rmb938.com/<name>` annotation
 //! through the downward API. A client that reaches the node's host port and reads the same
 //! number back has proven the whole data path: allocation, admission, the CNI's port
-//! forward and the annotation the pod was given.
+//! forward and the annotation the pod was given. With `EXIT=1` it prints that line and exits
+//! at once (the pod of a scenario about finished pods).
 //!
 //! Standard library only, so its image (`registry.invalid/hostport-echo:1`, `hack/images.sh --echo`) is the binary and libc.
 
@@ -11,6 +12,14 @@ use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 
 fn main() -> std::io::Result<()> {
+    // A program that finishes (a Job's, a completed pod's): says its port and exits.
+    if std::env::var("EXIT").is_ok_and(|v| v == "1") {
+        println!(
+            "host port {}",
+            std::env::var("HOST_PORT").unwrap_or_default()
+        );
+        return Ok(());
+    }
     let listen = std::env::var("LISTEN").unwrap_or_else(|_| "0.0.0.0:8080".into());
     let port = std::env::var("HOST_PORT").unwrap_or_default();
     let answer = format!("host port {port}\n");

@@ -4,13 +4,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hostport_api::ALLOW_HOST_NETWORK_ANNOTATION;
+use hostport_api::PortPolicy;
 use hostport_api::annotations::{
     AnnotationError, CLAIM_PREFIX, CLASS_PREFIX, ClaimAnnotation, ClassAnnotation, PORT_PREFIX,
-    claim_annotation_key, is_hostport_annotation, parse_claim_annotations, parse_class_annotations,
-    port_annotation_key,
+    PortPolicyAnnotation, claim_annotation_key, is_hostport_annotation, parse_claim_annotations,
+    parse_class_annotations, parse_port_policy_annotations, port_annotation_key,
+    port_policy_annotation_key,
 };
 use hostport_api::container_ports::{PortPlace, container_ports};
-use json_patch::{AddOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
@@ -54,6 +56,8 @@ pub struct Binding {
     pub claim_uid: String,
     /// The HostPort holding the port.
     pub host_port: String,
+    /// How the pod uses the port (the claim's `spec.portPolicy`).
+    pub policy: PortPolicy,
 }
 
 impl ClaimState {
@@ -108,6 +112,8 @@ pub(super) struct PortSlot {
     field: String,
     host_port: Option<i32>,
     pub(super) container_port: i32,
+    /// TCP, UDP or SCTP (the API's default: TCP).
+    pub(super) protocol: String,
     /// Position among the pod's ports (spec order), so "the first port" is well defined.
     pub(super) order: usize,
 }
@@ -127,6 +133,7 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
             field: format!("spec.{list}[{ci}].ports[{pi}]"),
             host_port: port.host_port.filter(|p| *p != 0),
             container_port: port.container_port,
+            protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
             order,
         };
         match port.name.as_deref().filter(|n| !n.is_empty()) {
@@ -149,6 +156,13 @@ fn add(pointer: &str, value: Value) -> Option<PatchOperation> {
     }))
 }
 
+pub(super) fn replace(pointer: &str, value: Value) -> Option<PatchOperation> {
+    Some(PatchOperation::Replace(ReplaceOperation {
+        path: json_patch::jsonptr::PointerBuf::parse(pointer).ok()?,
+        value,
+    }))
+}
+
 /// Whether the pod asks for the node's network namespace.
 pub fn uses_host_network(pod: &Pod) -> bool {
     pod.spec
@@ -165,8 +179,9 @@ pub struct NewPod<'a> {
     pub(super) annotations: BTreeMap<String, String>,
     claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
     classes: Result<Vec<ClassAnnotation>, AnnotationError>,
-    named: BTreeMap<String, Vec<PortSlot>>,
-    unnamed: Vec<PortSlot>,
+    policies: Result<Vec<PortPolicyAnnotation>, AnnotationError>,
+    pub(super) named: BTreeMap<String, Vec<PortSlot>>,
+    pub(super) unnamed: Vec<PortSlot>,
 }
 
 impl<'a> NewPod<'a> {
@@ -175,15 +190,27 @@ impl<'a> NewPod<'a> {
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let claims = parse_claim_annotations(&annotations);
         let classes = parse_class_annotations(&annotations);
+        let policies = parse_port_policy_annotations(&annotations);
         let (named, unnamed) = named_ports(pod);
         Self {
             pod,
             annotations,
             claims,
             classes,
+            policies,
             named,
             unnamed,
         }
+    }
+
+    /// The port policy the pod asks for the claim made for port `port_name` (checked by
+    /// [`check_pod`]; unset: `Mapped`).
+    pub fn port_policy(&self, port_name: &str) -> PortPolicy {
+        self.policies
+            .iter()
+            .flatten()
+            .find(|p| p.port_name == port_name)
+            .map_or(PortPolicy::Mapped, |p| p.policy)
     }
 
     /// The claims the pod names (each once), whose state admission needs.
@@ -217,8 +244,44 @@ pub(super) fn check_pod(
         .chain(classes.iter().map(|c| c.port_name.as_str()))
         .collect();
     check_stray_port_annotations(pod, &claimed)?;
+    check_port_policies(pod, claims, classes)?;
     check_unclaimed_host_ports(pod, &claimed)?;
     Ok((claims.clone(), classes.clone()))
+}
+
+/// A port policy annotation asks for the policy of a claim made for the pod, so it goes
+/// beside a class annotation; a hand-made claim's own `spec.portPolicy` decides for it.
+fn check_port_policies(
+    pod: &NewPod,
+    claims: &[ClaimAnnotation],
+    classes: &[ClassAnnotation],
+) -> Result<(), Verdict> {
+    let policies = pod
+        .policies
+        .as_ref()
+        .map_err(|error| deny(reasons::INVALID_ANNOTATION, error.to_string()))?;
+    for PortPolicyAnnotation { port_name, .. } in policies {
+        let key = port_policy_annotation_key(port_name);
+        if let Some(claim) = claims.iter().find(|c| c.port_name == *port_name) {
+            return Err(deny(
+                reasons::STRAY_PORT_POLICY,
+                format!(
+                    "annotation {key:?} asks for a port policy, but port {port_name:?} uses HostPortClaim {:?} (annotation {:?}), whose spec.portPolicy decides: remove the annotation, or set portPolicy on that claim",
+                    claim.claim_name,
+                    claim.key()
+                ),
+            ));
+        }
+        if !classes.iter().any(|c| c.port_name == *port_name) {
+            return Err(deny(
+                reasons::STRAY_PORT_POLICY,
+                format!(
+                    "annotation {key:?} asks for a port policy, but port {port_name:?} gets no claim made for the pod: add \"{CLASS_PREFIX}{port_name}: <className>\" beside it, or remove it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Admission of a new pod in a namespace with the webhook on. `host_network_allowed`: the
@@ -234,8 +297,9 @@ pub fn admit_create(
     let phases = || -> Result<Patch, Verdict> {
         let (claims, _) = check_pod(pod, host_network_allowed)?;
         let mut operations = vec![];
+        let mut moved = vec![];
         for claim in &claims {
-            operations.extend(patch_claimed_port(pod, claim, states)?);
+            operations.extend(patch_claimed_port(pod, claim, states, &mut moved)?);
         }
         let by_hand: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
         for claim in made
@@ -246,8 +310,9 @@ pub fn admit_create(
                 &format!("/metadata/annotations/{}", escape(&claim.key())),
                 Value::String(claim.claim_name.clone()),
             ));
-            operations.extend(patch_claimed_port(pod, claim, states)?);
+            operations.extend(patch_claimed_port(pod, claim, states, &mut moved)?);
         }
+        operations.extend(super::passthrough::probe_operations(pod, &moved));
         Ok(Patch(operations))
     };
     match phases() {
@@ -317,12 +382,15 @@ fn check_unclaimed_host_ports(pod: &NewPod, claimed: &BTreeSet<&str>) -> Result<
 }
 
 /// The operations that give the port a claim annotation names its claim's host port and the
-/// port annotation (none when both are there already). Claim annotations exist, so
-/// `/metadata/annotations` does: adding keys to it is valid.
+/// port annotation (none when both are there already); for a passthrough claim (or a
+/// `hostNetwork` pod, whose container port is the host's) also its `containerPort`, recorded
+/// in `moved` for the probes. Claim annotations exist, so `/metadata/annotations` does:
+/// adding keys to it is valid.
 fn patch_claimed_port(
     pod: &NewPod,
     claim: &ClaimAnnotation,
     states: &ClaimStates,
+    moved: &mut Vec<super::passthrough::MovedPort>,
 ) -> Result<Vec<PatchOperation>, Verdict> {
     let ClaimAnnotation {
         port_name,
@@ -330,8 +398,22 @@ fn patch_claimed_port(
     } = claim;
     let key = claim_annotation_key(port_name);
     let slot = single_slot(pod, &key, port_name)?;
-    let port = bound_port(&key, claim_name, states.get(claim_name))?;
+    let binding = bound_binding(&key, claim_name, states.get(claim_name))?;
+    let port = binding.port;
     let mut operations = vec![];
+    let passthrough = binding.policy == PortPolicy::Passthrough || pod.uses_host_network();
+    if passthrough && slot.container_port != i32::from(port) {
+        operations.extend(replace(
+            &format!("{}/containerPort", slot.pointer),
+            Value::from(port),
+        ));
+        moved.push(super::passthrough::MovedPort {
+            from: slot.container_port,
+            to: port,
+            protocol: slot.protocol.clone(),
+            order: slot.order,
+        });
+    }
     match slot.host_port {
         Some(existing) if existing != i32::from(port) => {
             return Err(deny(
@@ -386,10 +468,14 @@ pub(super) fn single_slot<'p>(
     Ok(slot)
 }
 
-/// The port of the claim annotation `key` names, or why the pod cannot have it.
-fn bound_port(key: &str, claim_name: &str, state: Option<&ClaimState>) -> Result<u16, Verdict> {
+/// The binding of the claim annotation `key` names, or why the pod cannot have its port.
+fn bound_binding<'s>(
+    key: &str,
+    claim_name: &str,
+    state: Option<&'s ClaimState>,
+) -> Result<&'s Binding, Verdict> {
     match state.unwrap_or(&ClaimState::Missing) {
-        ClaimState::Bound(binding) => Ok(binding.port),
+        ClaimState::Bound(binding) => Ok(binding),
         ClaimState::Missing => Err(deny(
             reasons::CLAIM_NOT_FOUND,
             format!(

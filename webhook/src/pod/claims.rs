@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use hostport_api::annotations::ClaimAnnotation;
+use hostport_api::annotations::{ClaimAnnotation, port_policy_annotation_key};
 use hostport_api::pod_claims::{ADMITTED_LABEL, STATEFULSET_LABEL, admitted_at, is_pod_claim};
 use hostport_api::port_set::PortSet;
 use hostport_api::ports::{describe_ranges, distinct_port_count};
@@ -64,6 +64,17 @@ pub async fn make(
             continue;
         }
         let object = plan.object(namespace, now);
+        if let Some((reason, rule)) = class.refuses_claim_spec(&object.spec) {
+            let asking =
+                port_policy_annotation_key(plan.port_names.first().map_or("", String::as_str));
+            return Err(deny(
+                reason,
+                format!(
+                    "annotation {asking:?}: {rule}: remove the annotation, or name a class that allows it in {:?}",
+                    plan.key
+                ),
+            ));
+        }
         let same_class = new.iter().filter(|(p, ..)| p.class == plan.class).count();
         if let Verdict::Deny { reason, message } =
             ctx.class_access(&object, &class, same_class).await
@@ -98,6 +109,7 @@ pub async fn make(
                 port,
                 claim_uid: String::new(),
                 host_port: hostport_api::HostPort::name_for_port(port),
+                policy: plan.policy,
             };
             made.predicted.insert(name, ClaimState::Bound(binding));
             continue;
@@ -227,6 +239,16 @@ fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
             ),
         ));
     }
+    if existing.spec.port_policy() != plan.policy {
+        return Err(deny(
+            reasons::POD_CLAIM_CONFLICT,
+            format!(
+                "annotation {key:?} asks for port policy {}, but HostPortClaim {name:?}, made for an earlier pod of this name, has portPolicy {}: delete the claim to change the policy",
+                plan.policy.as_str(),
+                existing.spec.port_policy().as_str()
+            ),
+        ));
+    }
     if let Some(owner) = existing.owner_references().iter().find(|o| o.kind == "Pod") {
         return Err(deny(
             reasons::POD_CLAIM_CONFLICT,
@@ -282,6 +304,7 @@ mod tests {
             key: "class.hostport.rmb938.com/http".into(),
             labels: Default::default(),
             owner: None,
+            policy: hostport_api::PortPolicy::Mapped,
         }
     }
 

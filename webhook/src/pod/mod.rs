@@ -2,10 +2,12 @@
 //! network, the claims a pod's class annotations ask for, the wait for the claims it names,
 //! the decision on what holds after the wait); `check` is the pure decision (which container
 //! port gets which host port, as a JSONPatch, or a denial); `plan` plans the claims of class
-//! annotations (pure); `claims` makes them (I/O).
+//! annotations (pure); `claims` makes them (I/O); `passthrough` moves the probes of ports
+//! whose number changes (pure).
 
 mod check;
 pub mod claims;
+mod passthrough;
 pub mod plan;
 
 use std::collections::BTreeSet;

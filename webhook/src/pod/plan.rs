@@ -11,7 +11,7 @@ use hostport_api::pod_claims::{
     ADMITTED_LABEL, Retention, RetentionPolicy, claim_generate_name, claim_name, pod_claim_labels,
     statefulset_owner,
 };
-use hostport_api::{HostPortClaim, HostPortClaimSpec};
+use hostport_api::{HostPortClaim, HostPortClaimSpec, PortPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::check::{NewPod, check_pod, single_slot};
@@ -43,6 +43,8 @@ pub struct PodClaim {
     pub labels: BTreeMap<String, String>,
     /// The StatefulSet it goes with, when its policy deletes claims with the StatefulSet.
     pub owner: Option<OwnerReference>,
+    /// Its `spec.portPolicy` (the port policy annotation of its first port).
+    pub policy: PortPolicy,
 }
 
 impl PodClaim {
@@ -67,7 +69,11 @@ impl PodClaim {
                 owner_references: self.owner.clone().map(|owner| vec![owner]),
                 ..ObjectMeta::default()
             },
-            spec: HostPortClaimSpec::of_class(&self.class),
+            spec: HostPortClaimSpec {
+                // Left out when Mapped, as a claim written by hand would be.
+                port_policy: (self.policy != PortPolicy::Mapped).then_some(self.policy),
+                ..HostPortClaimSpec::of_class(&self.class)
+            },
             status: None,
         }
     }
@@ -123,10 +129,10 @@ pub fn plan(pod: &NewPod, host_network_allowed: bool) -> Result<Vec<PodClaim>, V
             block_owner_deletion: None,
         });
     for (order, container_port, class, key) in wanted {
-        if let Some((_, _, group)) = groups
-            .iter_mut()
-            .find(|(_, port, group)| *port == container_port && group.class == class.class_name)
-        {
+        let policy = pod.port_policy(&class.port_name);
+        if let Some((_, _, group)) = groups.iter_mut().find(|(_, port, group)| {
+            *port == container_port && group.class == class.class_name && group.policy == policy
+        }) {
             group.port_names.push(class.port_name.clone());
             continue;
         }
@@ -163,6 +169,7 @@ pub fn plan(pod: &NewPod, host_network_allowed: bool) -> Result<Vec<PodClaim>, V
                 key,
                 labels: labels.clone(),
                 owner: owner.clone(),
+                policy,
             },
         ));
     }
@@ -261,6 +268,29 @@ mod tests {
         assert!(
             matches!(&verdict, Verdict::Deny { message, .. } if message.contains("use \"Retain\" or \"Delete\"")),
             "{verdict:?}"
+        );
+    }
+
+    #[test]
+    fn a_port_policy_annotation_goes_into_the_claim_and_splits_a_group() {
+        let pod = pod(
+            json!({"name": "arena-0", "annotations": {
+                "class.hostport.rmb938.com/game-tcp": "games",
+                "class.hostport.rmb938.com/game-udp": "games",
+                "port-policy.hostport.rmb938.com/game-udp": "Passthrough"}}),
+            json!([
+                {"name": "game-tcp", "containerPort": 7777, "protocol": "TCP"},
+                {"name": "game-udp", "containerPort": 7777, "protocol": "UDP"}
+            ]),
+        );
+        let plans = plan(&NewPod::new(&pod), false).expect("plan");
+        assert_eq!(plans.len(), 2, "one policy per claim: {plans:?}");
+        assert_eq!(plans[0].policy, PortPolicy::Mapped);
+        assert_eq!(plans[0].object("games", 0).spec.port_policy, None);
+        assert_eq!(plans[1].policy, PortPolicy::Passthrough);
+        assert_eq!(
+            plans[1].object("games", 0).spec.port_policy,
+            Some(PortPolicy::Passthrough)
         );
     }
 

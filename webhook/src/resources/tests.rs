@@ -1,5 +1,7 @@
 use super::*;
-use hostport_api::{ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec};
+use hostport_api::{
+    ClaimReference, HostPortClaimSpec, HostPortClassSpec, HostPortSpec, PortPolicy,
+};
 
 fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
     HostPortClaim::new(
@@ -8,6 +10,7 @@ fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
             host_port_class_name: class.into(),
             host_port_name: bound.map(Into::into),
             port,
+            port_policy: None,
         },
     )
 }
@@ -153,6 +156,49 @@ fn claim_rules() {
         ),
         Verdict::Allow,
         "binding is the allocator's"
+    );
+}
+
+#[test]
+fn passthrough_is_the_class_admins_decision_and_fixed_once_asked() {
+    let mut passthrough = claim("sample", None, None);
+    passthrough.spec.port_policy = Some(PortPolicy::Passthrough);
+    let plain = class(&[(9000, 9500)]);
+    let verdict = validate_claim(&passthrough, None, Some(&plain), TENANT, None);
+    assert!(
+        matches!(&verdict, Verdict::Deny { reason, .. } if *reason == reasons::PASSTHROUGH_NOT_ALLOWED),
+        "{verdict:?}"
+    );
+    denied(
+        verdict,
+        "HostPortClaim /c: port policy Passthrough is not allowed by HostPortClass \"sample\" (its spec.allowPassthrough is false",
+    );
+    let mut allowing = plain.clone();
+    allowing.spec.allow_passthrough = true;
+    assert_eq!(
+        validate_claim(&passthrough, None, Some(&allowing), TENANT, None),
+        Verdict::Allow
+    );
+    // Once made, the policy stays: pods already use the port as it was.
+    let mut mapped = passthrough.clone();
+    mapped.spec.port_policy = Some(PortPolicy::Mapped);
+    denied(
+        validate_claim(&mapped, Some(&passthrough), Some(&allowing), TENANT, None),
+        "spec.portPolicy cannot change",
+    );
+    let mut unset = passthrough.clone();
+    unset.spec.port_policy = None;
+    denied(
+        validate_claim(&unset, Some(&passthrough), Some(&allowing), TENANT, None),
+        "spec.portPolicy cannot change",
+    );
+    // An update of a claim the class stopped allowing is not refused for that: the class
+    // decides at creation, and the allocator before binding.
+    let mut labelled = passthrough.clone();
+    labelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+    assert_eq!(
+        validate_claim(&labelled, Some(&passthrough), Some(&plain), TENANT, None),
+        Verdict::Allow
     );
 }
 

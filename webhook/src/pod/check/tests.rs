@@ -1,4 +1,5 @@
 use super::*;
+use hostport_api::PortPolicy;
 use serde_json::json;
 
 fn pod(value: Value) -> Pod {
@@ -30,6 +31,7 @@ fn bound(port: u16) -> ClaimState {
         port,
         claim_uid: "uid-1".into(),
         host_port: format!("port-{port}"),
+        policy: PortPolicy::Mapped,
     })
 }
 
@@ -326,6 +328,7 @@ fn a_claim_read_again_after_a_wait_is_used_only_if_its_binding_stands() {
         port: 37000,
         claim_uid: "uid-1".into(),
         host_port: "port-37000".into(),
+        policy: PortPolicy::Mapped,
     };
     assert_eq!(
         ClaimState::recheck(&before, ClaimState::Bound(before.clone())),
@@ -377,4 +380,131 @@ fn a_claim_read_again_after_a_wait_is_used_only_if_its_binding_stands() {
             && message.contains("create the pod again"),
         "{message}"
     );
+}
+
+/// A verified binding to `port` with portPolicy Passthrough.
+fn bound_passthrough(port: u16) -> ClaimState {
+    ClaimState::Bound(Binding {
+        port,
+        claim_uid: "uid-1".into(),
+        host_port: format!("port-{port}"),
+        policy: PortPolicy::Passthrough,
+    })
+}
+
+#[test]
+fn a_passthrough_port_listens_on_its_host_port_and_its_probes_follow() {
+    let p = pod(json!({
+        "metadata": {"name": "srcds", "annotations": {
+            "claim.hostport.rmb938.com/game": "game",
+            "claim.hostport.rmb938.com/game-udp": "game"}},
+        "spec": {"containers": [{
+            "name": "srcds", "image": "s",
+            "ports": [{"name": "game", "containerPort": 27015},
+                      {"name": "game-udp", "containerPort": 27015, "protocol": "UDP"},
+                      {"name": "metrics", "containerPort": 9100}],
+            "livenessProbe": {"tcpSocket": {"port": 27015}},
+            "readinessProbe": {"httpGet": {"port": "game", "path": "/"}},
+            "startupProbe": {"httpGet": {"port": 9100, "path": "/"}},
+            "env": [{"name": "PORT", "valueFrom": {"fieldRef": {
+                "fieldPath": "metadata.annotations['port.hostport.rmb938.com/game']"}}}]}]}
+    }));
+    let patched = apply(&p, &admit(&p, false, claims(bound_passthrough(31000))));
+    let container = &patched["spec"]["containers"][0];
+    for index in [0, 1] {
+        assert_eq!(container["ports"][index]["containerPort"], 31000);
+        assert_eq!(container["ports"][index]["hostPort"], 31000);
+    }
+    assert_eq!(container["ports"][0]["name"], "game", "the name stays");
+    assert_eq!(container["ports"][2]["containerPort"], 9100, "unclaimed");
+    assert_eq!(container["livenessProbe"]["tcpSocket"]["port"], 31000);
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "game");
+    assert_eq!(container["startupProbe"]["httpGet"]["port"], 9100);
+    assert_eq!(
+        patched["metadata"]["annotations"]["port.hostport.rmb938.com/game"],
+        "31000"
+    );
+}
+
+#[test]
+fn a_passthrough_port_already_on_its_number_and_mapped_ports_keep_their_container_port() {
+    let p = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 31000}]),
+    );
+    let verdict = admit(&p, false, claims(bound_passthrough(31000)));
+    let Verdict::Patch(patch) = &verdict else {
+        panic!("{verdict:?}")
+    };
+    assert_eq!(patch.0.len(), 2, "hostPort and the annotation only");
+    let mapped = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    );
+    let patched = apply(&mapped, &admit(&mapped, false, claims(bound(31000))));
+    assert_eq!(
+        patched["spec"]["containers"][0]["ports"][0]["containerPort"],
+        8080
+    );
+}
+
+#[test]
+fn a_host_network_pod_gets_container_port_equal_to_its_host_port() {
+    let p = pod(json!({
+        "metadata": {"name": "db", "annotations": {"claim.hostport.rmb938.com/sql": "game"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "db", "image": "d",
+            "ports": [{"name": "sql", "containerPort": 5432}]}]}
+    }));
+    let patched = apply(&p, &admit(&p, true, claims(bound(31001))));
+    let port = &patched["spec"]["containers"][0]["ports"][0];
+    assert_eq!(
+        (port["containerPort"].clone(), port["hostPort"].clone()),
+        (json!(31001), json!(31001))
+    );
+}
+
+#[test]
+fn port_policy_annotations_go_beside_a_class_annotation_only() {
+    let with = |annotations: Value| {
+        readme_pod(annotations, json!([{"name": "web", "containerPort": 8080}]))
+    };
+    for (annotations, expected) in [
+        (
+            json!({"claim.hostport.rmb938.com/web": "echo-web",
+                   "port-policy.hostport.rmb938.com/web": "Passthrough"}),
+            "whose spec.portPolicy decides",
+        ),
+        (
+            json!({"port-policy.hostport.rmb938.com/web": "Passthrough"}),
+            "gets no claim made for the pod",
+        ),
+        (
+            json!({"class.hostport.rmb938.com/web": "games",
+                   "port-policy.hostport.rmb938.com/web": "passthrough"}),
+            "use \"Mapped\" or \"Passthrough\"",
+        ),
+    ] {
+        let verdict = admit(&with(annotations.clone()), false, claims(bound(31000)));
+        assert!(
+            matches!(&verdict, Verdict::Deny { message, .. } if message.contains(expected)),
+            "{annotations}: {verdict:?}"
+        );
+    }
+}
+
+#[test]
+fn the_port_policy_annotation_is_fixed_once_the_pod_exists() {
+    let before = readme_pod(
+        json!({"class.hostport.rmb938.com/web": "games", "port.hostport.rmb938.com/web": "31000"}),
+        json!([]),
+    );
+    let mut after = before.clone();
+    after.metadata.annotations.get_or_insert_default().insert(
+        "port-policy.hostport.rmb938.com/web".into(),
+        "Passthrough".into(),
+    );
+    assert!(matches!(
+        admit_update(&before, &after),
+        Verdict::Deny { reason, .. } if reason == reasons::ANNOTATION_CHANGED
+    ));
 }
