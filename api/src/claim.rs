@@ -31,10 +31,10 @@ use crate::ports::port_from_wire;
         description = "HostPortClass the port comes from"
     ),
     printcolumn(
-        name = "Port",
-        type_ = "integer",
-        json_path = ".status.port",
-        description = "Bound host port"
+        name = "Ports",
+        type_ = "string",
+        json_path = ".status.ports",
+        description = "Bound host port, or the block of ports (first-last)"
     ),
     printcolumn(
         name = "Phase",
@@ -83,6 +83,16 @@ use crate::ports::port_from_wire;
         "has(self.portPolicy) == has(oldSelf.portPolicy) && (!has(self.portPolicy) || self.portPolicy == oldSelf.portPolicy)"
     ).message("portPolicy is immutable: delete and recreate the claim to use another policy").field_path(".portPolicy")
 )]
+#[x_kube(
+    validation = Rule::new(
+        "has(self.count) == has(oldSelf.count) && (!has(self.count) || self.count == oldSelf.count)"
+    ).message("count is immutable: delete and recreate the claim to ask for another block").field_path(".count")
+)]
+#[x_kube(
+    validation = Rule::new(
+        "has(self.alignment) == has(oldSelf.alignment) && (!has(self.alignment) || self.alignment == oldSelf.alignment)"
+    ).message("alignment is immutable: delete and recreate the claim to ask for another block").field_path(".alignment")
+)]
 pub struct HostPortClaimSpec {
     /// Name of the HostPortClass to allocate the port from. Immutable.
     #[schemars(length(min = 1, max = 253))]
@@ -114,6 +124,22 @@ pub struct HostPortClaimSpec {
     /// Needs a class with `allowPassthrough: true`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_policy: Option<PortPolicy>,
+
+    /// How many consecutive ports to allocate: a block (e.g. an RTP media range), default 1.
+    /// More than 1 needs a class whose `maxBlockSize` allows it. The claim is Bound only once
+    /// every port of the block is held (one HostPort each, `port-<n>`); pods get the first
+    /// port in `port.hostport.rmb938.com/<name>` and the count in
+    /// `count.hostport.rmb938.com/<name>`, and one container port per port. With
+    /// `spec.port`, the block starts there. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub count: Option<i32>,
+
+    /// The first port of a block is a multiple of this (2: an even base, as RTP wants);
+    /// default 1. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub alignment: Option<i32>,
 }
 
 /// How pods use the claim's port. `Mapped` (the default): the container port keeps its
@@ -184,10 +210,15 @@ pub struct HostPortClaimStatus {
     /// Pending, Bound or Deleting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<ClaimPhase>,
-    /// The bound host port (a copy of the HostPort's port, for `kubectl get`).
+    /// The bound host port (a copy of the HostPort's port, for `kubectl get`); of a block, its
+    /// first port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// The bound ports as text, `9000` or a block's `9000-9009` (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 11))]
+    pub ports: Option<String>,
     /// Current state; `Bound` explains a Pending claim (reasons ClassNotFound, PoolExhausted,
     /// PortUnavailable, PortOutsidePools).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -229,7 +260,25 @@ impl HostPortClaimSpec {
             host_port_name: None,
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         }
+    }
+
+    /// How many ports the claim asks for (unset or out of range: 1).
+    pub fn count(&self) -> u16 {
+        self.count
+            .and_then(|c| u16::try_from(c).ok())
+            .filter(|c| *c >= 1)
+            .unwrap_or(1)
+    }
+
+    /// The alignment of its first port (unset or out of range: 1).
+    pub fn alignment(&self) -> u16 {
+        self.alignment
+            .and_then(|a| u16::try_from(a).ok())
+            .filter(|a| *a >= 1)
+            .unwrap_or(1)
     }
 
     /// The port policy (unset: `Mapped`).

@@ -83,6 +83,13 @@ pub struct HostPortClassSpec {
     /// class.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_passthrough: bool,
+    /// The largest block of consecutive ports (`spec.count` of a claim, or the annotation
+    /// `count.hostport.rmb938.com/<portName>` of a pod) a claim of this class may ask for.
+    /// Unset: 1, no blocks; larger claims are refused (`BlockTooLarge`). A block lies inside
+    /// one pool and never spans two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_block_size: Option<i32>,
 }
 
 /// Where `hostport-publisher` forwards the ports of a class.
@@ -250,6 +257,7 @@ impl HostPortClassSpec {
             max_claims_per_namespace: None,
             publish: None,
             allow_passthrough: false,
+            max_block_size: None,
         }
     }
 }
@@ -310,7 +318,46 @@ impl HostPortClass {
                 ),
             ));
         }
+        let max = self.max_block_size();
+        if spec.count() > max {
+            return Some((
+                reasons::BLOCK_TOO_LARGE,
+                format!(
+                    "a block of {} ports is more than HostPortClass {class:?} allows (its spec.maxBlockSize is {max}; a cluster admin decides)",
+                    spec.count()
+                ),
+            ));
+        }
         None
+    }
+
+    /// The largest block a claim of this class may ask for (unset: 1).
+    pub fn max_block_size(&self) -> u16 {
+        self.spec
+            .max_block_size
+            .and_then(|m| u16::try_from(m).ok())
+            .filter(|m| *m >= 1)
+            .unwrap_or(1)
+    }
+
+    /// Why the block `base..base + count` may not be asked of this class, if it does not lie
+    /// inside one of its pools; the caller appends the fix.
+    pub fn block_outside_pools(&self, base: u16, count: u16) -> Option<String> {
+        if count <= 1 {
+            return self.port_outside_pools(base);
+        }
+        let last = u32::from(base) + u32::from(count) - 1;
+        let ranges = self.ranges();
+        let inside = ranges
+            .iter()
+            .any(|r| r.contains(base) && last <= u32::from(r.end));
+        (!inside).then(|| {
+            format!(
+                "ports {base}-{last} (spec.port and spec.count) do not lie inside one pool of HostPortClass {:?} ({}); a block never spans two pools",
+                self.metadata.name.as_deref().unwrap_or_default(),
+                describe_ranges(&ranges)
+            )
+        })
     }
 
     /// Why `port` may not be asked of this class, if it is outside its pools; the caller

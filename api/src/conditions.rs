@@ -63,6 +63,10 @@ pub mod reasons {
     pub const NAMESPACE_LIMIT_REACHED: &str = "NamespaceLimitReached";
     /// The claim asks for `portPolicy: Passthrough` of a class that does not allow it.
     pub const PASSTHROUGH_NOT_ALLOWED: &str = "PassthroughNotAllowed";
+    /// The claim asks for a block larger than its class's `maxBlockSize`.
+    pub const BLOCK_TOO_LARGE: &str = "BlockTooLarge";
+    /// The claim's block cannot be: its `spec.port` is not a multiple of `spec.alignment`.
+    pub const INVALID_BLOCK: &str = "InvalidBlock";
     /// The claim is being deleted and pods still reference it.
     pub const IN_USE_BY_PODS: &str = "InUseByPods";
     /// HostPort: its claim is gone, but pods that named the claim still run, so the port

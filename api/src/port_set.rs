@@ -76,6 +76,58 @@ impl PortSet {
         None
     }
 
+    /// The first used port in `from..=to` (`to` at most 65535), scanning a word at a time.
+    fn first_used(&self, from: u32, to: u32) -> Option<u32> {
+        let mut word = from / 64;
+        while word <= to / 64 {
+            let low = if word == from / 64 { from % 64 } else { 0 };
+            let high = if word == to / 64 { to % 64 } else { 63 };
+            let used = self.words[word as usize] & mask(low, high);
+            if used != 0 {
+                return Some(word * 64 + used.trailing_zeros());
+            }
+            word += 1;
+        }
+        None
+    }
+
+    /// The lowest base of `count` consecutive free ports inside `range` whose base is a
+    /// multiple of `alignment` (a block of RTP ports from an even base: `alignment` 2). Jumps
+    /// from free port to the first used one and past it, so the work grows with the number of
+    /// free stretches, not of ports.
+    pub fn lowest_free_run_in(&self, range: PortRange, count: u16, alignment: u16) -> Option<u16> {
+        let (count, alignment) = (u32::from(count.max(1)), u32::from(alignment.max(1)));
+        let end = u32::from(range.end);
+        let mut from = range.start;
+        loop {
+            let free = u32::from(self.lowest_free_in(PortRange::new(from, range.end)?)?);
+            let base = free.div_ceil(alignment) * alignment;
+            let last = base + count - 1;
+            if last > end {
+                return None;
+            }
+            match self.first_used(base, last) {
+                None => return u16::try_from(base).ok(),
+                Some(used) if used < end => from = u16::try_from(used + 1).ok()?,
+                Some(_) => return None,
+            }
+        }
+    }
+
+    /// The lowest such base in any one of `ranges` (a block never spans two pools).
+    pub fn lowest_free_run(&self, ranges: &[PortRange], count: u16, alignment: u16) -> Option<u16> {
+        ranges
+            .iter()
+            .filter_map(|r| self.lowest_free_run_in(*r, count, alignment))
+            .min()
+    }
+
+    /// Whether every port of `base..base + count` is free.
+    pub fn run_is_free(&self, base: u16, count: u16) -> bool {
+        let last = u32::from(base) + u32::from(count.max(1)) - 1;
+        last <= u32::from(u16::MAX) && self.first_used(u32::from(base), last).is_none()
+    }
+
     /// The lowest free port in any of `ranges`.
     pub fn lowest_free(&self, ranges: &[PortRange]) -> Option<u16> {
         ranges.iter().filter_map(|r| self.lowest_free_in(*r)).min()
@@ -130,6 +182,43 @@ mod tests {
 
     fn range(start: u16, end: u16) -> PortRange {
         PortRange::new(start, end).expect("range")
+    }
+
+    #[test]
+    fn a_run_is_free_aligned_inside_one_range() {
+        let mut set = PortSet::default();
+        let pool = range(9000, 9019);
+        assert_eq!(set.lowest_free_run_in(pool, 10, 1), Some(9000));
+        set.insert(9003);
+        assert_eq!(set.lowest_free_run_in(pool, 10, 1), Some(9004));
+        assert_eq!(set.lowest_free_run_in(pool, 10, 4), Some(9004));
+        assert_eq!(set.lowest_free_run_in(pool, 10, 8), Some(9008));
+        assert_eq!(set.lowest_free_run_in(pool, 10, 3), Some(9006));
+        assert_eq!(set.lowest_free_run_in(pool, 17, 1), None, "no room left");
+        set.insert(9013);
+        assert_eq!(set.lowest_free_run_in(pool, 10, 1), None);
+        assert_eq!(set.lowest_free_run_in(pool, 6, 2), Some(9004));
+        assert_eq!(
+            set.lowest_free_run_in(pool, 6, 8),
+            None,
+            "9008 reaches 9013"
+        );
+        // Two adjacent pools: no block across the boundary.
+        let (low, high) = (range(9100, 9104), range(9105, 9109));
+        assert_eq!(PortSet::default().lowest_free_run(&[low, high], 6, 1), None);
+        assert_eq!(
+            PortSet::default().lowest_free_run(&[low, high], 5, 1),
+            Some(9100)
+        );
+        // Up to the last port of the space.
+        let top = range(65530, 65535);
+        assert_eq!(
+            PortSet::default().lowest_free_run_in(top, 6, 1),
+            Some(65530)
+        );
+        assert!(PortSet::default().run_is_free(65530, 6));
+        assert!(!PortSet::default().run_is_free(65531, 6), "past 65535");
+        assert!(!set.run_is_free(9010, 4));
     }
 
     #[test]
@@ -248,6 +337,35 @@ mod tests {
                 }
             }
             prop_assert_eq!(set.count_all(), model.len() as u32);
+        }
+
+        /// The block search against a brute-force model: the lowest aligned base whose whole
+        /// block is free and inside one pool.
+        #[test]
+        fn runs_match_the_model(
+            pools in pools(),
+            used in proptest::collection::btree_set(any::<u16>(), 0..3000),
+            count in 1u16..40,
+            alignment in 1u16..9,
+        ) {
+            let mut set = PortSet::default();
+            for port in &used {
+                set.insert(*port);
+            }
+            let expected = pools
+                .iter()
+                .filter_map(|r| {
+                    (r.start..=r.end)
+                        .filter(|base| base.is_multiple_of(alignment))
+                        .find(|base| {
+                            let last = u32::from(*base) + u32::from(count) - 1;
+                            last <= u32::from(r.end)
+                                && (u32::from(*base)..=last)
+                                    .all(|p| !used.contains(&u16::try_from(p).unwrap_or(0)))
+                        })
+                })
+                .min();
+            prop_assert_eq!(set.lowest_free_run(&pools, count, alignment), expected);
         }
     }
 }

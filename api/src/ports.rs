@@ -92,6 +92,15 @@ pub struct PortPool {
     pub end: i32,
 }
 
+/// `9000`, or a block's `9000-9009`: bound ports as `kubectl get` shows them.
+pub fn describe_block(base: u16, count: u16) -> String {
+    if count <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}-{}", u32::from(base) + u32::from(count) - 1)
+    }
+}
+
 /// `9000-9099, 30000-30010`: ranges as messages show them.
 pub fn describe_ranges(ranges: &[PortRange]) -> String {
     ranges

@@ -1,7 +1,7 @@
 //! The claim reconciler: binds each HostPortClaim to a HostPort holding a free port, and
 //! releases the port when the claim is deleted and no running pod uses it any more.
 //!
-//! Binding is four writes, in an order that is safe to interrupt anywhere: create the
+//! Binding is four writes (a block of N ports, `block`: 2N + 2), in an order that is safe to interrupt anywhere: create the
 //! HostPort `port-<n>` (the lock on the port), its status, the claim's `spec.hostPortName`,
 //! the claim's status. A claim is never Bound before its HostPort exists with a port; a
 //! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
@@ -33,7 +33,7 @@ use crate::writes::{self, claim_name};
 pub const CONTROLLER: &str = "claim";
 
 /// Picks of a port in one reconcile before giving up (each lost pick is a 409).
-const MAX_PICKS: usize = 64;
+pub(crate) const MAX_PICKS: usize = 64;
 
 /// Safety net for claims waiting on something a watch should announce.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -65,6 +65,9 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     let mut claim = claim.clone();
     if let Some(updated) = writes::add_finalizer(ctx, &claims, &claim).await? {
         claim = updated;
+    }
+    if claim.spec.count() > 1 {
+        return crate::block::reconcile(&claim, &uid, ctx).await;
     }
 
     let (host_port, port) = match find_host_port(&claim, &uid, ctx).await? {
@@ -274,7 +277,7 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
 /// What the class's access rules need to know of the claim's namespace: its labels (read from
 /// the API server, only when the class selects namespaces) and how many other claims of the
 /// class there hold a port or are being given one (from the caches and the book).
-async fn namespace_access(
+pub(crate) async fn namespace_access(
     claim: &HostPortClaim,
     uid: &str,
     class: Option<&hostport_api::HostPortClass>,
@@ -315,7 +318,7 @@ async fn namespace_access(
 }
 
 /// Leaves the claim Pending with `reason`, announcing a new reason with an Event.
-async fn pending(
+pub(crate) async fn pending(
     claim: &HostPortClaim,
     reason: &'static str,
     message: String,
@@ -348,7 +351,7 @@ async fn pending(
 
 /// Writes the claim's status if it differs; returns whether the `Bound` condition's reason
 /// changed (what Events announce).
-async fn set_claim_status(
+pub(crate) async fn set_claim_status(
     claim: &HostPortClaim,
     phase: ClaimPhase,
     port: Option<u16>,
@@ -362,11 +365,12 @@ async fn set_claim_status(
     let mut desired = current.clone();
     desired.phase = Some(phase);
     desired.port = port.map(i32::from);
+    desired.ports = port.map(|p| hostport_api::ports::describe_block(p, claim.spec.count()));
     conditions::set(&mut desired.conditions, condition);
     if desired != current {
         // Explicit nulls so a merge patch also clears what is gone.
-        let status =
-            json!({"phase": desired.phase, "port": desired.port, "conditions": desired.conditions});
+        let status = json!({"phase": desired.phase, "port": desired.port,
+            "ports": desired.ports, "conditions": desired.conditions});
         writes::claim_status(ctx, claim, &status).await?;
     }
     Ok(reason_changed)

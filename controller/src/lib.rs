@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+mod block;
 pub mod claim;
 pub mod class;
 pub mod cli;

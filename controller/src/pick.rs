@@ -40,6 +40,37 @@ pub struct NamespaceAccess {
     pub holding: usize,
 }
 
+/// The class a claim may take ports from, or why it waits: the class exists, admits the
+/// namespace and grants what the claim asks beyond a port. The checks of every pick.
+fn usable_class<'c>(
+    claim: &HostPortClaim,
+    class: Option<&'c HostPortClass>,
+    access: &NamespaceAccess,
+) -> Result<&'c HostPortClass, Pick> {
+    let class_name = &claim.spec.host_port_class_name;
+    let Some(class) = class.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
+        return Err(wait(
+            reasons::CLASS_NOT_FOUND,
+            format!(
+                "HostPortClass {class_name:?} does not exist (or is being deleted): create it, or recreate the claim with an existing spec.hostPortClassName"
+            ),
+        ));
+    };
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some((reason, message)) =
+        class.refuses_namespace(namespace, &access.labels, access.holding)
+    {
+        return Err(wait(reason, message));
+    }
+    if let Some((reason, rule)) = class.refuses_claim_spec(&claim.spec) {
+        return Err(wait(
+            reason,
+            format!("{rule}: recreate the claim with a class that allows it, or without it"),
+        ));
+    }
+    Ok(class)
+}
+
 /// Picks the port `claim` (UID `uid`) should try next from `class` (as cached; `None` when
 /// missing), reserving it in `book`.
 pub fn pick_port(
@@ -50,27 +81,12 @@ pub fn pick_port(
     book: &mut PortBook,
     now: Instant,
 ) -> Pick {
-    let class_name = &claim.spec.host_port_class_name;
-    let Some(class) = class.filter(|c| c.metadata.deletion_timestamp.is_none()) else {
-        return wait(
-            reasons::CLASS_NOT_FOUND,
-            format!(
-                "HostPortClass {class_name:?} does not exist (or is being deleted): create it, or recreate the claim with an existing spec.hostPortClassName"
-            ),
-        );
+    let class = match usable_class(claim, class, access) {
+        Ok(class) => class,
+        Err(wait) => return wait,
     };
+    let class_name = &claim.spec.host_port_class_name;
     let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
-    if let Some((reason, message)) =
-        class.refuses_namespace(namespace, &access.labels, access.holding)
-    {
-        return wait(reason, message);
-    }
-    if let Some((reason, rule)) = class.refuses_claim_spec(&claim.spec) {
-        return wait(
-            reason,
-            format!("{rule}: recreate the claim with a class that allows it, or without it"),
-        );
-    }
     let requested = claim.requested_port();
     if let Some(outside) = requested.and_then(|port| class.port_outside_pools(port)) {
         return wait(
@@ -133,6 +149,88 @@ pub fn pick_port(
     }
 }
 
+/// Picks the first port of the block of `claim.spec.count` consecutive ports `claim` (UID
+/// `uid`) should try next from `class`, reserving every port of it in `book`: the requested
+/// block (`spec.port` onwards) when all of it is free, else the lowest aligned free block
+/// inside one pool.
+pub fn pick_block(
+    claim: &HostPortClaim,
+    uid: &str,
+    class: Option<&HostPortClass>,
+    access: &NamespaceAccess,
+    book: &mut PortBook,
+    now: Instant,
+) -> Pick {
+    let class = match usable_class(claim, class, access) {
+        Ok(class) => class,
+        Err(wait) => return wait,
+    };
+    let (count, alignment) = (claim.spec.count(), claim.spec.alignment());
+    let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+    let claim_name = claim.metadata.name.as_deref().unwrap_or_default();
+    let ranges = class.ranges();
+    let Some(base) = claim.requested_port() else {
+        return match book.reserve_lowest_run(&ranges, count, alignment, uid, now) {
+            Some(base) => Pick::Port(base),
+            None => wait(
+                reasons::POOL_EXHAUSTED,
+                format!(
+                    "HostPortClass {:?} ({}) has no {count} consecutive free ports{} inside one pool; the claim binds when enough are released",
+                    claim.spec.host_port_class_name,
+                    describe_ranges(&ranges),
+                    if alignment > 1 {
+                        format!(" starting at a multiple of {alignment}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+        };
+    };
+    if let Some(outside) = class.block_outside_pools(base, count) {
+        return wait(
+            reasons::PORT_OUTSIDE_POOLS,
+            format!("{outside}: recreate the claim with a block inside one pool"),
+        );
+    }
+    if !base.is_multiple_of(alignment) {
+        return wait(
+            reasons::INVALID_BLOCK,
+            format!(
+                "spec.port {base} is not a multiple of spec.alignment {alignment}: recreate the claim with an aligned port, or without spec.alignment"
+            ),
+        );
+    }
+    let block = || (0..count).filter_map(|i| base.checked_add(i));
+    if let Some(taken) = block().find(|port| !book.is_free_for(*port, namespace, claim_name)) {
+        let (reason, by) = if !book.is_held(taken) && book.is_declared(taken) {
+            (
+                reasons::PORT_IN_USE,
+                format!(
+                    "is declared by {} outside the allocator",
+                    describe_pods(&book.outside_users(taken))
+                ),
+            )
+        } else {
+            (
+                reasons::PORT_UNAVAILABLE,
+                "is held by another HostPort".to_owned(),
+            )
+        };
+        return wait(
+            reason,
+            format!(
+                "port {taken} of the block {base}-{} {by}; the claim binds when the whole block is free",
+                u32::from(base) + u32::from(count) - 1
+            ),
+        );
+    }
+    for port in block() {
+        book.reserve(port, Some(uid), now);
+    }
+    Pick::Port(base)
+}
+
 /// "pod team/a (node n1), pod team/b" for at most three pods.
 pub fn describe_pods(pods: &[&PodPorts]) -> String {
     let mut shown: Vec<String> = pods
@@ -166,6 +264,8 @@ mod tests {
                 host_port_name: host_port_name.map(str::to_owned),
                 port,
                 port_policy: None,
+                count: None,
+                alignment: None,
             },
         )
     }
@@ -249,6 +349,92 @@ mod tests {
         games.spec.allow_passthrough = true;
         assert_eq!(
             pick_port(&passthrough, "a", Some(&games), &open(), &mut book, now),
+            Pick::Port(9000)
+        );
+    }
+
+    fn block_claim(port: Option<i32>, count: i32, alignment: Option<i32>) -> HostPortClaim {
+        let mut claim = claim(port, None);
+        claim.spec.count = Some(count);
+        claim.spec.alignment = alignment;
+        claim
+    }
+
+    #[test]
+    fn a_block_is_the_lowest_aligned_free_run_inside_one_pool_and_reserved_whole() {
+        let mut games = class(&[(9000, 9009), (9010, 9039)]);
+        games.spec.max_block_size = Some(10);
+        let now = Instant::now();
+        let mut book = book(&[9001]);
+        let pick = |claim: &HostPortClaim, uid: &str, book: &mut PortBook| {
+            pick_block(claim, uid, Some(&games), &open(), book, now)
+        };
+        // 9000-9009 has 9001 taken; a block never spans 9009/9010.
+        assert_eq!(
+            pick(&block_claim(None, 10, None), "a", &mut book),
+            Pick::Port(9010)
+        );
+        assert!(
+            (9010..=9019).all(|p| !book.is_free_for(p, "", "other")),
+            "reserved whole"
+        );
+        assert_eq!(
+            pick(&block_claim(None, 4, Some(4)), "b", &mut book),
+            Pick::Port(9004)
+        );
+        // Left in the first pool: 9000, 9002-9003, 9008-9009.
+        assert_eq!(
+            pick(&block_claim(None, 3, None), "c", &mut book),
+            Pick::Port(9020)
+        );
+        assert_eq!(
+            pick(&block_claim(None, 2, Some(2)), "d", &mut book),
+            Pick::Port(9002)
+        );
+        assert_eq!(
+            pick(&block_claim(None, 10, Some(2)), "e", &mut book),
+            Pick::Port(9024)
+        );
+        let exhausted = pick(&block_claim(None, 7, Some(2)), "f", &mut book);
+        assert_eq!(reason(&exhausted), reasons::POOL_EXHAUSTED);
+        assert!(
+            matches!(&exhausted, Pick::Wait { message, .. } if message.contains("no 7 consecutive free ports starting at a multiple of 2")),
+            "{exhausted:?}"
+        );
+        let too_large = pick(&block_claim(None, 11, None), "e", &mut book);
+        assert_eq!(reason(&too_large), reasons::BLOCK_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_requested_block_is_inside_one_pool_aligned_and_free_or_waited_for() {
+        let mut games = class(&[(9000, 9009), (9010, 9019)]);
+        games.spec.max_block_size = Some(8);
+        let now = Instant::now();
+        let mut book = book(&[9016]);
+        let pick = |claim: &HostPortClaim, book: &mut PortBook| {
+            pick_block(claim, "a", Some(&games), &open(), book, now)
+        };
+        assert_eq!(
+            reason(&pick(&block_claim(Some(9006), 8, None), &mut book)),
+            reasons::PORT_OUTSIDE_POOLS,
+            "9006-9013 crosses the pools' boundary"
+        );
+        assert_eq!(
+            reason(&pick(&block_claim(Some(9001), 2, Some(2)), &mut book)),
+            reasons::INVALID_BLOCK
+        );
+        let taken = pick(&block_claim(Some(9012), 6, None), &mut book);
+        assert_eq!(reason(&taken), reasons::PORT_UNAVAILABLE);
+        assert!(
+            matches!(&taken, Pick::Wait { message, .. } if message.contains("port 9016 of the block 9012-9017")),
+            "{taken:?}"
+        );
+        assert!(
+            book.is_free_for(9012, "", "other"),
+            "nothing reserved on a wait"
+        );
+        assert_eq!(
+            pick(&block_claim(Some(9000), 8, Some(4)), &mut book),
             Pick::Port(9000)
         );
     }

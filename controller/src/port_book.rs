@@ -284,6 +284,24 @@ impl PortBook {
         Some(port)
     }
 
+    /// Reserves the lowest block of `count` free ports aligned to `alignment` inside one of
+    /// `ranges` for `claim_uid`; returns its first port.
+    pub fn reserve_lowest_run(
+        &mut self,
+        ranges: &[PortRange],
+        count: u16,
+        alignment: u16,
+        claim_uid: &str,
+        now: Instant,
+    ) -> Option<u16> {
+        self.expire(now);
+        let base = self.used.lowest_free_run(ranges, count, alignment)?;
+        for port in (0..count).filter_map(|i| base.checked_add(i)) {
+            self.reserve(port, Some(claim_uid), now);
+        }
+        Some(base)
+    }
+
     /// Marks `port` reserved (for a claim, or `None`: held by someone we have not seen yet,
     /// learned from a 409).
     pub fn reserve(&mut self, port: u16, claim_uid: Option<&str>, now: Instant) {

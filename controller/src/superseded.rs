@@ -72,6 +72,8 @@ mod tests {
             host_port_name: None,
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         };
         let mut claim = HostPortClaim::new("web", spec);
         claim.metadata.uid = Some(uid.into());

@@ -21,6 +21,8 @@ fn claim(i: usize) -> HostPortClaim {
             host_port_name: None,
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     )
 }

@@ -104,6 +104,8 @@ async fn run(claims_count: usize) {
                             host_port_name: None,
                             port: None,
                             port_policy: None,
+                            count: None,
+                            alignment: None,
                         },
                     );
                     // As the claim defaulting webhook would.

@@ -97,6 +97,8 @@ async fn run(claims_count: usize, annotation_bytes: usize) -> (Figures, Figures)
                             host_port_name: None,
                             port: None,
                             port_policy: None,
+                            count: None,
+                            alignment: None,
                         },
                     );
                     claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);

@@ -383,6 +383,8 @@ impl Env {
                 host_port_name: None,
                 port,
                 port_policy: None,
+                count: None,
+                alignment: None,
             },
         );
         self.claims()

@@ -25,6 +25,8 @@ fn claim(name: &str, class: &str, port: Option<i32>) -> HostPortClaim {
             host_port_name: None,
             port,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     )
 }

@@ -96,7 +96,8 @@ async fn go_readme_flow_binds_the_lowest_port() {
 fn pod_using(name: &str, claim: &str) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/web": claim}},
-        "spec": {"containers": [{"name": "echo", "image": hostport_e2e::pod_image(), "ports": [{"name": "web", "containerPort": 8080}]}]}
+        // On a node the echo program, as PID 1, has no SIGTERM handler: a short grace period.
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "echo", "image": hostport_e2e::pod_image(), "ports": [{"name": "web", "containerPort": 8080}]}]}
     }))
     .expect("pod")
 }

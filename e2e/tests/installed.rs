@@ -28,6 +28,8 @@ fn claim(name: &str, class: &str) -> HostPortClaim {
             host_port_name: None,
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     )
 }

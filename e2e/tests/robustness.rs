@@ -25,6 +25,8 @@ fn claim_with_finalizer(name: &str, class: &str) -> HostPortClaim {
             host_port_name: None,
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     );
     claim.finalizers_mut().push(hostport_api::FINALIZER.into());
@@ -523,6 +525,8 @@ async fn static_claim_binds_once_its_port_frees_after_a_conflict() {
                     host_port_name: None,
                     port: Some(23205),
                     port_policy: None,
+                    count: None,
+                    alignment: None,
                 },
             ),
         )

@@ -26,6 +26,8 @@ fn claim(name: &str, class: &str, host_port_name: Option<&str>) -> HostPortClaim
             host_port_name: host_port_name.map(Into::into),
             port: None,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     )
 }

@@ -215,6 +215,8 @@ async fn resource_denials_through_the_api_server() {
             host_port_name: None,
             port: Some(20000),
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     );
     let (code, message) = denial(

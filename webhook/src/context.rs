@@ -407,6 +407,8 @@ mod tests {
                 host_port_name: Some("port-9000".into()),
                 port: None,
                 port_policy: None,
+                count: None,
+                alignment: None,
             },
         );
         claim.metadata.uid = Some(uid.into());

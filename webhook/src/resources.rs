@@ -117,14 +117,31 @@ pub fn validate_claim(
                     .into(),
             );
         }
-    } else if let Some((reason, rule)) = class.and_then(|c| c.refuses_claim_spec(&claim.spec)) {
-        return deny(
-            reason,
-            format!(
-                "HostPortClaim {}: {rule}: use a class that allows it, or leave spec.portPolicy out",
-                claim_label(claim)
-            ),
-        );
+        if (old.spec.count, old.spec.alignment) != (claim.spec.count, claim.spec.alignment) {
+            return deny(
+                reasons::IMMUTABLE_FIELD,
+                "spec.count and spec.alignment cannot change: the block is allocated as it was asked; delete and recreate the claim to ask for another block"
+                    .into(),
+            );
+        }
+    } else {
+        if let Some(verdict) = invalid_block(claim) {
+            return verdict;
+        }
+        if let Some((reason, rule)) = class.and_then(|c| c.refuses_claim_spec(&claim.spec)) {
+            return deny(
+                reason,
+                format!(
+                    "HostPortClaim {}: {rule}: use a class that allows it, or leave {} out",
+                    claim_label(claim),
+                    if reason == reasons::BLOCK_TOO_LARGE {
+                        "spec.count"
+                    } else {
+                        "spec.portPolicy"
+                    }
+                ),
+            );
+        }
     }
     if let Some(requested) = claim.spec.port {
         let Some(port) = port_from_wire(requested) else {
@@ -134,7 +151,8 @@ pub fn validate_claim(
             );
         };
         if old.is_none()
-            && let Some(outside) = class.and_then(|c| c.port_outside_pools(port))
+            && let Some(outside) =
+                class.and_then(|c| c.block_outside_pools(port, claim.spec.count()))
         {
             return deny(
                 reasons::PORT_OUTSIDE_POOLS,
@@ -143,6 +161,45 @@ pub fn validate_claim(
         }
     }
     Verdict::Allow
+}
+
+/// What makes a new claim's block impossible whatever its class: a count or alignment out of
+/// range (CEL says so too), a static first port that is not aligned or whose block runs past
+/// 65535.
+fn invalid_block(claim: &HostPortClaim) -> Option<Verdict> {
+    let label = claim_label(claim);
+    for (field, value) in [
+        ("spec.count", claim.spec.count),
+        ("spec.alignment", claim.spec.alignment),
+    ] {
+        if let Some(value) = value
+            && !(1..=1024).contains(&value)
+        {
+            return Some(deny(
+                reasons::INVALID_CLAIM,
+                format!("HostPortClaim {label}: {field} is {value}: it must be between 1 and 1024"),
+            ));
+        }
+    }
+    let (count, alignment) = (claim.spec.count(), claim.spec.alignment());
+    let port = claim.requested_port()?;
+    if !port.is_multiple_of(alignment) {
+        return Some(deny(
+            reasons::INVALID_CLAIM,
+            format!(
+                "HostPortClaim {label}: spec.port {port} is not a multiple of spec.alignment {alignment}: pick an aligned port, or omit spec.alignment"
+            ),
+        ));
+    }
+    if u32::from(port) + u32::from(count) - 1 > u32::from(u16::MAX) {
+        return Some(deny(
+            reasons::INVALID_CLAIM,
+            format!(
+                "HostPortClaim {label}: the block of {count} ports from spec.port {port} runs past port 65535"
+            ),
+        ));
+    }
+    None
 }
 
 /// A new claim against its class's access rules: its namespace must be selected by the

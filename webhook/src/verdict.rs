@@ -93,6 +93,8 @@ pub mod reasons {
     /// A claim asks for `portPolicy: Passthrough` of a class that does not allow it.
     pub const PASSTHROUGH_NOT_ALLOWED: &str =
         hostport_api::conditions::reasons::PASSTHROUGH_NOT_ALLOWED;
+    /// A claim asks for a block larger than its class's `maxBlockSize`.
+    pub const BLOCK_TOO_LARGE: &str = hostport_api::conditions::reasons::BLOCK_TOO_LARGE;
     /// A port policy annotation on a port that gets no claim made for the pod.
     pub const STRAY_PORT_POLICY: &str = "StrayPortPolicy";
 }

@@ -11,6 +11,8 @@ fn claim(class: &str, port: Option<i32>, bound: Option<&str>) -> HostPortClaim {
             host_port_name: bound.map(Into::into),
             port,
             port_policy: None,
+            count: None,
+            alignment: None,
         },
     )
 }
@@ -200,6 +202,67 @@ fn passthrough_is_the_class_admins_decision_and_fixed_once_asked() {
         validate_claim(&labelled, Some(&passthrough), Some(&plain), TENANT, None),
         Verdict::Allow
     );
+}
+
+#[test]
+fn blocks_are_the_class_admins_decision_inside_one_pool_and_fixed_once_asked() {
+    let block = |port: Option<i32>, count: i32, alignment: Option<i32>| {
+        let mut claim = claim("sample", port, None);
+        claim.spec.count = Some(count);
+        claim.spec.alignment = alignment;
+        claim
+    };
+    let mut sample = class(&[(9000, 9009), (9010, 9019)]);
+    let verdict = validate_claim(&block(None, 4, None), None, Some(&sample), TENANT, None);
+    assert!(
+        matches!(&verdict, Verdict::Deny { reason, .. } if *reason == reasons::BLOCK_TOO_LARGE),
+        "{verdict:?}"
+    );
+    denied(verdict, "its spec.maxBlockSize is 1");
+    sample.spec.max_block_size = Some(8);
+    assert_eq!(
+        validate_claim(&block(None, 8, Some(2)), None, Some(&sample), TENANT, None),
+        Verdict::Allow
+    );
+    denied(
+        validate_claim(
+            &block(Some(9006), 8, None),
+            None,
+            Some(&sample),
+            TENANT,
+            None,
+        ),
+        "ports 9006-9013 (spec.port and spec.count) do not lie inside one pool",
+    );
+    denied(
+        validate_claim(
+            &block(Some(9001), 2, Some(2)),
+            None,
+            Some(&sample),
+            TENANT,
+            None,
+        ),
+        "spec.port 9001 is not a multiple of spec.alignment 2",
+    );
+    denied(
+        validate_claim(&block(None, 0, None), None, Some(&sample), TENANT, None),
+        "spec.count is 0",
+    );
+    denied(
+        validate_claim(&block(Some(65530), 8, None), None, None, TENANT, None),
+        "runs past port 65535",
+    );
+    let asked = block(None, 4, None);
+    for changed in [
+        block(None, 5, None),
+        block(None, 4, Some(2)),
+        claim("sample", None, None),
+    ] {
+        denied(
+            validate_claim(&changed, Some(&asked), Some(&sample), TENANT, None),
+            "spec.count and spec.alignment cannot change",
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,316 @@
+//! Blocks of consecutive ports (`spec.count`): bound whole or not at all, inside one pool,
+//! never overlapping however claims and controllers race, released as one; a block left
+//! half-made by a crash is completed; the class's `maxBlockSize` and the block's fields are
+//! the admin's and fixed once asked.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
+use hostport_controller::RunOptions;
+use hostport_e2e::harness::Env;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A class of `pools` that allows blocks of up to `max`.
+async fn block_class(env: &Env, name: &str, pools: &[(i32, i32)], max: i32) -> String {
+    let class = env.create_class(name, pools).await;
+    env.classes()
+        .patch(
+            &class,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxBlockSize": max}})),
+        )
+        .await
+        .expect("maxBlockSize");
+    class
+}
+
+fn block_claim(name: &str, class: &str, spec: serde_json::Value) -> HostPortClaim {
+    let mut value = json!({"metadata": {"name": name}, "spec": {"hostPortClassName": class}});
+    if let (Some(target), Some(extra)) = (value["spec"].as_object_mut(), spec.as_object()) {
+        target.extend(extra.clone());
+    }
+    serde_json::from_value(value).expect("claim")
+}
+
+async fn create(env: &Env, claim: &HostPortClaim) -> Result<HostPortClaim, kube::Error> {
+    env.claims().create(&PostParams::default(), claim).await
+}
+
+/// The ports of the HostPorts whose `claimRef.uid` is `claim`'s.
+async fn held_by(env: &Env, claim: &HostPortClaim) -> BTreeSet<u16> {
+    let uid = claim.uid().unwrap_or_default();
+    env.host_ports()
+        .list(&ListParams::default())
+        .await
+        .expect("HostPorts")
+        .items
+        .iter()
+        .filter(|hp| hp.claim_uid() == Some(uid.as_str()))
+        .filter_map(HostPort::port)
+        .collect()
+}
+
+/// Asserts `claim` is Bound to exactly `count` consecutive ports inside `pool`, each held by
+/// a HostPort of its own; returns them.
+async fn assert_whole_block(env: &Env, name: &str, count: u16, pool: (u16, u16)) -> BTreeSet<u16> {
+    let claim = env.bound(name).await;
+    let base = claim.bound_port().expect("bound");
+    let held = held_by(env, &claim).await;
+    let expected: BTreeSet<u16> = (base..base + count).collect();
+    assert_eq!(held, expected, "claim {name}: a whole block from its port");
+    assert!(
+        base >= pool.0 && base + count - 1 <= pool.1,
+        "{name}: {held:?}"
+    );
+    let status = claim.status.expect("status");
+    assert_eq!(
+        status.ports.as_deref(),
+        Some(format!("{base}-{}", base + count - 1).as_str())
+    );
+    assert_eq!(
+        claim.spec.host_port_name.as_deref(),
+        Some(HostPort::name_for_port(base).as_str())
+    );
+    held
+}
+
+#[tokio::test]
+async fn blocks_of_2_10_and_100_bind_whole_and_release_as_one() {
+    let env = Env::new("blocks").await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = block_class(&env, "media", &[(16200, 16399)], 100).await;
+    for (name, count) in [("two", 2), ("ten", 10), ("hundred", 100)] {
+        create(&env, &block_claim(name, &class, json!({"count": count})))
+            .await
+            .expect("claim");
+    }
+    let mut all = BTreeSet::new();
+    for (name, count) in [("two", 2), ("ten", 10), ("hundred", 100)] {
+        let held = assert_whole_block(&env, name, count, (16200, 16399)).await;
+        assert!(all.is_disjoint(&held), "{name} overlaps: {held:?}");
+        all.extend(held);
+    }
+    // Released as one: every HostPort of the block goes.
+    let hundred = env.bound("hundred").await;
+    env.claims()
+        .delete("hundred", &DeleteParams::default())
+        .await
+        .expect("delete");
+    env.wait_for("the block released", WAIT, || async {
+        let gone = env.claims().get_opt("hundred").await.ok()?.is_none();
+        (gone && held_by(&env, &hundred).await.is_empty()).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+/// Whether an aligned block of `count` free ports is left in `pool`, given the ports every
+/// HostPort holds.
+fn room_for(pool: (u16, u16), count: u16, alignment: u16, used: &BTreeSet<u16>) -> bool {
+    (pool.0..=pool.1 + 1 - count)
+        .filter(|base| base.is_multiple_of(alignment))
+        .any(|base| (base..base + count).all(|p| !used.contains(&p)))
+}
+
+#[tokio::test]
+async fn racing_blocks_of_two_controllers_never_overlap_and_waiters_really_do_not_fit() {
+    let env = Env::new("blocks-race").await;
+    let _first = env.start_controller(RunOptions::default());
+    let _second = env.start_controller(RunOptions::default());
+    // 60 ports, one held in the middle by a reservation: room for at most 14 blocks of 4
+    // (aligned to 2); fifteen claims race for them through two controllers.
+    let pool = (16400, 16459);
+    let class = block_class(&env, "media", &[(16400, 16459)], 10).await;
+    let reservation: HostPort = serde_json::from_value(json!({
+        "metadata": {"name": "port-16429"}, "spec": {"port": 16429, "hostPortClassName": class}
+    }))
+    .expect("reservation");
+    env.host_ports()
+        .create(&PostParams::default(), &reservation)
+        .await
+        .expect("reservation");
+    let creates = (0..15).map(|i| {
+        let claim = block_claim(
+            &format!("rtp-{i}"),
+            &class,
+            json!({"count": 4, "alignment": 2}),
+        );
+        let env = &env;
+        async move { create(env, &claim).await.expect("claim") }
+    });
+    futures::future::join_all(creates).await;
+    // Settled: every claim Bound to exactly its block or waiting for room with nothing held
+    // (HostPorts a losing controller made meanwhile are given back).
+    let (bound, waiting) = env
+        .wait_for(
+            "every claim bound to its block or waiting",
+            WAIT,
+            || async {
+                let claims = env.claims().list(&ListParams::default()).await.ok()?.items;
+                let (bound, waiting): (Vec<_>, Vec<_>) = claims
+                    .into_iter()
+                    .partition(|c| c.phase() == ClaimPhase::Bound);
+                let mut settled = bound.len() + waiting.len() == 15
+                    && waiting.iter().all(|c| {
+                        c.bound_condition()
+                            .is_some_and(|b| b.reason == "PoolExhausted")
+                    });
+                for claim in &bound {
+                    let base = claim.bound_port()?;
+                    settled &= held_by(&env, claim).await == (base..base + 4).collect();
+                }
+                for claim in &waiting {
+                    settled &= held_by(&env, claim).await.is_empty();
+                }
+                settled.then_some((bound, waiting))
+            },
+        )
+        .await;
+    let mut used: BTreeSet<u16> = BTreeSet::from([16429]);
+    for claim in &bound {
+        let held = held_by(&env, claim).await;
+        let base = claim.bound_port().expect("bound");
+        assert_eq!(held, (base..base + 4).collect(), "{}", claim.name_any());
+        assert_eq!(base % 2, 0, "aligned");
+        assert!(used.is_disjoint(&held), "overlap: {held:?} and {used:?}");
+        used.extend(&held);
+    }
+    for claim in &waiting {
+        assert!(held_by(&env, claim).await.is_empty(), "no half block");
+    }
+    assert!(!waiting.is_empty(), "15 blocks of 4 cannot fit in 59 ports");
+    assert!(
+        !room_for(pool, 4, 2, &used),
+        "a claim waits although a block fits: {used:?}"
+    );
+    // A block frees: a waiting claim gets one.
+    env.claims()
+        .delete(&bound[0].name_any(), &DeleteParams::default())
+        .await
+        .expect("delete");
+    env.bound(&waiting[0].name_any()).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_block_half_made_by_a_crash_is_completed_in_place() {
+    let env = Env::new("blocks-crash").await;
+    let class = block_class(&env, "media", &[(16460, 16479)], 8).await;
+    // The claim exists before any controller runs; then "a crashed controller" made 3 of
+    // its 5 HostPorts (16466-16468) and nothing else.
+    let claim = create(&env, &block_claim("rtp", &class, json!({"count": 5})))
+        .await
+        .expect("claim");
+    let uid = claim.uid().expect("uid");
+    for port in 16466..=16468 {
+        let host_port: HostPort = serde_json::from_value(json!({
+            "metadata": {"name": format!("port-{port}")},
+            "spec": {"port": port, "hostPortClassName": class,
+                     "claimRef": {"namespace": env.namespace, "name": "rtp", "uid": uid}}
+        }))
+        .expect("HostPort");
+        env.host_ports()
+            .create(&PostParams::default(), &host_port)
+            .await
+            .expect("a half-made block");
+    }
+    let _controller = env.start_controller(RunOptions::default());
+    let held = assert_whole_block(&env, "rtp", 5, (16460, 16479)).await;
+    assert_eq!(held, (16466..=16470).collect(), "completed where it began");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn block_requests_the_class_does_not_allow_or_that_cross_pools_are_refused() {
+    let env = Env::new("blocks-refused").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = block_class(&env, "media", &[(16480, 16489), (16490, 16499)], 8).await;
+    let message = |result: Result<HostPortClaim, kube::Error>| match result {
+        Err(kube::Error::Api(status)) => status.message,
+        other => panic!("expected a denial, got {other:?}"),
+    };
+    let too_large = message(create(&env, &block_claim("big", &class, json!({"count": 9}))).await);
+    assert!(
+        too_large.contains("its spec.maxBlockSize is 8"),
+        "{too_large}"
+    );
+    let crossing = message(
+        create(
+            &env,
+            &block_claim("cross", &class, json!({"count": 4, "port": 16488})),
+        )
+        .await,
+    );
+    assert!(
+        crossing.contains("do not lie inside one pool"),
+        "{crossing}"
+    );
+    // Bound, then edited: refused.
+    create(&env, &block_claim("rtp", &class, json!({"count": 4})))
+        .await
+        .expect("claim");
+    env.bound("rtp").await;
+    let edit = env
+        .claims()
+        .patch(
+            "rtp",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"count": 2}})),
+        )
+        .await;
+    let edit = message(edit);
+    assert!(edit.contains("count"), "{edit}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_block_costs_at_most_2n_plus_2_writes() {
+    let env = Env::new("blocks-writes").await;
+    let Some(server) = env.server() else {
+        eprintln!("skipped: counts requests on the in-process API server");
+        return;
+    };
+    let _controller = env.start_controller(RunOptions::default());
+    let class = block_class(&env, "media", &[(16500, 16519)], 10).await;
+    // The finalizer is the claim webhook's write, not the binding's: the claim carries it.
+    let mut claim = block_claim("rtp", &class, json!({"count": 10}));
+    claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);
+    server.reset_counts();
+    create(&env, &claim).await.expect("claim");
+    assert_whole_block(&env, "rtp", 10, (16500, 16519)).await;
+    // Settled: nothing more is written.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let controller = hostport_e2e::harness::controller_user().username;
+    let writes: u64 = server
+        .counts()
+        .into_iter()
+        .filter(|((user, verb, _), _)| {
+            *user == controller
+                && matches!(
+                    verb,
+                    kube_testserver::Verb::Create
+                        | kube_testserver::Verb::Update
+                        | kube_testserver::Verb::Patch
+                        | kube_testserver::Verb::Delete
+                )
+        })
+        .filter(|((_, _, resource), _)| {
+            [
+                "hostports",
+                "hostports/status",
+                "hostportclaims",
+                "hostportclaims/status",
+            ]
+            .contains(&resource.as_str())
+        })
+        .map(|(_, count)| count)
+        .sum();
+    assert!(writes <= 2 * 10 + 2, "{writes} writes for a block of 10");
+    env.cleanup().await;
+}
