@@ -20,6 +20,15 @@ pub const CLASS_PREFIX: &str = "class.hostport.rmb938.com/";
 /// (`port-policy.hostport.rmb938.com/<portName>: Passthrough`, beside a class annotation).
 pub const PORT_POLICY_PREFIX: &str = "port-policy.hostport.rmb938.com/";
 
+/// Prefix of the annotations that say how many ports a port's block has: written by the
+/// webhook beside the port annotation for a block claim (`count.hostport.rmb938.com/<portName>:
+/// "10"`, the first port being the port annotation's), and beside a class annotation by you to
+/// ask for a block made for the pod.
+pub const COUNT_PREFIX: &str = "count.hostport.rmb938.com/";
+/// Prefix of the annotations that ask for the alignment of a block made for the pod
+/// (`alignment.hostport.rmb938.com/<portName>: "2"`, beside a class and a count annotation).
+pub const ALIGNMENT_PREFIX: &str = "alignment.hostport.rmb938.com/";
+
 /// Service annotation (value `"true"`) that asks `hostport-publisher` in edge mode to
 /// forward the Service's ports.
 pub const FORWARD_SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
@@ -124,6 +133,14 @@ pub enum AnnotationError {
         /// Which rule it breaks.
         reason: String,
     },
+    /// A count or alignment annotation's value is not a number between 1 and 1024.
+    #[error("annotation {key:?} is {value:?}: it must be a number between 1 and 1024")]
+    InvalidBlockNumber {
+        /// The annotation key.
+        key: String,
+        /// The value given.
+        value: String,
+    },
     /// A port policy annotation's value is not a policy.
     #[error("annotation {key:?}: {reason}")]
     InvalidPortPolicy {
@@ -149,6 +166,38 @@ pub fn port_annotation_key(port_name: &str) -> String {
     format!("{PORT_PREFIX}{port_name}")
 }
 
+/// `count.hostport.rmb938.com/<port_name>`.
+pub fn count_annotation_key(port_name: &str) -> String {
+    format!("{COUNT_PREFIX}{port_name}")
+}
+
+/// `alignment.hostport.rmb938.com/<port_name>`.
+pub fn alignment_annotation_key(port_name: &str) -> String {
+    format!("{ALIGNMENT_PREFIX}{port_name}")
+}
+
+/// The number `annotations` give under `<prefix><port_name>`: `Ok(None)` when absent, an
+/// error naming the annotation when it is not a number between 1 and 1024.
+pub fn block_number(
+    annotations: &BTreeMap<String, String>,
+    prefix: &str,
+    port_name: &str,
+) -> Result<Option<u16>, AnnotationError> {
+    let key = format!("{prefix}{port_name}");
+    let Some(value) = annotations.get(&key) else {
+        return Ok(None);
+    };
+    value
+        .parse::<u16>()
+        .ok()
+        .filter(|n| (1..=1024).contains(n))
+        .map(Some)
+        .ok_or_else(|| AnnotationError::InvalidBlockNumber {
+            key,
+            value: value.clone(),
+        })
+}
+
 /// `port-policy.hostport.rmb938.com/<port_name>`.
 pub fn port_policy_annotation_key(port_name: &str) -> String {
     format!("{PORT_POLICY_PREFIX}{port_name}")
@@ -157,9 +206,16 @@ pub fn port_policy_annotation_key(port_name: &str) -> String {
 /// Whether `key` is a claim, class, port policy or port annotation of this project (all are
 /// fixed once a pod exists).
 pub fn is_hostport_annotation(key: &str) -> bool {
-    [CLAIM_PREFIX, PORT_PREFIX, CLASS_PREFIX, PORT_POLICY_PREFIX]
-        .iter()
-        .any(|prefix| key.starts_with(prefix))
+    [
+        CLAIM_PREFIX,
+        PORT_PREFIX,
+        CLASS_PREFIX,
+        PORT_POLICY_PREFIX,
+        COUNT_PREFIX,
+        ALIGNMENT_PREFIX,
+    ]
+    .iter()
+    .any(|prefix| key.starts_with(prefix))
 }
 
 /// The valid port name after `prefix` in `key`; `Ok(None)` when `key` has another prefix.

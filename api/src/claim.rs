@@ -224,11 +224,11 @@ pub struct HostPortClaimStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
-    /// Where the port is reachable from outside: one entry per protocol mapped on the router
-    /// (written by `hostport-publisher --mode router` when the class has
-    /// `spec.publish.router`; see the `Published` condition).
+    /// Where the port is reachable from outside: one entry per port (of a block: each) and
+    /// protocol mapped on the router (written by `hostport-publisher --mode router` when the
+    /// class has `spec.publish.router`; see the `Published` condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 2048))]
     pub external: Vec<ExternalEndpoint>,
 }
 

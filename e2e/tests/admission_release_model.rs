@@ -60,6 +60,7 @@ fn binding() -> Binding {
         claim_uid: "uid-a".into(),
         host_port: format!("port-{PORT}"),
         policy: hostport_api::PortPolicy::Mapped,
+        count: 1,
     }
 }
 

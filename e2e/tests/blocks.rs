@@ -314,3 +314,125 @@ async fn a_block_costs_at_most_2n_plus_2_writes() {
     assert!(writes <= 2 * 10 + 2, "{writes} writes for a block of 10");
     env.cleanup().await;
 }
+
+/// `(hostPort, containerPort, protocol)` of every port of `pod`'s first container.
+fn declared(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<(i32, i32, String)> {
+    pod.spec.as_ref().expect("spec").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            (
+                p.host_port.unwrap_or_default(),
+                p.container_port,
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            )
+        })
+        .collect()
+}
+
+/// A media server: container port `rtp` (UDP 10000); `annotations` name its claim or class.
+fn media_pod(name: &str, annotations: serde_json::Value) -> serde_json::Value {
+    json!({
+        "metadata": {"name": name, "labels": {"app": "media"}, "annotations": annotations},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "media", "image": hostport_e2e::pod_image(),
+            "ports": [{"name": "rtp", "containerPort": 10000, "protocol": "UDP"}],
+            "env": [
+                {"name": "RTP_BASE", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['port.hostport.rmb938.com/rtp']"}}},
+                {"name": "RTP_COUNT", "valueFrom": {"fieldRef": {
+                    "fieldPath": "metadata.annotations['count.hostport.rmb938.com/rtp']"}}}]}]}
+    })
+}
+
+#[tokio::test]
+async fn pods_get_their_whole_block_and_statefulset_replicas_each_keep_theirs() {
+    let env = Env::new("blocks-pods").await;
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = block_class(&env, "media", &[(16520, 16579)], 10).await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+
+    // A hand-made block claim: the pod gets every port of it, and the count.
+    create(&env, &block_claim("rtp", &class, json!({"count": 4})))
+        .await
+        .expect("claim");
+    let base = i32::from(env.bound("rtp").await.bound_port().expect("bound"));
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(media_pod(
+        "media",
+        json!({"claim.hostport.rmb938.com/rtp": "rtp"}),
+    ))
+    .expect("pod");
+    let stored = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("admitted");
+    let expected: Vec<(i32, i32, String)> = (0..4)
+        .map(|i| (base + i, 10000 + i, "UDP".to_owned()))
+        .collect();
+    assert_eq!(declared(&stored), expected);
+    assert_eq!(
+        stored
+            .annotations()
+            .get("count.hostport.rmb938.com/rtp")
+            .map(String::as_str),
+        Some("4")
+    );
+
+    // A StatefulSet of three, each replica a block of 5 (even base) made for it.
+    let template = media_pod(
+        "media",
+        json!({"class.hostport.rmb938.com/rtp": class,
+               "count.hostport.rmb938.com/rtp": "5",
+               "alignment.hostport.rmb938.com/rtp": "2"}),
+    );
+    let set: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "sfu"},
+        "spec": {"replicas": 3, "serviceName": "sfu", "podManagementPolicy": "Parallel",
+                 "selector": {"matchLabels": {"app": "media"}},
+                 "template": {"metadata": {"labels": template["metadata"]["labels"],
+                                           "annotations": template["metadata"]["annotations"]},
+                              "spec": template["spec"]}}
+    }))
+    .expect("statefulset");
+    let sets: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        kube::Api::namespaced(env.client.clone(), &env.namespace);
+    let set = sets
+        .create(&PostParams::default(), &set)
+        .await
+        .expect("statefulset");
+    let mut taken: BTreeSet<i32> = (base..base + 4).collect();
+    let mut first_block = vec![];
+    for ordinal in 0..3 {
+        let replica = hostport_e2e::workloads::statefulset_pod(&env, &set, ordinal, None).await;
+        let ports = declared(&replica);
+        assert_eq!(ports.len(), 5, "{ports:?}");
+        let first = ports[0].0;
+        assert_eq!(first % 2, 0, "aligned");
+        for (i, (host, container, _)) in ports.iter().enumerate() {
+            let i = i32::try_from(i).unwrap_or_default();
+            assert_eq!((*host, *container), (first + i, 10000 + i));
+            assert!(taken.insert(*host), "port {host} given twice");
+        }
+        if ordinal == 0 {
+            first_block = ports;
+        }
+    }
+    // Replica 0 recreated: the same block.
+    let zero = pods.get("sfu-0").await.expect("sfu-0");
+    pods.delete("sfu-0", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("deleted");
+    if env.server().is_some() {
+        env.wait_for("sfu-0 gone", WAIT, || async {
+            matches!(pods.get_opt("sfu-0").await, Ok(None)).then_some(())
+        })
+        .await;
+    }
+    let again =
+        hostport_e2e::workloads::statefulset_pod(&env, &set, 0, zero.metadata.uid.as_deref()).await;
+    assert_eq!(declared(&again), first_block, "sfu-0 keeps its block");
+    env.cleanup().await;
+}

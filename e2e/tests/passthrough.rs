@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hostport_controller::RunOptions;
 use hostport_e2e::harness::Env;
-use hostport_e2e::workloads::{PodName, pod_from_template};
+use hostport_e2e::workloads::statefulset_pod;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -195,32 +195,6 @@ async fn passthrough_needs_a_class_that_allows_it() {
     env.cleanup().await;
 }
 
-/// StatefulSet `arena`'s pod 0 as the StatefulSet controller makes it: by the real one on a
-/// cluster, by the scenario on the in-process server (which runs no controllers).
-async fn arena_pod(env: &Env, set: &StatefulSet, previous: Option<&str>) -> Pod {
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-    if env.server().is_some() {
-        let template = &set.spec.as_ref().expect("spec").template;
-        let uid = set.metadata.uid.clone().unwrap_or_default();
-        let pod = pod_from_template(
-            template,
-            &env.namespace,
-            PodName::Name("arena-0"),
-            ("apps/v1", "StatefulSet", "arena", &uid),
-        );
-        return pods
-            .create(&PostParams::default(), &pod)
-            .await
-            .expect("admitted");
-    }
-    env.wait_for("arena-0 made by the StatefulSet", WAIT, || async {
-        let pod = pods.get_opt("arena-0").await.ok()??;
-        (pod.metadata.uid.as_deref() != previous && pod.metadata.deletion_timestamp.is_none())
-            .then_some(pod)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_statefulset_pod_keeps_its_passthrough_port() {
     let env = Env::new("passthrough-keep").await;
@@ -250,7 +224,7 @@ async fn a_statefulset_pod_keeps_its_passthrough_port() {
         .create(&PostParams::default(), &set)
         .await
         .expect("statefulset");
-    let first = arena_pod(&env, &set, None).await;
+    let first = statefulset_pod(&env, &set, 0, None).await;
     let (port, host_port) = ports(&first, 0);
     assert_eq!(Some(port), host_port);
     assert!((16120..=16129).contains(&port), "{port}");
@@ -270,7 +244,7 @@ async fn a_statefulset_pod_keeps_its_passthrough_port() {
         })
         .await;
     }
-    let again = arena_pod(&env, &set, first.metadata.uid.as_deref()).await;
+    let again = statefulset_pod(&env, &set, 0, first.metadata.uid.as_deref()).await;
     assert_eq!(ports(&again, 0), (port, Some(port)), "the same port");
     env.cleanup().await;
 }

@@ -141,10 +141,45 @@ pub fn claimed_ports<'a>(
                     port,
                     protocol,
                 });
+                // The rest of a block: the ports the webhook added with the block's host
+                // ports, same protocol.
+                for (further, served_by) in block_ports(pod, claim, port, container_port) {
+                    used.push(ClaimedPort {
+                        pod,
+                        claim,
+                        class,
+                        container_port: served_by,
+                        port: further,
+                        protocol,
+                    });
+                }
             }
         }
     }
     used
+}
+
+/// The further ports of `claim`'s block from `first` (none for a single port), each with the
+/// container port of the pod that declares it as its host port with `named`'s protocol.
+fn block_ports<'p>(
+    pod: &'p Pod,
+    claim: &HostPortClaim,
+    first: u16,
+    named: &ContainerPort,
+) -> Vec<(u16, &'p ContainerPort)> {
+    let protocol = named.protocol.as_deref().unwrap_or("TCP");
+    (1..claim.spec.count())
+        .filter_map(|i| first.checked_add(i))
+        .filter_map(|port| {
+            container_ports(pod)
+                .map(|(_, p)| p)
+                .find(|p| {
+                    p.host_port == Some(i32::from(port))
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })
+                .map(|p| (port, p))
+        })
+        .collect()
 }
 
 /// The container ports named `name` that can serve a host port.
@@ -158,7 +193,7 @@ fn named_ports<'p, 'n>(
 }
 
 /// The ports claims may hold: every port of every class's pools (whether the class opted in
-/// or not) and every claim's bound port (a Go-era HostPort may lie outside today's pools).
+/// or not) and every claim's bound ports (a Go-era HostPort may lie outside today's pools).
 /// A Service never gets one of them forwarded or mapped: claims win over Services.
 pub fn claimable_ports(classes: &[Arc<HostPortClass>], claims: &[Arc<HostPortClaim>]) -> PortSet {
     let mut ports = PortSet::default();
@@ -167,8 +202,12 @@ pub fn claimable_ports(classes: &[Arc<HostPortClass>], claims: &[Arc<HostPortCla
             ports.fill(range);
         }
     }
-    for port in claims.iter().filter_map(|c| c.bound_port()) {
-        ports.insert(port);
+    for claim in claims {
+        if let Some(first) = claim.bound_port() {
+            for port in (0..claim.spec.count()).filter_map(|i| first.checked_add(i)) {
+                ports.insert(port);
+            }
+        }
     }
     ports
 }

@@ -189,7 +189,7 @@ impl Context {
         if let Some(host_port) = &cached
             && let Ok(binding) = verify_binding(claim, host_port)
         {
-            return ClaimState::Bound(binding);
+            return self.with_rest_of_block(binding).await;
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
         let what = format!("HostPort {host_port_name:?}");
@@ -203,9 +203,44 @@ impl Context {
             };
         };
         match verify_binding(claim, &host_port) {
-            Ok(binding) => ClaimState::Bound(binding),
+            Ok(binding) => self.with_rest_of_block(binding).await,
             Err(why) => ClaimState::Unverified { why },
         }
+    }
+
+    /// `binding` once every further port of its block is held by a HostPort of the claim
+    /// (`port-<n>`, `claimRef.uid`): the cache first, then the API server for what it lacks.
+    async fn with_rest_of_block(&self, binding: Binding) -> ClaimState {
+        let api: Api<HostPort> = Api::all(self.client.clone());
+        for port in (1..binding.count).filter_map(|i| binding.port.checked_add(i)) {
+            let name = HostPort::name_for_port(port);
+            let ours = |hp: &HostPort| {
+                hp.claim_uid() == Some(binding.claim_uid.as_str())
+                    && hp.port() == Some(port)
+                    && hp.metadata.deletion_timestamp.is_none()
+            };
+            if self
+                .host_ports
+                .get(&ObjectRef::new(&name))
+                .is_some_and(|hp| ours(&hp))
+            {
+                continue;
+            }
+            let what = format!("HostPort {name:?}");
+            match self.read(&api, &name, &what).await {
+                Ok(Some(fresh)) if ours(&fresh) => {}
+                Ok(_) => {
+                    return ClaimState::Unverified {
+                        why: format!(
+                            "port {port} of its block of {} is not held by a HostPort {name:?} of it",
+                            binding.count
+                        ),
+                    };
+                }
+                Err(why) => return ClaimState::Pending { why: Some(why) },
+            }
+        }
+        ClaimState::Bound(binding)
     }
 
     /// A class, from the cache, else from the API server (bounded).
@@ -389,6 +424,7 @@ pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Bin
         claim_uid,
         host_port: name,
         policy: claim.spec.port_policy(),
+        count: claim.spec.count(),
     })
 }
 

@@ -58,6 +58,8 @@ pub struct Binding {
     pub host_port: String,
     /// How the pod uses the port (the claim's `spec.portPolicy`).
     pub policy: PortPolicy,
+    /// How many ports from `port` (a block: more than 1), each verified held by the claim.
+    pub count: u16,
 }
 
 impl ClaimState {
@@ -108,8 +110,10 @@ pub type ClaimStates = BTreeMap<String, ClaimState>;
 pub(super) struct PortSlot {
     /// JSON pointer of the port, e.g. `/spec/containers/0/ports/1`.
     pointer: String,
+    /// JSON pointer of its container's ports, e.g. `/spec/containers/0/ports`.
+    pub(super) ports_pointer: String,
     /// Field path for messages, e.g. `spec.containers[0].ports[1]`.
-    field: String,
+    pub(super) field: String,
     host_port: Option<i32>,
     pub(super) container_port: i32,
     /// TCP, UDP or SCTP (the API's default: TCP).
@@ -130,6 +134,7 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
         } = place;
         let slot = PortSlot {
             pointer: format!("/spec/{list}/{ci}/ports/{pi}"),
+            ports_pointer: format!("/spec/{list}/{ci}/ports"),
             field: format!("spec.{list}[{ci}].ports[{pi}]"),
             host_port: port.host_port.filter(|p| *p != 0),
             container_port: port.container_port,
@@ -145,11 +150,11 @@ fn named_ports(pod: &Pod) -> (BTreeMap<String, Vec<PortSlot>>, Vec<PortSlot>) {
 }
 
 /// JSON pointer escaping of one path segment (`/` → `~1`, `~` → `~0`).
-fn escape(segment: &str) -> String {
+pub(super) fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn add(pointer: &str, value: Value) -> Option<PatchOperation> {
+pub(super) fn add(pointer: &str, value: Value) -> Option<PatchOperation> {
     Some(PatchOperation::Add(AddOperation {
         path: json_patch::jsonptr::PointerBuf::parse(pointer).ok()?,
         value,
@@ -177,7 +182,7 @@ pub fn uses_host_network(pod: &Pod) -> bool {
 pub struct NewPod<'a> {
     pub(super) pod: &'a Pod,
     pub(super) annotations: BTreeMap<String, String>,
-    claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
+    pub(super) claims: Result<Vec<ClaimAnnotation>, AnnotationError>,
     classes: Result<Vec<ClassAnnotation>, AnnotationError>,
     policies: Result<Vec<PortPolicyAnnotation>, AnnotationError>,
     pub(super) named: BTreeMap<String, Vec<PortSlot>>,
@@ -245,6 +250,7 @@ pub(super) fn check_pod(
         .collect();
     check_stray_port_annotations(pod, &claimed)?;
     check_port_policies(pod, claims, classes)?;
+    super::block::check_block_annotations(pod, claims, classes)?;
     check_unclaimed_host_ports(pod, &claimed)?;
     Ok((claims.clone(), classes.clone()))
 }
@@ -437,6 +443,13 @@ fn patch_claimed_port(
             Value::String(port.to_string()),
         ));
     }
+    operations.extend(super::block::block_operations(
+        pod,
+        slot,
+        binding,
+        claim,
+        passthrough,
+    )?);
     Ok(operations)
 }
 

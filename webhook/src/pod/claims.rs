@@ -10,7 +10,9 @@
 
 use std::collections::BTreeSet;
 
-use hostport_api::annotations::{ClaimAnnotation, port_policy_annotation_key};
+use hostport_api::annotations::{
+    ClaimAnnotation, count_annotation_key, port_policy_annotation_key,
+};
 use hostport_api::pod_claims::{ADMITTED_LABEL, STATEFULSET_LABEL, admitted_at, is_pod_claim};
 use hostport_api::port_set::PortSet;
 use hostport_api::ports::{describe_ranges, distinct_port_count};
@@ -65,8 +67,12 @@ pub async fn make(
         }
         let object = plan.object(namespace, now);
         if let Some((reason, rule)) = class.refuses_claim_spec(&object.spec) {
-            let asking =
-                port_policy_annotation_key(plan.port_names.first().map_or("", String::as_str));
+            let port_name = plan.port_names.first().map_or("", String::as_str);
+            let asking = if reason == reasons::BLOCK_TOO_LARGE {
+                count_annotation_key(port_name)
+            } else {
+                port_policy_annotation_key(port_name)
+            };
             return Err(deny(
                 reason,
                 format!(
@@ -85,8 +91,11 @@ pub async fn make(
             ));
         }
         // Ports predicted for this admission's earlier new claims are not offered twice.
-        let taken: Vec<u16> = new.iter().map(|(.., port)| *port).collect();
-        let port = free_port(ctx, &class, &taken).ok_or_else(|| exhausted(plan, &class))?;
+        let taken: Vec<u16> = new
+            .iter()
+            .flat_map(|(plan, _, base)| (0..plan.count).filter_map(|i| base.checked_add(i)))
+            .collect();
+        let port = free_block(ctx, &class, plan, &taken).ok_or_else(|| exhausted(plan, &class))?;
         new.push((plan, object, port));
     }
     let mut made = Made::default();
@@ -110,6 +119,7 @@ pub async fn make(
                 claim_uid: String::new(),
                 host_port: hostport_api::HostPort::name_for_port(port),
                 policy: plan.policy,
+                count: plan.count,
             };
             made.predicted.insert(name, ClaimState::Bound(binding));
             continue;
@@ -249,6 +259,18 @@ fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
             ),
         ));
     }
+    if (existing.spec.count(), existing.spec.alignment()) != (plan.count, plan.alignment) {
+        return Err(deny(
+            reasons::POD_CLAIM_CONFLICT,
+            format!(
+                "annotation {key:?} asks for a block of {} (alignment {}), but HostPortClaim {name:?}, made for an earlier pod of this name, is a block of {} (alignment {}): delete the claim to change the block",
+                plan.count,
+                plan.alignment,
+                existing.spec.count(),
+                existing.spec.alignment()
+            ),
+        ));
+    }
     if let Some(owner) = existing.owner_references().iter().find(|o| o.kind == "Pod") {
         return Err(deny(
             reasons::POD_CLAIM_CONFLICT,
@@ -261,8 +283,14 @@ fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
     Ok(())
 }
 
-/// The lowest port of `class` no cached HostPort holds and `also_taken` does not list.
-fn free_port(ctx: &Context, class: &HostPortClass, also_taken: &[u16]) -> Option<u16> {
+/// The first port of the lowest free block `plan` asks for in `class` (a single port: the
+/// lowest free port) that no cached HostPort holds and `also_taken` does not list.
+fn free_block(
+    ctx: &Context,
+    class: &HostPortClass,
+    plan: &PodClaim,
+    also_taken: &[u16],
+) -> Option<u16> {
     let mut used = PortSet::default();
     for host_port in ctx.host_ports.state() {
         if let Some(port) = host_port.port() {
@@ -272,21 +300,34 @@ fn free_port(ctx: &Context, class: &HostPortClass, also_taken: &[u16]) -> Option
     for port in also_taken {
         used.insert(*port);
     }
-    used.lowest_free(&class.ranges())
+    used.lowest_free_run(&class.ranges(), plan.count, plan.alignment)
 }
 
 fn exhausted(plan: &PodClaim, class: &HostPortClass) -> Verdict {
     let ranges = class.ranges();
-    deny(
-        reasons::POOL_EXHAUSTED,
+    let message = if plan.count > 1 {
+        format!(
+            "annotation {:?} names HostPortClass {:?}, whose pools ({}) have no {} consecutive free ports{} left: free a block (delete a claim) or add a pool to the class, then create the pod again",
+            plan.key,
+            plan.class,
+            describe_ranges(&ranges),
+            plan.count,
+            if plan.alignment > 1 {
+                format!(" starting at a multiple of {}", plan.alignment)
+            } else {
+                String::new()
+            }
+        )
+    } else {
         format!(
             "annotation {:?} names HostPortClass {:?}, whose {} ports ({}) are all in use: free a port (delete a claim) or add a pool to the class, then create the pod again",
             plan.key,
             plan.class,
             distinct_port_count(&ranges),
             describe_ranges(&ranges)
-        ),
-    )
+        )
+    };
+    deny(reasons::POOL_EXHAUSTED, message)
 }
 
 #[cfg(test)]
@@ -305,6 +346,8 @@ mod tests {
             labels: Default::default(),
             owner: None,
             policy: hostport_api::PortPolicy::Mapped,
+            count: 1,
+            alignment: 1,
         }
     }
 

@@ -3,8 +3,9 @@
 //! the decision on what holds after the wait); `check` is the pure decision (which container
 //! port gets which host port, as a JSONPatch, or a denial); `plan` plans the claims of class
 //! annotations (pure); `claims` makes them (I/O); `passthrough` moves the probes of ports
-//! whose number changes (pure).
+//! whose number changes (pure); `block` adds the further ports of a block (pure).
 
+mod block;
 mod check;
 pub mod claims;
 mod passthrough;

@@ -45,6 +45,10 @@ pub struct PodClaim {
     pub owner: Option<OwnerReference>,
     /// Its `spec.portPolicy` (the port policy annotation of its first port).
     pub policy: PortPolicy,
+    /// Its `spec.count` (the count annotation of its first port; 1: one port).
+    pub count: u16,
+    /// Its `spec.alignment` (1: any).
+    pub alignment: u16,
 }
 
 impl PodClaim {
@@ -72,6 +76,8 @@ impl PodClaim {
             spec: HostPortClaimSpec {
                 // Left out when Mapped, as a claim written by hand would be.
                 port_policy: (self.policy != PortPolicy::Mapped).then_some(self.policy),
+                count: (self.count > 1).then_some(i32::from(self.count)),
+                alignment: (self.alignment > 1).then_some(i32::from(self.alignment)),
                 ..HostPortClaimSpec::of_class(&self.class)
             },
             status: None,
@@ -130,8 +136,11 @@ pub fn plan(pod: &NewPod, host_network_allowed: bool) -> Result<Vec<PodClaim>, V
         });
     for (order, container_port, class, key) in wanted {
         let policy = pod.port_policy(&class.port_name);
+        let (count, alignment) = super::block::requested_block(pod, &class.port_name);
         if let Some((_, _, group)) = groups.iter_mut().find(|(_, port, group)| {
-            *port == container_port && group.class == class.class_name && group.policy == policy
+            *port == container_port
+                && group.class == class.class_name
+                && (group.policy, group.count, group.alignment) == (policy, count, alignment)
         }) {
             group.port_names.push(class.port_name.clone());
             continue;
@@ -170,6 +179,8 @@ pub fn plan(pod: &NewPod, host_network_allowed: bool) -> Result<Vec<PodClaim>, V
                 labels: labels.clone(),
                 owner: owner.clone(),
                 policy,
+                count,
+                alignment,
             },
         ));
     }
@@ -292,6 +303,27 @@ mod tests {
             plans[1].object("games", 0).spec.port_policy,
             Some(PortPolicy::Passthrough)
         );
+    }
+
+    #[test]
+    fn count_and_alignment_annotations_make_a_block_claim() {
+        let pod = pod(
+            json!({"name": "media-0", "annotations": {
+                "class.hostport.rmb938.com/rtp": "media",
+                "class.hostport.rmb938.com/rtp-tcp": "media",
+                "count.hostport.rmb938.com/rtp": "10",
+                "alignment.hostport.rmb938.com/rtp": "2"}}),
+            json!([
+                {"name": "rtp", "containerPort": 10000, "protocol": "UDP"},
+                {"name": "rtp-tcp", "containerPort": 10000, "protocol": "TCP"}
+            ]),
+        );
+        let plans = plan(&NewPod::new(&pod), false).expect("plan");
+        assert_eq!(plans.len(), 2, "a block and a single port share no claim");
+        let spec = plans[0].object("media", 0).spec;
+        assert_eq!((spec.count, spec.alignment), (Some(10), Some(2)));
+        let single = plans[1].object("media", 0).spec;
+        assert_eq!((single.count, single.alignment), (None, None));
     }
 
     #[test]

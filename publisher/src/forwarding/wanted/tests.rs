@@ -314,3 +314,56 @@ fn node_mode_forwards_only_to_pod_addresses_of_its_node() {
     let all: Ipv4Cidr = "0.0.0.0/0".parse().expect("cidr");
     assert!(all.contains(Ipv4Addr::new(203, 0, 113, 1)));
 }
+
+#[test]
+fn every_port_of_a_block_is_forwarded_and_claimed() {
+    let classes = [class("media", true, true)];
+    let block: Arc<HostPortClaim> = Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": "rtp", "namespace": "games"},
+            "spec": {"hostPortClassName": "media", "hostPortName": "port-9010", "count": 3},
+            "status": {"phase": "Bound", "port": 9010}
+        }))
+        .expect("claim"),
+    );
+    // As the webhook admits it: the named first port and one more per port of the block.
+    let media: Arc<Pod> = Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "media-0", "namespace": "games", "annotations": {
+                "claim.hostport.rmb938.com/rtp": "rtp"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "media", "ports": [
+                {"name": "rtp", "containerPort": 10000, "hostPort": 9010, "protocol": "UDP"},
+                {"containerPort": 10001, "hostPort": 9011, "protocol": "UDP"},
+                {"containerPort": 10002, "hostPort": 9012, "protocol": "UDP"},
+                // Not the block's protocol: not its port.
+                {"containerPort": 10003, "hostPort": 9013, "protocol": "TCP"}]}]},
+            "status": {"phase": "Running", "hostIP": "198.51.100.2", "podIP": "10.0.0.9"}
+        }))
+        .expect("pod"),
+    );
+    let claims = [block];
+    let pods = [media];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let wanted = edge(inputs, &DenyList::default());
+    assert_eq!(wanted.forwards.len(), 3, "{:?}", wanted.forwards);
+    for port in 9010..=9012 {
+        assert_eq!(
+            wanted.forwards.get(Protocol::Udp, port),
+            Some(target("198.51.100.2", port))
+        );
+    }
+    // Node mode: each port to its own container port.
+    let wanted = node(inputs, "n1", &[], &DenyList::default());
+    assert_eq!(
+        wanted.forwards.get(Protocol::Udp, 9012),
+        Some(target("10.0.0.9", 10002))
+    );
+    let claimable = claimable_ports(&[], &claims);
+    assert!((9010..=9012).all(|p| claimable.contains(p)));
+    assert!(!claimable.contains(9013));
+}

@@ -32,6 +32,7 @@ fn bound(port: u16) -> ClaimState {
         claim_uid: "uid-1".into(),
         host_port: format!("port-{port}"),
         policy: PortPolicy::Mapped,
+        count: 1,
     })
 }
 
@@ -329,6 +330,7 @@ fn a_claim_read_again_after_a_wait_is_used_only_if_its_binding_stands() {
         claim_uid: "uid-1".into(),
         host_port: "port-37000".into(),
         policy: PortPolicy::Mapped,
+        count: 1,
     };
     assert_eq!(
         ClaimState::recheck(&before, ClaimState::Bound(before.clone())),
@@ -389,6 +391,7 @@ fn bound_passthrough(port: u16) -> ClaimState {
         claim_uid: "uid-1".into(),
         host_port: format!("port-{port}"),
         policy: PortPolicy::Passthrough,
+        count: 1,
     })
 }
 
@@ -506,5 +509,134 @@ fn the_port_policy_annotation_is_fixed_once_the_pod_exists() {
     assert!(matches!(
         admit_update(&before, &after),
         Verdict::Deny { reason, .. } if reason == reasons::ANNOTATION_CHANGED
+    ));
+}
+
+/// A verified binding to a block of `count` ports from `port`.
+fn bound_block(port: u16, count: u16, policy: PortPolicy) -> ClaimState {
+    ClaimState::Bound(Binding {
+        port,
+        claim_uid: "uid-1".into(),
+        host_port: format!("port-{port}"),
+        policy,
+        count,
+    })
+}
+
+#[test]
+fn a_block_claim_gives_the_pod_one_port_per_port_and_the_count() {
+    let p = pod(json!({
+        "metadata": {"name": "media", "annotations": {"claim.hostport.rmb938.com/rtp": "game"}},
+        "spec": {"containers": [{"name": "media", "image": "m",
+            "ports": [{"name": "rtp", "containerPort": 10000, "protocol": "UDP"}]}]}
+    }));
+    let patched = apply(
+        &p,
+        &admit(&p, false, claims(bound_block(31000, 4, PortPolicy::Mapped))),
+    );
+    let ports = patched["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .clone();
+    let pairs: Vec<(i64, i64, String)> = ports
+        .iter()
+        .map(|p| {
+            (
+                p["containerPort"].as_i64().unwrap_or_default(),
+                p["hostPort"].as_i64().unwrap_or_default(),
+                p["protocol"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        (0..4)
+            .map(|i| (10000 + i, 31000 + i, "UDP".to_owned()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(ports[0]["name"], "rtp");
+    let annotations = &patched["metadata"]["annotations"];
+    assert_eq!(annotations["port.hostport.rmb938.com/rtp"], "31000");
+    assert_eq!(annotations["count.hostport.rmb938.com/rtp"], "4");
+
+    // Passthrough: the container ports are the host ports.
+    let patched = apply(
+        &p,
+        &admit(
+            &p,
+            false,
+            claims(bound_block(31000, 3, PortPolicy::Passthrough)),
+        ),
+    );
+    let ports = patched["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .clone();
+    for (i, port) in ports.iter().enumerate() {
+        assert_eq!(port["containerPort"], port["hostPort"], "{i}");
+        assert_eq!(
+            port["hostPort"],
+            31000 + i64::try_from(i).unwrap_or_default()
+        );
+    }
+}
+
+#[test]
+fn block_annotations_that_lie_or_collide_are_refused() {
+    let with = |annotations: Value, ports: Value| {
+        pod(
+            json!({"metadata": {"name": "media", "annotations": annotations},
+            "spec": {"containers": [{"name": "media", "image": "m", "ports": ports}]}}),
+        )
+    };
+    let rtp = json!([{"name": "rtp", "containerPort": 10000, "protocol": "UDP"}]);
+    for (annotations, ports, expected) in [
+        (
+            json!({"claim.hostport.rmb938.com/rtp": "game", "count.hostport.rmb938.com/rtp": "8"}),
+            rtp.clone(),
+            "holds 4 port(s)",
+        ),
+        (
+            json!({"count.hostport.rmb938.com/rtp": "4"}),
+            rtp.clone(),
+            "gets no claim made for the pod",
+        ),
+        (
+            json!({"claim.hostport.rmb938.com/rtp": "game", "alignment.hostport.rmb938.com/rtp": "2"}),
+            rtp.clone(),
+            "a hand-made claim's spec.alignment decides",
+        ),
+        (
+            json!({"class.hostport.rmb938.com/rtp": "media", "count.hostport.rmb938.com/rtp": "0"}),
+            rtp.clone(),
+            "it must be a number between 1 and 1024",
+        ),
+        (
+            json!({"claim.hostport.rmb938.com/rtp": "game"}),
+            json!([{"name": "rtp", "containerPort": 10000, "protocol": "UDP"},
+                   {"name": "rtcp", "containerPort": 10001, "protocol": "UDP"}]),
+            "declares it already",
+        ),
+        (
+            json!({"claim.hostport.rmb938.com/rtp": "game"}),
+            json!([{"name": "rtp", "containerPort": 65534, "protocol": "UDP"}]),
+            "run past container port 65535",
+        ),
+    ] {
+        let p = with(annotations.clone(), ports);
+        let verdict = admit(&p, false, claims(bound_block(31000, 4, PortPolicy::Mapped)));
+        assert!(
+            matches!(&verdict, Verdict::Deny { message, .. } if message.contains(expected)),
+            "{annotations}: {verdict:?}"
+        );
+    }
+    // A count annotation that says what the claim holds is fine.
+    let p = with(
+        json!({"claim.hostport.rmb938.com/rtp": "game", "count.hostport.rmb938.com/rtp": "4"}),
+        rtp,
+    );
+    assert!(matches!(
+        admit(&p, false, claims(bound_block(31000, 4, PortPolicy::Mapped))),
+        Verdict::Patch(_)
     ));
 }
