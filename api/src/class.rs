@@ -83,6 +83,15 @@ pub struct HostPortClassSpec {
     /// class.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_passthrough: bool,
+    /// Whether `hostNetwork: true` pods may use ports of this class. Such a pod binds the
+    /// node's ports itself: its claimed ports are declared with `containerPort` = `hostPort`
+    /// = the allocated port (so the scheduler keeps two of them off one node), and a
+    /// `hostNetwork` pod that claims nothing, or claims from a class that does not allow
+    /// it, is refused (`HostNetworkNotAllowed`). Default false. An admin's decision: the
+    /// kernel does not stop such a pod from binding other ports; allow it for programs you
+    /// trust to bind only the ports they are given.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_host_network: bool,
     /// The largest block of consecutive ports (`spec.count` of a claim, or the annotation
     /// `count.hostport.rmb938.com/<portName>` of a pod) a claim of this class may ask for.
     /// Unset: 1, no blocks; larger claims are refused (`BlockTooLarge`). A block lies inside
@@ -257,6 +266,7 @@ impl HostPortClassSpec {
             max_claims_per_namespace: None,
             publish: None,
             allow_passthrough: false,
+            allow_host_network: false,
             max_block_size: None,
         }
     }

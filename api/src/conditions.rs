@@ -65,6 +65,8 @@ pub mod reasons {
     pub const PASSTHROUGH_NOT_ALLOWED: &str = "PassthroughNotAllowed";
     /// The claim asks for a block larger than its class's `maxBlockSize`.
     pub const BLOCK_TOO_LARGE: &str = "BlockTooLarge";
+    /// A `hostNetwork` pod asks for a port of a class that does not allow such pods.
+    pub const HOST_NETWORK_NOT_ALLOWED: &str = "HostNetworkNotAllowed";
     /// The claim's block cannot be: its `spec.port` is not a multiple of `spec.alignment`.
     pub const INVALID_BLOCK: &str = "InvalidBlock";
     /// The claim is being deleted and pods still reference it.

@@ -61,6 +61,7 @@ fn binding() -> Binding {
         host_port: format!("port-{PORT}"),
         policy: hostport_api::PortPolicy::Mapped,
         count: 1,
+        host_network: false,
     }
 }
 

@@ -33,7 +33,7 @@ async fn every_sample_applies_and_works() {
             "namespace.yaml" => 0,
             "hostportclass.yaml" => 1,
             // Its class first, then its claim, then its pod: one file.
-            "passthrough.yaml" => 3,
+            "passthrough.yaml" | "media-blocks.yaml" | "host-network.yaml" => 3,
             _ if text.contains("kind: Pod") => 3,
             _ => 2,
         }
@@ -107,6 +107,40 @@ async fn every_sample_applies_and_works() {
             .map(|t| t.port),
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(srcds))
     );
+    // media-blocks.yaml: the pod has all 10 ports of the block, from an even base.
+    let sfu = pods.get("sfu").await.expect("sfu pod");
+    let base = sfu
+        .annotations()
+        .get("port.hostport.rmb938.com/rtp")
+        .and_then(|p| p.parse::<i32>().ok())
+        .expect("base");
+    assert_eq!(base % 2, 0);
+    assert_eq!(
+        sfu.annotations()
+            .get("count.hostport.rmb938.com/rtp")
+            .map(String::as_str),
+        Some("10")
+    );
+    let ports: Vec<(i32, Option<i32>)> = sfu.spec.expect("spec").containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.container_port, p.host_port))
+        .collect();
+    assert_eq!(
+        ports,
+        (0..10)
+            .map(|i| (10000 + i, Some(base + i)))
+            .collect::<Vec<_>>()
+    );
+    // host-network.yaml: containerPort = hostPort = the port of the claim made for it.
+    let db = pods.get("db").await.expect("db pod");
+    let port = &db.spec.expect("spec").containers[0]
+        .ports
+        .clone()
+        .expect("ports")[0];
+    assert_eq!(Some(port.container_port), port.host_port);
+    assert!((9900..=9949).contains(&port.container_port), "{port:?}");
     let echo = pods.get("echo").await.expect("echo pod");
     assert!(
         echo.metadata

@@ -432,7 +432,7 @@ async fn host_network_pods_are_refused() {
     .expect("pod");
     denied(
         pods.create(&PostParams::default(), &host_network).await,
-        "spec.hostNetwork is true, so the pod uses every host port of its node",
+        "spec.hostNetwork is true and the pod claims no port, so it would use any host port of its node",
     );
     // A cluster admin opts the namespace out.
     Api::<Namespace>::all(env.client.clone())

@@ -189,7 +189,7 @@ impl Context {
         if let Some(host_port) = &cached
             && let Ok(binding) = verify_binding(claim, host_port)
         {
-            return self.with_rest_of_block(binding).await;
+            return self.complete_binding(claim, binding).await;
         }
         let api: Api<HostPort> = Api::all(self.client.clone());
         let what = format!("HostPort {host_port_name:?}");
@@ -203,14 +203,15 @@ impl Context {
             };
         };
         match verify_binding(claim, &host_port) {
-            Ok(binding) => self.with_rest_of_block(binding).await,
+            Ok(binding) => self.complete_binding(claim, binding).await,
             Err(why) => ClaimState::Unverified { why },
         }
     }
 
     /// `binding` once every further port of its block is held by a HostPort of the claim
-    /// (`port-<n>`, `claimRef.uid`): the cache first, then the API server for what it lacks.
-    async fn with_rest_of_block(&self, binding: Binding) -> ClaimState {
+    /// (`port-<n>`, `claimRef.uid`; the cache first, then the API server for what it lacks),
+    /// with what its class allows.
+    async fn complete_binding(&self, claim: &HostPortClaim, mut binding: Binding) -> ClaimState {
         let api: Api<HostPort> = Api::all(self.client.clone());
         for port in (1..binding.count).filter_map(|i| binding.port.checked_add(i)) {
             let name = HostPort::name_for_port(port);
@@ -240,6 +241,10 @@ impl Context {
                 Err(why) => return ClaimState::Pending { why: Some(why) },
             }
         }
+        binding.host_network = self
+            .class(&claim.spec.host_port_class_name)
+            .await
+            .is_some_and(|c| c.spec.allow_host_network);
         ClaimState::Bound(binding)
     }
 
@@ -425,6 +430,7 @@ pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Bin
         host_port: name,
         policy: claim.spec.port_policy(),
         count: claim.spec.count(),
+        host_network: false,
     })
 }
 

@@ -95,6 +95,9 @@ pub mod reasons {
         hostport_api::conditions::reasons::PASSTHROUGH_NOT_ALLOWED;
     /// A claim asks for a block larger than its class's `maxBlockSize`.
     pub const BLOCK_TOO_LARGE: &str = hostport_api::conditions::reasons::BLOCK_TOO_LARGE;
+    /// A `hostNetwork` pod claims a port of a class that does not allow such pods.
+    pub const HOST_NETWORK_NOT_ALLOWED: &str =
+        hostport_api::conditions::reasons::HOST_NETWORK_NOT_ALLOWED;
     /// A port policy annotation on a port that gets no claim made for the pod.
     pub const STRAY_PORT_POLICY: &str = "StrayPortPolicy";
 }

@@ -295,6 +295,35 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     );
     println!("   its env MY_HOST_PORT reads port.hostport.rmb938.com/http = {replica_port:?}");
 
+    println!(
+        "\n3d. A server that must listen on its public port (config/samples/passthrough.yaml)"
+    );
+    apply_samples(&admin, &args.samples, &["passthrough.yaml"]).await?;
+    let srcds = pods.get("srcds").await?;
+    let container = srcds
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .context("the srcds pod has a container")?;
+    let game = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("game"))
+        .context("the srcds pod has its game port")?;
+    if Some(game.container_port) != game.host_port {
+        bail!("the passthrough port kept its container port {game:?}");
+    }
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.tcp_socket.as_ref())
+        .map(|t| t.port.clone());
+    println!(
+        "   pod/demo/srcds (portPolicy: Passthrough): port game containerPort = hostPort = {}, its readinessProbe follows: {probe:?}",
+        game.container_port
+    );
+
     if args.keep_running {
         println!("\nThe server keeps running with these objects. Try:");
         println!("   export KUBECONFIG={}", args.kubeconfig.display());

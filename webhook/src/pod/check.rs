@@ -60,6 +60,8 @@ pub struct Binding {
     pub policy: PortPolicy,
     /// How many ports from `port` (a block: more than 1), each verified held by the claim.
     pub count: u16,
+    /// Whether the claim's class allows `hostNetwork` pods (`spec.allowHostNetwork`).
+    pub host_network: bool,
 }
 
 impl ClaimState {
@@ -239,10 +241,10 @@ pub(super) fn check_pod(
     pod: &NewPod,
     host_network_allowed: bool,
 ) -> Result<(Vec<ClaimAnnotation>, Vec<ClassAnnotation>), Verdict> {
-    check_host_network(pod, host_network_allowed)?;
     let invalid = |error: &AnnotationError| deny(reasons::INVALID_ANNOTATION, error.to_string());
     let claims = pod.claims.as_ref().map_err(invalid)?;
     let classes = pod.classes.as_ref().map_err(invalid)?;
+    check_host_network(pod, host_network_allowed, claims.len() + classes.len())?;
     let claimed: BTreeSet<&str> = claims
         .iter()
         .map(|c| c.port_name.as_str())
@@ -305,7 +307,13 @@ pub fn admit_create(
         let mut operations = vec![];
         let mut moved = vec![];
         for claim in &claims {
-            operations.extend(patch_claimed_port(pod, claim, states, &mut moved)?);
+            operations.extend(patch_claimed_port(
+                pod,
+                claim,
+                states,
+                &mut moved,
+                host_network_allowed,
+            )?);
         }
         let by_hand: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
         for claim in made
@@ -316,7 +324,13 @@ pub fn admit_create(
                 &format!("/metadata/annotations/{}", escape(&claim.key())),
                 Value::String(claim.claim_name.clone()),
             ));
-            operations.extend(patch_claimed_port(pod, claim, states, &mut moved)?);
+            operations.extend(patch_claimed_port(
+                pod,
+                claim,
+                states,
+                &mut moved,
+                host_network_allowed,
+            )?);
         }
         operations.extend(super::passthrough::probe_operations(pod, &moved));
         Ok(Patch(operations))
@@ -328,12 +342,15 @@ pub fn admit_create(
     }
 }
 
-fn check_host_network(pod: &NewPod, allowed: bool) -> Result<(), Verdict> {
-    if pod.uses_host_network() && !allowed {
+/// A `hostNetwork` pod may use the node's network here only for ports it claims from classes
+/// that allow it (checked per claim), or when the namespace's admin exempted it; one that
+/// claims nothing would use every port unseen.
+fn check_host_network(pod: &NewPod, allowed: bool, claimed: usize) -> Result<(), Verdict> {
+    if pod.uses_host_network() && !allowed && claimed == 0 {
         return Err(deny(
             reasons::HOST_NETWORK,
             format!(
-                "spec.hostNetwork is true, so the pod uses every host port of its node: in this namespace host ports are handed out by HostPortClaims; remove hostNetwork and claim the ports you need with \"{CLAIM_PREFIX}<portName>: <claimName>\" (a cluster admin can allow hostNetwork pods here with the namespace annotation {ALLOW_HOST_NETWORK_ANNOTATION}: \"true\")"
+                "spec.hostNetwork is true and the pod claims no port, so it would use any host port of its node unseen: in this namespace host ports are handed out by HostPortClaims; claim the ports it listens on with \"{CLAIM_PREFIX}<portName>: <claimName>\" (of a class with spec.allowHostNetwork), or remove hostNetwork (a cluster admin can exempt the namespace with the annotation {ALLOW_HOST_NETWORK_ANNOTATION}: \"true\")"
             ),
         ));
     }
@@ -397,6 +414,7 @@ fn patch_claimed_port(
     claim: &ClaimAnnotation,
     states: &ClaimStates,
     moved: &mut Vec<super::passthrough::MovedPort>,
+    namespace_allows_host_network: bool,
 ) -> Result<Vec<PatchOperation>, Verdict> {
     let ClaimAnnotation {
         port_name,
@@ -407,7 +425,16 @@ fn patch_claimed_port(
     let binding = bound_binding(&key, claim_name, states.get(claim_name))?;
     let port = binding.port;
     let mut operations = vec![];
-    let passthrough = binding.policy == PortPolicy::Passthrough || pod.uses_host_network();
+    let host_network = pod.uses_host_network();
+    if host_network && !namespace_allows_host_network && !binding.host_network {
+        return Err(deny(
+            reasons::HOST_NETWORK_NOT_ALLOWED,
+            format!(
+                "spec.hostNetwork is true, but annotation {key:?} names HostPortClaim {claim_name:?}, whose class does not allow hostNetwork pods (its spec.allowHostNetwork is false; a cluster admin decides): use a claim of a class that allows them, or remove hostNetwork"
+            ),
+        ));
+    }
+    let passthrough = binding.policy == PortPolicy::Passthrough || host_network;
     if passthrough && slot.container_port != i32::from(port) {
         operations.extend(replace(
             &format!("{}/containerPort", slot.pointer),
@@ -420,7 +447,14 @@ fn patch_claimed_port(
             order: slot.order,
         });
     }
+    // The API server defaults a hostNetwork pod's hostPort to its containerPort: that is the
+    // number the pod asked to listen on, now the allocated port.
+    let defaulted = host_network && slot.host_port == Some(slot.container_port);
     match slot.host_port {
+        Some(existing) if defaulted && existing != i32::from(port) => operations.extend(replace(
+            &format!("{}/hostPort", slot.pointer),
+            Value::from(port),
+        )),
         Some(existing) if existing != i32::from(port) => {
             return Err(deny(
                 reasons::HOST_PORT_MISMATCH,

@@ -42,12 +42,13 @@ pub async fn make(
     ctx: &Context,
     namespace: &str,
     plans: &[PodClaim],
+    host_network: bool,
     dry_run: bool,
 ) -> Result<Made, Verdict> {
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     // Every check first, so a pod denied for its second claim does not leave its first.
     let mut reused = vec![];
-    let mut new: Vec<(&PodClaim, HostPortClaim, u16)> = vec![];
+    let mut new: Vec<(&PodClaim, HostPortClaim, u16, bool)> = vec![];
     for plan in plans {
         let Some(class) = ctx.class(&plan.class).await else {
             return Err(deny(
@@ -58,6 +59,15 @@ pub async fn make(
                 ),
             ));
         };
+        if host_network && !class.spec.allow_host_network {
+            return Err(deny(
+                reasons::HOST_NETWORK_NOT_ALLOWED,
+                format!(
+                    "spec.hostNetwork is true, but annotation {:?} names HostPortClass {:?}, which does not allow hostNetwork pods (its spec.allowHostNetwork is false; a cluster admin decides): name a class that allows them, or remove hostNetwork",
+                    plan.key, plan.class
+                ),
+            ));
+        }
         if let ClaimNaming::Fixed(name) = &plan.naming
             && let Some(existing) = ctx.claim_for_pod(namespace, name).await?
         {
@@ -93,10 +103,10 @@ pub async fn make(
         // Ports predicted for this admission's earlier new claims are not offered twice.
         let taken: Vec<u16> = new
             .iter()
-            .flat_map(|(plan, _, base)| (0..plan.count).filter_map(|i| base.checked_add(i)))
+            .flat_map(|(plan, _, base, _)| (0..plan.count).filter_map(|i| base.checked_add(i)))
             .collect();
         let port = free_block(ctx, &class, plan, &taken).ok_or_else(|| exhausted(plan, &class))?;
-        new.push((plan, object, port));
+        new.push((plan, object, port, class.spec.allow_host_network));
     }
     let mut made = Made::default();
     for (plan, existing) in reused {
@@ -107,7 +117,7 @@ pub async fn make(
         made.annotations.extend(plan.annotations(&name));
         made.existing.insert(name);
     }
-    for (plan, object, port) in new {
+    for (plan, object, port, host_network) in new {
         if dry_run {
             let name = match &plan.naming {
                 ClaimNaming::Fixed(name) | ClaimNaming::Generated(name) => name.clone(),
@@ -120,6 +130,7 @@ pub async fn make(
                 host_port: hostport_api::HostPort::name_for_port(port),
                 policy: plan.policy,
                 count: plan.count,
+                host_network,
             };
             made.predicted.insert(name, ClaimState::Bound(binding));
             continue;

@@ -73,7 +73,8 @@ async fn admit_new(ctx: &Context, pod: &Pod, namespace: &str, dry_run: bool) -> 
         Ok(plans) => plans,
         Err(verdict) => return verdict,
     };
-    let made = match claims::make(ctx, namespace, &plans, dry_run).await {
+    let unexempt_host_network = new_pod.uses_host_network() && !host_network_allowed;
+    let made = match claims::make(ctx, namespace, &plans, unexempt_host_network, dry_run).await {
         Ok(made) => made,
         Err(verdict) => return verdict,
     };

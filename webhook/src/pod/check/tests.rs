@@ -33,6 +33,7 @@ fn bound(port: u16) -> ClaimState {
         host_port: format!("port-{port}"),
         policy: PortPolicy::Mapped,
         count: 1,
+        host_network: false,
     })
 }
 
@@ -267,7 +268,7 @@ fn host_network_pods_are_refused_unless_the_namespace_allows_them() {
     };
     assert_eq!(reason, "HostNetwork");
     assert!(
-        message.contains("uses every host port of its node"),
+        message.contains("claims no port, so it would use any host port of its node"),
         "{message}"
     );
     assert!(message.contains(ALLOW_HOST_NETWORK_ANNOTATION), "{message}");
@@ -331,6 +332,7 @@ fn a_claim_read_again_after_a_wait_is_used_only_if_its_binding_stands() {
         host_port: "port-37000".into(),
         policy: PortPolicy::Mapped,
         count: 1,
+        host_network: false,
     };
     assert_eq!(
         ClaimState::recheck(&before, ClaimState::Bound(before.clone())),
@@ -392,6 +394,7 @@ fn bound_passthrough(port: u16) -> ClaimState {
         host_port: format!("port-{port}"),
         policy: PortPolicy::Passthrough,
         count: 1,
+        host_network: false,
     })
 }
 
@@ -520,6 +523,7 @@ fn bound_block(port: u16, count: u16, policy: PortPolicy) -> ClaimState {
         host_port: format!("port-{port}"),
         policy,
         count,
+        host_network: false,
     })
 }
 
@@ -639,4 +643,58 @@ fn block_annotations_that_lie_or_collide_are_refused() {
         admit(&p, false, claims(bound_block(31000, 4, PortPolicy::Mapped))),
         Verdict::Patch(_)
     ));
+}
+
+#[test]
+fn a_host_network_pod_claims_from_classes_that_allow_it_and_listens_on_its_port() {
+    let allowing = ClaimState::Bound(Binding {
+        port: 31002,
+        claim_uid: "uid-1".into(),
+        host_port: "port-31002".into(),
+        policy: PortPolicy::Mapped,
+        count: 1,
+        host_network: true,
+    });
+    // As the API server stores it: hostPort defaulted to containerPort.
+    let p = pod(json!({
+        "metadata": {"name": "db", "annotations": {"claim.hostport.rmb938.com/sql": "game"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "db", "image": "d",
+            "ports": [{"name": "sql", "containerPort": 5432, "hostPort": 5432}]}]}
+    }));
+    let patched = apply(&p, &admit(&p, false, claims(allowing)));
+    let port = &patched["spec"]["containers"][0]["ports"][0];
+    assert_eq!(
+        (port["containerPort"].clone(), port["hostPort"].clone()),
+        (json!(31002), json!(31002))
+    );
+    // Of a class that does not allow hostNetwork pods: refused, naming the rule.
+    let verdict = admit(&p, false, claims(bound(31002)));
+    assert!(
+        matches!(&verdict, Verdict::Deny { reason, message }
+            if *reason == reasons::HOST_NETWORK_NOT_ALLOWED && message.contains("spec.allowHostNetwork is false")),
+        "{verdict:?}"
+    );
+    // Claiming nothing: it would use any port unseen.
+    let bare = pod(json!({
+        "metadata": {"name": "db"},
+        "spec": {"hostNetwork": true, "containers": [{"name": "db", "image": "d"}]}
+    }));
+    let verdict = admit(&bare, false, claims(bound(31002)));
+    assert!(
+        matches!(&verdict, Verdict::Deny { reason, message }
+            if *reason == reasons::HOST_NETWORK && message.contains("claims no port")),
+        "{verdict:?}"
+    );
+    // An unclaimed port beside a claimed one: its defaulted hostPort is unclaimed.
+    let extra = pod(json!({
+        "metadata": {"name": "db", "annotations": {"claim.hostport.rmb938.com/sql": "game"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "db", "image": "d",
+            "ports": [{"name": "sql", "containerPort": 5432, "hostPort": 5432},
+                      {"name": "admin", "containerPort": 8008, "hostPort": 8008}]}]}
+    }));
+    let verdict = admit(&extra, false, claims(bound(31002)));
+    assert!(
+        matches!(&verdict, Verdict::Deny { reason, .. } if *reason == reasons::HOST_PORT_WITHOUT_CLAIM),
+        "{verdict:?}"
+    );
 }
