@@ -123,7 +123,10 @@ fn names_printer_columns_and_categories() {
             .map(|c| c.name)
             .collect()
     };
-    assert_eq!(columns("hostportclaims"), ["Class", "Ports", "Phase", "Age"]);
+    assert_eq!(
+        columns("hostportclaims"),
+        ["Class", "Ports", "Phase", "Age"]
+    );
     assert_eq!(
         columns("hostports"),
         ["Port", "Class", "Claim", "Phase", "Age"]

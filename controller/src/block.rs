@@ -15,7 +15,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::claim::{MAX_PICKS, namespace_access, pending, set_claim_status};
+use crate::claim::{MAX_PICKS, Prepared, pending, prepare, set_claim_status};
 use crate::clock::now;
 use crate::context::Context;
 use crate::error::{Error, Result, status_code};
@@ -198,18 +198,11 @@ enum Allocated {
 /// Picks blocks until every HostPort of one is created (or the pick says to wait); a port
 /// taken behind the book's back undoes the block's creates and the next pick goes on.
 async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Allocated> {
-    let class_name = &claim.spec.host_port_class_name;
-    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
-    let namespace = claim.namespace().unwrap_or_default();
-    let limited = class
-        .as_ref()
-        .is_some_and(|c| c.spec.max_claims_per_namespace.is_some());
-    let quota_lock = limited.then(|| ctx.quota_lock(&namespace, class_name));
-    let _one_at_a_time = match &quota_lock {
-        Some(lock) => Some(lock.lock().await),
-        None => None,
-    };
-    let access = namespace_access(claim, uid, class.as_deref(), ctx).await?;
+    let Prepared {
+        class,
+        access,
+        _turn,
+    } = prepare(claim, uid, ctx).await?;
     let count = claim.spec.count();
     for _ in 0..MAX_PICKS {
         let pick = pick_block(

@@ -204,20 +204,11 @@ enum Allocation {
 /// Picks ports until a create of `port-<n>` succeeds (the lock) or the pick says to wait;
 /// a 409 means the port was taken behind the book's back, so the next pick goes on.
 async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Allocation> {
-    let class_name = &claim.spec.host_port_class_name;
-    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
-    let namespace = claim.namespace().unwrap_or_default();
-    // With a per-namespace limit, the claims of one namespace and class are given ports one
-    // at a time, so two reconciles in flight cannot both take the last place.
-    let limited = class
-        .as_ref()
-        .is_some_and(|c| c.spec.max_claims_per_namespace.is_some());
-    let quota_lock = limited.then(|| ctx.quota_lock(&namespace, class_name));
-    let _one_at_a_time = match &quota_lock {
-        Some(lock) => Some(lock.lock().await),
-        None => None,
-    };
-    let access = namespace_access(claim, uid, class.as_deref(), ctx).await?;
+    let Prepared {
+        class,
+        access,
+        _turn,
+    } = prepare(claim, uid, ctx).await?;
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     for _ in 0..MAX_PICKS {
         let pick = pick_port(
@@ -274,10 +265,41 @@ async fn allocate(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<All
     })
 }
 
+/// What an allocation reads before its picks: the cached class, what its access rules need to
+/// know of the namespace, and (for a class with a per-namespace limit) the turn of this
+/// namespace's claims of the class, held while this lives: they are given ports one at a
+/// time, so two reconciles in flight cannot both take the last place.
+pub(crate) struct Prepared {
+    pub class: Option<Arc<hostport_api::HostPortClass>>,
+    pub access: NamespaceAccess,
+    pub _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+pub(crate) async fn prepare(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Prepared> {
+    let class_name = &claim.spec.host_port_class_name;
+    let class = ctx.caches.classes.get(&ObjectRef::new(class_name));
+    let limited = class
+        .as_ref()
+        .is_some_and(|c| c.spec.max_claims_per_namespace.is_some());
+    let turn = match limited {
+        true => {
+            let namespace = claim.namespace().unwrap_or_default();
+            Some(ctx.quota_lock(&namespace, class_name).lock_owned().await)
+        }
+        false => None,
+    };
+    let access = namespace_access(claim, uid, class.as_deref(), ctx).await?;
+    Ok(Prepared {
+        class,
+        access,
+        _turn: turn,
+    })
+}
+
 /// What the class's access rules need to know of the claim's namespace: its labels (read from
 /// the API server, only when the class selects namespaces) and how many other claims of the
 /// class there hold a port or are being given one (from the caches and the book).
-pub(crate) async fn namespace_access(
+async fn namespace_access(
     claim: &HostPortClaim,
     uid: &str,
     class: Option<&hostport_api::HostPortClass>,

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{echo_pod, on_a_node_scenario, run, running, uninstall};
+use crate::{echo_pod, on_a_node_scenario, rolled_out, run, running, uninstall};
 
 /// The router the edge scenario reaches over SSH: a network namespace with `lan0`
 /// (198.18.8.2, towards the node) and `eth0` (203.0.113.1, the outside, where a client
@@ -79,14 +79,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
 
     // The publisher's Secret and the Deployment, pointed at this router.
     let dir = "/tmp/hp-e2e-edge";
-    let _ = kubectl(&[
-        "-n",
-        "hostport-system",
-        "delete",
-        "secret",
-        "hostport-publisher-ssh",
-        "--ignore-not-found",
-    ]);
+    delete_ssh_secret();
     kubectl(&[
         "-n",
         "hostport-system",
@@ -107,14 +100,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     )
     .expect("kustomization");
     kubectl(&["apply", "-k", overlay]).unwrap_or_else(|e| panic!("{e}"));
-    let rolled = kubectl(&[
-        "-n",
-        "hostport-system",
-        "rollout",
-        "status",
-        "deploy/hostport-publisher-edge",
-        "--timeout=120s",
-    ]);
+    let rolled = rolled_out("deploy/hostport-publisher-edge");
     let answered = rolled.and_then(|_| {
         let target = format!("TCP:203.0.113.1:{port}");
         let script = format!(
@@ -136,16 +122,22 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
         ],
     );
     uninstall(overlay);
+    delete_ssh_secret();
+    let _ = run("sh", &["-c", EDGE_TEARDOWN]);
+    let answer =
+        answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
+    assert_eq!(answer, format!("host port {port}\n"), "node {node}");
+    scenario.finish().await;
+}
+
+/// The edge publisher's SSH Secret gone (if it was there).
+fn delete_ssh_secret() {
     let _ = kubectl(&[
         "-n",
         "hostport-system",
         "delete",
         "secret",
         "hostport-publisher-ssh",
+        "--ignore-not-found",
     ]);
-    let _ = run("sh", &["-c", EDGE_TEARDOWN]);
-    let answer =
-        answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
-    assert_eq!(answer, format!("host port {port}\n"), "node {node}");
-    scenario.finish().await;
 }

@@ -246,3 +246,30 @@ fn uninstall(kustomization: &str) {
         eprintln!("uninstalling {kustomization}: {e}");
     }
 }
+
+/// `kubectl rollout status` of `workload` (`ds/...`, `deploy/...`) in `hostport-system`.
+fn rolled_out(workload: &str) -> Result<String, String> {
+    kubectl(&[
+        "-n",
+        "hostport-system",
+        "rollout",
+        "status",
+        workload,
+        "--timeout=120s",
+    ])
+}
+
+/// Claim `echo` of `class`, bound, and the echo pod on its port (TCP), Running: its port.
+async fn echo_behind_a_claim(env: &Env, class: &str) -> Result<u16, String> {
+    env.create_claim("echo", class, None).await;
+    let port = env.bound("echo").await.bound_port().ok_or("not bound")?;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
+    pods.create(
+        &kube::api::PostParams::default(),
+        &echo_pod("echo", &[("echo", "TCP")]),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    running(env, "echo").await;
+    Ok(port)
+}

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{answer, echo_pod, on_a_node_scenario, run, running, uninstall};
+use crate::{answer, echo_behind_a_claim, on_a_node_scenario, rolled_out, run, uninstall};
 
 /// A CNI configuration without portmap, read before the kit's (`05-` sorts first): pods
 /// made while it is there get no host port forward from the CNI. Same network name, so the
@@ -45,14 +45,7 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
     .expect("CNI configuration without portmap");
     kubectl(&["apply", "-k", "config/publisher/node"]).unwrap_or_else(|e| panic!("{e}"));
     let outcome = async {
-        kubectl(&[
-            "-n",
-            "hostport-system",
-            "rollout",
-            "status",
-            "ds/hostport-publisher-node",
-            "--timeout=120s",
-        ])?;
+        rolled_out("ds/hostport-publisher-node")?;
         env.classes()
             .patch(
                 class,
@@ -61,16 +54,8 @@ async fn the_node_publisher_forwards_to_pods_of_a_cni_without_portmap() {
             )
             .await
             .map_err(|e| e.to_string())?;
-        env.create_claim("echo", class, None).await;
-        let port = env.bound("echo").await.bound_port().ok_or("not bound")?;
+        let port = echo_behind_a_claim(env, class).await?;
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-        pods.create(
-            &PostParams::default(),
-            &echo_pod("echo", &[("echo", "TCP")]),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        running(env, "echo").await;
         let portmap = run("iptables", &["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])?;
         let answer = answer(env, node, port, false).await;
         let _ = pods.delete("echo", &DeleteParams::default()).await;

@@ -15,12 +15,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{echo_pod, on_a_node_scenario, run, running, uninstall};
+use crate::{echo_behind_a_claim, on_a_node_scenario, rolled_out, run, uninstall};
 
 /// The router's public address, and the WAN namespace's (its STUN server and the client).
 const PUBLIC: &str = "198.51.100.1";
@@ -169,24 +169,9 @@ async fn the_router_publisher_maps_the_pod_port_on_a_real_router() {
             .await
             .map_err(|e| e.to_string())?;
         kubectl(&["apply", "-k", "config/publisher/router"])?;
-        kubectl(&[
-            "-n",
-            "hostport-system",
-            "rollout",
-            "status",
-            "ds/hostport-publisher-router",
-            "--timeout=120s",
-        ])?;
-        env.create_claim("echo", class, None).await;
-        let port = env.bound("echo").await.bound_port().ok_or("not bound")?;
+        rolled_out("ds/hostport-publisher-router")?;
+        let port = echo_behind_a_claim(env, class).await?;
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
-        pods.create(
-            &PostParams::default(),
-            &echo_pod("echo", &[("echo", "TCP")]),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        running(env, "echo").await;
         let mapped = env
             .wait_for(
                 "the pod's mapping on the router",

@@ -306,24 +306,22 @@ pub fn admit_create(
         let (claims, _) = check_pod(pod, host_network_allowed)?;
         let mut operations = vec![];
         let mut moved = vec![];
-        for claim in &claims {
-            operations.extend(patch_claimed_port(
-                pod,
-                claim,
-                states,
-                &mut moved,
-                host_network_allowed,
-            )?);
-        }
         let by_hand: BTreeSet<&str> = claims.iter().map(|c| c.port_name.as_str()).collect();
-        for claim in made
+        // Claims named by hand, then those made for the pod (whose annotation is added).
+        let made_for_pod = made
             .iter()
-            .filter(|c| !by_hand.contains(c.port_name.as_str()))
+            .filter(|c| !by_hand.contains(c.port_name.as_str()));
+        for (claim, annotate) in claims
+            .iter()
+            .map(|c| (c, false))
+            .chain(made_for_pod.map(|c| (c, true)))
         {
-            operations.extend(add(
-                &format!("/metadata/annotations/{}", escape(&claim.key())),
-                Value::String(claim.claim_name.clone()),
-            ));
+            if annotate {
+                operations.extend(add(
+                    &format!("/metadata/annotations/{}", escape(&claim.key())),
+                    Value::String(claim.claim_name.clone()),
+                ));
+            }
             operations.extend(patch_claimed_port(
                 pod,
                 claim,
