@@ -436,3 +436,64 @@ async fn pods_get_their_whole_block_and_statefulset_replicas_each_keep_theirs() 
     assert_eq!(declared(&again), first_block, "sfu-0 keeps its block");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn blocks_of_2_10_and_100_racing_for_one_pool_are_all_or_nothing() {
+    let env = Env::new("blocks-mixed").await;
+    let _first = env.start_controller(RunOptions::default());
+    let _second = env.start_controller(RunOptions::default());
+    // 150 ports; 2 + 10 + 100 + 10 + 2 + 100 asked at once: the second 100 cannot fit.
+    let pool = (17000, 17149);
+    let class = block_class(&env, "media", &[(17000, 17149)], 100).await;
+    let sizes: [(&str, u16); 6] = [
+        ("a2", 2),
+        ("b10", 10),
+        ("c100", 100),
+        ("d10", 10),
+        ("e2", 2),
+        ("f100", 100),
+    ];
+    let creates = sizes.iter().map(|(name, count)| {
+        let claim = block_claim(name, &class, json!({"count": count}));
+        let env = &env;
+        async move { create(env, &claim).await.expect("claim") }
+    });
+    futures::future::join_all(creates).await;
+    let settled = env
+        .wait_for(
+            "every block whole or waiting with nothing",
+            WAIT,
+            || async {
+                let mut held_all = vec![];
+                for (name, count) in &sizes {
+                    let claim = env.claims().get(name).await.ok()?;
+                    let held = held_by(&env, &claim).await;
+                    match claim.bound_port() {
+                        Some(base) if held == (base..base + count).collect() => {
+                            held_all.push((*name, held));
+                        }
+                        None if held.is_empty()
+                            && claim
+                                .bound_condition()
+                                .is_some_and(|c| c.reason == "PoolExhausted") => {}
+                        _ => return None,
+                    }
+                }
+                Some(held_all)
+            },
+        )
+        .await;
+    let mut used = BTreeSet::new();
+    for (name, held) in &settled {
+        assert!(used.is_disjoint(held), "{name} overlaps");
+        assert!(held.iter().all(|p| (pool.0..=pool.1).contains(p)), "{name}");
+        used.extend(held);
+    }
+    let bound: Vec<&str> = settled.iter().map(|(name, _)| *name).collect();
+    assert_eq!(used.len(), 2 + 10 + 100 + 10 + 2, "{bound:?}");
+    assert!(
+        !room_for(pool, 100, 1, &used),
+        "a 100 waits although it fits"
+    );
+    env.cleanup().await;
+}

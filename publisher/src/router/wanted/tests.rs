@@ -317,3 +317,50 @@ fn claims_win_the_router_port_over_services() {
         ]
     );
 }
+
+#[test]
+fn a_block_is_one_mapping_per_port() {
+    let deny = DenyList::default();
+    let classes = [class("home", json!({}))];
+    let block: Arc<HostPortClaim> = Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "metadata": {"name": "rtp", "namespace": "games"},
+            "spec": {"hostPortClassName": "home", "hostPortName": "port-7010", "count": 3},
+            "status": {"phase": "Bound", "port": 7010}
+        }))
+        .expect("claim"),
+    );
+    let media: Arc<Pod> = Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": "media", "namespace": "games",
+                         "annotations": {"claim.hostport.rmb938.com/rtp": "rtp"}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "media", "ports": [
+                {"name": "rtp", "containerPort": 10000, "hostPort": 7010, "protocol": "UDP"},
+                {"containerPort": 10001, "hostPort": 7011, "protocol": "UDP"},
+                {"containerPort": 10002, "hostPort": 7012, "protocol": "UDP"}]}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod"),
+    );
+    let (claims, pods) = ([block], [media]);
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let wanted = claims_wanted(inputs, this_node(&deny));
+    let owner = "HostPortClaim games/rtp".to_owned();
+    assert_eq!(
+        keys(&wanted),
+        (7010..=7012)
+            .map(|port| ((Protocol::Udp, port), owner.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!((7010..=7012).all(|port| {
+        wanted.mappings[&(Protocol::Udp, port)]
+            .request
+            .external_port
+            == port
+    }));
+}
