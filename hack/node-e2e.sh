@@ -25,8 +25,27 @@ mkdir -p "$logs"
 cargo test -p hostport-e2e --no-run "${scenarios[@]/#/--test=}" --test=on_a_node \
   --test=installed >/dev/null 2>&1 || { echo "the scenarios do not build" >&2; exit 1; }
 
+# The images the scenarios run, in the node's containerd. The kubelet's image garbage
+# collection removes unused ones (the kit's pause image included) whenever the disk is over
+# 85 % used (its default imageGCHighThresholdPercent), which on a shared disk happens: say so
+# instead of failing with ErrImageNeverPull.
+images_present() {
+  local socket=${KAPI_RUN:-$HOME/kapi/run-node}/node/containerd.sock missing=
+  [ -S "$socket" ] || return 0
+  local have; have=$(ctr --address "$socket" -n k8s.io images ls -q 2>/dev/null)
+  for image in registry.invalid/kapi-pause:1 "$E2E_POD_IMAGE" \
+      ghcr.io/hostport-allocator/hostport-allocator:0.1.0 \
+      ghcr.io/hostport-allocator/hostport-publisher:0.1.0; do
+    grep -qx "$image" <<<"$have" || missing="$missing $image"
+  done
+  [ -z "$missing" ] && return 0
+  echo "missing from the node:$missing (the kubelet's image GC removes unused images when the disk is over 85 % used: free disk, then hack/images.sh --echo; the kit's node.sh re-imports its pause image)" >&2
+  return 1
+}
+
 failed=0
 for round in $(seq "$rounds"); do
+  images_present || { failed=1; break; }
   log=$logs/round-$round.log
   since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   started=$SECONDS
