@@ -30,6 +30,8 @@ leftover "pods (outside kube-system)" \
   "$(k get pods -A --no-headers -o custom-columns=NS:.metadata.namespace,NAME:.metadata.name |
      grep -v '^kube-system ')"
 for kind in hostportclasses hostportclaims hostports; do
+  # No CRD (the installed scenario's `delete -k config/default` removes them): none left.
+  "$kubectl" get crd "$kind.hostport.rmb938.com" >/dev/null 2>&1 || continue
   leftover "$kind" "$(k get "$kind.hostport.rmb938.com" -A --no-headers --ignore-not-found)"
 done
 leftover "webhook configurations" \

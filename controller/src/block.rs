@@ -162,10 +162,20 @@ async fn complete(
     base: u16,
     owned: &[HostPort],
 ) -> Result<Option<Vec<HostPort>>> {
-    let mut block: Vec<HostPort> = owned.to_vec();
-    let missing: Vec<u16> = (0..claim.spec.count())
+    let ports: Vec<u16> = (0..claim.spec.count())
         .filter_map(|i| base.checked_add(i))
-        .filter(|port| !owned.iter().any(|hp| hp.port() == Some(*port)))
+        .collect();
+    // Only the block's own ports: one the claim holds outside it (another controller's
+    // attempt) is given back once the block is bound, and must not move its first port.
+    let mut block: Vec<HostPort> = owned
+        .iter()
+        .filter(|hp| hp.port().is_some_and(|p| ports.contains(&p)))
+        .cloned()
+        .collect();
+    let missing: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|port| !block.iter().any(|hp| hp.port() == Some(*port)))
         .collect();
     for port in missing {
         match create_or_find_own(ctx, claim, uid, port).await? {

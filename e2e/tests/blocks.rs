@@ -13,7 +13,8 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
+/// Long enough for a waiting claim's recheck (60 s) on a busy cluster.
+const WAIT: Duration = Duration::from_secs(90);
 
 /// A class of `pools` that allows blocks of up to `max`.
 async fn block_class(env: &Env, name: &str, pools: &[(i32, i32)], max: i32) -> String {
@@ -167,6 +168,13 @@ async fn racing_blocks_of_two_controllers_never_overlap_and_waiters_really_do_no
                 for claim in &waiting {
                     settled &= held_by(&env, claim).await.is_empty();
                 }
+                // A waiter is retried when ports free up (at the latest after the
+                // allocator's recheck): settled once none fits what the bound ones hold.
+                let mut used: BTreeSet<u16> = BTreeSet::from([16429]);
+                for claim in &bound {
+                    used.extend(held_by(&env, claim).await);
+                }
+                settled &= !room_for(pool, 4, 2, &used);
                 settled.then_some((bound, waiting))
             },
         )
@@ -184,10 +192,6 @@ async fn racing_blocks_of_two_controllers_never_overlap_and_waiters_really_do_no
         assert!(held_by(&env, claim).await.is_empty(), "no half block");
     }
     assert!(!waiting.is_empty(), "15 blocks of 4 cannot fit in 59 ports");
-    assert!(
-        !room_for(pool, 4, 2, &used),
-        "a claim waits although a block fits: {used:?}"
-    );
     // A block frees: a waiting claim gets one.
     env.claims()
         .delete(&bound[0].name_any(), &DeleteParams::default())
@@ -442,7 +446,7 @@ async fn blocks_of_2_10_and_100_racing_for_one_pool_are_all_or_nothing() {
     let env = Env::new("blocks-mixed").await;
     let _first = env.start_controller(RunOptions::default());
     let _second = env.start_controller(RunOptions::default());
-    // 150 ports; 2 + 10 + 100 + 10 + 2 + 100 asked at once: the second 100 cannot fit.
+    // 150 ports; 2 + 10 + 100 + 10 + 2 + 100 asked at once: not all of them fit.
     let pool = (17000, 17149);
     let class = block_class(&env, "media", &[(17000, 17149)], 100).await;
     let sizes: [(&str, u16); 6] = [
@@ -479,7 +483,14 @@ async fn blocks_of_2_10_and_100_racing_for_one_pool_are_all_or_nothing() {
                         _ => return None,
                     }
                 }
-                Some(held_all)
+                // Settled once no waiting block fits what the bound ones hold (a waiter is
+                // retried when ports free up, at the latest after the allocator's recheck).
+                let used: BTreeSet<u16> = held_all.iter().flat_map(|(_, h)| h.clone()).collect();
+                let waiting_fits = sizes
+                    .iter()
+                    .filter(|(name, _)| !held_all.iter().any(|(bound, _)| bound == name))
+                    .any(|(_, count)| room_for(pool, *count, 1, &used));
+                (!waiting_fits).then_some(held_all)
             },
         )
         .await;
@@ -489,11 +500,9 @@ async fn blocks_of_2_10_and_100_racing_for_one_pool_are_all_or_nothing() {
         assert!(held.iter().all(|p| (pool.0..=pool.1).contains(p)), "{name}");
         used.extend(held);
     }
+    // Two controllers with books of their own may leave the pool fragmented, so which blocks
+    // bind is not fixed; that 2 + 10 + 100 + 10 + 2 + 100 cannot all fit in 150 is.
     let bound: Vec<&str> = settled.iter().map(|(name, _)| *name).collect();
-    assert_eq!(used.len(), 2 + 10 + 100 + 10 + 2, "{bound:?}");
-    assert!(
-        !room_for(pool, 100, 1, &used),
-        "a 100 waits although it fits"
-    );
+    assert!(bound.len() < sizes.len(), "{bound:?}");
     env.cleanup().await;
 }
