@@ -1,9 +1,9 @@
 //! The claim reconciler: binds each HostPortClaim to a HostPort holding a free port, and
 //! releases the port when the claim is deleted and no running pod uses it any more.
 //!
-//! Binding is four writes (a block of N ports, `block`: 2N + 2), in an order that is safe to interrupt anywhere: create the
-//! HostPort `port-<n>` (the lock on the port), its status, the claim's `spec.hostPortName`,
-//! the claim's status. A claim is never Bound before its HostPort exists with a port; a
+//! Binding is four writes (a block of N ports, `block`: 2N + 2), in an order that is safe to
+//! interrupt anywhere: create the HostPort `port-<n>` (the lock on the port), its status, the
+//! claim's `spec.hostPortName`, the claim's status. A claim is never Bound before its HostPort exists with a port; a
 //! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
 //!
 //! Over ~500 lines on purpose: binding and release are one state machine over the same claim;
@@ -281,12 +281,11 @@ pub(crate) async fn prepare(claim: &HostPortClaim, uid: &str, ctx: &Context) -> 
     let limited = class
         .as_ref()
         .is_some_and(|c| c.spec.max_claims_per_namespace.is_some());
-    let turn = match limited {
-        true => {
-            let namespace = claim.namespace().unwrap_or_default();
-            Some(ctx.quota_lock(&namespace, class_name).lock_owned().await)
-        }
-        false => None,
+    let turn = if limited {
+        let namespace = claim.namespace().unwrap_or_default();
+        Some(ctx.quota_lock(&namespace, class_name).lock_owned().await)
+    } else {
+        None
     };
     let access = namespace_access(claim, uid, class.as_deref(), ctx).await?;
     Ok(Prepared {

@@ -51,6 +51,15 @@ pub fn pods_run() -> bool {
     std::env::var_os("E2E_POD_IMAGE").is_some()
 }
 
+/// The message of the API server's refusal `result` must be (a webhook's denial, a CEL
+/// rule); panics, naming what came instead, when it is not one.
+pub fn denial_message<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
+    match result {
+        Err(kube::Error::Api(status)) => status.message,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
 /// Runs `command`; its standard output, or an error that names the program, its arguments
 /// and what it wrote on standard error.
 pub fn run_command(command: &mut std::process::Command) -> Result<String, String> {

@@ -235,10 +235,7 @@ async fn block_requests_the_class_does_not_allow_or_that_cross_pools_are_refused
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = block_class(&env, "media", &[(16480, 16489), (16490, 16499)], 8).await;
-    let message = |result: Result<HostPortClaim, kube::Error>| match result {
-        Err(kube::Error::Api(status)) => status.message,
-        other => panic!("expected a denial, got {other:?}"),
-    };
+    let message = hostport_e2e::denial_message::<HostPortClaim>;
     let too_large = message(create(&env, &block_claim("big", &class, json!({"count": 9}))).await);
     assert!(
         too_large.contains("its spec.maxBlockSize is 8"),

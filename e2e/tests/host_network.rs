@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use hostport_controller::RunOptions;
+use hostport_e2e::denial_message;
 use hostport_e2e::harness::Env;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -40,13 +41,6 @@ fn host_network_pod(name: &str, annotations: Value) -> Pod {
                 {"name": "LISTEN", "value": "0.0.0.0:$(HOST_PORT)"}]}]}
     }))
     .expect("pod")
-}
-
-fn denial(result: Result<Pod, kube::Error>) -> String {
-    match result {
-        Err(kube::Error::Api(status)) => status.message,
-        other => panic!("expected a denial, got {other:?}"),
-    }
 }
 
 fn first_port(pod: &Pod) -> (i32, Option<i32>) {
@@ -96,7 +90,7 @@ async fn host_network_pods_get_ports_of_classes_that_allow_them_and_nothing_else
         .await;
     }
 
-    let refused = denial(
+    let refused = denial_message(
         pods.create(
             &PostParams::default(),
             &host_network_pod("web", json!({"claim.hostport.rmb938.com/api": "web"})),
@@ -107,7 +101,7 @@ async fn host_network_pods_get_ports_of_classes_that_allow_them_and_nothing_else
         refused.contains("whose class does not allow hostNetwork pods"),
         "{refused}"
     );
-    let bare = denial(
+    let bare = denial_message(
         pods.create(&PostParams::default(), &host_network_pod("bare", json!({})))
             .await,
     );
@@ -124,7 +118,7 @@ async fn host_network_pods_get_ports_of_classes_that_allow_them_and_nothing_else
     let (container_port, host_port) = first_port(&made);
     assert_eq!(Some(container_port), host_port);
     assert!((16600..=16609).contains(&container_port));
-    let refused = denial(
+    let refused = denial_message(
         pods.create(
             &PostParams::default(),
             &host_network_pod("proxy", json!({"class.hostport.rmb938.com/api": plain})),

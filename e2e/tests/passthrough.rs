@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use hostport_controller::RunOptions;
+use hostport_e2e::denial_message;
 use hostport_e2e::harness::Env;
 use hostport_e2e::workloads::statefulset_pod;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -59,13 +60,6 @@ fn server_pod(name: &str, annotations: Value) -> Pod {
                 {"name": "LISTEN", "value": "0.0.0.0:$(HOST_PORT)"}]}]}
     }))
     .expect("pod")
-}
-
-fn denial(error: kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) => status.message,
-        other => panic!("expected a denial, got {other:?}"),
-    }
 }
 
 /// `(containerPort, hostPort)` of the stored pod's port `index`.
@@ -158,10 +152,7 @@ async fn passthrough_needs_a_class_that_allows_it() {
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(RunOptions::default());
     let class = env.create_class("mapped", &[(16110, 16119)]).await;
-    let claim = passthrough_claim(&env, "game", &class)
-        .await
-        .expect_err("refused");
-    let message = denial(claim);
+    let message = denial_message(passthrough_claim(&env, "game", &class).await);
     assert!(
         message.contains("port policy Passthrough is not allowed by HostPortClass")
             && message.contains("spec.allowPassthrough is false"),
@@ -173,11 +164,7 @@ async fn passthrough_needs_a_class_that_allows_it() {
         json!({"class.hostport.rmb938.com/game": class,
                "port-policy.hostport.rmb938.com/game": "Passthrough"}),
     );
-    let message = denial(
-        pods.create(&PostParams::default(), &pod)
-            .await
-            .expect_err("refused"),
-    );
+    let message = denial_message(pods.create(&PostParams::default(), &pod).await);
     assert!(
         message.contains("annotation \"port-policy.hostport.rmb938.com/game\"")
             && message.contains("not allowed by HostPortClass"),
