@@ -84,7 +84,16 @@ pub fn strip_pod(pod: &mut Pod) {
     pod.status = pod.status.take().map(|status| PodStatus {
         phase: status.phase,
         host_ip: status.host_ip,
+        // Dual-stack: one address per family (the kubelet writes at most two).
+        host_ips: status.host_ips.map(|mut ips| {
+            ips.truncate(2);
+            ips
+        }),
         pod_ip: status.pod_ip,
+        pod_ips: status.pod_ips.map(|mut ips| {
+            ips.truncate(2);
+            ips
+        }),
         ..PodStatus::default()
     });
 }
@@ -298,6 +307,8 @@ mod tests {
                 "initContainers": [{"name": "side", "restartPolicy": "Always",
                     "ports": [{"name": "s", "containerPort": 9, "hostPort": 37201}]}]},
             "status": {"phase": "Running", "hostIP": "198.51.100.2", "podIP": "203.0.113.9",
+                "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
+                "podIPs": [{"ip": "203.0.113.9"}, {"ip": "2001:db8:1::9"}, {"ip": "2001:db8:1::a"}],
                 "message": "x".repeat(100_000)}
         }))
         .expect("pod");
@@ -330,6 +341,16 @@ mod tests {
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         let status = pod.status.as_ref().expect("status");
         assert_eq!(status.host_ip.as_deref(), Some("198.51.100.2"));
+        assert_eq!(
+            status.host_ips.as_ref().map_or(0, Vec::len),
+            2,
+            "both families of a dual-stack node"
+        );
+        assert_eq!(
+            status.pod_ips.as_ref().map_or(0, Vec::len),
+            2,
+            "at most one per family"
+        );
         assert_eq!(status.message, None);
         assert!(serde_json::to_vec(&pod).expect("json").len() < 32 * 1024);
     }

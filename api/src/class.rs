@@ -122,6 +122,75 @@ pub struct Publish {
     /// `status.external` and its `Published` condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterPublish>,
+    /// The address families ports of this class are published on: `IPv4`, `IPv6` or both
+    /// (dual-stack nodes and pods: `status.hostIPs`, `status.podIPs`). Unset: the
+    /// publisher's `--ip-families` (default `IPv4`, what every release before did). A family
+    /// the node or pod has no address of is left out (the claim's `Published` condition says
+    /// so in router mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(validation = Rule::new("self.size() < 2 || self[0] != self[1]").message("ipFamilies lists each family once: [IPv4], [IPv6] or [IPv4, IPv6]"))]
+    pub ip_families: Vec<IpFamily>,
+}
+
+/// An IP address family, spelled as Kubernetes Services spell it.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum IpFamily {
+    /// IPv4.
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    /// IPv6.
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+impl IpFamily {
+    /// Both families, IPv4 first.
+    pub const ALL: [IpFamily; 2] = [IpFamily::Ipv4, IpFamily::Ipv6];
+
+    /// The family of `address`.
+    pub fn of(address: std::net::IpAddr) -> Self {
+        match address {
+            std::net::IpAddr::V4(_) => Self::Ipv4,
+            std::net::IpAddr::V6(_) => Self::Ipv6,
+        }
+    }
+
+    /// `IPv4` or `IPv6`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "IPv4",
+            Self::Ipv6 => "IPv6",
+        }
+    }
+
+    /// From `IPv4` or `IPv6` (as Kubernetes spells it; case-insensitive for flags).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "ipv4" => Some(Self::Ipv4),
+            "ipv6" => Some(Self::Ipv6),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Publish {
+    /// The families to publish on: the class's `ipFamilies`, else `default`.
+    pub fn families<'a>(&'a self, default: &'a [IpFamily]) -> &'a [IpFamily] {
+        if self.ip_families.is_empty() {
+            default
+        } else {
+            &self.ip_families
+        }
+    }
 }
 
 /// How ports of a class are mapped on the router.

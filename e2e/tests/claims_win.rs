@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hostport_api::IpFamily;
 use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
 use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
@@ -81,18 +82,21 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
         service_namespaces: vec![env.namespace.clone()],
     };
     let client = env.client_as(publisher_user());
-    let forwards = run::wanted_once(&client, &mode, &DenyList::default()).await;
+    let forwards = run::wanted_once(&client, &mode, &DenyList::default(), &[IpFamily::Ipv4]).await;
     let target = forwards
-        .get(Protocol::Tcp, 37400)
+        .get(IpFamily::Ipv4, Protocol::Tcp, 37400)
         .expect("the claim's forward");
     assert_eq!(
         (target.address.to_string(), target.port),
         ("198.51.100.2".to_owned(), 37400),
         "the claim keeps its port"
     );
-    assert!(forwards.get(Protocol::Tcp, 37405).is_none(), "a pool port");
+    assert!(
+        forwards.get(IpFamily::Ipv4, Protocol::Tcp, 37405).is_none(),
+        "a pool port"
+    );
     let site = forwards
-        .get(Protocol::Tcp, 8443)
+        .get(IpFamily::Ipv4, Protocol::Tcp, 8443)
         .expect("the Service outside the pools");
     assert_eq!(site.address.to_string(), "198.51.100.1");
 
@@ -111,6 +115,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
         RunOptions {
             metrics: metrics.clone(),
             ready: Arc::default(),
+            families: vec![IpFamily::Ipv4],
             mode,
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),

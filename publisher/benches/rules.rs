@@ -1,14 +1,16 @@
 //! How long applying forwards takes on a real kernel, in a network namespace made for the
 //! bench (needs root; says why and exits otherwise): a full ruleset of 1,000 and of 10,000
-//! forwards, and one port changed among 10,000, for nftables (full replace vs element
-//! delta) and the iptables fallback (which rewrites its chains), each the median of 7 runs,
+//! forwards, of 1,000 dual-stack ones (each port over IPv4 and IPv6: 2,000 entries, one
+//! transaction for nftables), and one port changed among 10,000, for nftables (full replace
+//! vs element delta) and the iptables fallback (which rewrites its chains, then the
+//! ip6tables ones), each the median of 7 runs,
 //! the program's start included (`nft -f -`, `sh -s` with `iptables-restore`).
 //!
 //! ```sh
 //! cargo bench -p hostport-publisher --bench rules
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,11 +29,24 @@ fn forwards(ports: std::ops::Range<u16>) -> ForwardSet {
             protocol: Protocol::Tcp,
             port,
             target: Target {
-                address: Ipv4Addr::new(198, 51, 100, 2),
+                address: Ipv4Addr::new(198, 51, 100, 2).into(),
                 port,
             },
         })
         .collect()
+}
+
+/// Each port over IPv4 and IPv6.
+fn dual_stack(ports: std::ops::Range<u16>) -> ForwardSet {
+    let v6 = ports.clone().map(|port| Forward {
+        protocol: Protocol::Tcp,
+        port,
+        target: Target {
+            address: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).into(),
+            port,
+        },
+    });
+    forwards(ports).iter().chain(v6).collect()
 }
 
 fn median(mut samples: Vec<Duration>) -> f64 {
@@ -53,6 +68,7 @@ fn syncer(ns: &str, backend: Backend) -> Syncer {
         Rules {
             interface: Some("ext0".into()),
             masquerade: true,
+            masquerade6: false,
         },
         DenyList::default(),
         Executor::Local {
@@ -108,6 +124,7 @@ async fn main() {
     let ns = Namespace(name);
     // Clear of the default deny-list (10250, …): exactly 1,000 and 10,000 forwards.
     let (thousand, ten_thousand) = (forwards(20_000..21_000), forwards(20_000..30_000));
+    let thousand_dual = dual_stack(20_000..21_000);
     for (label, backend) in [
         ("nftables", Backend::Nft),
         (
@@ -125,9 +142,10 @@ async fn main() {
     ] {
         let full_1k = full(&ns.0, &backend, &thousand).await;
         let full_10k = full(&ns.0, &backend, &ten_thousand).await;
+        let full_dual = full(&ns.0, &backend, &thousand_dual).await;
         let change = one_change(&ns.0, &backend, &ten_thousand).await;
         println!(
-            "rules: {label}: full apply of 1,000 forwards {full_1k:.1} ms, of 10,000 {full_10k:.1} ms; one port changed among 10,000 {change:.1} ms (median of {RUNS})"
+            "rules: {label}: full apply of 1,000 forwards {full_1k:.1} ms, of 10,000 {full_10k:.1} ms, of 1,000 dual-stack {full_dual:.1} ms; one port changed among 10,000 {change:.1} ms (median of {RUNS})"
         );
         syncer(&ns.0, backend).cleanup().await.expect("cleanup");
     }

@@ -17,8 +17,8 @@ use crate::router::gateway::system_default_gateway;
 use crate::router::run::ServicePublishing;
 use crate::router::wanted::ServiceSettings;
 use crate::{forwarding, router};
-use hostport_api::RouterProtocol;
 use hostport_api::selector::LabelSelector;
+use hostport_api::{IpFamily, RouterProtocol};
 
 /// Where the publisher runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,9 +91,17 @@ pub struct Args {
     /// Forward only what arrives on this interface (edge mode: the external one).
     #[arg(long, env = "HOSTPORT_PUBLISHER_EXTERNAL_INTERFACE")]
     external_interface: Option<String>,
-    /// Rewrite the source of forwarded connections (default: on in edge mode, off in node mode).
+    /// Rewrite the source of forwarded IPv4 connections (default: on in edge mode, off in node mode).
     #[arg(long, env = "HOSTPORT_PUBLISHER_MASQUERADE")]
     masquerade: Option<bool>,
+    /// Rewrite the source of forwarded IPv6 connections (default: off; the client's address
+    /// stays, replies must route back through this host).
+    #[arg(long, env = "HOSTPORT_PUBLISHER_MASQUERADE6", default_value_t = false, action = clap::ArgAction::Set)]
+    masquerade6: bool,
+    /// Address families published for classes whose `spec.publish.ipFamilies` is unset
+    /// (`IPv4`, `IPv6` or `IPv4,IPv6`).
+    #[arg(long, env = "HOSTPORT_PUBLISHER_IP_FAMILIES", value_delimiter = ',', value_parser = parse_family, default_value = "IPv4")]
+    ip_families: Vec<IpFamily>,
     /// This node's name (node and router modes).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -212,6 +220,10 @@ pub struct Args {
     log_format: LogFormat,
 }
 
+fn parse_family(text: &str) -> Result<IpFamily, String> {
+    IpFamily::parse(text).ok_or_else(|| format!("{text:?} is not an address family: IPv4 or IPv6"))
+}
+
 fn default_deny() -> String {
     DEFAULT_DENIED
         .iter()
@@ -282,7 +294,10 @@ pub async fn main() -> anyhow::Result<()> {
     let rules = Rules {
         interface: args.external_interface.clone(),
         masquerade: args.masquerade.unwrap_or(args.mode == ModeArg::Edge),
+        masquerade6: args.masquerade6,
     };
+    let mut families = args.ip_families.clone();
+    families.dedup();
     let mut syncer = Syncer::new(backend, rules, deny, executor, args.dry_run);
     if args.cleanup {
         syncer.cleanup().await.context("removing our rules")?;
@@ -293,7 +308,7 @@ pub async fn main() -> anyhow::Result<()> {
     }
     let client = client().await?;
     if args.render {
-        let forwards = forwarding::run::wanted_once(&client, &mode, syncer.deny()).await;
+        let forwards = forwarding::run::wanted_once(&client, &mode, syncer.deny(), &families).await;
         print!("{}", syncer.render(&forwards));
         return Ok(());
     }
@@ -302,6 +317,7 @@ pub async fn main() -> anyhow::Result<()> {
         metrics: served.metrics.clone(),
         ready: served.ready.clone(),
         mode,
+        families,
         batch_window: Duration::from_millis(args.batch_window_ms),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         instance: std::env::var("POD_NAME")
@@ -475,5 +491,22 @@ mod tests {
         );
         assert_eq!(args.service_namespaces, ["games", "web"]);
         assert_eq!(args.mode, ModeArg::Edge);
+        assert_eq!(args.ip_families, [IpFamily::Ipv4], "IPv4 unless asked");
+        assert!(!args.masquerade6);
+    }
+
+    #[test]
+    fn families_are_parsed_and_bad_ones_named() {
+        let args = Args::try_parse_from(["hostport-publisher", "--ip-families=IPv4,ipv6"])
+            .expect("parses");
+        assert_eq!(args.ip_families, IpFamily::ALL);
+        let error =
+            Args::try_parse_from(["hostport-publisher", "--ip-families=IPv5"]).expect_err("IPv5");
+        assert!(
+            error
+                .to_string()
+                .contains("\"IPv5\" is not an address family"),
+            "{error}"
+        );
     }
 }

@@ -6,20 +6,21 @@ mod netns;
 
 use std::time::Duration;
 
+use hostport_api::IpFamily;
 use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::forwarding::exec::Executor;
 use hostport_publisher::forwarding::nft::Rules;
 use hostport_publisher::forwarding::rules::{Forward, ForwardSet, Target};
 use hostport_publisher::forwarding::sync::{Backend, Outcome, Syncer};
-use netns::{NODE, Topology};
+use netns::{NODE, NODE6, Topology};
 
 fn to_node(protocol: Protocol, port: u16, node_port: u16) -> Forward {
     Forward {
         protocol,
         port,
         target: Target {
-            address: NODE,
+            address: NODE.into(),
             port: node_port,
         },
     }
@@ -34,10 +35,22 @@ fn assert_reaches(topology: &Topology, protocol: Protocol, port: u16, payload: &
     );
 }
 
+fn to_node6(protocol: Protocol, port: u16, node_port: u16) -> Forward {
+    Forward {
+        protocol,
+        port,
+        target: Target {
+            address: NODE6.into(),
+            port: node_port,
+        },
+    }
+}
+
 fn edge_rules() -> Rules {
     Rules {
         interface: Some("ext0".into()),
         masquerade: true,
+        masquerade6: false,
     }
 }
 
@@ -92,6 +105,99 @@ async fn forwards_open_and_close(backend: Backend) {
     syncer.cleanup().await.expect("cleanup");
 }
 
+/// Dual stack: IPv4 and IPv6 of one port reach the node over their own family (IPv6 without
+/// masquerade: the node routes its replies back through the router); the IPv6 forward goes
+/// without touching the IPv4 one; the deny-list holds for IPv6 as well.
+async fn dual_stack_forwards(backend: Backend) {
+    let topology = Topology::new(&[7000]);
+    let mut syncer = Syncer::new(
+        backend,
+        edge_rules(),
+        DenyList::parse("9009").expect("deny-list"),
+        topology.router_executor(),
+        false,
+    );
+    let both: ForwardSet = [
+        to_node(Protocol::Tcp, 9000, 7000),
+        to_node(Protocol::Udp, 9000, 7000),
+        to_node6(Protocol::Tcp, 9000, 7000),
+        to_node6(Protocol::Udp, 9000, 7000),
+        to_node6(Protocol::Tcp, 9009, 7000),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        syncer.sync(&both).await.expect("sync"),
+        Outcome::Replaced { forwards: 4 }
+    );
+    for family in IpFamily::ALL {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let payload = format!("{family}-{protocol}-hello");
+            assert_eq!(
+                topology
+                    .exchange_over(family, protocol, 9000, &payload)
+                    .as_deref(),
+                Some(payload.as_str()),
+                "{family} {protocol} 9000 does not reach the node"
+            );
+        }
+    }
+    assert_eq!(
+        topology.exchange_over(IpFamily::Ipv6, Protocol::Tcp, 9009, "denied"),
+        None
+    );
+    let v4_only: ForwardSet = both
+        .iter()
+        .filter(|f| f.family() == IpFamily::Ipv4)
+        .collect();
+    syncer.sync(&v4_only).await.expect("sync");
+    assert_eq!(
+        topology.exchange_over(IpFamily::Ipv6, Protocol::Tcp, 9000, "closed"),
+        None
+    );
+    assert_eq!(
+        topology.exchange_over(IpFamily::Ipv6, Protocol::Udp, 9000, "closed"),
+        None
+    );
+    assert_reaches(&topology, Protocol::Tcp, 9000, "still-v4");
+    syncer.sync(&both).await.expect("sync");
+    assert_eq!(
+        topology
+            .exchange_over(IpFamily::Ipv6, Protocol::Udp, 9000, "back")
+            .as_deref(),
+        Some("back")
+    );
+    syncer.cleanup().await.expect("cleanup");
+    assert_eq!(
+        topology.exchange_over(IpFamily::Ipv6, Protocol::Tcp, 9000, "gone"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn nftables_forwards_ipv6_beside_ipv4() {
+    need_namespaces!();
+    dual_stack_forwards(Backend::Nft).await;
+}
+
+#[tokio::test]
+async fn ip6tables_fallback_forwards_ipv6_beside_ipv4() {
+    need_namespaces!();
+    dual_stack_forwards(Backend::Iptables {
+        command: "iptables".into(),
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ip6tables_legacy_fallback_forwards_ipv6_too() {
+    need_namespaces!();
+    dual_stack_forwards(Backend::Iptables {
+        command: "iptables-legacy".into(),
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn nftables_forwards_tcp_and_udp_and_closes_the_path() {
     need_namespaces!();
@@ -124,10 +230,7 @@ async fn node_mode_forwards_a_host_port_to_the_pod_keeping_the_client_address() 
     let topology = Topology::new(&[7000]);
     let mut node = Syncer::new(
         Backend::Nft,
-        Rules {
-            interface: None,
-            masquerade: false,
-        },
+        Rules::default(),
         DenyList::default(),
         topology.router_executor(),
         false,

@@ -8,6 +8,7 @@ mod netns;
 
 use std::time::Duration;
 
+use hostport_api::IpFamily;
 use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
 use hostport_publisher::forwarding::nft::Rules;
@@ -46,6 +47,7 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
     let rules = Rules {
         interface: Some("ext0".into()),
         masquerade: true,
+        masquerade6: false,
     };
     let syncer = Syncer::new(
         Backend::Nft,
@@ -62,6 +64,7 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         RunOptions {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            families: vec![IpFamily::Ipv4],
             mode: Mode::Edge {
                 service_namespaces: vec![],
             },
@@ -149,6 +152,7 @@ async fn a_burst_of_changes_is_one_transaction() {
         RunOptions {
             metrics: Default::default(),
             ready: Default::default(),
+            families: vec![IpFamily::Ipv4],
             mode: Mode::Edge {
                 service_namespaces: vec![],
             },

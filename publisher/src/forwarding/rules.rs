@@ -1,27 +1,42 @@
-//! A set of forwards (external port and protocol → address and port), what changes between
-//! two sets, and which of them the deny-list leaves out: the value every backend renders.
+//! A set of forwards (address family, external port and protocol → address and port), what
+//! changes between two sets, and which of them the deny-list leaves out: the value every
+//! backend renders. IPv4 and IPv6 forwards of one port are two forwards: traffic that
+//! arrives over IPv6 goes to the target's IPv6 address.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use crate::claimed::{ExternalPort, Protocol};
+use hostport_api::IpFamily;
+
+use crate::claimed::Protocol;
 use crate::deny::DenyList;
 
 /// Where an external port goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     /// Address traffic is sent to (a node, or a pod in node mode).
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Port there.
     pub port: u16,
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.address, self.port)
+impl Target {
+    /// The family of its address (and of the forward to it).
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of(self.address)
     }
 }
+
+impl fmt::Display for Target {
+    /// `198.51.100.2:9000`, `[2001:db8::2]:9000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        std::net::SocketAddr::new(self.address, self.port).fmt(f)
+    }
+}
+
+/// A forward's key: one target per family, protocol and external port.
+type ForwardKey = (IpFamily, Protocol, u16);
 
 /// One external port of one protocol and where it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,13 +50,18 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// The family of its target (traffic of that family is forwarded).
+    pub fn family(&self) -> IpFamily {
+        self.target.family()
+    }
+
     /// Whether `deny` denies its external or target port.
     pub fn is_denied(&self, deny: &DenyList) -> bool {
         deny.denies(self.port) || deny.denies(self.target.port)
     }
 }
 
-/// Two wanted forwards for one external port and protocol.
+/// Two wanted forwards for one external port, protocol and family.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{protocol} port {port} is wanted for {kept} and for {dropped}; {kept} is kept")]
 pub struct Conflict {
@@ -55,10 +75,10 @@ pub struct Conflict {
     pub dropped: Target,
 }
 
-/// At most one target per external port and protocol.
+/// At most one target per external port, protocol and family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForwardSet {
-    forwards: BTreeMap<ExternalPort, Target>,
+    forwards: BTreeMap<ForwardKey, Target>,
 }
 
 impl ForwardSet {
@@ -70,7 +90,7 @@ impl ForwardSet {
     /// Adds a forward; a second target for the same external port is a [`Conflict`] (the
     /// lower target stays, so the result does not depend on the order of insertion).
     pub fn insert(&mut self, forward: Forward) -> Result<(), Conflict> {
-        let key = (forward.protocol, forward.port);
+        let key = (forward.family(), forward.protocol, forward.port);
         match self.forwards.get_mut(&key) {
             None => {
                 self.forwards.insert(key, forward.target);
@@ -94,15 +114,18 @@ impl ForwardSet {
         }
     }
 
-    /// Every forward, by protocol then port.
+    /// Every forward, by family, protocol, then port.
     pub fn iter(&self) -> impl Iterator<Item = Forward> + '_ {
         self.forwards
             .iter()
-            .map(|(&(protocol, port), &target)| Forward {
-                protocol,
-                port,
-                target,
-            })
+            .map(|(&key, &target)| forward(key, target))
+    }
+
+    /// The forwards of one family and protocol, by port.
+    pub fn of(&self, family: IpFamily, protocol: Protocol) -> impl Iterator<Item = Forward> + '_ {
+        self.forwards
+            .range((family, protocol, 0)..=(family, protocol, u16::MAX))
+            .map(|(&key, &target)| forward(key, target))
     }
 
     /// Number of forwards.
@@ -115,9 +138,9 @@ impl ForwardSet {
         self.forwards.is_empty()
     }
 
-    /// Where `protocol`/`port` goes, if anywhere.
-    pub fn get(&self, protocol: Protocol, port: u16) -> Option<Target> {
-        self.forwards.get(&(protocol, port)).copied()
+    /// Where `port`/`protocol` over `family` goes, if anywhere.
+    pub fn get(&self, family: IpFamily, protocol: Protocol, port: u16) -> Option<Target> {
+        self.forwards.get(&(family, protocol, port)).copied()
     }
 
     /// `self` without forwards `deny` denies, and the forwards left out.
@@ -149,7 +172,7 @@ impl ForwardSet {
     }
 }
 
-fn forward((protocol, port): ExternalPort, target: Target) -> Forward {
+fn forward((_, protocol, port): ForwardKey, target: Target) -> Forward {
     Forward {
         protocol,
         port,
@@ -188,16 +211,56 @@ impl Delta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn fwd(protocol: Protocol, port: u16, last: u8, to_port: u16) -> Forward {
         Forward {
             protocol,
             port,
             target: Target {
-                address: Ipv4Addr::new(198, 51, 100, last),
+                address: Ipv4Addr::new(198, 51, 100, last).into(),
                 port: to_port,
             },
         }
+    }
+
+    fn fwd6(protocol: Protocol, port: u16, last: u16, to_port: u16) -> Forward {
+        Forward {
+            protocol,
+            port,
+            target: Target {
+                address: Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last).into(),
+                port: to_port,
+            },
+        }
+    }
+
+    #[test]
+    fn the_families_of_one_port_are_two_forwards() {
+        let set: ForwardSet = [
+            fwd(Protocol::Tcp, 9000, 2, 9000),
+            fwd6(Protocol::Tcp, 9000, 2, 9000),
+            fwd6(Protocol::Udp, 9000, 2, 9000),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(set.len(), 3);
+        assert_eq!(
+            set.get(IpFamily::Ipv6, Protocol::Tcp, 9000)
+                .map(|t| t.to_string()),
+            Some("[2001:db8::2]:9000".to_owned())
+        );
+        assert_eq!(set.of(IpFamily::Ipv6, Protocol::Tcp).count(), 1);
+        assert_eq!(set.of(IpFamily::Ipv4, Protocol::Udp).count(), 0);
+        let mut conflict = set.clone();
+        assert!(
+            conflict.insert(fwd6(Protocol::Tcp, 9000, 3, 9000)).is_err(),
+            "two IPv6 targets for one port conflict"
+        );
+        let only_v4: ForwardSet = [fwd(Protocol::Tcp, 9000, 2, 9000)].into_iter().collect();
+        let delta = only_v4.delta(&set);
+        assert!(delta.removed.is_empty());
+        assert_eq!(delta.added.len(), 2, "the IPv6 forwards come, IPv4 stays");
     }
 
     #[test]
@@ -260,7 +323,7 @@ mod tests {
     #[test]
     fn denied_ports_are_left_out_on_either_side() {
         let target = |port| Target {
-            address: Ipv4Addr::new(198, 51, 100, 2),
+            address: Ipv4Addr::new(198, 51, 100, 2).into(),
             port,
         };
         let set: ForwardSet = [

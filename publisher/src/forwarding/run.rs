@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use hostport_api::IpFamily;
 use hostport_api::cache::{strip_node, strip_service};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Client;
@@ -48,6 +49,8 @@ pub struct RunOptions {
     pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Edge or node.
     pub mode: Mode,
+    /// Families for classes whose `spec.publish.ipFamilies` is unset (`--ip-families`).
+    pub families: Vec<IpFamily>,
     /// Changes within this window after the first one are applied together.
     pub batch_window: Duration,
     /// A full sync at least this often.
@@ -66,7 +69,12 @@ struct Caches {
 
 /// The forwards the caches ask for now: claims first, then Services (none in a class's
 /// pools or on a claim's port), the deny-list applied before any conflict is settled.
-fn wanted_now(caches: &Caches, mode: &Mode, deny: &DenyList) -> WantedForwards {
+fn wanted_now(
+    caches: &Caches,
+    mode: &Mode,
+    deny: &DenyList,
+    families: &[IpFamily],
+) -> WantedForwards {
     let snapshot = caches.claimed.snapshot();
     let inputs = snapshot.inputs();
     match mode {
@@ -78,10 +86,10 @@ fn wanted_now(caches: &Caches, mode: &Mode, deny: &DenyList) -> WantedForwards {
                 .filter_map(|n| n.spec.as_ref()?.pod_cidrs.clone())
                 .flatten()
                 .collect();
-            wanted::node(inputs, node, &pod_cidrs, deny)
+            wanted::node(inputs, node, &pod_cidrs, deny, families)
         }
         Mode::Edge { service_namespaces } => {
-            let mut forwards = wanted::edge(inputs, deny);
+            let mut forwards = wanted::edge(inputs, deny, families);
             if let (Some(services), Some(nodes)) = (&caches.services, &caches.nodes) {
                 let allowed = |ns: &str| service_namespaces.iter().any(|n| n == "*" || n == ns);
                 let claimable = claimable_ports(inputs.classes, inputs.claims);
@@ -182,7 +190,7 @@ pub async fn run(
             syncer.forget();
             last_full = tokio::time::Instant::now();
         }
-        let wanted = wanted_now(&caches, &options.mode, syncer.deny());
+        let wanted = wanted_now(&caches, &options.mode, syncer.deny(), &options.families);
         for conflict in &wanted.conflicts {
             tracing::warn!(%conflict, "two targets for one port");
         }
@@ -247,11 +255,16 @@ pub async fn run(
 }
 
 /// The forwards the API asks for now, listed once (for `--render`).
-pub async fn wanted_once(client: &Client, mode: &Mode, deny: &DenyList) -> ForwardSet {
+pub async fn wanted_once(
+    client: &Client,
+    mode: &Mode,
+    deny: &DenyList,
+    families: &[IpFamily],
+) -> ForwardSet {
     let (changes, _) = watch::channel(0u64);
     let (caches, tasks) = start(client, mode, &changes).await;
     let _abort = hostport_process::AbortOnDrop(tasks.iter().map(|t| t.abort_handle()).collect());
-    wanted_now(&caches, mode, deny).forwards
+    wanted_now(&caches, mode, deny, families).forwards
 }
 
 /// Service ports left out because claims may hold them: a Warning Event on the Service the

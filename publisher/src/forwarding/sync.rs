@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use hostport_api::IpFamily;
+
 use crate::deny::DenyList;
 use crate::forwarding::exec::{ExecError, Executor};
 use crate::forwarding::iptables;
@@ -119,12 +121,24 @@ impl Syncer {
     }
 
     /// The whole ruleset for `desired` (denied ports left out), as this backend writes it:
-    /// an `nft -f` script or an `iptables-restore` input.
+    /// an `nft -f` script, or the `iptables-restore` then the `ip6tables-restore` input.
     pub fn render(&self, desired: &ForwardSet) -> String {
         let allowed = self.allowed(desired).forwards;
         match &self.backend {
             Backend::Nft => nft::full(&self.rules, &allowed),
-            Backend::Iptables { .. } => iptables::restore_input(&self.rules, &allowed),
+            Backend::Iptables { command } => IpFamily::ALL
+                .into_iter()
+                .map(|family| {
+                    let restore = match family {
+                        IpFamily::Ipv4 => command.clone(),
+                        IpFamily::Ipv6 => iptables::ip6tables(command),
+                    };
+                    format!(
+                        "# {restore}-restore --noflush\n{}",
+                        iptables::restore_input(&self.rules, &allowed, family)
+                    )
+                })
+                .collect(),
         }
     }
 

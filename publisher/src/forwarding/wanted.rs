@@ -11,12 +11,17 @@
 //! Only what an admin opted in is forwarded (the class field, the namespaces allowed for
 //! Services); a port the pod did not get from its claim (a `hostPort` that differs from the
 //! claim's) is not forwarded.
+//!
+//! Each forward exists once per address family the class publishes on (`spec.publish.
+//! ipFamilies`, else the publisher's `--ip-families`) and the target has an address of:
+//! `status.hostIPs` (edge), `status.podIPs` (node), a Service's `spec.ipFamilies` and the
+//! node's InternalIPs (Services).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use hostport_api::Publish;
 use hostport_api::port_set::PortSet;
+use hostport_api::{IpFamily, Publish};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::ResourceExt;
 
@@ -64,7 +69,10 @@ impl WantedForwards {
         for forward in later.forwards.iter() {
             if forward.is_denied(deny) {
                 self.denied.push(forward);
-            } else if let Some(kept) = self.forwards.get(forward.protocol, forward.port) {
+            } else if let Some(kept) =
+                self.forwards
+                    .get(forward.family(), forward.protocol, forward.port)
+            {
                 if kept != forward.target {
                     self.conflicts.push(Conflict {
                         protocol: forward.protocol,
@@ -87,106 +95,167 @@ impl WantedForwards {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode<'a> {
     Edge,
-    Node(&'a str, &'a [Ipv4Cidr]),
+    Node(&'a str, &'a [IpCidr]),
 }
 
-/// The edge host's forwards for claimed ports (the deny-list applied first).
-pub fn edge(inputs: Inputs<'_>, deny: &DenyList) -> WantedForwards {
-    claimed(inputs, Mode::Edge, deny)
+/// The edge host's forwards for claimed ports (the deny-list applied first), on the class's
+/// families (`families` where the class does not say).
+pub fn edge(inputs: Inputs<'_>, deny: &DenyList, families: &[IpFamily]) -> WantedForwards {
+    claimed(inputs, Mode::Edge, deny, families)
 }
 
 /// Node `node`'s forwards for the pods there (the deny-list applied first), only to pod
-/// addresses inside the node's `pod_cidrs` when it has any: a pod's `status.podIP` is not
+/// addresses inside the node's `pod_cidrs` when it has any: a pod's `status.podIPs` is not
 /// proof of where it runs, and a forward must never point at another host.
 pub fn node(
     inputs: Inputs<'_>,
     node: &str,
     pod_cidrs: &[String],
     deny: &DenyList,
+    families: &[IpFamily],
 ) -> WantedForwards {
-    let cidrs: Vec<Ipv4Cidr> = pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
-    claimed(inputs, Mode::Node(node, &cidrs), deny)
+    let cidrs: Vec<IpCidr> = pod_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    claimed(inputs, Mode::Node(node, &cidrs), deny, families)
 }
 
-/// An IPv4 CIDR (`10.244.1.0/24`); IPv6 ones do not parse (forwards are IPv4).
+/// An IPv4 or IPv6 CIDR (`10.244.1.0/24`, `2001:db8:1::/64`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    network: u32,
-    mask: u32,
+pub struct IpCidr {
+    network: IpAddr,
+    bits: u8,
 }
 
-impl Ipv4Cidr {
-    /// Whether `address` lies inside.
-    pub fn contains(&self, address: Ipv4Addr) -> bool {
-        u32::from(address) & self.mask == self.network
+impl IpCidr {
+    /// Whether `address` lies inside (never for the other family).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        match (self.network, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                prefix(u128::from(u32::from(network)), 32, self.bits)
+                    == prefix(u128::from(u32::from(address)), 32, self.bits)
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                prefix(u128::from(network), 128, self.bits)
+                    == prefix(u128::from(address), 128, self.bits)
+            }
+            _ => false,
+        }
     }
 }
 
-impl std::str::FromStr for Ipv4Cidr {
+/// The first `bits` of a `width`-bit address.
+fn prefix(address: u128, width: u8, bits: u8) -> u128 {
+    match width.saturating_sub(bits) {
+        128.. => 0,
+        shift => address >> shift,
+    }
+}
+
+impl std::str::FromStr for IpCidr {
     type Err = ();
 
     fn from_str(text: &str) -> Result<Self, ()> {
         let (address, bits) = text.split_once('/').ok_or(())?;
-        let address: Ipv4Addr = address.parse().map_err(|_| ())?;
-        let bits: u32 = bits.parse().map_err(|_| ())?;
-        let mask = match bits {
-            0 => 0,
-            1..=32 => u32::MAX << (32 - bits),
-            _ => return Err(()),
-        };
-        Ok(Self {
-            network: u32::from(address) & mask,
-            mask,
-        })
+        let network: IpAddr = address.parse().map_err(|_| ())?;
+        let bits: u8 = bits.parse().map_err(|_| ())?;
+        let width = if network.is_ipv4() { 32 } else { 128 };
+        if bits > width {
+            return Err(());
+        }
+        Ok(Self { network, bits })
     }
 }
 
-fn claimed(inputs: Inputs<'_>, mode: Mode<'_>, deny: &DenyList) -> WantedForwards {
+/// A pod's addresses: `status.hostIPs` (edge) or `status.podIPs` (node), with the singular
+/// field first for clusters that never fill the list.
+fn pod_addresses(pod: &k8s_openapi::api::core::v1::Pod, mode: Mode<'_>) -> Vec<IpAddr> {
+    let Some(status) = pod.status.as_ref() else {
+        return vec![];
+    };
+    let (first, list): (Option<&str>, Vec<&str>) = match mode {
+        Mode::Edge => (
+            status.host_ip.as_deref(),
+            status
+                .host_ips
+                .iter()
+                .flatten()
+                .map(|a| a.ip.as_str())
+                .collect(),
+        ),
+        Mode::Node(..) => (
+            status.pod_ip.as_deref(),
+            status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|a| a.ip.as_str())
+                .collect(),
+        ),
+    };
+    first
+        .into_iter()
+        .chain(list)
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+fn claimed(
+    inputs: Inputs<'_>,
+    mode: Mode<'_>,
+    deny: &DenyList,
+    default_families: &[IpFamily],
+) -> WantedForwards {
     let mut wanted = WantedForwards::default();
     let opted_in = |publish: &Publish| match mode {
         Mode::Edge => publish.edge,
         Mode::Node(..) => publish.node,
     };
     for used in claimed_ports(inputs, opted_in) {
-        let status = used.pod.status.as_ref();
-        let (address, target_port) = match mode {
-            Mode::Edge => (status.and_then(|s| s.host_ip.as_deref()), Some(used.port)),
-            Mode::Node(node, cidrs) => {
+        let target_port = match mode {
+            Mode::Edge => Some(used.port),
+            Mode::Node(node, _) => {
                 if used.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
                     continue;
                 }
-                let pod_ip = status
-                    .and_then(|s| s.pod_ip.as_deref())
-                    .and_then(|a| a.parse::<Ipv4Addr>().ok());
-                if !cidrs.is_empty()
-                    && !pod_ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)))
-                {
-                    tracing::warn!(pod = %format!("{}/{}", used.pod.namespace().unwrap_or_default(), used.pod.name_any()), pod_ip = ?pod_ip, "pod address outside this node's pod CIDRs; not forwarded");
-                    continue;
-                }
-                (
-                    status.and_then(|s| s.pod_ip.as_deref()),
-                    u16::try_from(used.container_port.container_port).ok(),
-                )
+                u16::try_from(used.container_port.container_port).ok()
             }
         };
-        let (Some(address), Some(target_port)) = (
-            address.and_then(|a| a.parse::<Ipv4Addr>().ok()),
-            target_port,
-        ) else {
+        let Some(target_port) = target_port else {
             continue;
         };
-        wanted.add_allowed(
-            Forward {
-                protocol: used.protocol,
-                port: used.port,
-                target: Target {
-                    address,
-                    port: target_port,
+        let addresses = pod_addresses(used.pod, mode);
+        let families = used
+            .class
+            .spec
+            .publish
+            .as_ref()
+            .map_or(default_families, |p| p.families(default_families));
+        for family in families {
+            let Some(address) = addresses
+                .iter()
+                .copied()
+                .find(|a| IpFamily::of(*a) == *family)
+            else {
+                continue;
+            };
+            if let Mode::Node(_, cidrs) = mode
+                && !cidrs.is_empty()
+                && !cidrs.iter().any(|c| c.contains(address))
+            {
+                tracing::warn!(pod = %format!("{}/{}", used.pod.namespace().unwrap_or_default(), used.pod.name_any()), pod_ip = %address, "pod address outside this node's pod CIDRs; not forwarded");
+                continue;
+            }
+            wanted.add_allowed(
+                Forward {
+                    protocol: used.protocol,
+                    port: used.port,
+                    target: Target {
+                        address,
+                        port: target_port,
+                    },
                 },
-            },
-            deny,
-        );
+                deny,
+            );
+        }
     }
     wanted
 }
@@ -205,8 +274,9 @@ pub struct RefusedServicePort {
 /// The edge host's forwards for Services that opted in: each port of a NodePort or
 /// LoadBalancer Service annotated [`SERVICE_ANNOTATION`] in a namespace `namespace_allowed`
 /// accepts, from its `port` to the nodePort of the first Ready node (by name) with an
-/// InternalIP; except ports in `claimable` (see [`crate::claimed::claimable_ports`]), which go to
-/// [`WantedForwards::refused`].
+/// InternalIP, once for each of the Service's `spec.ipFamilies` (default IPv4) such a node
+/// has an address of; except ports in `claimable` (see [`crate::claimed::claimable_ports`]),
+/// which go to [`WantedForwards::refused`].
 pub fn services(
     services: &[Arc<Service>],
     nodes: &[Arc<Node>],
@@ -214,9 +284,10 @@ pub fn services(
     claimable: &PortSet,
 ) -> WantedForwards {
     let mut wanted = WantedForwards::default();
-    let Some(node) = ready_node_address(nodes) else {
+    let node_addresses = ready_node_addresses(nodes);
+    if node_addresses.is_empty() {
         return wanted;
-    };
+    }
     for service in services {
         let opted_in = service
             .annotations()
@@ -230,6 +301,11 @@ pub fn services(
         if !opted_in || !exposed || !namespace_allowed(&service.namespace().unwrap_or_default()) {
             continue;
         }
+        let families: Vec<IpFamily> = spec
+            .and_then(|s| s.ip_families.as_ref())
+            .map(|f| f.iter().filter_map(|f| IpFamily::parse(f)).collect())
+            .filter(|f: &Vec<IpFamily>| !f.is_empty())
+            .unwrap_or_else(|| vec![IpFamily::Ipv4]);
         for NodePort {
             protocol,
             port: external,
@@ -244,21 +320,31 @@ pub fn services(
                 });
                 continue;
             }
-            wanted.add(Forward {
-                protocol,
-                port: external,
-                target: Target {
-                    address: node,
-                    port: node_port,
-                },
-            });
+            for family in &families {
+                let Some(address) = node_addresses
+                    .iter()
+                    .copied()
+                    .find(|a| IpFamily::of(*a) == *family)
+                else {
+                    continue;
+                };
+                wanted.add(Forward {
+                    protocol,
+                    port: external,
+                    target: Target {
+                        address,
+                        port: node_port,
+                    },
+                });
+            }
         }
     }
     wanted
 }
 
-/// The InternalIP of the first Ready, schedulable node by name.
-fn ready_node_address(nodes: &[Arc<Node>]) -> Option<Ipv4Addr> {
+/// For each family, the InternalIP of that family of the first Ready, schedulable node by
+/// name that has one.
+fn ready_node_addresses(nodes: &[Arc<Node>]) -> Vec<IpAddr> {
     let mut ready: Vec<&Arc<Node>> = nodes
         .iter()
         .filter(|n| {
@@ -271,17 +357,25 @@ fn ready_node_address(nodes: &[Arc<Node>]) -> Option<Ipv4Addr> {
         })
         .collect();
     ready.sort_by_key(|n| n.name_any());
-    ready.into_iter().find_map(|n| {
-        n.status
-            .as_ref()?
-            .addresses
-            .as_ref()?
-            .iter()
-            .find(|a| a.type_ == "InternalIP")?
-            .address
-            .parse()
-            .ok()
-    })
+    let internal: Vec<IpAddr> = ready
+        .into_iter()
+        .flat_map(|n| {
+            n.status
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter(|a| a.type_ == "InternalIP")
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
+        })
+        .collect();
+    IpFamily::ALL
+        .into_iter()
+        .filter_map(|family| {
+            internal
+                .iter()
+                .copied()
+                .find(|a| IpFamily::of(*a) == family)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! addresses only, routed nowhere else:
 //!
 //! ```text
-//! client 203.0.113.2 ── ext0 203.0.113.1  router  int0 198.51.100.1 ── node 198.51.100.2
+//! client 203.0.113.2   ── ext0 203.0.113.1    router  int0 198.51.100.1  ── node 198.51.100.2
+//!        2001:db8:c::2         2001:db8:c::1          2001:db8:a::1          2001:db8:a::2
 //! ```
 //!
 //! The node runs TCP and UDP echo servers (socat); the client talks to the router's external
@@ -11,7 +12,9 @@
 
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use hostport_api::IpFamily;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -22,6 +25,10 @@ use hostport_publisher::forwarding::exec::Executor;
 pub const ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The node's address, as the router sees it.
 pub const NODE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// The router's external IPv6 address.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+/// The node's IPv6 address.
+pub const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 2);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -124,6 +131,37 @@ impl Topology {
         ] {
             run(&["ip", "-n", ns, "addr", "add", address, "dev", dev]);
         }
+        // `nodad`: usable at once, not after duplicate address detection.
+        for (ns, dev, address) in [
+            (&topology.client, "eth0", "2001:db8:c::2/64"),
+            (&topology.router, "ext0", "2001:db8:c::1/64"),
+            (&topology.router, "int0", "2001:db8:a::1/64"),
+            (&topology.node, "eth0", "2001:db8:a::2/64"),
+        ] {
+            run(&[
+                "ip", "-n", ns, "-6", "addr", "add", address, "dev", dev, "nodad",
+            ]);
+        }
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &topology.router,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &topology.node,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:a::1",
+        ]);
         run(&[
             "ip",
             "netns",
@@ -155,6 +193,8 @@ impl Topology {
         for listen in [
             format!("TCP4-LISTEN:{port},reuseaddr,fork"),
             format!("UDP4-RECVFROM:{port},fork"),
+            format!("TCP6-LISTEN:{port},ipv6only=1,reuseaddr,fork"),
+            format!("UDP6-RECVFROM:{port},ipv6only=1,fork"),
         ] {
             let child = Command::new("ip")
                 .args([
@@ -178,7 +218,10 @@ impl Topology {
                 .args(["netns", "exec", &self.node, "ss", "-ltn"])
                 .output()
                 .expect("ss");
-            if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+            let listening = String::from_utf8_lossy(&out.stdout).into_owned();
+            if listening.contains(&format!("0.0.0.0:{port} "))
+                && listening.contains(&format!("[::]:{port} "))
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -198,11 +241,28 @@ impl Topology {
         }
     }
 
-    /// Sends `payload` from the client to the router's external address; what came back.
+    /// Sends `payload` from the client to the router's external IPv4 address; what came back.
     pub fn exchange(&self, protocol: Protocol, port: u16, payload: &str) -> Option<String> {
+        self.exchange_over(IpFamily::Ipv4, protocol, port, payload)
+    }
+
+    /// Sends `payload` from the client to the router's external address of `family`; what
+    /// came back.
+    pub fn exchange_over(
+        &self,
+        family: IpFamily,
+        protocol: Protocol,
+        port: u16,
+        payload: &str,
+    ) -> Option<String> {
+        let (router, suffix) = match family {
+            IpFamily::Ipv4 => (IpAddr::from(ROUTER), "4"),
+            IpFamily::Ipv6 => (IpAddr::from(ROUTER6), "6"),
+        };
+        let destination = std::net::SocketAddr::new(router, port);
         let address = match protocol {
-            Protocol::Tcp => format!("TCP4:{ROUTER}:{port}"),
-            Protocol::Udp => format!("UDP4:{ROUTER}:{port}"),
+            Protocol::Tcp => format!("TCP{suffix}:{destination}"),
+            Protocol::Udp => format!("UDP{suffix}:{destination}"),
         };
         let mut child = Command::new("timeout")
             .args([

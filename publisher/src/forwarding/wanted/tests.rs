@@ -3,6 +3,13 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::*;
 use crate::claimed::{Protocol, claimable_ports};
+
+/// Today's default: IPv4 only.
+const V4: &[IpFamily] = &[IpFamily::Ipv4];
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
 use serde_json::json;
 
 fn class(name: &str, edge: bool, node: bool) -> Arc<HostPortClass> {
@@ -76,15 +83,16 @@ fn edge_forwards_claimed_ports_of_opted_in_classes_to_the_node() {
             pods: &pods,
         },
         &DenyList::default(),
+        V4,
     );
     let forwards: Vec<Forward> = wanted.forwards.iter().collect();
     assert_eq!(forwards.len(), 2, "{forwards:?}");
     assert_eq!(
-        wanted.forwards.get(Protocol::Tcp, 9000),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 9000),
         Some(target("198.51.100.2", 9000))
     );
     assert_eq!(
-        wanted.forwards.get(Protocol::Udp, 9000),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Udp, 9000),
         Some(target("198.51.100.2", 9000))
     );
     assert!(wanted.conflicts.is_empty());
@@ -106,14 +114,14 @@ fn node_mode_forwards_to_the_pods_of_its_node_only() {
         claims: &claims,
         pods: &pods,
     };
-    let wanted = node(inputs, "n1", &[], &DenyList::default());
+    let wanted = node(inputs, "n1", &[], &DenyList::default(), V4);
     assert_eq!(wanted.forwards.len(), 2);
     assert_eq!(
-        wanted.forwards.get(Protocol::Tcp, 9000),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 9000),
         Some(target("10.0.0.5", 7777))
     );
     assert!(
-        edge(inputs, &DenyList::default()).forwards.is_empty(),
+        edge(inputs, &DenyList::default(), V4).forwards.is_empty(),
         "not opted in for the edge"
     );
 }
@@ -132,13 +140,14 @@ fn two_pods_on_one_claim_conflict_and_the_result_is_deterministic() {
                 pods,
             },
             &DenyList::default(),
+            V4,
         )
     };
     let (ab, ba) = (forwards(&[one.clone(), two.clone()]), forwards(&[two, one]));
     assert_eq!(ab.forwards, ba.forwards);
     assert_eq!(ab.conflicts.len(), 2, "TCP and UDP");
     assert_eq!(
-        ab.forwards.get(Protocol::Tcp, 9000),
+        ab.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 9000),
         Some(target("198.51.100.2", 9000))
     );
 }
@@ -185,7 +194,7 @@ fn services_opt_in_by_annotation_and_namespace() {
     let wanted = services(&services_in, &nodes, |ns| ns == "public", &none);
     assert_eq!(wanted.forwards.len(), 2);
     assert_eq!(
-        wanted.forwards.get(Protocol::Tcp, 8443),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 8443),
         Some(target("198.51.100.3", 30443)),
         "to the first Ready node"
     );
@@ -239,15 +248,15 @@ fn claims_win_over_services_and_the_deny_list_comes_first() {
     // forward away with it.
     let deny = DenyList::parse("30080").expect("deny");
     let claimable = claimable_ports(&classes, &claims);
-    let mut wanted = edge(inputs, &deny);
+    let mut wanted = edge(inputs, &deny, V4);
     wanted.merge(services(&taker, &[ready], |_| true, &claimable), &deny);
     assert_eq!(
-        wanted.forwards.get(Protocol::Tcp, 9000),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 9000),
         Some(target("198.51.100.2", 9000)),
         "the claim keeps its port"
     );
     assert_eq!(
-        wanted.forwards.get(Protocol::Tcp, 8080),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 8080),
         Some(target("198.51.100.1", 30082))
     );
     let refused: Vec<(String, u16)> = wanted
@@ -278,7 +287,7 @@ fn a_denied_claim_does_not_displace_an_allowed_one() {
         pods: &pods,
     };
     let deny = DenyList::parse("7777").expect("deny");
-    let wanted = node(inputs, "n1", &[], &deny);
+    let wanted = node(inputs, "n1", &[], &deny, V4);
     assert!(wanted.forwards.is_empty());
     assert_eq!(wanted.denied.len(), 2, "TCP and UDP to 7777");
 }
@@ -301,18 +310,26 @@ fn node_mode_forwards_only_to_pod_addresses_of_its_node() {
         pods: &pods,
     };
     let cidrs = ["10.244.1.0/24".to_owned(), "fd00:1::/64".to_owned()];
-    let wanted = node(inputs, "n1", &cidrs, &DenyList::default());
+    let wanted = node(inputs, "n1", &cidrs, &DenyList::default(), V4);
     let ports: Vec<u16> = wanted.forwards.iter().map(|f| f.port).collect();
     assert_eq!(ports, vec![9000, 9000], "TCP and UDP of a-0 only");
     // Without podCIDRs on the Node there is nothing to check against.
     assert_eq!(
-        node(inputs, "n1", &[], &DenyList::default()).forwards.len(),
+        node(inputs, "n1", &[], &DenyList::default(), V4)
+            .forwards
+            .len(),
         4
     );
-    assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
-    assert!("x/8".parse::<Ipv4Cidr>().is_err());
-    let all: Ipv4Cidr = "0.0.0.0/0".parse().expect("cidr");
-    assert!(all.contains(Ipv4Addr::new(203, 0, 113, 1)));
+    assert!("10.0.0.0/33".parse::<IpCidr>().is_err());
+    assert!("2001:db8::/129".parse::<IpCidr>().is_err());
+    assert!("x/8".parse::<IpCidr>().is_err());
+    let all: IpCidr = "0.0.0.0/0".parse().expect("cidr");
+    assert!(all.contains(ip("203.0.113.1")));
+    assert!(!all.contains(ip("2001:db8::1")), "never the other family");
+    let six: IpCidr = "2001:db8:1::/64".parse().expect("cidr");
+    assert!(six.contains(ip("2001:db8:1::5")) && !six.contains(ip("2001:db8:2::5")));
+    let any6: IpCidr = "::/0".parse().expect("cidr");
+    assert!(any6.contains(ip("2001:db8:2::5")));
 }
 
 #[test]
@@ -349,21 +366,177 @@ fn every_port_of_a_block_is_forwarded_and_claimed() {
         claims: &claims,
         pods: &pods,
     };
-    let wanted = edge(inputs, &DenyList::default());
+    let wanted = edge(inputs, &DenyList::default(), V4);
     assert_eq!(wanted.forwards.len(), 3, "{:?}", wanted.forwards);
     for port in 9010..=9012 {
         assert_eq!(
-            wanted.forwards.get(Protocol::Udp, port),
+            wanted.forwards.get(IpFamily::Ipv4, Protocol::Udp, port),
             Some(target("198.51.100.2", port))
         );
     }
     // Node mode: each port to its own container port.
-    let wanted = node(inputs, "n1", &[], &DenyList::default());
+    let wanted = node(inputs, "n1", &[], &DenyList::default(), V4);
     assert_eq!(
-        wanted.forwards.get(Protocol::Udp, 9012),
+        wanted.forwards.get(IpFamily::Ipv4, Protocol::Udp, 9012),
         Some(target("10.0.0.9", 10002))
     );
     let claimable = claimable_ports(&[], &claims);
     assert!((9010..=9012).all(|p| claimable.contains(p)));
     assert!(!claimable.contains(9013));
+}
+
+/// A dual-stack game server: `hostIPs` and `podIPs` of both families.
+fn dual_stack_pod(name: &str, claim: &str, port: i32, pod_ips: &[&str]) -> Arc<Pod> {
+    let pod_ips: Vec<serde_json::Value> = pod_ips.iter().map(|ip| json!({"ip": ip})).collect();
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "games", "annotations": {
+                "claim.hostport.rmb938.com/game-tcp": claim}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "game", "ports": [
+                {"name": "game-tcp", "containerPort": 7777, "hostPort": port}]}]},
+            "status": {"phase": "Running", "hostIP": "198.51.100.2",
+                "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
+                "podIP": pod_ips.first().and_then(|ip| ip["ip"].as_str()), "podIPs": pod_ips}
+        }))
+        .expect("pod"),
+    )
+}
+
+fn class_with_families(families: serde_json::Value) -> Arc<HostPortClass> {
+    Arc::new(
+        serde_json::from_value(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+            "metadata": {"name": "public"},
+            "spec": {"pools": [{"start": 9000, "end": 9100}],
+                     "publish": {"edge": true, "node": true, "ipFamilies": families}}
+        }))
+        .expect("class"),
+    )
+}
+
+#[test]
+fn the_class_or_the_flag_picks_the_families_and_each_goes_to_its_own_address() {
+    let claims = [claim("games", "a", "public", Some(9000))];
+    let pods = [dual_stack_pod(
+        "a-0",
+        "a",
+        9000,
+        &["10.0.0.5", "2001:db8:1::5"],
+    )];
+    let forwards = |class: Arc<HostPortClass>, flag: &[IpFamily]| {
+        let classes = [class];
+        let inputs = Inputs {
+            classes: &classes,
+            claims: &claims,
+            pods: &pods,
+        };
+        (
+            edge(inputs, &DenyList::default(), flag).forwards,
+            node(inputs, "n1", &[], &DenyList::default(), flag).forwards,
+        )
+    };
+    let (edge_both, node_both) = forwards(class_with_families(json!(["IPv6", "IPv4"])), V4);
+    assert_eq!(edge_both.len(), 2, "{edge_both:?}");
+    assert_eq!(
+        edge_both.get(IpFamily::Ipv6, Protocol::Tcp, 9000),
+        Some(target("2001:db8::2", 9000)),
+        "IPv6 goes to the node's IPv6 address"
+    );
+    assert_eq!(
+        edge_both.get(IpFamily::Ipv4, Protocol::Tcp, 9000),
+        Some(target("198.51.100.2", 9000))
+    );
+    assert_eq!(
+        node_both.get(IpFamily::Ipv6, Protocol::Tcp, 9000),
+        Some(target("2001:db8:1::5", 7777)),
+        "and to the pod's IPv6 address in node mode"
+    );
+    let (edge_v6, _) = forwards(class_with_families(json!(["IPv6"])), V4);
+    assert_eq!(
+        edge_v6.iter().map(|f| f.family()).collect::<Vec<_>>(),
+        [IpFamily::Ipv6],
+        "the class wins over the flag"
+    );
+    let (edge_flag, _) = forwards(class("public", true, true), &IpFamily::ALL);
+    assert_eq!(edge_flag.len(), 2, "an unset class field follows the flag");
+    let (edge_default, _) = forwards(class("public", true, true), V4);
+    assert_eq!(edge_default.len(), 1, "IPv4 only, as before");
+}
+
+#[test]
+fn a_family_without_an_address_or_outside_the_pod_cidrs_is_left_out() {
+    let classes = [class_with_families(json!(["IPv4", "IPv6"]))];
+    let claims = [
+        claim("games", "a", "public", Some(9000)),
+        claim("games", "b", "public", Some(9001)),
+    ];
+    let pods = [
+        // A single-stack pod on a dual-stack node.
+        dual_stack_pod("a-0", "a", 9000, &["10.244.1.5"]),
+        // Its IPv6 address lies in another node's range.
+        dual_stack_pod("b-0", "b", 9001, &["10.244.1.6", "2001:db8:2::6"]),
+    ];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let cidrs = ["10.244.1.0/24".to_owned(), "2001:db8:1::/64".to_owned()];
+    let wanted = node(inputs, "n1", &cidrs, &DenyList::default(), V4);
+    let forwards: Vec<(u16, IpFamily)> = wanted
+        .forwards
+        .iter()
+        .map(|f| (f.port, f.family()))
+        .collect();
+    assert_eq!(
+        forwards,
+        [(9000, IpFamily::Ipv4), (9001, IpFamily::Ipv4)],
+        "no IPv6 forward without an address, none to another node's range"
+    );
+}
+
+#[test]
+fn services_are_forwarded_on_their_own_families() {
+    let service = |families: serde_json::Value| {
+        Arc::new(
+            serde_json::from_value::<Service>(json!({
+                "metadata": {"name": "web", "namespace": "public",
+                    "annotations": {SERVICE_ANNOTATION: "true"}},
+                "spec": {"type": "NodePort", "ipFamilies": families, "ports": [
+                    {"port": 8443, "nodePort": 30443, "protocol": "TCP"}]}
+            }))
+            .expect("service"),
+        )
+    };
+    let node = |name: &str, addresses: &[&str]| {
+        let addresses: Vec<serde_json::Value> = addresses
+            .iter()
+            .map(|a| json!({"type": "InternalIP", "address": a}))
+            .collect();
+        Arc::new(
+            serde_json::from_value::<Node>(json!({
+                "metadata": {"name": name},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                           "addresses": addresses}
+            }))
+            .expect("node"),
+        )
+    };
+    // `a` has IPv4 only; `b` both: IPv6 goes to `b`, IPv4 to `a`.
+    let nodes = [
+        node("b", &["198.51.100.3", "2001:db8::3"]),
+        node("a", &["198.51.100.2"]),
+    ];
+    let none = PortSet::default();
+    let dual = services(&[service(json!(["IPv6", "IPv4"]))], &nodes, |_| true, &none);
+    assert_eq!(
+        dual.forwards.get(IpFamily::Ipv6, Protocol::Tcp, 8443),
+        Some(target("2001:db8::3", 30443))
+    );
+    assert_eq!(
+        dual.forwards.get(IpFamily::Ipv4, Protocol::Tcp, 8443),
+        Some(target("198.51.100.2", 30443))
+    );
+    let single = services(&[service(json!(null))], &nodes, |_| true, &none);
+    assert_eq!(single.forwards.len(), 1, "a Service is IPv4 unless it says");
 }
