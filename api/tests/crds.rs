@@ -328,6 +328,25 @@ fn class_rules() {
         ),
         "pools of one class must not overlap",
     );
+    let published_on = |families: Value| {
+        let mut class = class(json!([{"start": 9000, "end": 9100}]));
+        class["spec"]["publish"] = json!({"edge": true, "ipFamilies": families});
+        class
+    };
+    for families in [json!(["IPv4"]), json!(["IPv6"]), json!(["IPv6", "IPv4"])] {
+        validate("hostportclasses", &published_on(families.clone()), None)
+            .unwrap_or_else(|e| panic!("{families}: {e}"));
+    }
+    expect_error(
+        validate("hostportclasses", &published_on(json!(["IPv6", "IPv6"])), None),
+        "ipFamilies lists each family once",
+    );
+    // The enum is the API server's job (this validator runs the CEL rules only).
+    assert_eq!(
+        schema_of("hostportclasses")["properties"]["spec"]["properties"]["publish"]["properties"]
+            ["ipFamilies"]["items"]["enum"],
+        json!(["IPv4", "IPv6"])
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use hostport_publisher::forwarding::nft::Rules;
 use hostport_publisher::forwarding::run::{self, Mode, RunOptions};
 use hostport_publisher::forwarding::sync::{Backend, Syncer};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use netns::Topology;
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -103,6 +103,94 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         topology.exchange(Protocol::Tcp, 9000, "gone").is_none()
     })
     .await;
+    let _ = stop.send(());
+    publisher.await.expect("the publisher stops");
+    Syncer::new(
+        Backend::Nft,
+        rules,
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    )
+    .cleanup()
+    .await
+    .expect("cleanup");
+}
+
+/// A dual-stack pod of a class published on both families is reached over IPv4 and IPv6;
+/// the class narrowed to IPv4 closes the IPv6 path and keeps the IPv4 one.
+#[tokio::test]
+async fn a_dual_stack_class_is_forwarded_over_both_families() {
+    if let Some(why) = netns::unavailable() {
+        return eprintln!("{why}");
+    }
+    let topology = Topology::new(&[9000]);
+    let server = api::server().await;
+    let client = server.client();
+    api::class(&client, "public", (9000, 9000), true).await;
+    let classes: Api<hostport_api::HostPortClass> = Api::all(client.clone());
+    let families = |list: serde_json::Value| {
+        Patch::Merge(serde_json::json!({"spec": {"publish": {"ipFamilies": list}}}))
+    };
+    classes
+        .patch(
+            "public",
+            &PatchParams::default(),
+            &families(serde_json::json!(["IPv4", "IPv6"])),
+        )
+        .await
+        .expect("dual stack");
+    api::bound_claim(&client, "game", "public", 9000).await;
+    let (node, node6) = (netns::NODE.to_string(), netns::NODE6.to_string());
+    api::running_pod_on(&client, "game", 9000, "TCP", &[&node, &node6]).await;
+    let rules = Rules {
+        interface: Some("ext0".into()),
+        masquerade: true,
+        masquerade6: false,
+    };
+    let syncer = Syncer::new(
+        Backend::Nft,
+        rules.clone(),
+        DenyList::default(),
+        topology.router_executor(),
+        false,
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(run::run(
+        client.clone(),
+        RunOptions {
+            metrics: Default::default(),
+            ready: Default::default(),
+            // The class says both; the flag's IPv4 is only for classes that do not.
+            families: vec![IpFamily::Ipv4],
+            mode: Mode::Edge {
+                service_namespaces: vec![],
+            },
+            batch_window: Duration::from_millis(50),
+            resync: Duration::from_secs(60),
+            instance: "test".into(),
+        },
+        syncer,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let over = |family| topology.exchange_over(family, Protocol::Tcp, 9000, "dual");
+    until("both families forwarded", || {
+        over(IpFamily::Ipv4).as_deref() == Some("dual")
+            && over(IpFamily::Ipv6).as_deref() == Some("dual")
+    })
+    .await;
+    classes
+        .patch(
+            "public",
+            &PatchParams::default(),
+            &families(serde_json::json!(["IPv4"])),
+        )
+        .await
+        .expect("IPv4 only");
+    until("the IPv6 path closed", || over(IpFamily::Ipv6).is_none()).await;
+    assert_eq!(over(IpFamily::Ipv4).as_deref(), Some("dual"));
     let _ = stop.send(());
     publisher.await.expect("the publisher stops");
     Syncer::new(

@@ -60,6 +60,17 @@ pub async fn bound_claim(client: &Client, name: &str, class: &str, port: u16) {
 /// Pod `name` in `default` naming claim `name` for its port `game` (`protocol`, host port
 /// `port`), Running on the node `host_ip`.
 pub async fn running_pod(client: &Client, name: &str, port: u16, protocol: &str, host_ip: &str) {
+    running_pod_on(client, name, port, protocol, &[host_ip]).await;
+}
+
+/// [`running_pod`] on a node with `host_ips` (one per family: dual stack).
+pub async fn running_pod_on(
+    client: &Client,
+    name: &str,
+    port: u16,
+    protocol: &str,
+    host_ips: &[&str],
+) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": {"claim.hostport.rmb938.com/game": name}},
@@ -73,7 +84,8 @@ pub async fn running_pod(client: &Client, name: &str, port: u16, protocol: &str,
     pods.patch_status(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": host_ip}})),
+        &Patch::Merge(json!({"status": {"phase": "Running", "hostIP": host_ips[0],
+            "hostIPs": host_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}})),
     )
     .await
     .expect("running");
