@@ -29,6 +29,12 @@ pub const COUNT_PREFIX: &str = "count.hostport.rmb938.com/";
 /// (`alignment.hostport.rmb938.com/<portName>: "2"`, beside a class and a count annotation).
 pub const ALIGNMENT_PREFIX: &str = "alignment.hostport.rmb938.com/";
 
+/// Prefix of the annotations `hostport-publisher` keeps on each pod it publishes: where the
+/// port is reachable from outside (`external.hostport.rmb938.com/<portName>:
+/// 198.51.100.1:9000,[2001:db8::1]:9000`). Read through a downward-API volume, which the
+/// kubelet refreshes when they change. Only the publishers may write them.
+pub const EXTERNAL_PREFIX: &str = "external.hostport.rmb938.com/";
+
 /// Service annotation (value `"true"`) that asks `hostport-publisher` in edge mode to
 /// forward the Service's ports.
 pub const FORWARD_SERVICE_ANNOTATION: &str = "hostport.rmb938.com/forward";
@@ -164,6 +170,11 @@ pub fn class_annotation_key(port_name: &str) -> String {
 /// `port.hostport.rmb938.com/<port_name>`.
 pub fn port_annotation_key(port_name: &str) -> String {
     format!("{PORT_PREFIX}{port_name}")
+}
+
+/// `external.hostport.rmb938.com/<port_name>`.
+pub fn external_annotation_key(port_name: &str) -> String {
+    format!("{EXTERNAL_PREFIX}{port_name}")
 }
 
 /// `count.hostport.rmb938.com/<port_name>`.

@@ -3,11 +3,13 @@
 //! their memory grows with the number of objects, never with their size (a tenant's 200 KB of annotations on every
 //! claim, or a 1.4 MB pod, must not reach a cache).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
-use crate::annotations::{CLAIM_PREFIX, FORWARD_SERVICE_ANNOTATION};
+use crate::annotations::{CLAIM_PREFIX, EXTERNAL_PREFIX, FORWARD_SERVICE_ANNOTATION};
 use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
 use crate::{HostPort, HostPortClaim, HostPortClass};
 
@@ -23,21 +25,36 @@ pub const POD_LIST_PAGE: u32 = 10;
 /// Claim annotations kept per cached pod (a pod cannot use more: it has fewer named ports).
 pub const MAX_CLAIM_ANNOTATIONS: usize = 64;
 
+/// Longest `external.hostport.rmb938.com/<portName>` value kept (and written by the
+/// publisher): a block of 1,024 ports over two families fits as ranges.
+pub const MAX_EXTERNAL_VALUE: usize = 1024;
+
 /// Container ports kept per cached pod. Real pods declare a handful; the cap bounds what a
 /// hostile pod with thousands of ports costs (ports with a `hostPort` are kept first).
 pub const MAX_POD_PORTS: usize = 256;
 
 /// A pod as caches keep it: name, namespace, UID, deletion timestamp, claim annotations
-/// (at most [`MAX_CLAIM_ANNOTATIONS`]), node, `hostNetwork`, each container's name, restart
+/// (at most [`MAX_CLAIM_ANNOTATIONS`]) and the external annotations of their ports (at most
+/// [`MAX_EXTERNAL_VALUE`] bytes each: what the publisher compares its own with), node, `hostNetwork`, each container's name, restart
 /// policy and ports (at most [`MAX_POD_PORTS`] in all), phase and addresses. What decides a
 /// release, a port in use outside the books and a forward; nothing a tenant can grow.
 pub fn strip_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
-    let mut annotations = meta.annotations.take().unwrap_or_default();
-    annotations.retain(|key, _| key.starts_with(CLAIM_PREFIX));
+    let all = meta.annotations.take().unwrap_or_default();
+    let (mut annotations, mut external): (BTreeMap<_, _>, BTreeMap<_, _>) = all
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(CLAIM_PREFIX) || key.starts_with(EXTERNAL_PREFIX))
+        .partition(|(key, _)| key.starts_with(CLAIM_PREFIX));
     if let Some(first_dropped) = annotations.keys().nth(MAX_CLAIM_ANNOTATIONS).cloned() {
         annotations.split_off(&first_dropped);
     }
+    external.retain(|key, value| {
+        key.strip_prefix(EXTERNAL_PREFIX).is_some_and(|port_name| {
+            value.len() <= MAX_EXTERNAL_VALUE
+                && annotations.contains_key(&format!("{CLAIM_PREFIX}{port_name}"))
+        })
+    });
+    annotations.append(&mut external);
     strip_metadata(pod);
     pod.metadata.finalizers = None;
     pod.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());
@@ -294,6 +311,11 @@ mod tests {
             .map(|i| (format!("{CLAIM_PREFIX}p{i:03}"), format!("claim-{i}")))
             .collect();
         annotations.insert("big".into(), "x".repeat(1024 * 1024));
+        // The publisher's answer for a claimed port is kept; one for a port without a claim
+        // annotation, or too long, is not.
+        annotations.insert(format!("{EXTERNAL_PREFIX}p000"), "198.51.100.1:9000".into());
+        annotations.insert(format!("{EXTERNAL_PREFIX}p001"), "x".repeat(2000));
+        annotations.insert(format!("{EXTERNAL_PREFIX}nothing"), "198.51.100.1:1".into());
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "team", "uid": "u",
                 "labels": {"app": "x"}, "finalizers": ["example.com/hold"],
@@ -313,7 +335,11 @@ mod tests {
         }))
         .expect("pod");
         strip_pod(&mut pod);
-        let kept = pod.metadata.annotations.clone().unwrap_or_default();
+        let mut kept = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            kept.remove(&format!("{EXTERNAL_PREFIX}p000")).as_deref(),
+            Some("198.51.100.1:9000")
+        );
         assert_eq!(kept.len(), MAX_CLAIM_ANNOTATIONS);
         assert!(kept.keys().all(|k| k.starts_with(CLAIM_PREFIX)));
         assert_eq!(pod.metadata.finalizers, None);

@@ -338,13 +338,17 @@ fn class_rules() {
             .unwrap_or_else(|e| panic!("{families}: {e}"));
     }
     expect_error(
-        validate("hostportclasses", &published_on(json!(["IPv6", "IPv6"])), None),
+        validate(
+            "hostportclasses",
+            &published_on(json!(["IPv6", "IPv6"])),
+            None,
+        ),
         "ipFamilies lists each family once",
     );
     // The enum is the API server's job (this validator runs the CEL rules only).
     assert_eq!(
-        schema_of("hostportclasses")["properties"]["spec"]["properties"]["publish"]["properties"]
-            ["ipFamilies"]["items"]["enum"],
+        schema_of("hostportclasses")["properties"]["spec"]["properties"]["publish"]["properties"]["ipFamilies"]
+            ["items"]["enum"],
         json!(["IPv4", "IPv6"])
     );
 }

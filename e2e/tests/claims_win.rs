@@ -120,6 +120,8 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),
             instance: "edge-a".into(),
+            annotator: None,
+            public_addresses: vec![],
         },
         syncer,
         async move {

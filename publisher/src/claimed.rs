@@ -74,6 +74,8 @@ pub struct ClaimedPort<'a> {
     pub class: &'a HostPortClass,
     /// The container port serving it (its `hostPort` is `port`).
     pub container_port: &'a ContainerPort,
+    /// The port name of the pod's claim annotation (a block's further ports: the first's).
+    pub port_name: &'a str,
     /// The allocated port.
     pub port: u16,
     /// Its protocol.
@@ -129,6 +131,9 @@ pub fn claimed_ports<'a>(
                 if container_port.host_port != Some(i32::from(port)) {
                     continue;
                 }
+                let Some(port_name) = container_port.name.as_deref() else {
+                    continue;
+                };
                 let Some(protocol) = Protocol::from_kubernetes(container_port.protocol.as_deref())
                 else {
                     continue;
@@ -138,6 +143,7 @@ pub fn claimed_ports<'a>(
                     claim,
                     class,
                     container_port,
+                    port_name,
                     port,
                     protocol,
                 });
@@ -149,6 +155,7 @@ pub fn claimed_ports<'a>(
                         claim,
                         class,
                         container_port: served_by,
+                        port_name,
                         port: further,
                         protocol,
                     });

@@ -102,6 +102,15 @@ pub struct Args {
     /// (`IPv4`, `IPv6` or `IPv4,IPv6`).
     #[arg(long, env = "HOSTPORT_PUBLISHER_IP_FAMILIES", value_delimiter = ',', value_parser = parse_family, default_value = "IPv4")]
     ip_families: Vec<IpFamily>,
+    /// The public addresses clients reach forwarded ports on (edge mode: the edge host's;
+    /// node mode: default the node's ExternalIPs), one per family, written into each
+    /// published pod's `external.hostport.rmb938.com/<portName>` annotation.
+    #[arg(
+        long = "public-address",
+        env = "HOSTPORT_PUBLISHER_PUBLIC_ADDRESSES",
+        value_delimiter = ','
+    )]
+    public_addresses: Vec<String>,
     /// This node's name (node and router modes).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
@@ -298,6 +307,9 @@ pub async fn main() -> anyhow::Result<()> {
     };
     let mut families = args.ip_families.clone();
     families.dedup();
+    let public_addresses = crate::external::parse_public_addresses(&args.public_addresses)
+        .map_err(anyhow::Error::msg)
+        .context("--public-address")?;
     let mut syncer = Syncer::new(backend, rules, deny, executor, args.dry_run);
     if args.cleanup {
         syncer.cleanup().await.context("removing our rules")?;
@@ -323,6 +335,8 @@ pub async fn main() -> anyhow::Result<()> {
         instance: std::env::var("POD_NAME")
             .or_else(|_| std::env::var("HOSTNAME"))
             .unwrap_or_else(|_| "hostport-publisher".into()),
+        annotator: (!args.dry_run).then(|| crate::external::Annotator::new(client.clone())),
+        public_addresses,
     };
     forwarding::run::run(client, options, syncer, served.stop.stopped()).await;
     served.finish().await;

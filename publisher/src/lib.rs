@@ -7,13 +7,15 @@
 //!   UPnP-IGD by the publisher on each node.
 //!
 //! Shared: [`claimed`] (which ports pods hold through claims, which ports Services never
-//! get), [`caches`] (the watches), [`deny`] (ports never published), [`metrics`], [`cli`].
+//! get), [`caches`] (the watches), [`deny`] (ports never published), [`external`] (the
+//! public address annotations on pods), [`metrics`], [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod caches;
 pub mod claimed;
 pub mod cli;
 pub mod deny;
+pub mod external;
 pub mod forwarding;
 pub mod metrics;
 pub mod router;

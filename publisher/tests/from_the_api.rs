@@ -11,16 +11,31 @@ use std::time::Duration;
 use hostport_api::IpFamily;
 use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
+use hostport_publisher::external::Annotator;
 use hostport_publisher::forwarding::nft::Rules;
 use hostport_publisher::forwarding::run::{self, Mode, RunOptions};
 use hostport_publisher::forwarding::sync::{Backend, Syncer};
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use netns::Topology;
+use netns::{ROUTER, ROUTER6, Topology};
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..150 {
         if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    for _ in 0..150 {
+        if check().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -71,6 +86,8 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),
             instance: "test".into(),
+            annotator: None,
+            public_addresses: vec![],
         },
         syncer,
         async move {
@@ -169,6 +186,8 @@ async fn a_dual_stack_class_is_forwarded_over_both_families() {
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),
             instance: "test".into(),
+            annotator: Some(Annotator::new(client.clone())),
+            public_addresses: vec![ROUTER.into(), ROUTER6.into()],
         },
         syncer,
         async move {
@@ -181,6 +200,21 @@ async fn a_dual_stack_class_is_forwarded_over_both_families() {
             && over(IpFamily::Ipv6).as_deref() == Some("dual")
     })
     .await;
+    // The program's public address, over both families, in the annotation a downward-API
+    // volume shows it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let public = || async {
+        pods.get("game")
+            .await
+            .expect("pod")
+            .annotations()
+            .get("external.hostport.rmb938.com/game")
+            .cloned()
+    };
+    until_async("the public addresses on the pod", || async {
+        public().await.as_deref() == Some("203.0.113.1:9000,[2001:db8:c::1]:9000")
+    })
+    .await;
     classes
         .patch(
             "public",
@@ -191,6 +225,10 @@ async fn a_dual_stack_class_is_forwarded_over_both_families() {
         .expect("IPv4 only");
     until("the IPv6 path closed", || over(IpFamily::Ipv6).is_none()).await;
     assert_eq!(over(IpFamily::Ipv4).as_deref(), Some("dual"));
+    until_async("the IPv6 address gone from the pod", || async {
+        public().await.as_deref() == Some("203.0.113.1:9000")
+    })
+    .await;
     let _ = stop.send(());
     publisher.await.expect("the publisher stops");
     Syncer::new(
@@ -247,6 +285,8 @@ async fn a_burst_of_changes_is_one_transaction() {
             batch_window: Duration::from_millis(1500),
             resync: Duration::from_secs(60),
             instance: "test".into(),
+            annotator: None,
+            public_addresses: vec![],
         },
         syncer,
         async move {

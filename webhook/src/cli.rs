@@ -88,9 +88,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     allocator_users: Vec<String>,
-    /// The router publishers: users who may write a claim's `status.external` and its
-    /// `Published` condition and nothing else of it (repeatable). Default: the ServiceAccount
-    /// `hostport-publisher-router` in --controller-namespace.
+    /// The publishers: users who may write a claim's `status.external` and its `Published`
+    /// condition and nothing else of it, and pods' `external.hostport.rmb938.com/`
+    /// annotations (repeatable). Default: the ServiceAccounts `hostport-publisher-router` and
+    /// `hostport-publisher` in --controller-namespace.
     #[arg(
         long = "publisher-user",
         env = "HOSTPORT_WEBHOOK_PUBLISHER_USERS",
@@ -219,10 +220,10 @@ pub async fn main() -> anyhow::Result<()> {
         args.allocator_users.clone()
     };
     let publisher_users = if args.publisher_users.is_empty() {
-        vec![allocator_user(
-            &namespace,
-            crate::runner::PUBLISHER_SERVICE_ACCOUNT,
-        )]
+        crate::runner::PUBLISHER_SERVICE_ACCOUNTS
+            .iter()
+            .map(|account| allocator_user(&namespace, account))
+            .collect()
     } else {
         args.publisher_users.clone()
     };

@@ -19,8 +19,10 @@ use tokio::sync::watch;
 use crate::context::Context;
 use crate::metrics::Metrics;
 
-/// The router publisher's ServiceAccount (`config/publisher/router`).
-pub const PUBLISHER_SERVICE_ACCOUNT: &str = "hostport-publisher-router";
+/// The publishers' ServiceAccounts: router mode (`config/publisher/router`), edge and node
+/// modes (`config/publisher/rbac`).
+pub const PUBLISHER_SERVICE_ACCOUNTS: [&str; 2] =
+    ["hostport-publisher-router", "hostport-publisher"];
 
 /// How the webhook runs.
 #[derive(Clone, Debug)]
@@ -28,8 +30,9 @@ pub struct RunOptions {
     /// The allocator identity: users who may write claim `spec.hostPortName`, statuses, the
     /// claim finalizer's removal and claim-bound HostPorts.
     pub allocator_users: Vec<String>,
-    /// The router publishers: users who may write a claim's `status.external` and its
-    /// `Published` condition, and nothing else of it.
+    /// The publishers: users who may write a claim's `status.external` and its `Published`
+    /// condition, and nothing else of it, and pods' `external.hostport.rmb938.com/`
+    /// annotations.
     pub publisher_users: Vec<String>,
     /// Longest one API read may take.
     pub api_timeout: Duration,
@@ -54,7 +57,10 @@ impl Default for RunOptions {
                 DEFAULT_NAMESPACE,
                 CONTROLLER_SERVICE_ACCOUNT,
             )],
-            publisher_users: vec![allocator_user(DEFAULT_NAMESPACE, PUBLISHER_SERVICE_ACCOUNT)],
+            publisher_users: PUBLISHER_SERVICE_ACCOUNTS
+                .iter()
+                .map(|account| allocator_user(DEFAULT_NAMESPACE, account))
+                .collect(),
             api_timeout: Duration::from_secs(2),
             bind_wait: Duration::from_secs(2),
             metrics: Arc::default(),

@@ -100,4 +100,7 @@ pub mod reasons {
         hostport_api::conditions::reasons::HOST_NETWORK_NOT_ALLOWED;
     /// A port policy annotation on a port that gets no claim made for the pod.
     pub const STRAY_PORT_POLICY: &str = "StrayPortPolicy";
+    /// An `external.hostport.rmb938.com/` annotation written by someone other than a
+    /// publisher (or on a new pod).
+    pub const EXTERNAL_ANNOTATION: &str = "ExternalAnnotationReserved";
 }

@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use hostport_api::IpFamily;
 use hostport_api::cache::{strip_node, strip_service};
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::{PORT_CLAIMED, claimable_ports};
 use crate::deny::DenyList;
+use crate::external::{Annotator, Describer, Knowledge};
 use crate::forwarding::rules::ForwardSet;
 use crate::forwarding::sync::{Outcome, Syncer};
 use crate::forwarding::wanted::{self, RefusedServicePort, WantedForwards};
@@ -57,6 +60,43 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Instance name in the Events it publishes (pod or host name).
     pub instance: String,
+    /// Keeps the pods' `external.hostport.rmb938.com/` annotations (`None`: leaves them, as
+    /// with `--dry-run`).
+    pub annotator: Option<Annotator>,
+    /// The public addresses written there (`--public-address`); node mode without any: the
+    /// node's ExternalIPs.
+    pub public_addresses: Vec<IpAddr>,
+}
+
+impl RunOptions {
+    /// The public addresses and who describes ports, for the annotations.
+    fn describer(&self) -> Describer {
+        match self.mode {
+            Mode::Edge { .. } => Describer::Edge,
+            Mode::Node { .. } => Describer::Node,
+        }
+    }
+}
+
+/// The public addresses to write: the configured ones, else (node mode) this node's
+/// ExternalIPs.
+fn public_addresses(caches: &Caches, options: &RunOptions) -> Vec<IpAddr> {
+    if !options.public_addresses.is_empty() || options.describer() != Describer::Node {
+        return options.public_addresses.clone();
+    }
+    caches
+        .nodes
+        .iter()
+        .flat_map(|nodes| nodes.state())
+        .flat_map(|n| {
+            n.status
+                .clone()
+                .and_then(|s| s.addresses)
+                .unwrap_or_default()
+        })
+        .filter(|a| a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }
 
 /// The watch-fed caches.
@@ -227,6 +267,16 @@ pub async fn run(
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 if outcome != Outcome::Unchanged {
                     tracing::info!(?outcome, forwards, "rules in sync");
+                }
+                if let (Some(annotator), Some(applied)) = (&options.annotator, syncer.applied()) {
+                    let public = public_addresses(&caches, &options);
+                    let snapshot = caches.claimed.snapshot();
+                    let knowledge = Knowledge::Forwards {
+                        describer: options.describer(),
+                        public: &public,
+                        forwards: applied,
+                    };
+                    annotator.keep(snapshot.inputs(), knowledge).await;
                 }
                 None
             }

@@ -190,6 +190,11 @@ impl Syncer {
         Ok(Outcome::Replaced { forwards })
     }
 
+    /// The forwards last applied (`None` before the first sync and after a failure).
+    pub fn applied(&self) -> Option<&ForwardSet> {
+        self.applied.as_ref()
+    }
+
     /// Forgets what was applied: the next sync writes the whole ruleset (repairs changes
     /// made behind our back).
     pub fn forget(&mut self) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use hostport_api::port_set::PortSet;
 use hostport_api::{IpFamily, Publish};
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
 
 use crate::claimed::{Inputs, NodePort, claimed_ports, node_ports};
@@ -165,37 +165,47 @@ impl std::str::FromStr for IpCidr {
     }
 }
 
-/// A pod's addresses: `status.hostIPs` (edge) or `status.podIPs` (node), with the singular
-/// field first for clusters that never fill the list.
-fn pod_addresses(pod: &k8s_openapi::api::core::v1::Pod, mode: Mode<'_>) -> Vec<IpAddr> {
-    let Some(status) = pod.status.as_ref() else {
-        return vec![];
-    };
-    let (first, list): (Option<&str>, Vec<&str>) = match mode {
-        Mode::Edge => (
-            status.host_ip.as_deref(),
-            status
-                .host_ips
-                .iter()
-                .flatten()
-                .map(|a| a.ip.as_str())
-                .collect(),
-        ),
-        Mode::Node(..) => (
-            status.pod_ip.as_deref(),
-            status
-                .pod_ips
-                .iter()
-                .flatten()
-                .map(|a| a.ip.as_str())
-                .collect(),
-        ),
-    };
-    first
+/// A pod's node's addresses (`status.hostIPs`, with `status.hostIP` first for clusters that
+/// never fill the list).
+pub fn host_addresses(pod: &Pod) -> Vec<IpAddr> {
+    let status = pod.status.as_ref();
+    let first = status.and_then(|s| s.host_ip.as_deref());
+    let list = status
+        .and_then(|s| s.host_ips.as_ref())
         .into_iter()
-        .chain(list)
-        .filter_map(|a| a.parse().ok())
-        .collect()
+        .flatten()
+        .map(|a| a.ip.as_str());
+    parsed(first.into_iter().chain(list))
+}
+
+/// A pod's own addresses (`status.podIPs`, with `status.podIP` first).
+pub fn pod_ip_addresses(pod: &Pod) -> Vec<IpAddr> {
+    let status = pod.status.as_ref();
+    let first = status.and_then(|s| s.pod_ip.as_deref());
+    let list = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip.as_str());
+    parsed(first.into_iter().chain(list))
+}
+
+fn parsed<'a>(addresses: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = vec![];
+    for address in addresses.filter_map(|a| a.parse().ok()) {
+        if !out.contains(&address) {
+            out.push(address);
+        }
+    }
+    out
+}
+
+/// Where a forward of this side goes: the node's addresses (edge), the pod's (node).
+fn pod_addresses(pod: &Pod, mode: Mode<'_>) -> Vec<IpAddr> {
+    match mode {
+        Mode::Edge => host_addresses(pod),
+        Mode::Node(..) => pod_ip_addresses(pod),
+    }
 }
 
 fn claimed(

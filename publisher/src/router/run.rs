@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::claimable_ports;
 use crate::deny::DenyList;
+use crate::external::{Annotator, Knowledge};
 use crate::metrics::Metrics;
 use crate::router::client::Router;
 use crate::router::report::Reporter;
@@ -208,6 +209,7 @@ pub async fn run<R: Router + Clone>(
         options.node.clone(),
         options.instance.clone(),
     );
+    let annotator = Annotator::new(client.clone());
     let mut claims_table = Table::new(router.clone()).renewing_at_most(options.renew_at_most);
     let mut services_table = Table::new(router).renewing_at_most(options.renew_at_most);
     tracing::info!(node = %options.node, address = %options.node_address, gateway = ?options.default_gateway, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
@@ -222,6 +224,13 @@ pub async fn run<R: Router + Clone>(
             reporter
                 .claims(&caches.claimed.claims.state(), &reports)
                 .await;
+            // From the claims' `status.external` as the cache has it: a write just made
+            // shows up on the pass its watch event brings.
+            let snapshot = caches.claimed.snapshot();
+            let knowledge = Knowledge::Router {
+                node: &options.node,
+            };
+            annotator.keep(snapshot.inputs(), knowledge).await;
         }
         let is_leading = *leading.borrow_and_update();
         if is_leading {

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use hostport_api::ALLOW_HOST_NETWORK_ANNOTATION;
 use hostport_api::PortPolicy;
 use hostport_api::annotations::{
-    AnnotationError, CLAIM_PREFIX, CLASS_PREFIX, ClaimAnnotation, ClassAnnotation, PORT_PREFIX,
-    PortPolicyAnnotation, claim_annotation_key, is_hostport_annotation, parse_claim_annotations,
-    parse_class_annotations, parse_port_policy_annotations, port_annotation_key,
-    port_policy_annotation_key,
+    AnnotationError, CLAIM_PREFIX, CLASS_PREFIX, ClaimAnnotation, ClassAnnotation, EXTERNAL_PREFIX,
+    PORT_PREFIX, PortPolicyAnnotation, claim_annotation_key, is_hostport_annotation,
+    parse_claim_annotations, parse_class_annotations, parse_port_policy_annotations,
+    port_annotation_key, port_policy_annotation_key,
 };
 use hostport_api::container_ports::{PortPlace, container_ports};
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
@@ -251,6 +251,7 @@ pub(super) fn check_pod(
         .chain(classes.iter().map(|c| c.port_name.as_str()))
         .collect();
     check_stray_port_annotations(pod, &claimed)?;
+    check_no_external_annotations(pod)?;
     check_port_policies(pod, claims, classes)?;
     super::block::check_block_annotations(pod, claims, classes)?;
     check_unclaimed_host_ports(pod, &claimed)?;
@@ -353,6 +354,24 @@ fn check_host_network(pod: &NewPod, allowed: bool, claimed: usize) -> Result<(),
         ));
     }
     Ok(())
+}
+
+/// External annotations are the publisher's to write, on pods that exist: a new pod has none
+/// (a copied manifest must not tell the program a stale or made-up public address).
+fn check_no_external_annotations(pod: &NewPod) -> Result<(), Verdict> {
+    match pod
+        .annotations
+        .keys()
+        .find(|k| k.starts_with(EXTERNAL_PREFIX))
+    {
+        Some(key) => Err(deny(
+            reasons::EXTERNAL_ANNOTATION,
+            format!(
+                "annotation {key:?} is written by hostport-publisher once the port is published; remove it from the pod"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Port annotations are the webhook's to write, for claimed ports only.
@@ -557,25 +576,35 @@ fn bound_binding<'s>(
     }
 }
 
-/// Admission of a pod update: the claim and port annotations are fixed once the pod exists.
-pub fn admit_update(old: &Pod, new: &Pod) -> Verdict {
+/// Admission of a pod update: the claim and port annotations are fixed once the pod exists;
+/// the external annotations change only when `by_publisher` (the request comes from a
+/// publisher's ServiceAccount).
+pub fn admit_update(old: &Pod, new: &Pod, by_publisher: bool) -> Verdict {
     let empty = BTreeMap::new();
     let before = old.metadata.annotations.as_ref().unwrap_or(&empty);
     let after = new.metadata.annotations.as_ref().unwrap_or(&empty);
-    let keys: BTreeSet<&String> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| is_hostport_annotation(k))
-        .collect();
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let show = |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
     for key in keys {
         let (was, now) = (before.get(key), after.get(key));
-        if was != now {
-            let show =
-                |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
+        if was == now {
+            continue;
+        }
+        if is_hostport_annotation(key) {
             return deny(
                 reasons::ANNOTATION_CHANGED,
                 format!(
                     "annotation {key:?} cannot change once the pod exists (was {}, now {}): delete the pod and create it again",
+                    show(was),
+                    show(now)
+                ),
+            );
+        }
+        if key.starts_with(EXTERNAL_PREFIX) && !by_publisher {
+            return deny(
+                reasons::EXTERNAL_ANNOTATION,
+                format!(
+                    "annotation {key:?} is written by hostport-publisher only (was {}, now {}): it tells the program its public address",
                     show(was),
                     show(now)
                 ),

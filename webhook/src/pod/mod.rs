@@ -43,7 +43,10 @@ pub async fn admit(
         }
         // Also `pods/status`: a status write can change annotations too.
         Operation::Update => match (old, object) {
-            (Some(old), Some(new)) => admit_update(&old, &new),
+            (Some(old), Some(new)) => {
+                let user = request.user_info.username.as_deref().unwrap_or_default();
+                admit_update(&old, &new, ctx.is_publisher(user))
+            }
             _ => Verdict::Allow,
         },
         _ => Verdict::Allow,

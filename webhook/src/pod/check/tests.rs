@@ -299,7 +299,7 @@ fn updates_may_not_touch_hostport_annotations() {
     );
     let mut relabelled = old.clone();
     relabelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
-    assert_eq!(admit_update(&old, &relabelled), Verdict::Allow);
+    assert_eq!(admit_update(&old, &relabelled, false), Verdict::Allow);
     let mut changed = old.clone();
     changed
         .metadata
@@ -307,7 +307,7 @@ fn updates_may_not_touch_hostport_annotations() {
         .as_mut()
         .expect("annotations")
         .insert("port.hostport.rmb938.com/web".into(), "9001".into());
-    let Verdict::Deny { message, .. } = admit_update(&old, &changed) else {
+    let Verdict::Deny { message, .. } = admit_update(&old, &changed, true) else {
         panic!()
     };
     assert!(
@@ -321,7 +321,64 @@ fn updates_may_not_touch_hostport_annotations() {
         .as_mut()
         .expect("annotations")
         .remove("claim.hostport.rmb938.com/web");
-    assert!(matches!(admit_update(&old, &removed), Verdict::Deny { .. }));
+    assert!(matches!(
+        admit_update(&old, &removed, true),
+        Verdict::Deny { .. }
+    ));
+}
+
+/// The public address a program reads is the publisher's word: a tenant can neither forge it
+/// on a new pod nor change it later; a publisher may change it and nothing else of ours.
+#[test]
+fn external_annotations_are_the_publishers_alone() {
+    let old = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web", "port.hostport.rmb938.com/web": "9000"}),
+        json!([]),
+    );
+    let mut published = old.clone();
+    published
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .insert(
+            "external.hostport.rmb938.com/web".into(),
+            "198.51.100.1:9000".into(),
+        );
+    assert_eq!(admit_update(&old, &published, true), Verdict::Allow);
+    let Verdict::Deny { reason, message } = admit_update(&old, &published, false) else {
+        panic!("a tenant wrote the public address")
+    };
+    assert_eq!(reason, "ExternalAnnotationReserved");
+    assert!(
+        message.contains("\"external.hostport.rmb938.com/web\" is written by hostport-publisher only (was unset, now \"198.51.100.1:9000\")"),
+        "{message}"
+    );
+    let Verdict::Deny { .. } = admit_update(&published, &old, false) else {
+        panic!("a tenant removed it")
+    };
+    let mut also_port = published.clone();
+    also_port
+        .metadata
+        .annotations
+        .as_mut()
+        .expect("annotations")
+        .insert("port.hostport.rmb938.com/web".into(), "9001".into());
+    let Verdict::Deny { reason, .. } = admit_update(&old, &also_port, true) else {
+        panic!("a publisher changed the port annotation")
+    };
+    assert_eq!(reason, "AnnotationChanged");
+    // On a new pod (a copied manifest): refused, whoever creates it.
+    let copied = readme_pod(
+        json!({"claim.hostport.rmb938.com/web": "echo-web",
+               "external.hostport.rmb938.com/web": "203.0.113.66:9000"}),
+        json!([]),
+    );
+    let Verdict::Deny { reason, message } = admit(&copied, false, claims(bound(9000))) else {
+        panic!("admitted a forged public address")
+    };
+    assert_eq!(reason, "ExternalAnnotationReserved");
+    assert!(message.contains("remove it from the pod"), "{message}");
 }
 
 #[test]
@@ -510,7 +567,7 @@ fn the_port_policy_annotation_is_fixed_once_the_pod_exists() {
         "Passthrough".into(),
     );
     assert!(matches!(
-        admit_update(&before, &after),
+        admit_update(&before, &after, false),
         Verdict::Deny { reason, .. } if reason == reasons::ANNOTATION_CHANGED
     ));
 }
