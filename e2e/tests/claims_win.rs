@@ -13,12 +13,14 @@ use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::claimed::Protocol;
 use hostport_publisher::deny::DenyList;
+use hostport_publisher::external::Annotator;
 use hostport_publisher::forwarding::exec::Executor;
 use hostport_publisher::forwarding::nft::Rules;
 use hostport_publisher::forwarding::run::{self, Mode, RunOptions};
 use hostport_publisher::forwarding::sync::{Backend, Syncer};
 use hostport_publisher::metrics::Metrics;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
 use serde_json::{Value, json};
@@ -111,7 +113,7 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let publisher = tokio::spawn(run::run(
-        client,
+        client.clone(),
         RunOptions {
             metrics: metrics.clone(),
             ready: Arc::default(),
@@ -120,8 +122,8 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
             batch_window: Duration::from_millis(50),
             resync: Duration::from_secs(60),
             instance: "edge-a".into(),
-            annotator: None,
-            public_addresses: vec![],
+            annotator: Some(Annotator::new(client)),
+            public_addresses: vec!["203.0.113.5".parse().expect("ip")],
         },
         syncer,
         async move {
@@ -145,6 +147,19 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
         async move { (counted == 2).then_some(()) }
     })
     .await;
+    // The pod reads where the edge publishes it (the edge's public address, the claimed
+    // port), written through the webhook as the publisher.
+    env.wait_for(
+        "the public address on the pod",
+        Duration::from_secs(10),
+        || async {
+            let pod = pods.get("game").await.ok()?;
+            (pod.annotations().get("external.hostport.rmb938.com/game")
+                == Some(&"203.0.113.5:37400".to_owned()))
+            .then_some(())
+        },
+    )
+    .await;
     let _ = stop.send(());
     publisher.await.expect("publisher stopped");
     assert!(
@@ -167,7 +182,8 @@ async fn a_service_never_takes_a_claimed_port_from_the_edge() {
             "config/publisher/rbac/rbac.yaml does not allow {missing:?}"
         );
         assert!(
-            used.contains(&("create".into(), "events".into())),
+            used.contains(&("create".into(), "events".into()))
+                && used.contains(&("patch".into(), "pods".into())),
             "{used:?}"
         );
     }

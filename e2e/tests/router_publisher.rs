@@ -18,6 +18,7 @@ use hostport_publisher::router::client::recording::RecordingRouter;
 use hostport_publisher::router::run::{self, RunOptions, ServicePublishing};
 use hostport_publisher::router::wanted::ServiceSettings;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
 use serde_json::{Value, json};
@@ -138,6 +139,39 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     assert_eq!(status.external[0].port, port);
     assert_eq!(status.external[0].node_name, node_name);
     assert_eq!(status.phase, Some(hostport_api::ClaimPhase::Bound));
+    // The pod learns its public address from the annotation the publisher keeps (through
+    // the webhook, which lets the publisher write it) ...
+    let expected = format!("{PUBLIC}:{port}");
+    env.wait_for(
+        "the public address on the pod",
+        Duration::from_secs(30),
+        || async {
+            let pod = pods.get("game").await.ok()?;
+            (pod.annotations().get("external.hostport.rmb938.com/game") == Some(&expected))
+                .then_some(())
+        },
+    )
+    .await;
+    // ... and nobody else may write it: not the pod's owner, not an admin.
+    let forged = pods
+        .patch(
+            "game",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"external.hostport.rmb938.com/game": "203.0.113.66:22"}}}),
+            ),
+        )
+        .await;
+    match forged {
+        Err(kube::Error::Api(status)) => assert!(
+            status
+                .message
+                .contains("is written by hostport-publisher only"),
+            "{}",
+            status.message
+        ),
+        other => panic!("a forged public address was written: {other:?}"),
+    }
     // The Service gets the router's address (the elected publisher).
     env.wait_for("the Service's ingress", Duration::from_secs(30), || async {
         let service = services.get("site").await.ok()?;
@@ -238,6 +272,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
             used.contains(&("patch".into(), "hostportclaims/status".into())),
             "{used:?}"
         );
+        assert!(used.contains(&("patch".into(), "pods".into())), "{used:?}");
         eprintln!("hostport-publisher-router used: {used:?}");
     }
     let _ = Api::<Node>::all(env.client.clone())

@@ -33,7 +33,8 @@ async fn every_sample_applies_and_works() {
             "namespace.yaml" => 0,
             "hostportclass.yaml" => 1,
             // Its class first, then its claim, then its pod: one file.
-            "passthrough.yaml" | "media-blocks.yaml" | "host-network.yaml" => 3,
+            "passthrough.yaml" | "media-blocks.yaml" | "host-network.yaml"
+            | "public-address.yaml" => 3,
             _ if text.contains("kind: Pod") => 3,
             _ => 2,
         }
@@ -148,6 +149,15 @@ async fn every_sample_applies_and_works() {
             .expect("annotations")
             .contains_key("port.hostport.rmb938.com/web")
     );
+    // public-address.yaml: admitted with its port; the public address comes from a
+    // publisher (e2e/tests/on_a_node reads it through the volume on a real node).
+    let lobby = pods.get("lobby").await.expect("lobby pod");
+    let lobby_port = lobby
+        .annotations()
+        .get("port.hostport.rmb938.com/lobby")
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("port");
+    assert!((9950..=9999).contains(&lobby_port), "{lobby_port}");
     let quota: Api<k8s_openapi::api::core::v1::ResourceQuota> =
         Api::namespaced(admin.clone(), "demo");
     quota
