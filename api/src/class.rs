@@ -131,6 +131,43 @@ pub struct Publish {
     #[schemars(length(max = 2))]
     #[x_kube(validation = Rule::new("self.size() < 2 || self[0] != self[1]").message("ipFamilies lists each family once: [IPv4], [IPv6] or [IPv4, IPv6]"))]
     pub ip_families: Vec<IpFamily>,
+    /// DNS records for clients, through external-dns: the publisher keeps one
+    /// `DNSEndpoint` (`externaldns.k8s.io/v1alpha1`) per published claim, in its namespace
+    /// and owned by it, with A/AAAA records `<claim>.<namespace>.<zone>` for its public
+    /// addresses and an SRV record `_<portName>._<tcp|udp>.<claim>.<namespace>.<zone>` per
+    /// port. Needs external-dns's CRD (without it nothing is created, and the publisher says
+    /// so) and external-dns watching `--source=crd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsPublish>,
+}
+
+/// DNS records for the claims of a class.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsPublish {
+    /// The zone the records are made in (`games.example.com`): a DNS name external-dns
+    /// manages.
+    #[schemars(length(min = 1, max = 200))]
+    #[schemars(regex(
+        pattern = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+    ))]
+    pub zone: String,
+    /// The records' TTL in seconds (default 60: public addresses of home routers change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub ttl_seconds: Option<i32>,
+}
+
+impl DnsPublish {
+    /// Default TTL.
+    pub const DEFAULT_TTL_SECONDS: i64 = 60;
+
+    /// The TTL asked for.
+    pub fn ttl_seconds(&self) -> i64 {
+        self.ttl_seconds
+            .filter(|t| *t > 0)
+            .map_or(Self::DEFAULT_TTL_SECONDS, i64::from)
+    }
 }
 
 /// An IP address family, spelled as Kubernetes Services spell it.

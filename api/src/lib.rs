@@ -26,8 +26,8 @@ pub use claim::{
     ClaimPhase, ExternalEndpoint, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus, PortPolicy,
 };
 pub use class::{
-    ExternalPortPolicy, HostPortClass, HostPortClassSpec, HostPortClassStatus, IpFamily,
-    NamespaceAllocation, PortInUseOutside, Publish, RouterProtocol, RouterPublish,
+    DnsPublish, ExternalPortPolicy, HostPortClass, HostPortClassSpec, HostPortClassStatus,
+    IpFamily, NamespaceAllocation, PortInUseOutside, Publish, RouterProtocol, RouterPublish,
 };
 pub use conditions::Condition;
 pub use host_port::{ClaimReference, HostPort, HostPortPhase, HostPortSpec, HostPortStatus};

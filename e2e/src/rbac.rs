@@ -15,6 +15,7 @@ fn group_of(resource: &str) -> &'static str {
         "leases" => "coordination.k8s.io",
         "statefulsets" => "apps",
         "events" => "events.k8s.io",
+        "dnsendpoints" => "externaldns.k8s.io",
         "mutatingwebhookconfigurations" | "validatingwebhookconfigurations" => {
             "admissionregistration.k8s.io"
         }

@@ -13,13 +13,14 @@ use hostport_e2e::harness::{Env, SYSTEM_NAMESPACE};
 use hostport_e2e::nodes;
 use hostport_e2e::rbac::{calls_of, rules_of};
 use hostport_publisher::deny::DenyList;
+use hostport_publisher::dns;
 use hostport_publisher::metrics::Metrics;
 use hostport_publisher::router::client::recording::RecordingRouter;
 use hostport_publisher::router::run::{self, RunOptions, ServicePublishing};
 use hostport_publisher::router::wanted::ServiceSettings;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube_testserver::UserInfo;
 use serde_json::{Value, json};
 
@@ -32,6 +33,20 @@ fn publisher_user() -> UserInfo {
 #[tokio::test]
 async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     let env = Env::new("routerpub").await;
+    // external-dns's kind, as a cluster with external-dns has it (external-dns not needed:
+    // the records are read from the objects).
+    let dns_crd = include_str!("../testdata/dnsendpoints.yaml");
+    hostport_e2e::samples::apply_yaml(&env.client, "dnsendpoints.yaml", dns_crd)
+        .await
+        .expect("the DNSEndpoint CRD");
+    let endpoints: Api<DynamicObject> =
+        Api::namespaced_with(env.client.clone(), &env.namespace, &dns::resource());
+    env.wait_for(
+        "the DNSEndpoint kind served",
+        Duration::from_secs(30),
+        || async { endpoints.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await;
     let _webhook = env.start_webhook().await;
     let _controller = env.start_controller(Default::default());
     let class = env.create_class("home", &[(16000, 16010)]).await;
@@ -39,7 +54,10 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         .patch(
             &class,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"publish": {"router": {"gateway": "198.51.100.1"}}}})),
+            &Patch::Merge(
+                json!({"spec": {"publish": {"router": {"gateway": "198.51.100.1"},
+                "dns": {"zone": "games.example.com", "ttlSeconds": 30}}}}),
+            ),
         )
         .await
         .expect("opted in");
@@ -112,7 +130,8 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         dry_run: false,
         batch_window: Duration::from_millis(50),
         instance: "publisher-a".into(),
-        renew_at_most: None,
+        // Renewals often: the router's new public address is seen within a second.
+        renew_at_most: Some(Duration::from_secs(1)),
     };
     let router = Arc::new(RecordingRouter::new(PUBLIC));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -172,6 +191,52 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         ),
         other => panic!("a forged public address was written: {other:?}"),
     }
+    // Clients find it by DNS: one DNSEndpoint owned by the claim, A and SRV records.
+    let host = format!("game.{}.games.example.com", env.namespace);
+    let records = env
+        .wait_for("the DNS records", Duration::from_secs(30), || async {
+            endpoints.get("hostport-game").await.ok()
+        })
+        .await;
+    assert_eq!(
+        records.data["spec"]["endpoints"],
+        json!([
+            {"dnsName": host, "recordType": "A", "recordTTL": 30, "targets": [PUBLIC.to_string()]},
+            {"dnsName": format!("_game._udp.{host}"), "recordType": "SRV", "recordTTL": 30,
+             "targets": [format!("0 0 {port} {host}.")]},
+        ])
+    );
+    let owner = &records
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), Some(&owner.uid)),
+        ("HostPortClaim", claim.metadata.uid.as_ref())
+    );
+    // The router's public address changes (a new lease from the ISP): the next renewal
+    // reports it, and the pod's annotation and the A record follow.
+    let moved = Ipv4Addr::new(203, 0, 113, 8);
+    router.set_address(moved);
+    let expected = format!("{moved}:{port}");
+    env.wait_for(
+        "the new public address on the pod",
+        Duration::from_secs(30),
+        || async {
+            let pod = pods.get("game").await.ok()?;
+            (pod.annotations().get("external.hostport.rmb938.com/game") == Some(&expected))
+                .then_some(())
+        },
+    )
+    .await;
+    env.wait_for("the A record moved", Duration::from_secs(30), || async {
+        let records = endpoints.get("hostport-game").await.ok()?;
+        (records.data["spec"]["endpoints"][0]["targets"] == json!([moved.to_string()]))
+            .then_some(())
+    })
+    .await;
+    router.set_address(PUBLIC);
     // The Service gets the router's address (the elected publisher).
     env.wait_for("the Service's ingress", Duration::from_secs(30), || async {
         let service = services.get("site").await.ok()?;
@@ -238,6 +303,11 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         let status = env.claims().get("game").await.ok()?.status?;
         let published = hostport_api::conditions::find(&status.conditions, "Published")?;
         (published.reason == "NotPublished" && status.external.is_empty()).then_some(())
+    })
+    .await;
+    env.wait_for("the DNS records removed", Duration::from_secs(30), || async {
+        matches!(endpoints.get("hostport-game").await, Err(kube::Error::Api(s)) if s.code == 404)
+            .then_some(())
     })
     .await;
     let calls = router.calls();

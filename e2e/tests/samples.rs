@@ -33,7 +33,9 @@ async fn every_sample_applies_and_works() {
             "namespace.yaml" => 0,
             "hostportclass.yaml" => 1,
             // Its class first, then its claim, then its pod: one file.
-            "passthrough.yaml" | "media-blocks.yaml" | "host-network.yaml"
+            "passthrough.yaml"
+            | "media-blocks.yaml"
+            | "host-network.yaml"
             | "public-address.yaml" => 3,
             _ if text.contains("kind: Pod") => 3,
             _ => 2,

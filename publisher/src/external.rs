@@ -126,14 +126,16 @@ pub enum Knowledge<'a> {
 }
 
 impl Knowledge<'_> {
-    fn describer(&self) -> Describer {
+    /// Who describes with this knowledge.
+    pub(crate) fn describer(&self) -> Describer {
         match self {
             Self::Forwards { describer, .. } => *describer,
             Self::Router { .. } => Describer::Router,
         }
     }
 
-    fn endpoints(&self, used: &ClaimedPort<'_>) -> Vec<PublicEndpoint> {
+    /// Where `used` is reachable, by what this publisher knows.
+    pub(crate) fn endpoints(&self, used: &ClaimedPort<'_>) -> Vec<PublicEndpoint> {
         match *self {
             Self::Forwards {
                 describer,

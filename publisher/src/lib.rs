@@ -8,13 +8,14 @@
 //!
 //! Shared: [`claimed`] (which ports pods hold through claims, which ports Services never
 //! get), [`caches`] (the watches), [`deny`] (ports never published), [`external`] (the
-//! public address annotations on pods), [`metrics`], [`cli`].
+//! public address annotations on pods), [`dns`] (external-dns records), [`metrics`], [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod caches;
 pub mod claimed;
 pub mod cli;
 pub mod deny;
+pub mod dns;
 pub mod external;
 pub mod forwarding;
 pub mod metrics;

@@ -329,3 +329,37 @@ async fn a_burst_of_changes_is_one_transaction() {
         total - 1
     );
 }
+
+/// A class asks for DNS records, but external-dns's CRD is not installed: nothing is created,
+/// nothing fails, and the API is not asked again on every pass.
+#[tokio::test]
+async fn without_external_dns_no_records_are_made_and_it_is_asked_rarely() {
+    use hostport_publisher::dns::{ClaimRecords, DnsKeeper};
+    let server = api::server().await;
+    let mut keeper = DnsKeeper::new(server.client());
+    let records = ClaimRecords {
+        host: "game.default.games.example.com".into(),
+        ttl: 60,
+        addresses: ["203.0.113.1".parse().expect("ip")].into(),
+        claim_uid: "uid".into(),
+        ..ClaimRecords::default()
+    };
+    let wanted =
+        std::collections::BTreeMap::from([(("default".to_owned(), "game".to_owned()), records)]);
+    let asked = || {
+        server
+            .counts()
+            .into_iter()
+            .filter(|((_, _, resource), _)| resource.starts_with("dnsendpoints"))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    keeper.keep(&wanted).await;
+    let first = asked();
+    assert!(format!("{keeper:?}").contains("Missing"), "{keeper:?}");
+    for _ in 0..5 {
+        keeper.keep(&wanted).await;
+    }
+    assert_eq!(asked(), first, "asked again within five minutes");
+    assert!(format!("{keeper:?}").contains("written: 0"), "{keeper:?}");
+}

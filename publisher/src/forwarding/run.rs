@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::{PORT_CLAIMED, claimable_ports};
 use crate::deny::DenyList;
+use crate::dns::{self, DnsKeeper};
 use crate::external::{Annotator, Describer, Knowledge};
 use crate::forwarding::rules::ForwardSet;
 use crate::forwarding::sync::{Outcome, Syncer};
@@ -60,8 +61,8 @@ pub struct RunOptions {
     pub resync: Duration,
     /// Instance name in the Events it publishes (pod or host name).
     pub instance: String,
-    /// Keeps the pods' `external.hostport.rmb938.com/` annotations (`None`: leaves them, as
-    /// with `--dry-run`).
+    /// Keeps the pods' `external.hostport.rmb938.com/` annotations and the classes' DNS
+    /// records (`None`: leaves both alone, as with `--dry-run`).
     pub annotator: Option<Annotator>,
     /// The public addresses written there (`--public-address`); node mode without any: the
     /// node's ExternalIPs.
@@ -222,6 +223,7 @@ pub async fn run(
         ),
         reported: BTreeSet::new(),
     };
+    let mut dns = DnsKeeper::new(client.clone());
     let mut last_full = tokio::time::Instant::now();
     let mut failures = 0u32;
     loop {
@@ -277,6 +279,7 @@ pub async fn run(
                         forwards: applied,
                     };
                     annotator.keep(snapshot.inputs(), knowledge).await;
+                    dns.keep(&dns::wanted(snapshot.inputs(), knowledge)).await;
                 }
                 None
             }

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::claimable_ports;
 use crate::deny::DenyList;
+use crate::dns::{self, DnsKeeper};
 use crate::external::{Annotator, Knowledge};
 use crate::metrics::Metrics;
 use crate::router::client::Router;
@@ -210,6 +211,7 @@ pub async fn run<R: Router + Clone>(
         options.instance.clone(),
     );
     let annotator = Annotator::new(client.clone());
+    let mut dns = DnsKeeper::new(client.clone());
     let mut claims_table = Table::new(router.clone()).renewing_at_most(options.renew_at_most);
     let mut services_table = Table::new(router).renewing_at_most(options.renew_at_most);
     tracing::info!(node = %options.node, address = %options.node_address, gateway = ?options.default_gateway, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
@@ -231,6 +233,7 @@ pub async fn run<R: Router + Clone>(
                 node: &options.node,
             };
             annotator.keep(snapshot.inputs(), knowledge).await;
+            dns.keep(&dns::wanted(snapshot.inputs(), knowledge)).await;
         }
         let is_leading = *leading.borrow_and_update();
         if is_leading {

@@ -13,7 +13,7 @@ use crate::router::client::{MapRequest, Mapped, Method, Router, RouterError};
 /// Grants on `address`; calls recorded as `map <port>`, `renew <port>`, `unmap <port>`.
 #[derive(Debug)]
 pub struct RecordingRouter {
-    address: Ipv4Addr,
+    address: Mutex<Ipv4Addr>,
     lifetime: Option<Duration>,
     calls: Mutex<Vec<String>>,
     refuse: AtomicBool,
@@ -23,7 +23,7 @@ impl RecordingRouter {
     /// Grants on `address` the lifetime asked for.
     pub fn new(address: Ipv4Addr) -> Self {
         Self {
-            address,
+            address: Mutex::new(address),
             lifetime: None,
             calls: Mutex::default(),
             refuse: AtomicBool::new(false),
@@ -34,6 +34,14 @@ impl RecordingRouter {
     pub fn granting(mut self, lifetime: Duration) -> Self {
         self.lifetime = Some(lifetime);
         self
+    }
+
+    /// Grants on `address` from now on (a router whose public address changed: new
+    /// mappings and renewals report it).
+    pub fn set_address(&self, address: Ipv4Addr) {
+        if let Ok(mut current) = self.address.lock() {
+            *current = address;
+        }
     }
 
     /// Refuses (`RouterRefused`) maps and renewals from now on, or stops refusing.
@@ -71,7 +79,7 @@ impl RecordingRouter {
         }
         Ok(Mapped {
             method: Method::NatPmp,
-            external_address: self.address,
+            external_address: self.address.lock().map_or(Ipv4Addr::UNSPECIFIED, |a| *a),
             external_port: request.external_port,
             lifetime: self
                 .lifetime
