@@ -244,6 +244,13 @@ pub struct RouterPublish {
         pattern = r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$"
     ))]
     pub gateway: Option<String>,
+    /// The router's IPv6 address, for classes publishing over IPv6 (`ipFamilies`): where
+    /// PCP `MAP` and UPnP IGD:2 pinhole requests go. Unset: each node's IPv6 default route
+    /// gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 45))]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F:.]+$"))]
+    pub gateway6: Option<String>,
     /// How long each mapping is asked for, in seconds (default 3600); it is renewed when half
     /// of it has passed and lapses by itself if the publisher stops renewing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

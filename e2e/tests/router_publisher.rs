@@ -109,8 +109,9 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         metrics: Arc::new(Metrics::default()),
         ready: Arc::default(),
         node: node_name.clone(),
-        node_address: Ipv4Addr::new(198, 51, 100, 2),
-        default_gateway: None,
+        node_addresses: vec![Ipv4Addr::new(198, 51, 100, 2).into()],
+        default_gateways: vec![],
+        families: vec![hostport_api::IpFamily::Ipv4],
         deny: DenyList::parse("22").expect("deny"),
         services: Some(ServicePublishing {
             namespaces: scenario,

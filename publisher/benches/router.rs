@@ -40,8 +40,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn requests_per_second(method: RouterProtocol) {
     let router = NetworkRouter::default();
     let request = |port: u16| MapRequest {
-        gateway: router_lab::GATEWAY,
-        client: Lab::node_address(0),
+        gateway: router_lab::GATEWAY.into(),
+        client: Lab::node_address(0).into(),
         protocol: Protocol::Udp,
         internal_port: port,
         external_port: port,

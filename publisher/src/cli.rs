@@ -13,7 +13,7 @@ use crate::forwarding::run::Mode;
 use crate::forwarding::sync::{Backend, Syncer};
 use crate::router::client::dry_run::LoggingRouter;
 use crate::router::client::network::NetworkRouter;
-use crate::router::gateway::system_default_gateway;
+use crate::router::gateway::system_default_gateways;
 use crate::router::run::ServicePublishing;
 use crate::router::wanted::ServiceSettings;
 use crate::{forwarding, router};
@@ -114,12 +114,21 @@ pub struct Args {
     /// This node's name (node and router modes).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// This node's address (router mode): where the router forwards to.
-    #[arg(long, env = "NODE_IP")]
-    node_ip: Option<std::net::Ipv4Addr>,
+    /// This node's addresses (router mode), one per family, comma-separated: where the router
+    /// forwards to (the DaemonSet sets it from the pod's `status.hostIPs`).
+    #[arg(long, env = "NODE_IP", value_delimiter = ',')]
+    node_ip: Vec<std::net::IpAddr>,
     /// The router when a class names none. Default: the default route's gateway.
     #[arg(long, help_heading = "Router mode", env = "HOSTPORT_PUBLISHER_GATEWAY")]
     gateway: Option<std::net::Ipv4Addr>,
+    /// The router's IPv6 address when a class names none (`gateway6`). Default: the IPv6
+    /// default route's gateway when it is a global address.
+    #[arg(
+        long,
+        help_heading = "Router mode",
+        env = "HOSTPORT_PUBLISHER_GATEWAY6"
+    )]
+    gateway6: Option<std::net::Ipv6Addr>,
     /// Publish LoadBalancer Services of class `hostport.rmb938.com/router` from
     /// namespaces with these labels (`key=value,...`). Default: none.
     #[arg(
@@ -409,15 +418,34 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
         .node_name
         .clone()
         .context("--mode router needs --node-name (or NODE_NAME from the downward API)")?;
-    let node_address = args.node_ip.context(
-        "--mode router needs --node-ip (or NODE_IP from the downward API: status.hostIP)",
-    )?;
-    let default_gateway = args.gateway.or_else(system_default_gateway);
-    if default_gateway.is_none() {
+    if args.node_ip.is_empty() {
+        bail!("--mode router needs --node-ip (or NODE_IP from the downward API: status.hostIPs)");
+    }
+    let mut node_addresses: Vec<std::net::IpAddr> = vec![];
+    for family in IpFamily::ALL {
+        if let Some(address) = args.node_ip.iter().find(|a| IpFamily::of(**a) == family) {
+            node_addresses.push(*address);
+        }
+    }
+    let system = system_default_gateways();
+    let default_gateways: Vec<std::net::IpAddr> = [
+        args.gateway
+            .map(std::net::IpAddr::V4)
+            .or_else(|| system.iter().copied().find(|a| a.is_ipv4())),
+        args.gateway6
+            .map(std::net::IpAddr::V6)
+            .or_else(|| system.iter().copied().find(|a| a.is_ipv6())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !default_gateways.iter().any(|a| a.is_ipv4()) {
         tracing::warn!(
             "no --gateway and no default route: only classes naming spec.publish.router.gateway can be mapped"
         );
     }
+    let mut families = args.ip_families.clone();
+    families.dedup();
     let instance = args
         .pod_name
         .clone()
@@ -446,8 +474,9 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
         metrics: served.metrics.clone(),
         ready: served.ready.clone(),
         node,
-        node_address,
-        default_gateway,
+        node_addresses,
+        default_gateways,
+        families,
         deny,
         services,
         keep_on_shutdown: args.keep_mappings,

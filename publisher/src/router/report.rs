@@ -102,28 +102,20 @@ pub fn claim_report(
         (&a.protocol, &a.node_name, a.port).cmp(&(&b.protocol, &b.node_name, b.port))
     });
     let error = report.and_then(|r| r.errors.first());
-    let (state, reason, message) = match error {
-        Some(error) => (
+    let published = published_at(&external);
+    let (state, reason, message) = match (error, published) {
+        // One family (or one port) failing is not published as asked: False, and the
+        // message says what is published meanwhile.
+        (Some(error), published) => (
             conditions::status::FALSE,
             error.reason(),
-            format!("node {node}: {error}"),
+            match published {
+                Some(published) => format!("node {node}: {error}; {published}"),
+                None => format!("node {node}: {error}"),
+            },
         ),
-        None if !external.is_empty() => (
-            conditions::status::TRUE,
-            REASON_PUBLISHED,
-            format!(
-                "published at {}",
-                external
-                    .iter()
-                    .map(|e| format!(
-                        "{} {}:{} ({}, node {})",
-                        e.protocol, e.address, e.port, e.method, e.node_name
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ),
-        None => (
+        (None, Some(published)) => (conditions::status::TRUE, REASON_PUBLISHED, published),
+        (None, None) => (
             conditions::status::FALSE,
             REASON_NOT_PUBLISHED,
             "no Running pod of this claim is mapped on the router".to_owned(),
@@ -147,6 +139,41 @@ pub fn claim_report(
         external,
         conditions,
     })
+}
+
+/// `published over IPv4 and IPv6 at UDP 203.0.113.1:9000 (PCP, node n1), …`, or `None`.
+fn published_at(external: &[ExternalEndpoint]) -> Option<String> {
+    if external.is_empty() {
+        return None;
+    }
+    let families: BTreeSet<&str> = external
+        .iter()
+        .map(|e| {
+            if e.address.contains(':') {
+                "IPv6"
+            } else {
+                "IPv4"
+            }
+        })
+        .collect();
+    let list = external
+        .iter()
+        .map(|e| {
+            let at = match e.address.parse::<std::net::IpAddr>() {
+                Ok(address) => {
+                    std::net::SocketAddr::new(address, u16::try_from(e.port).unwrap_or(0))
+                        .to_string()
+                }
+                Err(_) => format!("{}:{}", e.address, e.port),
+            };
+            format!("{} {at} ({}, node {})", e.protocol, e.method, e.node_name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "published over {} at {list}",
+        families.into_iter().collect::<Vec<_>>().join(" and ")
+    ))
 }
 
 impl Reporter {

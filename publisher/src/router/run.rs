@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
+
+use hostport_api::IpFamily;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -54,10 +56,13 @@ pub struct RunOptions {
     pub ready: Arc<AtomicBool>,
     /// This node's name.
     pub node: String,
-    /// This node's address.
-    pub node_address: Ipv4Addr,
-    /// The router when a class names none (default: the default route's gateway).
-    pub default_gateway: Option<Ipv4Addr>,
+    /// This node's addresses, at most one per family.
+    pub node_addresses: Vec<IpAddr>,
+    /// The routers when a class names none, at most one per family (default: the default
+    /// routes' gateways).
+    pub default_gateways: Vec<IpAddr>,
+    /// Families for classes whose `spec.publish.ipFamilies` is unset (`--ip-families`).
+    pub families: Vec<IpFamily>,
     /// Ports never mapped.
     pub deny: DenyList,
     /// Services, if published.
@@ -119,9 +124,10 @@ impl RunOptions {
     fn this_node(&self) -> ThisNode<'_> {
         ThisNode {
             name: &self.node,
-            address: self.node_address,
-            default_gateway: self.default_gateway,
+            addresses: &self.node_addresses,
+            default_gateways: &self.default_gateways,
             deny: &self.deny,
+            families: &self.families,
         }
     }
 }
@@ -214,7 +220,7 @@ pub async fn run<R: Router + Clone>(
     let mut dns = DnsKeeper::new(client.clone());
     let mut claims_table = Table::new(router.clone()).renewing_at_most(options.renew_at_most);
     let mut services_table = Table::new(router).renewing_at_most(options.renew_at_most);
-    tracing::info!(node = %options.node, address = %options.node_address, gateway = ?options.default_gateway, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
+    tracing::info!(node = %options.node, addresses = ?options.node_addresses, gateways = ?options.default_gateways, services = options.services.is_some(), dry_run = options.dry_run, "caches synced; mapping this node's ports on the router");
     loop {
         changed.borrow_and_update();
         let now = std::time::Instant::now();

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-use crate::claimed::ExternalPort;
 use crate::claimed::Protocol;
 use crate::router::client::{MapRequest, Mapped, Method, Router, RouterError};
-use crate::router::wanted::{Owner, WantedMappings};
+use crate::router::wanted::{MappingKey, Owner, WantedMappings};
 
 /// First retry of a failed request; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
@@ -46,8 +45,8 @@ struct Failing {
 pub struct Endpoint {
     /// Protocol.
     pub protocol: Protocol,
-    /// The router's public address.
-    pub address: std::net::Ipv4Addr,
+    /// The router's public address (an IPv6 pinhole: the node's own address).
+    pub address: std::net::IpAddr,
     /// External port.
     pub port: u16,
     /// How it was mapped.
@@ -84,8 +83,8 @@ pub struct Pass {
 #[derive(Debug)]
 pub struct Table<R: Router> {
     router: R,
-    held: BTreeMap<ExternalPort, Held<R::Lease>>,
-    failing: BTreeMap<ExternalPort, Failing>,
+    held: BTreeMap<MappingKey, Held<R::Lease>>,
+    failing: BTreeMap<MappingKey, Failing>,
     renew_at_most: Option<Duration>,
 }
 
@@ -125,7 +124,7 @@ impl<R: Router> Table<R> {
     /// One pass towards `wanted` at `now`.
     pub async fn reconcile(&mut self, wanted: &WantedMappings, now: Instant) -> Pass {
         let mut pass = Pass::default();
-        let stale: Vec<ExternalPort> = self
+        let stale: Vec<MappingKey> = self
             .held
             .iter()
             .filter(|(key, held)| {
@@ -206,7 +205,7 @@ impl<R: Router> Table<R> {
 
     fn fail(
         &mut self,
-        key: ExternalPort,
+        key: MappingKey,
         owner: &Owner,
         request: &MapRequest,
         error: RouterError,

@@ -10,23 +10,30 @@
 //! Ports on the deny-list and classes without a usable router address become problems
 //! reported on their object instead of requests, and so does a Service port that a claim may
 //! hold (in a class's pools, or a claim's bound port): claims win over Services. Mappings are
-//! keyed by the external port, so two wants for one router port are a conflict too, which
-//! the claim wins. Every request maps to this node's own address, never to an address a pod
-//! reports in its status (a pod's status is not proof of where it runs).
+//! keyed by family and external port, so two wants for one router port are a conflict too,
+//! which the claim wins. Every request maps to this node's own address, never to an address a
+//! pod reports in its status (a pod's status is not proof of where it runs).
+//!
+//! A class publishing over IPv6 (`spec.publish.ipFamilies`) gets one more request per port:
+//! a pinhole on the router's IPv6 address to this node's IPv6 address. Services are
+//! published over IPv4.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use hostport_api::port_set::PortSet;
-use hostport_api::{ExternalPortPolicy, RouterProtocol};
+use hostport_api::{ExternalPortPolicy, IpFamily, RouterProtocol, RouterPublish};
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 
-use crate::claimed::{ExternalPort, Inputs, NodePort, claimed_ports, node_ports};
+use crate::claimed::{Inputs, NodePort, Protocol, claimed_ports, node_ports};
 use crate::deny::DenyList;
 use crate::router::client::{MapRequest, RouterError};
+
+/// A mapping's key: one router port per family and protocol.
+pub type MappingKey = (IpFamily, Protocol, u16);
 
 /// `spec.loadBalancerClass` of the Services this publisher serves.
 pub const LOAD_BALANCER_CLASS: &str = "hostport.rmb938.com/router";
@@ -72,19 +79,24 @@ pub struct Want {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WantedMappings {
     /// One request per port of this node and protocol.
-    pub mappings: BTreeMap<ExternalPort, Want>,
+    pub mappings: BTreeMap<MappingKey, Want>,
     /// Objects that get no mapping, and why.
     pub problems: Vec<(Owner, RouterError)>,
 }
 
 impl WantedMappings {
     fn add(&mut self, want: Want) {
-        let key = (want.request.protocol, want.request.external_port);
+        let request = &want.request;
+        let key = (
+            IpFamily::of(request.gateway),
+            request.protocol,
+            request.external_port,
+        );
         match self.mappings.get(&key) {
             // One router port serves one object: claims before Services, then the first by
             // name keeps it.
             Some(kept) if kept.owner <= want.owner => {
-                tracing::warn!(kept = %kept.owner, left_out = %want.owner, port = key.1, protocol = %key.0, "two objects want one router port; the claim, else the first by name, keeps it");
+                tracing::warn!(kept = %kept.owner, left_out = %want.owner, port = key.2, protocol = %key.1, family = %key.0, "two objects want one router port; the claim, else the first by name, keeps it");
                 if matches!(kept.owner, Owner::Claim { .. })
                     && matches!(want.owner, Owner::Service { .. })
                 {
@@ -116,24 +128,53 @@ impl WantedMappings {
 pub struct ThisNode<'a> {
     /// Node name.
     pub name: &'a str,
-    /// Its address (the mapping target, and the address requests come from).
-    pub address: Ipv4Addr,
-    /// Its default route's gateway.
-    pub default_gateway: Option<Ipv4Addr>,
+    /// Its addresses, at most one per family (the mapping target, and the address requests
+    /// come from).
+    pub addresses: &'a [IpAddr],
+    /// Its default routes' gateways, at most one per family.
+    pub default_gateways: &'a [IpAddr],
     /// Ports never mapped.
     pub deny: &'a DenyList,
+    /// The families of classes whose `spec.publish.ipFamilies` is unset (`--ip-families`).
+    pub families: &'a [IpFamily],
 }
 
 impl ThisNode<'_> {
-    fn gateway(&self, configured: Option<&str>) -> Result<Ipv4Addr, RouterError> {
+    /// This node's address of `family`.
+    pub fn address(&self, family: IpFamily) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| IpFamily::of(*a) == family)
+    }
+
+    fn default_gateway(&self, family: IpFamily) -> Option<IpAddr> {
+        self.default_gateways
+            .iter()
+            .copied()
+            .find(|a| IpFamily::of(*a) == family)
+    }
+
+    /// The router to ask over `family`: the class's (`gateway`, `gateway6`), else this
+    /// node's default route's.
+    fn gateway(&self, router: &RouterPublish, family: IpFamily) -> Result<IpAddr, RouterError> {
+        let (configured, missing) = match family {
+            IpFamily::Ipv4 => (router.gateway.as_deref(), RouterError::NoGateway),
+            IpFamily::Ipv6 => (router.gateway6.as_deref(), RouterError::NoIpv6Gateway),
+        };
         match configured {
-            Some(address) => address.parse().map_err(|_| RouterError::NoGateway),
-            None => self.default_gateway.ok_or(RouterError::NoGateway),
+            Some(address) => address
+                .parse::<IpAddr>()
+                .ok()
+                .filter(|a| IpFamily::of(*a) == family)
+                .ok_or(missing),
+            None => self.default_gateway(family).ok_or(missing),
         }
     }
 }
 
-/// The mappings for claimed ports of pods on this node.
+/// The mappings for claimed ports of pods on this node, one per family the class publishes
+/// on.
 pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
     let mut wanted = WantedMappings::default();
     for used in claimed_ports(inputs, |p| p.router.is_some()) {
@@ -144,13 +185,10 @@ pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
         {
             continue;
         }
-        let Some(router) = used
-            .class
-            .spec
-            .publish
-            .as_ref()
-            .and_then(|p| p.router.as_ref())
-        else {
+        let Some(publish) = used.class.spec.publish.as_ref() else {
+            continue;
+        };
+        let Some(router) = publish.router.as_ref() else {
             continue;
         };
         let owner = Owner::Claim {
@@ -163,30 +201,41 @@ pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
                 .push((owner, RouterError::Denied { port: used.port }));
             continue;
         }
-        let gateway = match node.gateway(router.gateway.as_deref()) {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                wanted.problems.push((owner, error));
+        for &family in publish.families(node.families) {
+            // This node's address from its flags, never the pod's `status.hostIP`.
+            let Some(client) = node.address(family) else {
+                wanted.problems.push((
+                    owner.clone(),
+                    RouterError::NoAddress {
+                        node: node.name.to_owned(),
+                        family,
+                    },
+                ));
                 continue;
-            }
-        };
-        // This node's address from its flags, never the pod's `status.hostIP`.
-        let client = node.address;
-        let description = format!("hostport-allocator {}", owner_path(&owner));
-        wanted.add(Want {
-            owner,
-            request: MapRequest {
-                gateway,
-                client,
-                protocol: used.protocol,
-                internal_port: used.port,
-                external_port: used.port,
-                policy: router.external_port,
-                method: router.protocol,
-                lifetime_seconds: router.lifetime_seconds(),
-                description,
-            },
-        });
+            };
+            let gateway = match node.gateway(router, family) {
+                Ok(gateway) => gateway,
+                Err(error) => {
+                    wanted.problems.push((owner.clone(), error));
+                    continue;
+                }
+            };
+            let description = format!("hostport-allocator {}", owner_path(&owner));
+            wanted.add(Want {
+                owner: owner.clone(),
+                request: MapRequest {
+                    gateway,
+                    client,
+                    protocol: used.protocol,
+                    internal_port: used.port,
+                    external_port: used.port,
+                    policy: router.external_port,
+                    method: router.protocol,
+                    lifetime_seconds: router.lifetime_seconds(),
+                    description,
+                },
+            });
+        }
     }
     wanted
 }
@@ -228,12 +277,26 @@ pub fn services(
             namespace,
             name: service.name_any(),
         };
-        let gateway = match settings.gateway.or(node.default_gateway) {
+        let gateway = match settings
+            .gateway
+            .map(IpAddr::V4)
+            .or(node.default_gateway(IpFamily::Ipv4))
+        {
             Some(gateway) => gateway,
             None => {
                 wanted.problems.push((owner, RouterError::NoGateway));
                 continue;
             }
+        };
+        let Some(client) = node.address(IpFamily::Ipv4) else {
+            wanted.problems.push((
+                owner,
+                RouterError::NoAddress {
+                    node: node.name.to_owned(),
+                    family: IpFamily::Ipv4,
+                },
+            ));
+            continue;
         };
         for NodePort {
             protocol,
@@ -262,7 +325,7 @@ pub fn services(
                 owner: owner.clone(),
                 request: MapRequest {
                     gateway,
-                    client: node.address,
+                    client,
                     protocol,
                     internal_port: node_port,
                     external_port: external,

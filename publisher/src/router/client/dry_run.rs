@@ -1,6 +1,8 @@
 //! `--dry-run`: a [`Router`] that logs what it would ask and asks nothing.
 
 use std::net::Ipv4Addr;
+
+use hostport_api::IpFamily;
 use std::time::Duration;
 
 use crate::router::client::{MapRequest, Mapped, Method, Router, RouterError};
@@ -34,8 +36,16 @@ impl Router for LoggingRouter {
 
 fn granted(request: &MapRequest) -> Mapped {
     Mapped {
-        method: Method::candidates(request.method)[0],
-        external_address: Ipv4Addr::UNSPECIFIED,
+        method: Method::candidates(request.method, IpFamily::of(request.gateway))
+            .first()
+            .copied()
+            .unwrap_or(Method::Pcp),
+        // A pinhole's public address is the host's own; a mapping's is not known here.
+        external_address: if request.client.is_ipv6() {
+            request.client
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        },
         external_port: request.external_port,
         lifetime: Duration::from_secs(u64::from(request.lifetime_seconds)),
     }

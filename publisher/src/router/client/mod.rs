@@ -10,10 +10,10 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
-use hostport_api::{ExternalPortPolicy, RouterProtocol};
+use hostport_api::{ExternalPortPolicy, IpFamily, RouterProtocol};
 
 use crate::claimed::Protocol;
 
@@ -43,13 +43,17 @@ impl Method {
         }
     }
 
-    /// The methods `protocol` allows, in the order they are tried.
-    pub fn candidates(protocol: RouterProtocol) -> &'static [Method] {
-        match protocol {
-            RouterProtocol::Auto => &[Self::Pcp, Self::NatPmp, Self::Upnp],
-            RouterProtocol::Pcp => &[Self::Pcp],
-            RouterProtocol::Natpmp => &[Self::NatPmp],
-            RouterProtocol::Upnp => &[Self::Upnp],
+    /// The methods `protocol` allows for `family`, in the order they are tried (NAT-PMP is
+    /// IPv4 only; over IPv6 PCP `MAP` and UPnP IGD:2 `AddPinhole` open a pinhole to this
+    /// host's own address).
+    pub fn candidates(protocol: RouterProtocol, family: IpFamily) -> &'static [Method] {
+        match (protocol, family) {
+            (RouterProtocol::Auto, IpFamily::Ipv4) => &[Self::Pcp, Self::NatPmp, Self::Upnp],
+            (RouterProtocol::Auto, IpFamily::Ipv6) => &[Self::Pcp, Self::Upnp],
+            (RouterProtocol::Pcp, _) => &[Self::Pcp],
+            (RouterProtocol::Natpmp, IpFamily::Ipv4) => &[Self::NatPmp],
+            (RouterProtocol::Natpmp, IpFamily::Ipv6) => &[],
+            (RouterProtocol::Upnp, _) => &[Self::Upnp],
         }
     }
 }
@@ -63,10 +67,10 @@ impl fmt::Display for Method {
 /// One mapping to ask the router for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapRequest {
-    /// The router.
-    pub gateway: Ipv4Addr,
-    /// This host's address, where the router sends the traffic.
-    pub client: Ipv4Addr,
+    /// The router (an IPv6 address for an IPv6 pinhole).
+    pub gateway: IpAddr,
+    /// This host's address, where the router sends the traffic (of the gateway's family).
+    pub client: IpAddr,
     /// TCP or UDP.
     pub protocol: Protocol,
     /// The port on this host.
@@ -88,8 +92,8 @@ pub struct MapRequest {
 pub struct Mapped {
     /// How.
     pub method: Method,
-    /// The router's public address.
-    pub external_address: Ipv4Addr,
+    /// The router's public address (IPv6: this host's own address, opened by a pinhole).
+    pub external_address: IpAddr,
     /// The external port.
     pub external_port: u16,
     /// Lifetime granted.
@@ -121,11 +125,38 @@ pub enum RouterError {
         "no router address: set spec.publish.router.gateway on the class (or --gateway) or give the node a default route"
     )]
     NoGateway,
+    /// No IPv6 router configured and no IPv6 default route.
+    #[error(
+        "no IPv6 router address: set spec.publish.router.gateway6 on the class (or --gateway6) or give the node an IPv6 default route"
+    )]
+    NoIpv6Gateway,
+    /// The class publishes over a family this node has no address of.
+    #[error(
+        "node {node} has no {family} address (--node-ip, from the pod's status.hostIPs): its pods are not published over {family}"
+    )]
+    NoAddress {
+        /// The node.
+        node: String,
+        /// The family.
+        family: IpFamily,
+    },
+    /// The router answers neither PCP over IPv6 nor UPnP IGD:2 pinholes.
+    #[error(
+        "router {gateway} opens no IPv6 pinholes (tried {methods}: {detail}); enable PCP or UPnP IGD:2 IPv6 firewall control on it, or publish over IPv4 only (spec.publish.ipFamilies)"
+    )]
+    PinholesNotSupported {
+        /// The router.
+        gateway: IpAddr,
+        /// The methods tried.
+        methods: String,
+        /// What went wrong, per method.
+        detail: String,
+    },
     /// The router did not answer (or does not speak the protocol).
     #[error("router {gateway} did not answer {methods}: {detail}")]
     Unreachable {
         /// The router.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// The methods tried.
         methods: String,
         /// What went wrong, per method.
@@ -135,7 +166,7 @@ pub enum RouterError {
     #[error("router {gateway} refused the {method} mapping: {detail}")]
     Refused {
         /// The router.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// How it was asked.
         method: Method,
         /// The router's answer.
@@ -148,7 +179,7 @@ pub enum RouterError {
     )]
     PortTaken {
         /// The router.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// How it was asked.
         method: Method,
         /// Protocol.
@@ -166,7 +197,13 @@ impl RouterError {
         match self {
             Self::Denied { .. } => "PortDenied",
             Self::PortClaimed { .. } => crate::claimed::PORT_CLAIMED,
-            Self::NoGateway => "NoGateway",
+            Self::NoGateway | Self::NoIpv6Gateway => "NoGateway",
+            Self::NoAddress {
+                family: IpFamily::Ipv6,
+                ..
+            } => "NoIPv6Address",
+            Self::NoAddress { .. } => "NoIPv4Address",
+            Self::PinholesNotSupported { .. } => "PinholesNotSupported",
             Self::Unreachable { .. } => "RouterUnreachable",
             Self::Refused { .. } => "RouterRefused",
             Self::PortTaken { .. } => "PortTakenExternally",

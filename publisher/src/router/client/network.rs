@@ -1,16 +1,20 @@
 //! The real router client: PCP and NAT-PMP through `crab_nat`, UPnP-IGD through `igd-next`;
-//! `auto` tries them in that order and remembers per router what worked.
+//! `auto` tries them in that order and remembers per router what worked. Over IPv6 (a
+//! request to the router's IPv6 address) the mapping is a firewall pinhole to this host's
+//! own address: PCP `MAP` over IPv6, else UPnP IGD:2 `WANIPv6FirewallControl.AddPinhole`
+//! (found with an SSDP search sent to the router's IPv6 address, so the router sees the
+//! request come from the address it opens the pinhole to).
 //!
 //! Over ~500 lines only with its tests (from line ~470): three protocols behind one client.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::num::NonZeroU16;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crab_nat::{InternetProtocol, PortMapping, PortMappingOptions, PortMappingType, TimeoutConfig};
-use hostport_api::ExternalPortPolicy;
+use hostport_api::{ExternalPortPolicy, IpFamily};
 use igd_next::PortMappingProtocol;
 use igd_next::aio::Gateway as UpnpGateway;
 use igd_next::aio::tokio::Tokio;
@@ -26,11 +30,18 @@ pub enum Lease {
     /// UPnP-IGD: removed by external port and protocol.
     Upnp {
         /// The router.
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         /// Protocol.
         protocol: Protocol,
         /// External port.
         external_port: u16,
+    },
+    /// UPnP IGD:2 IPv6 pinhole: renewed and removed by the id the router gave.
+    Pinhole {
+        /// The router.
+        gateway: IpAddr,
+        /// The router's `UniqueID` for it.
+        unique_id: u16,
     },
 }
 
@@ -40,9 +51,9 @@ pub struct NetworkRouter {
     timeouts: TimeoutConfig,
     search_timeout: Duration,
     /// Per router, the method that worked last (tried first next time).
-    working: Mutex<HashMap<Ipv4Addr, Method>>,
+    working: Mutex<HashMap<IpAddr, Method>>,
     /// Per router, its UPnP control endpoint once found.
-    upnp: tokio::sync::Mutex<HashMap<Ipv4Addr, UpnpGateway<Tokio>>>,
+    upnp: tokio::sync::Mutex<HashMap<IpAddr, UpnpGateway<Tokio>>>,
     /// The PCP nonce: a PCP server lets only the same nonce renew or delete a mapping, so a
     /// restarted publisher must present the one it used before.
     pcp_nonce: Option<crab_nat::pcp::Nonce>,
@@ -80,7 +91,8 @@ impl NetworkRouter {
     }
 
     fn order(&self, request: &MapRequest) -> Vec<Method> {
-        let mut methods = Method::candidates(request.method).to_vec();
+        let family = IpFamily::of(request.gateway);
+        let mut methods = Method::candidates(request.method, family).to_vec();
         let worked = self
             .working
             .lock()
@@ -94,7 +106,7 @@ impl NetworkRouter {
         methods
     }
 
-    fn remember(&self, gateway: Ipv4Addr, method: Method) {
+    fn remember(&self, gateway: IpAddr, method: Method) {
         if let Ok(mut working) = self.working.lock() {
             working.insert(gateway, method);
         }
@@ -129,12 +141,8 @@ impl NetworkRouter {
         let gateway = crab_nat::GatewayAddress::from(request.gateway);
         let protocol = internet_protocol(request.protocol);
         let mapping = if method == Method::Pcp {
-            let base = crab_nat::pcp::BaseMapRequest::new(
-                gateway,
-                IpAddr::V4(request.client),
-                protocol,
-                internal,
-            );
+            let base =
+                crab_nat::pcp::BaseMapRequest::new(gateway, request.client, protocol, internal);
             crab_nat::pcp::port_mapping(base, self.pcp_nonce, None, self.options(request))
                 .await
                 .map_err(Attempt::from_pcp)?
@@ -164,18 +172,12 @@ impl NetworkRouter {
     /// for it (again at each renewal: the router's public address may change).
     async fn granted(&self, mapping: &PortMapping) -> Result<Mapped, Attempt> {
         let external_address = match mapping.mapping_type() {
-            PortMappingType::Pcp {
-                external_ip: IpAddr::V4(ip),
-                ..
-            } => ip,
-            PortMappingType::Pcp { .. } => {
-                return Err(Attempt::Refused("the router gave an IPv6 address".into()));
-            }
-            PortMappingType::NatPmp => {
+            PortMappingType::Pcp { external_ip, .. } => external_ip,
+            PortMappingType::NatPmp => IpAddr::V4(
                 crab_nat::natpmp::external_address(mapping.gateway(), Some(self.timeouts))
                     .await
-                    .map_err(Attempt::from_natpmp)?
-            }
+                    .map_err(Attempt::from_natpmp)?,
+            ),
         };
         Ok(Mapped {
             method: port_control_method(mapping),
@@ -185,14 +187,17 @@ impl NetworkRouter {
         })
     }
 
-    async fn upnp_gateway(&self, gateway: Ipv4Addr) -> Result<UpnpGateway<Tokio>, Attempt> {
+    async fn upnp_gateway(&self, gateway: IpAddr) -> Result<UpnpGateway<Tokio>, Attempt> {
         let mut known = self.upnp.lock().await;
         if let Some(found) = known.get(&gateway) {
             return Ok(found.clone());
         }
         let mut options = igd_next::SearchOptions::default();
         // Ask the router itself, not the whole LAN: the answer must come from the gateway.
-        options.broadcast_address = SocketAddr::from((gateway, 1900));
+        options.broadcast_address = SocketAddr::new(gateway, 1900);
+        if gateway.is_ipv6() {
+            options.bind_addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0);
+        }
         options.timeout = Some(self.search_timeout);
         options.single_search_timeout = Some(self.search_timeout);
         let found = igd_next::aio::tokio::search_gateway(options)
@@ -202,13 +207,16 @@ impl NetworkRouter {
         Ok(found)
     }
 
-    async fn forget_upnp(&self, gateway: Ipv4Addr) {
+    async fn forget_upnp(&self, gateway: IpAddr) {
         self.upnp.lock().await.remove(&gateway);
     }
 
     async fn upnp_map(&self, request: &MapRequest) -> Result<(Lease, Mapped), Attempt> {
         let found = self.upnp_gateway(request.gateway).await?;
-        let local = SocketAddr::from((request.client, request.internal_port));
+        if let IpAddr::V6(client) = request.client {
+            return self.upnp_pinhole(&found, request, client).await;
+        }
+        let local = SocketAddr::new(request.client, request.internal_port);
         let protocol = upnp_protocol(request.protocol);
         let added = found
             .add_port(
@@ -241,13 +249,10 @@ impl NetworkRouter {
             }
             Err(e) => return Err(Attempt::Refused(e.to_string())),
         };
-        let external_address = match found.get_external_ip().await {
-            Ok(IpAddr::V4(ip)) => ip,
-            Ok(IpAddr::V6(_)) => {
-                return Err(Attempt::Refused("the router gave an IPv6 address".into()));
-            }
-            Err(e) => return Err(Attempt::Refused(format!("GetExternalIPAddress: {e}"))),
-        };
+        let external_address = found
+            .get_external_ip()
+            .await
+            .map_err(|e| Attempt::Refused(format!("GetExternalIPAddress: {e}")))?;
         Ok((
             Lease::Upnp {
                 gateway: request.gateway,
@@ -261,6 +266,52 @@ impl NetworkRouter {
                 lifetime: Duration::from_secs(u64::from(request.lifetime_seconds)),
             },
         ))
+    }
+}
+
+impl NetworkRouter {
+    /// An IGD:2 pinhole to `client`'s port: no NAT, so the public address is the client's
+    /// and the port is the internal one.
+    async fn upnp_pinhole(
+        &self,
+        found: &UpnpGateway<Tokio>,
+        request: &MapRequest,
+        client: Ipv6Addr,
+    ) -> Result<(Lease, Mapped), Attempt> {
+        let local = SocketAddrV6::new(client, request.internal_port, 0, 0);
+        let lifetime = request.lifetime_seconds.clamp(1, 86_400);
+        let unique_id = found
+            .add_pinhole(upnp_protocol(request.protocol), local, lifetime)
+            .await
+            .map_err(|e| pinhole_attempt(e, "AddPinhole"))?;
+        Ok((
+            Lease::Pinhole {
+                gateway: request.gateway,
+                unique_id,
+            },
+            pinhole_mapped(request, lifetime),
+        ))
+    }
+}
+
+fn pinhole_mapped(request: &MapRequest, lifetime: u32) -> Mapped {
+    Mapped {
+        method: Method::Upnp,
+        external_address: request.client,
+        external_port: request.internal_port,
+        lifetime: Duration::from_secs(u64::from(lifetime)),
+    }
+}
+
+/// A pinhole request's failure: no IPv6 firewall control (or no answer) lets the next
+/// method be tried; anything else is the router's no.
+fn pinhole_attempt(error: igd_next::PinholeError, action: &str) -> Attempt {
+    match error {
+        igd_next::PinholeError::FirewallControlUnavailable
+        | igd_next::PinholeError::RequestError(_) => {
+            Attempt::NoAnswer(format!("{action}: {error}"))
+        }
+        other => Attempt::Refused(format!("{action}: {other}")),
     }
 }
 
@@ -350,14 +401,24 @@ impl Router for NetworkRouter {
                 }
             }
         }
-        Err(RouterError::Unreachable {
-            gateway: request.gateway,
-            methods: methods
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            detail: unanswered.join("; "),
+        let methods = methods
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let detail = unanswered.join("; ");
+        Err(if request.gateway.is_ipv6() {
+            RouterError::PinholesNotSupported {
+                gateway: request.gateway,
+                methods,
+                detail,
+            }
+        } else {
+            RouterError::Unreachable {
+                gateway: request.gateway,
+                methods,
+                detail,
+            }
         })
     }
 
@@ -371,6 +432,20 @@ impl Router for NetworkRouter {
                     Err(crab_nat::MappingFailure::NatPmp(f)) => Err(Attempt::from_natpmp(f)),
                 };
                 renewed.map_err(|failure| failure.into_error(method, request))
+            }
+            Lease::Pinhole { gateway, unique_id } => {
+                let lifetime = request.lifetime_seconds.clamp(1, 86_400);
+                let found = self
+                    .upnp_gateway(*gateway)
+                    .await
+                    .map_err(|failure| failure.into_error(Method::Upnp, request))?;
+                found
+                    .update_pinhole(*unique_id, lifetime)
+                    .await
+                    .map_err(|e| {
+                        pinhole_attempt(e, "UpdatePinhole").into_error(Method::Upnp, request)
+                    })?;
+                Ok(pinhole_mapped(request, lifetime))
             }
             Lease::Upnp { external_port, .. } => {
                 let renew = MapRequest {
@@ -389,10 +464,7 @@ impl Router for NetworkRouter {
     async fn unmap(&self, lease: Lease) -> Result<(), RouterError> {
         match lease {
             Lease::PortControl(mapping) => {
-                let gateway = match mapping.gateway() {
-                    crab_nat::GatewayAddress::IpV4(ip) => ip,
-                    crab_nat::GatewayAddress::IpV6(..) => Ipv4Addr::UNSPECIFIED,
-                };
+                let gateway = IpAddr::from(mapping.gateway());
                 let method = port_control_method(&mapping);
                 mapping
                     .try_drop()
@@ -425,6 +497,24 @@ impl Router for NetworkRouter {
                         gateway,
                         method: Method::Upnp,
                         detail: e.to_string(),
+                    }),
+                }
+            }
+            Lease::Pinhole { gateway, unique_id } => {
+                let found =
+                    self.upnp_gateway(gateway)
+                        .await
+                        .map_err(|a| RouterError::Unreachable {
+                            gateway,
+                            methods: Method::Upnp.to_string(),
+                            detail: format!("{a:?}"),
+                        })?;
+                match found.remove_pinhole(unique_id).await {
+                    Ok(()) | Err(igd_next::PinholeError::NoSuchEntry) => Ok(()),
+                    Err(e) => Err(RouterError::Refused {
+                        gateway,
+                        method: Method::Upnp,
+                        detail: format!("DeletePinhole: {e}"),
                     }),
                 }
             }
@@ -470,10 +560,12 @@ mod tests {
     use super::*;
     use hostport_api::RouterProtocol;
 
+    use std::net::Ipv4Addr;
+
     fn request(method: RouterProtocol) -> MapRequest {
         MapRequest {
-            gateway: Ipv4Addr::new(192, 0, 2, 1),
-            client: Ipv4Addr::new(192, 0, 2, 2),
+            gateway: Ipv4Addr::new(192, 0, 2, 1).into(),
+            client: Ipv4Addr::new(192, 0, 2, 2).into(),
             protocol: Protocol::Tcp,
             internal_port: 7777,
             external_port: 7777,
@@ -501,6 +593,12 @@ mod tests {
             router.order(&request(RouterProtocol::Natpmp)),
             [Method::NatPmp]
         );
+        // Over IPv6: pinholes, with PCP or UPnP IGD:2 only.
+        let mut six = request(RouterProtocol::Auto);
+        six.gateway = "2001:db8::1".parse().expect("ip");
+        assert_eq!(router.order(&six), [Method::Pcp, Method::Upnp]);
+        six.method = RouterProtocol::Natpmp;
+        assert!(router.order(&six).is_empty());
     }
 
     #[tokio::test]
@@ -508,8 +606,8 @@ mod tests {
         // Nothing listens on 127.0.0.1:5351 or :1900: no answer to any method.
         let router = NetworkRouter::new(Duration::from_millis(20), 0);
         let mut request = request(RouterProtocol::Auto);
-        request.gateway = Ipv4Addr::LOCALHOST;
-        request.client = Ipv4Addr::LOCALHOST;
+        request.gateway = Ipv4Addr::LOCALHOST.into();
+        request.client = Ipv4Addr::LOCALHOST.into();
         let error = router.map(&request).await.expect_err("no router");
         assert_eq!(error.reason(), "RouterUnreachable");
         let text = error.to_string();
@@ -518,6 +616,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("SSDP search"), "{text}");
+        // Over IPv6 the same silence is a router that opens no pinholes.
+        request.gateway = std::net::Ipv6Addr::LOCALHOST.into();
+        request.client = std::net::Ipv6Addr::LOCALHOST.into();
+        let error = router.map(&request).await.expect_err("no router");
+        assert_eq!(error.reason(), "PinholesNotSupported");
+        assert!(
+            error
+                .to_string()
+                .starts_with("router ::1 opens no IPv6 pinholes (tried PCP, UPnP: "),
+            "{error}"
+        );
     }
 
     #[test]
@@ -530,7 +639,7 @@ mod tests {
     #[test]
     fn every_error_names_a_reason_and_the_fix() {
         let taken = RouterError::PortTaken {
-            gateway: Ipv4Addr::new(192, 0, 2, 1),
+            gateway: Ipv4Addr::new(192, 0, 2, 1).into(),
             method: Method::NatPmp,
             protocol: Protocol::Udp,
             port: 7777,

@@ -3,7 +3,7 @@
 //! the router side is not the subject (it is tested against miniupnpd in
 //! `publisher/tests/router.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,7 +79,12 @@ impl RecordingRouter {
         }
         Ok(Mapped {
             method: Method::NatPmp,
-            external_address: self.address.lock().map_or(Ipv4Addr::UNSPECIFIED, |a| *a),
+            // A pinhole's public address is the host's own.
+            external_address: if request.client.is_ipv6() {
+                request.client
+            } else {
+                IpAddr::V4(self.address.lock().map_or(Ipv4Addr::UNSPECIFIED, |a| *a))
+            },
             external_port: request.external_port,
             lifetime: self
                 .lifetime

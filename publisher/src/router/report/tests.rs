@@ -25,7 +25,7 @@ fn entry(node: &str) -> serde_json::Value {
 fn endpoint() -> Endpoint {
     Endpoint {
         protocol: Protocol::Tcp,
-        address: Ipv4Addr::new(203, 0, 113, 1),
+        address: Ipv4Addr::new(203, 0, 113, 1).into(),
         port: 7001,
         method: Method::NatPmp,
         expires_at: Timestamp::from_second(1_800_000_000).expect("time"),
@@ -104,5 +104,50 @@ fn a_node_with_nothing_for_a_claim_says_nothing_unless_it_said_something_before(
     assert_eq!(
         wanted.published().expect("Published").reason,
         REASON_PUBLISHED
+    );
+}
+
+#[test]
+fn a_family_not_published_is_said_beside_the_one_that_is() {
+    let claim = claim(json!([]), json!([]));
+    let pinhole = Endpoint {
+        address: "2001:db8:a::2".parse().expect("ip"),
+        method: Method::Pcp,
+        ..endpoint()
+    };
+    let both = Report {
+        endpoints: vec![endpoint(), pinhole],
+        errors: vec![],
+    };
+    let wanted = claim_report(&claim, "node-a", Some(&both), false).expect("report");
+    let published = wanted.published().expect("Published");
+    assert_eq!(published.status, "True");
+    assert!(
+        published.message.starts_with(
+            "published over IPv4 and IPv6 at TCP 203.0.113.1:7001 (NAT-PMP, node node-a), TCP [2001:db8:a::2]:7001 (PCP, node node-a)"
+        ),
+        "{}",
+        published.message
+    );
+    assert_eq!(wanted.external[1].address, "2001:db8:a::2");
+    let half = Report {
+        endpoints: vec![endpoint()],
+        errors: vec![RouterError::PinholesNotSupported {
+            gateway: "2001:db8:a::1".parse().expect("ip"),
+            methods: "PCP, UPnP".into(),
+            detail: "PCP: timeout; AddPinhole: no WANIPv6FirewallControl".into(),
+        }],
+    };
+    let wanted = claim_report(&claim, "node-a", Some(&half), false).expect("report");
+    let published = wanted.published().expect("Published");
+    assert_eq!(
+        (published.status.as_str(), published.reason.as_str()),
+        ("False", "PinholesNotSupported")
+    );
+    assert!(
+        published.message.contains("opens no IPv6 pinholes")
+            && published.message.contains("; published over IPv4 at TCP 203.0.113.1:7001"),
+        "{}",
+        published.message
     );
 }

@@ -13,8 +13,8 @@ fn want(claim: &str, port: u16) -> Want {
             name: claim.into(),
         },
         request: MapRequest {
-            gateway: Ipv4Addr::new(198, 51, 100, 1),
-            client: Ipv4Addr::new(198, 51, 100, 2),
+            gateway: Ipv4Addr::new(198, 51, 100, 1).into(),
+            client: Ipv4Addr::new(198, 51, 100, 2).into(),
             protocol: Protocol::Udp,
             internal_port: port,
             external_port: port,
@@ -29,9 +29,14 @@ fn want(claim: &str, port: u16) -> Want {
 fn wanted(wants: &[Want]) -> WantedMappings {
     let mut wanted = WantedMappings::default();
     for w in wants {
-        wanted
-            .mappings
-            .insert((w.request.protocol, w.request.internal_port), w.clone());
+        wanted.mappings.insert(
+            (
+                hostport_api::IpFamily::Ipv4,
+                w.request.protocol,
+                w.request.internal_port,
+            ),
+            w.clone(),
+        );
     }
     wanted
 }

@@ -45,16 +45,21 @@ fn pod(name: &str, node: &str, phase: &str, claim: &str, host_port: i32) -> Arc<
     )
 }
 
+const ADDRESSES: [IpAddr; 1] = [IpAddr::V4(NODE)];
+const GATEWAYS: [IpAddr; 1] = [IpAddr::V4(GATEWAY)];
+const V4: [IpFamily; 1] = [IpFamily::Ipv4];
+
 fn this_node(deny: &DenyList) -> ThisNode<'_> {
     ThisNode {
         name: "node-a",
-        address: NODE,
-        default_gateway: Some(GATEWAY),
+        addresses: &ADDRESSES,
+        default_gateways: &GATEWAYS,
         deny,
+        families: &V4,
     }
 }
 
-fn keys(wanted: &WantedMappings) -> Vec<(ExternalPort, String)> {
+fn keys(wanted: &WantedMappings) -> Vec<(MappingKey, String)> {
     wanted
         .mappings
         .iter()
@@ -100,12 +105,15 @@ fn only_running_pods_of_this_node_with_the_claimed_port_of_an_opted_in_class_are
     let wanted = claims_wanted(inputs, this_node(&deny));
     assert_eq!(
         keys(&wanted),
-        [((Protocol::Udp, 7001), "HostPortClaim games/a".to_owned())]
+        [(
+            (IpFamily::Ipv4, Protocol::Udp, 7001),
+            "HostPortClaim games/a".to_owned()
+        )]
     );
-    let request = &wanted.mappings[&(Protocol::Udp, 7001)].request;
+    let request = &wanted.mappings[&(IpFamily::Ipv4, Protocol::Udp, 7001)].request;
     assert_eq!(
         (request.gateway, request.client, request.external_port),
-        (GATEWAY, NODE, 7001)
+        (IpAddr::from(GATEWAY), IpAddr::from(NODE), 7001)
     );
     assert_eq!(request.method, RouterProtocol::Natpmp);
     assert_eq!(request.lifetime_seconds, 600);
@@ -132,7 +140,7 @@ fn denied_ports_and_a_missing_gateway_are_problems_not_requests() {
         pods: &pods,
     };
     let mut node = this_node(&deny);
-    node.default_gateway = None;
+    node.default_gateways = &[];
     let wanted = claims_wanted(inputs, node);
     assert!(wanted.mappings.is_empty());
     let reasons: Vec<(String, &str)> = wanted
@@ -155,8 +163,10 @@ fn denied_ports_and_a_missing_gateway_are_problems_not_requests() {
     };
     let wanted = claims_wanted(inputs, node);
     assert_eq!(
-        wanted.mappings[&(Protocol::Udp, 7002)].request.gateway,
-        Ipv4Addr::new(192, 0, 2, 1)
+        wanted.mappings[&(IpFamily::Ipv4, Protocol::Udp, 7002)]
+            .request
+            .gateway,
+        IpAddr::from(Ipv4Addr::new(192, 0, 2, 1))
     );
 }
 
@@ -196,10 +206,16 @@ fn only_load_balancers_of_our_class_in_allowed_namespaces_are_mapped_to_this_nod
     );
     assert_eq!(
         keys(&wanted),
-        [((Protocol::Tcp, 80), "Service web/site".to_owned())]
+        [(
+            (IpFamily::Ipv4, Protocol::Tcp, 80),
+            "Service web/site".to_owned()
+        )]
     );
-    let request = &wanted.mappings[&(Protocol::Tcp, 80)].request;
-    assert_eq!((request.internal_port, request.client), (30080, NODE));
+    let request = &wanted.mappings[&(IpFamily::Ipv4, Protocol::Tcp, 80)].request;
+    assert_eq!(
+        (request.internal_port, request.client),
+        (30080, NODE.into())
+    );
     // Port 53 is denied: reported on the Service.
     assert_eq!(wanted.problems.len(), 1);
     assert_eq!(wanted.problems[0].1.reason(), "PortDenied");
@@ -232,7 +248,9 @@ fn one_router_port_serves_one_object_the_first_by_name() {
     wanted.merge(b);
     wanted.merge(a);
     assert_eq!(
-        wanted.mappings[&(Protocol::Tcp, 80)].owner.to_string(),
+        wanted.mappings[&(IpFamily::Ipv4, Protocol::Tcp, 80)]
+            .owner
+            .to_string(),
         "Service a/site"
     );
 }
@@ -276,7 +294,9 @@ fn claims_win_the_router_port_over_services() {
         settings,
     ));
     assert_eq!(
-        unchecked.mappings[&(Protocol::Udp, 7001)].owner.to_string(),
+        unchecked.mappings[&(IpFamily::Ipv4, Protocol::Udp, 7001)]
+            .owner
+            .to_string(),
         "HostPortClaim games/a"
     );
     assert!(
@@ -300,8 +320,14 @@ fn claims_win_the_router_port_over_services() {
     assert_eq!(
         keys(&wanted),
         [
-            ((Protocol::Udp, 7001), "HostPortClaim games/a".to_owned()),
-            ((Protocol::Udp, 8080), "Service web/taker".to_owned())
+            (
+                (IpFamily::Ipv4, Protocol::Udp, 7001),
+                "HostPortClaim games/a".to_owned()
+            ),
+            (
+                (IpFamily::Ipv4, Protocol::Udp, 8080),
+                "Service web/taker".to_owned()
+            )
         ]
     );
     let refused: Vec<String> = wanted
@@ -354,13 +380,107 @@ fn a_block_is_one_mapping_per_port() {
     assert_eq!(
         keys(&wanted),
         (7010..=7012)
-            .map(|port| ((Protocol::Udp, port), owner.clone()))
+            .map(|port| ((IpFamily::Ipv4, Protocol::Udp, port), owner.clone()))
             .collect::<Vec<_>>()
     );
     assert!((7010..=7012).all(|port| {
-        wanted.mappings[&(Protocol::Udp, port)]
+        wanted.mappings[&(IpFamily::Ipv4, Protocol::Udp, port)]
             .request
             .external_port
             == port
     }));
+}
+
+#[test]
+fn a_dual_stack_class_asks_for_a_pinhole_beside_the_mapping_and_says_why_it_cannot() {
+    let deny = DenyList::default();
+    let classes = [Arc::new(
+        serde_json::from_value::<HostPortClass>(json!({
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+            "metadata": {"name": "home"},
+            "spec": {"pools": [{"start": 7000, "end": 7100}], "publish": {
+                "router": {}, "ipFamilies": ["IPv4", "IPv6"]}}
+        }))
+        .expect("class"),
+    )];
+    let claims = [claim("a", "home", 7001)];
+    let pods = [pod("a", "node-a", "Running", "a", 7001)];
+    let inputs = Inputs {
+        classes: &classes,
+        claims: &claims,
+        pods: &pods,
+    };
+    let node6: IpAddr = "2001:db8:a::2".parse().expect("ip");
+    let gateway6: IpAddr = "2001:db8:a::1".parse().expect("ip");
+    let addresses = [IpAddr::V4(NODE), node6];
+    let gateways = [IpAddr::V4(GATEWAY), gateway6];
+    let dual = ThisNode {
+        addresses: &addresses,
+        default_gateways: &gateways,
+        ..this_node(&deny)
+    };
+    let wanted = claims_wanted(inputs, dual);
+    let pinhole = &wanted.mappings[&(IpFamily::Ipv6, Protocol::Udp, 7001)].request;
+    assert_eq!((pinhole.gateway, pinhole.client), (gateway6, node6));
+    assert!(
+        wanted
+            .mappings
+            .contains_key(&(IpFamily::Ipv4, Protocol::Udp, 7001))
+    );
+    assert!(wanted.problems.is_empty());
+    // A node without an IPv6 address, then without an IPv6 router: IPv4 still mapped, the
+    // IPv6 half reported.
+    let reasons = |node: ThisNode<'_>| {
+        let wanted = claims_wanted(inputs, node);
+        assert_eq!(wanted.mappings.len(), 1, "IPv4 goes on");
+        wanted
+            .problems
+            .iter()
+            .map(|(_, e)| e.reason())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reasons(ThisNode {
+            default_gateways: &gateways,
+            ..this_node(&deny)
+        }),
+        ["NoIPv6Address"]
+    );
+    assert_eq!(
+        reasons(ThisNode {
+            addresses: &addresses,
+            ..this_node(&deny)
+        }),
+        ["NoGateway"]
+    );
+    // The class may name the IPv6 router; an IPv4 address there is not one.
+    let named = |gateway6: &str| {
+        let classes = [Arc::new(
+            serde_json::from_value::<HostPortClass>(json!({
+                "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClass",
+                "metadata": {"name": "home"},
+                "spec": {"pools": [{"start": 7000, "end": 7100}], "publish": {
+                    "router": {"gateway6": gateway6}, "ipFamilies": ["IPv6"]}}
+            }))
+            .expect("class"),
+        )];
+        let inputs = Inputs {
+            classes: &classes,
+            ..inputs
+        };
+        claims_wanted(
+            inputs,
+            ThisNode {
+                addresses: &addresses,
+                ..this_node(&deny)
+            },
+        )
+    };
+    assert_eq!(
+        named("2001:db8:a::fe").mappings[&(IpFamily::Ipv6, Protocol::Udp, 7001)]
+            .request
+            .gateway,
+        "2001:db8:a::fe".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(named("198.51.100.1").problems[0].1.reason(), "NoGateway");
 }
