@@ -4,9 +4,15 @@
 //!
 //! ```text
 //! outside 203.0.113.2/.3 (STUN) ── ext0 203.0.113.1  router  int0 198.51.100.1 (bridge)
+//!         2001:db8:c::2                 2001:db8:c::1         2001:db8:a::1
 //!                                                              ├── node 0 198.51.100.2
+//!                                                              │          2001:db8:a::2
 //!                                                              └── node 1 198.51.100.3
+//!                                                                         2001:db8:a::3
 //! ```
+//!
+//! Over IPv6 there is no NAT: the router forwards to the nodes' own addresses, and its
+//! forward policy drops what no pinhole (miniupnpd's `miniupnpd` chain) lets through.
 //!
 //! miniupnpd only enables port forwarding once it knows its public address is not a
 //! private/reserved one, or (2.3.1) once a STUN server outside confirms it is not behind
@@ -17,7 +23,7 @@
 
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +33,8 @@ use std::time::{Duration, Instant};
 pub const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// The router's LAN address.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The router's LAN IPv6 address (where PCP and UPnP requests over IPv6 go).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 1);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -81,9 +89,11 @@ fn run_input(args: &[&str], input: &str) {
 }
 
 /// miniupnpd's chains, as its `nft_init.sh` makes them (written here: the script writes a
-/// fixed file under /tmp, which parallel tests would share).
+/// fixed file under /tmp, which parallel tests would share), in a home router's forward
+/// chain: replies and the LAN's own connections out pass, new connections in only through
+/// miniupnpd's rules.
 const ROUTER_RULESET: &str = "table inet filter {
-  chain forward { type filter hook forward priority 0; policy drop; jump miniupnpd; }
+  chain forward { type filter hook forward priority 0; policy drop; ct state established,related accept; oifname \"ext0\" accept; jump miniupnpd; }
   chain miniupnpd { }
   chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
   chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
@@ -201,7 +211,51 @@ impl Lab {
                 "via",
                 "198.51.100.1",
             ]);
+            let address6 = format!("{}/64", Self::node_address6(i));
+            run(&[
+                "ip", "-n", node, "-6", "addr", "add", &address6, "dev", "eth0", "nodad",
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                node,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "2001:db8:a::1",
+            ]);
         }
+        for (ns, dev, address) in [
+            (&r, "ext0", "2001:db8:c::1/64"),
+            (&r, "int0", "2001:db8:a::1/64"),
+            (&o, "eth0", "2001:db8:c::2/64"),
+        ] {
+            run(&[
+                "ip", "-n", ns, "-6", "addr", "add", address, "dev", dev, "nodad",
+            ]);
+        }
+        run(&[
+            "ip",
+            "-n",
+            &o,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:a::/64",
+            "via",
+            "2001:db8:c::1",
+        ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &r,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
         run(&[
             "ip",
             "netns",
@@ -223,6 +277,20 @@ impl Lab {
     /// Node `i`'s address.
     pub fn node_address(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(198, 51, 100, 2 + u8::try_from(i).expect("few nodes"))
+    }
+
+    /// Node `i`'s IPv6 address.
+    pub fn node_address6(i: usize) -> Ipv6Addr {
+        Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0xa,
+            0,
+            0,
+            0,
+            0,
+            2 + u16::try_from(i).expect("few nodes"),
+        )
     }
 
     fn log(&self, name: &str) -> std::fs::File {
@@ -267,7 +335,8 @@ impl Lab {
         std::fs::write(
             &config,
             format!(
-                "ext_ifname=ext0\nlistening_ip=int0\nhttp_port=0\nenable_natpmp=yes\n\
+                "ext_ifname=ext0\next_ifname6=ext0\nlistening_ip=int0\n\
+                 http_port=0\nenable_natpmp=yes\n\
                  enable_upnp=yes\nsecure_mode=yes\nsystem_uptime=yes\nlease_file={}\n\
                  uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\next_perform_stun=yes\n\
                  ext_stun_host=203.0.113.2\next_stun_port=3478\n\
@@ -357,6 +426,68 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The router's pinholes (miniupnpd's filter chain, IPv6 rules and IPv4 accepts).
+    pub fn pinholes(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.router,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+            ])
+            .arg("miniupnpd")
+            .output()
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Serves a TCP echo over IPv6 on `port` in node `i`'s namespace.
+    pub fn serve6(&mut self, i: usize, port: u16) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.nodes[i], "socat"])
+            .arg(format!("TCP6-LISTEN:{port},ipv6only=1,reuseaddr,fork"))
+            .arg("EXEC:/bin/cat")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        self.children.push(child);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Sends `payload` from outside to `[address]:port` over TCP; what came back.
+    pub fn exchange6(&self, address: Ipv6Addr, port: u16, payload: &str) -> Option<String> {
+        use std::io::Write;
+        let mut child = Command::new("timeout")
+            .args([
+                "5",
+                "ip",
+                "netns",
+                "exec",
+                &self.outside,
+                "socat",
+                "-T1",
+                "-",
+            ])
+            .arg(format!("TCP6:[{address}]:{port},connect-timeout=2"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{payload}");
+        }
+        let out = child.wait_with_output().expect("socat output");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!text.is_empty()).then_some(text)
+    }
+
     /// Makes the API server at `127.0.0.1:port` reachable at the same address inside node
     /// `i`'s namespace.
     pub fn bridge_api(&mut self, i: usize, port: u16) {
@@ -415,7 +546,11 @@ impl Lab {
             .arg(env!("CARGO_BIN_EXE_hostport-publisher"))
             .args(["--mode", "router", "--metrics-address", "127.0.0.1:0"])
             .arg(format!("--node-name=node-{i}"))
-            .arg(format!("--node-ip={}", Self::node_address(i)))
+            .arg(format!(
+                "--node-ip={},{}",
+                Self::node_address(i),
+                Self::node_address6(i)
+            ))
             .arg(format!("--pod-name=publisher-{i}-{n}"))
             .args(extra)
             .env("KUBECONFIG", kubeconfig)

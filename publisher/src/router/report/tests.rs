@@ -146,7 +146,9 @@ fn a_family_not_published_is_said_beside_the_one_that_is() {
     );
     assert!(
         published.message.contains("opens no IPv6 pinholes")
-            && published.message.contains("; published over IPv4 at TCP 203.0.113.1:7001"),
+            && published
+                .message
+                .contains("; published over IPv4 at TCP 203.0.113.1:7001"),
         "{}",
         published.message
     );
