@@ -233,6 +233,67 @@ async fn natpmp_mapping_is_created_renewed_moved_with_the_pod_and_removed() {
     drop((node0, node1));
 }
 
+/// The router restarts with another public address (an ISP's new lease): the publisher's
+/// next renewal maps the port again, the claim's `status.external` and the pod's
+/// `external.hostport.rmb938.com/` annotation (the program's view, through a downward-API
+/// volume) follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_public_address_of_the_router_reaches_the_pod() {
+    let mut lab = lab_or_skip!(1);
+    let server = api::server().await;
+    let client = server.client();
+    let kubeconfig = lab.connect(&server);
+    class(
+        &client,
+        "home",
+        (40600, 40610),
+        json!({"protocol": "natpmp"}),
+    )
+    .await;
+    api::bound_claim(&client, "game", "home", 40601).await;
+    running_pod(&client, "game", "game", 40601, &["UDP"], 0).await;
+    let publisher = lab.publisher(0, &kubeconfig, &["--max-renew-interval-seconds=1"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let annotation = || async {
+        pods.get("game")
+            .await
+            .ok()?
+            .metadata
+            .annotations?
+            .get("external.hostport.rmb938.com/game")
+            .cloned()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while annotation().await.as_deref() != Some("203.0.113.1:40601") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the public address never reached the pod: {:?}",
+            annotation().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = std::net::Ipv4Addr::new(203, 0, 113, 5);
+    lab.restart_router_with_public_address(moved);
+    let deadline = std::time::Instant::now() + WAIT;
+    while annotation().await.as_deref() != Some("203.0.113.5:40601") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new public address never reached the pod: {:?}\n{}",
+            annotation().await,
+            publisher.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let external = claim(&client, "game")
+        .await
+        .status
+        .expect("status")
+        .external;
+    assert_eq!(external[0].address, moved.to_string());
+    assert!(lab.lease("UDP", 40601).is_some(), "mapped again");
+    assert!(publisher.stop().success());
+}
+
 /// Over IPv6 there is no NAT: a dual-stack class gets, beside the IPv4 mapping, a pinhole in
 /// the router's firewall to the node's own IPv6 address, with PCP `MAP` over IPv6 and with
 /// UPnP IGD:2 `AddPinhole`. Traffic from outside reaches the node over IPv6 only while the
@@ -328,8 +389,13 @@ async fn ipv6_pinholes_with_pcp_and_upnp_let_traffic_in_and_go_with_the_pod() {
     running_pod(&client, "pcp6-again", "pcp6-game", 40401, &["TCP"], 0).await;
     eventually(WAIT, "both pinholes renewed", || {
         let log = lab.router_log();
-        (log.matches("UpdatePinhole: (inbound) updating lease").count() >= 2
-            && log.matches("updating pinhole to 2001:db8:a::2:40401").count() >= 2)
+        (log.matches("UpdatePinhole: (inbound) updating lease")
+            .count()
+            >= 2
+            && log
+                .matches("updating pinhole to 2001:db8:a::2:40401")
+                .count()
+                >= 2)
             .then_some(())
     })
     .await;

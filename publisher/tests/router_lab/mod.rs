@@ -387,6 +387,54 @@ impl Lab {
         }
     }
 
+    /// Restarts the router with another public address (an ISP's new lease): miniupnpd
+    /// stops (its mappings are gone), `ext0` gets `address` instead of 203.0.113.1, and
+    /// miniupnpd starts again (learning the address by STUN).
+    pub fn restart_router_with_public_address(&mut self, address: Ipv4Addr) {
+        let pid = std::fs::read_to_string(self.dir.join("miniupnpd.pid")).unwrap_or_default();
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{}", pid.trim())).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        run(&[
+            "ip",
+            "-n",
+            &self.router,
+            "addr",
+            "flush",
+            "dev",
+            "ext0",
+            "scope",
+            "global",
+        ]);
+        let cidr = format!("{address}/24");
+        run(&[
+            "ip",
+            "-n",
+            &self.router,
+            "addr",
+            "add",
+            &cidr,
+            "dev",
+            "ext0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &self.router,
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:c::1/64",
+            "dev",
+            "ext0",
+            "nodad",
+        ]);
+        let _ = std::fs::remove_file(self.lease_file());
+        self.start_miniupnpd();
+    }
+
     /// miniupnpd's log so far.
     pub fn router_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("miniupnpd.log")).unwrap_or_default()
