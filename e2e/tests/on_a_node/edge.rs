@@ -6,7 +6,9 @@ use serde_json::json;
 
 use hostport_e2e::kubectl;
 
-use crate::{echo_pod, on_a_node_scenario, rolled_out, run, running, uninstall};
+use crate::{
+    echo_pod, on_a_node_scenario, reading_the_public_address, rolled_out, run, running, uninstall,
+};
 
 /// The router the edge scenario reaches over SSH: a network namespace with `lan0`
 /// (198.18.8.2, towards the node) and `eth0` (203.0.113.1, the outside, where a client
@@ -50,7 +52,9 @@ rm -rf "$dir"; true
 
 /// `config/publisher/edge` as a pod (its image from `hack/images.sh`), reaching a router
 /// namespace over SSH: a client outside the router reaches the pod's program through the
-/// router's external address and the claim's port.
+/// router's external address and the claim's port, and the program answers with the public
+/// address the publisher wrote on its pod (`--public-address`), read from a downward-API
+/// volume.
 #[tokio::test]
 async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     let Some(scenario) = on_a_node_scenario("node-edge", &[(38120, 38129)]).await else {
@@ -71,7 +75,7 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     pods.create(
         &PostParams::default(),
-        &echo_pod("echo", &[("echo", "TCP")]),
+        &reading_the_public_address(echo_pod("echo", &[("echo", "TCP")]), "echo"),
     )
     .await
     .expect("admitted");
@@ -96,15 +100,19 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     std::fs::create_dir_all(overlay).expect("overlay dir");
     std::fs::write(
         format!("{overlay}/kustomization.yaml"),
-            "resources:\n  - ../../config/publisher/edge\npatches:\n  - target:\n      kind: Deployment\n      name: hostport-publisher-edge\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/containers/0/args/2\n        value: --ssh=root@198.18.8.2\n",
+            "resources:\n  - ../../config/publisher/edge\npatches:\n  - target:\n      kind: Deployment\n      name: hostport-publisher-edge\n    patch: |-\n      - op: replace\n        path: /spec/template/spec/containers/0/args/2\n        value: --ssh=root@198.18.8.2\n      - op: add\n        path: /spec/template/spec/containers/0/args/-\n        value: --public-address=203.0.113.1\n",
     )
     .expect("kustomization");
     kubectl(&["apply", "-k", overlay]).unwrap_or_else(|e| panic!("{e}"));
     let rolled = rolled_out("deploy/hostport-publisher-edge");
+    // Through the router, until the program also tells its public address: the publisher
+    // wrote the annotation (as its ServiceAccount, through the webhook) and the kubelet
+    // refreshed the pod's downward-API volume (on its sync period: up to a minute or two).
+    let public = format!("public 203.0.113.1:{port}");
     let answered = rolled.and_then(|_| {
         let target = format!("TCP:203.0.113.1:{port}");
         let script = format!(
-            "for i in $(seq 60); do a=$(echo ask | timeout 2 socat - {target} 2>/dev/null) && [ -n \"$a\" ] && echo \"$a\" && exit 0; sleep 1; done; exit 1"
+            "for i in $(seq 180); do a=$(echo ask | timeout 2 socat - {target} 2>/dev/null) && case \"$a\" in *'{public}'*) echo \"$a\"; exit 0;; esac; sleep 1; done; echo \"last: $a\"; exit 1"
         );
         run("ip", &["netns", "exec", "hp-e2e-outside", "sh", "-c", &script])
     });
@@ -126,7 +134,11 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     let _ = run("sh", &["-c", EDGE_TEARDOWN]);
     let answer =
         answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
-    assert_eq!(answer, format!("host port {port}\n"), "node {node}");
+    assert_eq!(
+        answer,
+        format!("host port {port}\n{public}\n"),
+        "node {node}"
+    );
     scenario.finish().await;
 }
 

@@ -232,6 +232,31 @@ fn echo_pod(claim: &str, ports: &[(&str, &str)]) -> Pod {
     .expect("pod")
 }
 
+/// `pod` reading its public address: the annotation `external.hostport.rmb938.com/<port>`
+/// through a downward-API volume, named to the program by `PUBLIC_FILE`.
+fn reading_the_public_address(mut pod: Pod, port: &str) -> Pod {
+    let volume: k8s_openapi::api::core::v1::Volume = serde_json::from_value(json!({
+        "name": "public", "downwardAPI": {"items": [{"path": "address", "fieldRef": {
+            "fieldPath": format!("metadata.annotations['external.hostport.rmb938.com/{port}']")}}]}
+    }))
+    .expect("volume");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes.get_or_insert_with(Vec::new).push(volume);
+        let container = &mut spec.containers[0];
+        container.volume_mounts.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(json!({"name": "public", "mountPath": "/etc/hostport"}))
+                .expect("mount"),
+        );
+        container.env.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(
+                json!({"name": "PUBLIC_FILE", "value": "/etc/hostport/address"}),
+            )
+            .expect("env"),
+        );
+    }
+    pod
+}
+
 /// `kubectl delete -k kustomization`, returning once its pods are gone too (foreground
 /// cascade), so a publisher has removed its rules before the scenario takes its network down.
 fn uninstall(kustomization: &str) {

@@ -191,6 +191,24 @@ async fn the_router_publisher_maps_the_pod_port_on_a_real_router() {
                 },
             )
             .await;
+        // The pod's public address, written by the DaemonSet's ServiceAccount through the
+        // webhook (the router's address and the port from the mapping).
+        let expected = format!("{PUBLIC}:{port}");
+        let annotated = env
+            .wait_for(
+                "the public address on the pod",
+                Duration::from_secs(30),
+                || async {
+                    let pod = pods.get("echo").await.ok()?;
+                    let value = pod
+                        .metadata
+                        .annotations?
+                        .get("external.hostport.rmb938.com/echo")
+                        .cloned()?;
+                    (value == expected).then_some(value)
+                },
+            )
+            .await;
         let metrics = run("curl", &["-sf", &format!("http://{node}:9803/metrics")])?;
         // The pod goes: so does its mapping.
         pods.delete("echo", &DeleteParams::default())
@@ -202,7 +220,7 @@ async fn the_router_publisher_maps_the_pod_port_on_a_real_router() {
             || async move { lease("TCP", port).is_none().then_some(()) },
         )
         .await;
-        Ok::<_, String>((port, mapped, answer, external, metrics))
+        Ok::<_, String>((port, mapped, answer, external, metrics, annotated))
     }
     .await;
     uninstall("config/publisher/router");
@@ -220,8 +238,9 @@ async fn the_router_publisher_maps_the_pod_port_on_a_real_router() {
         std::fs::read_to_string(format!("{DIR}/miniupnpd.leases")).unwrap_or_default();
     let router_log = std::fs::read_to_string(format!("{DIR}/miniupnpd.log")).unwrap_or_default();
     let _ = run("sh", &["-c", TEARDOWN]);
-    let (port, mapped, answer, external, metrics) =
+    let (port, mapped, answer, external, metrics, annotated) =
         outcome.unwrap_or_else(|e| panic!("{e}; router log: {router_log}"));
+    assert_eq!(annotated, format!("{PUBLIC}:{port}"));
     assert!(
         mapped.starts_with(&format!("TCP:{port}:{node}:{port}:")),
         "mapped to the node's address and the claim's port: {mapped}"
