@@ -172,6 +172,16 @@ impl Faults {
         Injected { delay, fail_with }
     }
 
+    /// Counts a request as `verb` as well, without injecting anything: what a real API
+    /// server authorizes besides the HTTP verb (a server-side apply that creates the object
+    /// needs `create` too).
+    pub fn also_authorized_as(&mut self, verb: Verb, resource: &str, user: &str) {
+        *self
+            .counts
+            .entry((user.to_owned(), verb, resource.to_owned()))
+            .or_default() += 1;
+    }
+
     /// Fails the next `count` matching requests with HTTP `code`.
     pub fn fail_next(&mut self, target: RequestMatch, count: u32, code: u16) {
         self.errors.push(ErrorFault {

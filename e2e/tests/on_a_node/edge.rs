@@ -109,13 +109,27 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     // wrote the annotation (as its ServiceAccount, through the webhook) and the kubelet
     // refreshed the pod's downward-API volume (on its sync period: up to a minute or two).
     let public = format!("public 203.0.113.1:{port}");
-    let answered = rolled.and_then(|_| {
+    // Off the runtime's thread: the scenario's webhook, served by this test, must answer the
+    // publisher's annotation write meanwhile.
+    let wanted = public.clone();
+    let answered = tokio::task::spawn_blocking(move || {
+        rolled?;
+        let public = wanted;
         let target = format!("TCP:203.0.113.1:{port}");
         let script = format!(
-            "for i in $(seq 180); do a=$(echo ask | timeout 2 socat - {target} 2>/dev/null) && case \"$a\" in *'{public}'*) echo \"$a\"; exit 0;; esac; sleep 1; done; echo \"last: $a\"; exit 1"
+            "for i in $(seq 180); do a=$(echo ask | timeout 2 socat - {target} 2>/dev/null) && case \"$a\" in *'{public}'*) echo \"$a\"; exit 0;; esac; sleep 1; done; echo \"last answer: $a\" >&2; exit 1"
         );
         run("ip", &["netns", "exec", "hp-e2e-outside", "sh", "-c", &script])
-    });
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    let publisher_log = kubectl(&[
+        "-n",
+        "hostport-system",
+        "logs",
+        "deploy/hostport-publisher-edge",
+        "--tail=40",
+    ]);
     let rules = run(
         "ip",
         &[
@@ -132,8 +146,9 @@ async fn the_edge_publisher_pod_forwards_from_a_router_over_ssh() {
     uninstall(overlay);
     delete_ssh_secret();
     let _ = run("sh", &["-c", EDGE_TEARDOWN]);
-    let answer =
-        answered.unwrap_or_else(|e| panic!("no answer through the router: {e}; rules: {rules:?}"));
+    let answer = answered.unwrap_or_else(|e| {
+        panic!("no answer through the router: {e}; rules: {rules:?}; publisher: {publisher_log:?}")
+    });
     assert_eq!(
         answer,
         format!("host port {port}\n{public}\n"),

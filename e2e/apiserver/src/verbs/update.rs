@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, json_response, parse_body};
 use crate::admission::Operation;
+use crate::faults::Verb;
 use crate::object::{finalizers, is_deleting, resource_version, spec_part, without_version};
 use crate::patch::{PatchKind, apply_patch};
 use crate::status::{ApiError, ApiResult, FieldError};
@@ -58,6 +59,12 @@ impl Ctx<'_> {
                         apply_patch(kind, &json!({}), body, self.rt.custom.is_some())
                     })?;
                     object["metadata"]["name"] = Value::String(self.name().to_owned());
+                    // Authorized as a create as well, as kube-apiserver does.
+                    self.handles.db.state().faults.also_authorized_as(
+                        Verb::Create,
+                        &self.rt.plural,
+                        &self.user.username,
+                    );
                     let object = self.prepare_create(object)?;
                     let created = self.admit_and_store_create(object).await?;
                     return Ok(json_response(StatusCode::CREATED, &created));
