@@ -236,8 +236,11 @@ pub struct HostPortClaimStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalEndpoint {
-    /// The router's public address.
+    /// The router's public address (an IPv6 pinhole: the node's own address).
     pub address: String,
+    /// `IPv4` (a port mapping) or `IPv6` (a firewall pinhole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_family: Option<crate::IpFamily>,
     /// The external port (the allocated port unless the class allows `externalPort: any`).
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,

@@ -341,20 +341,27 @@ async fn ipv6_pinholes_with_pcp_and_upnp_let_traffic_in_and_go_with_the_pod() {
             message.starts_with("published over IPv4 and IPv6 at"),
             "{message}"
         );
-        let external: Vec<(String, String)> = claim(&client, name)
+        let external: Vec<(String, String, Option<hostport_api::IpFamily>)> = claim(&client, name)
             .await
             .status
             .expect("status")
             .external
             .into_iter()
-            .map(|e| (e.address, e.method))
+            .map(|e| (e.address, e.method, e.ip_family))
             .collect();
         assert!(
-            external.contains(&(node6.to_string(), method.to_owned())),
+            external.contains(&(
+                node6.to_string(),
+                method.to_owned(),
+                Some(hostport_api::IpFamily::Ipv6)
+            )),
             "{name}: {external:?}"
         );
         assert!(
-            external.iter().any(|(a, _)| *a == PUBLIC.to_string()),
+            external
+                .iter()
+                .any(|(a, _, family)| *a == PUBLIC.to_string()
+                    && *family == Some(hostport_api::IpFamily::Ipv4)),
             "{name}: {external:?}"
         );
         eventually(WAIT, "IPv6 traffic through the pinhole", || {

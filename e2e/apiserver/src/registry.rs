@@ -119,6 +119,12 @@ pub enum CrdError {
     /// A CEL rule does not compile.
     #[error("invalid x-kubernetes-validations rule: {0}")]
     Cel(String),
+    /// A group of Kubernetes' own (`*.k8s.io`, `*.kubernetes.io`) without the approval
+    /// annotation kube-apiserver requires.
+    #[error(
+        "metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111"
+    )]
+    ProtectedGroup,
 }
 
 /// Every served resource type, keyed by `(group, plural)`.
@@ -250,6 +256,15 @@ pub fn resource_type_from_crd(crd: &Value) -> Result<ResourceType, CrdError> {
         v.as_str().map(str::to_owned).ok_or(CrdError::Missing(what))
     };
     let group = text(&spec["group"], "group")?;
+    let protected = ["k8s.io", "kubernetes.io"]
+        .iter()
+        .any(|g| group == *g || group.ends_with(&format!(".{g}")));
+    let approved = crd["metadata"]["annotations"]["api-approved.kubernetes.io"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty());
+    if protected && !approved {
+        return Err(CrdError::ProtectedGroup);
+    }
     let names = &spec["names"];
     let kind = text(&names["kind"], "names.kind")?;
     let plural = text(&names["plural"], "names.plural")?;
@@ -316,4 +331,38 @@ pub(crate) fn crd_status(rt: &ResourceType) -> Value {
         ],
         "storedVersions": [rt.version],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn crd(group: &str, annotations: Value) -> Value {
+        json!({"metadata": {"name": format!("things.{group}"), "annotations": annotations},
+               "spec": {"group": group, "scope": "Namespaced",
+                        "names": {"kind": "Thing", "plural": "things"},
+                        "versions": [{"name": "v1", "served": true, "storage": true,
+                                      "schema": {"openAPIV3Schema": {"type": "object"}}}]}})
+    }
+
+    #[test]
+    fn kubernetes_groups_need_the_approval_annotation_as_in_kube_apiserver() {
+        for group in ["externaldns.k8s.io", "k8s.io", "x.kubernetes.io"] {
+            assert!(
+                matches!(
+                    resource_type_from_crd(&crd(group, json!({}))),
+                    Err(CrdError::ProtectedGroup)
+                ),
+                "{group}"
+            );
+            let approved = json!({"api-approved.kubernetes.io": "https://example.com/pr/1"});
+            assert!(
+                resource_type_from_crd(&crd(group, approved)).is_ok(),
+                "{group}"
+            );
+        }
+        assert!(resource_type_from_crd(&crd("hostport.rmb938.com", json!({}))).is_ok());
+        assert!(resource_type_from_crd(&crd("notk8s.io", json!({}))).is_ok());
+    }
 }

@@ -86,6 +86,7 @@ pub fn claim_report(
     for endpoint in report.map(|r| r.endpoints.as_slice()).unwrap_or_default() {
         external.push(ExternalEndpoint {
             address: endpoint.address.to_string(),
+            ip_family: Some(hostport_api::IpFamily::of(endpoint.address)),
             port: i32::from(endpoint.port),
             protocol: endpoint.protocol.as_str().to_uppercase(),
             method: endpoint.method.as_str().into(),

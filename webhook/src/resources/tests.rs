@@ -446,6 +446,7 @@ fn the_router_publisher_writes_external_and_published_and_nothing_else_of_a_stat
     let status = published.status.as_mut().expect("status");
     status.external = vec![hostport_api::ExternalEndpoint {
         address: "203.0.113.1".into(),
+        ip_family: Some(hostport_api::IpFamily::Ipv4),
         port: 20000,
         protocol: "UDP".into(),
         method: "PCP".into(),
