@@ -161,17 +161,22 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     assert_eq!(status.phase, Some(hostport_api::ClaimPhase::Bound));
     // The pod learns its public address from the annotation the publisher keeps (through
     // the webhook, which lets the publisher write it) ...
-    let expected = format!("{PUBLIC}:{port}");
-    env.wait_for(
-        "the public address on the pod",
-        Duration::from_secs(30),
-        || async {
-            let pod = pods.get("game").await.ok()?;
-            (pod.annotations().get("external.hostport.rmb938.com/game") == Some(&expected))
-                .then_some(())
-        },
-    )
-    .await;
+    let public_address_is = |expected: String| {
+        let (env, pods) = (&env, &pods);
+        async move {
+            env.wait_for(
+                &format!("the public address {expected} on the pod"),
+                Duration::from_secs(30),
+                || async {
+                    let pod = pods.get("game").await.ok()?;
+                    (pod.annotations().get("external.hostport.rmb938.com/game") == Some(&expected))
+                        .then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    public_address_is(format!("{PUBLIC}:{port}")).await;
     // ... and nobody else may write it: not the pod's owner, not an admin.
     let forged = pods
         .patch(
@@ -220,17 +225,7 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
     // reports it, and the pod's annotation and the A record follow.
     let moved = Ipv4Addr::new(203, 0, 113, 8);
     router.set_address(moved);
-    let expected = format!("{moved}:{port}");
-    env.wait_for(
-        "the new public address on the pod",
-        Duration::from_secs(30),
-        || async {
-            let pod = pods.get("game").await.ok()?;
-            (pod.annotations().get("external.hostport.rmb938.com/game") == Some(&expected))
-                .then_some(())
-        },
-    )
-    .await;
+    public_address_is(format!("{moved}:{port}")).await;
     env.wait_for("the A record moved", Duration::from_secs(30), || async {
         let records = endpoints.get("hostport-game").await.ok()?;
         (records.data["spec"]["endpoints"][0]["targets"] == json!([moved.to_string()]))

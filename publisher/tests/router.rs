@@ -263,27 +263,24 @@ async fn a_new_public_address_of_the_router_reaches_the_pod() {
             .get("external.hostport.rmb938.com/game")
             .cloned()
     };
-    let deadline = std::time::Instant::now() + WAIT;
-    while annotation().await.as_deref() != Some("203.0.113.1:40601") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the public address never reached the pod: {:?}",
-            annotation().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let until_annotated = |expected: &'static str| async move {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let now = annotation().await;
+            if now.as_deref() == Some(expected) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pod's public address is {now:?}, not {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until_annotated("203.0.113.1:40601").await;
     let moved = std::net::Ipv4Addr::new(203, 0, 113, 5);
     lab.restart_router_with_public_address(moved);
-    let deadline = std::time::Instant::now() + WAIT;
-    while annotation().await.as_deref() != Some("203.0.113.5:40601") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new public address never reached the pod: {:?}\n{}",
-            annotation().await,
-            publisher.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_annotated("203.0.113.5:40601").await;
     let external = claim(&client, "game")
         .await
         .status

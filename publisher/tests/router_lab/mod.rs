@@ -457,25 +457,16 @@ impl Lab {
 
     /// The router's DNAT rules (miniupnpd's chain).
     pub fn dnat_rules(&self) -> String {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.router,
-                "nft",
-                "list",
-                "chain",
-                "inet",
-                "filter",
-            ])
-            .arg("prerouting_miniupnpd")
-            .output()
-            .expect("nft");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.router_chain("prerouting_miniupnpd")
     }
 
     /// The router's pinholes (miniupnpd's filter chain, IPv6 rules and IPv4 accepts).
     pub fn pinholes(&self) -> String {
+        self.router_chain("miniupnpd")
+    }
+
+    /// `nft list chain inet filter <chain>` in the router's namespace.
+    fn router_chain(&self, chain: &str) -> String {
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -487,7 +478,7 @@ impl Lab {
                 "inet",
                 "filter",
             ])
-            .arg("miniupnpd")
+            .arg(chain)
             .output()
             .expect("nft");
         String::from_utf8_lossy(&out.stdout).into_owned()

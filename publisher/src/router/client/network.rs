@@ -207,6 +207,20 @@ impl NetworkRouter {
         Ok(found)
     }
 
+    /// The UPnP control endpoint of `gateway`, to remove a mapping or pinhole there.
+    async fn upnp_gateway_for_removal(
+        &self,
+        gateway: IpAddr,
+    ) -> Result<UpnpGateway<Tokio>, RouterError> {
+        self.upnp_gateway(gateway)
+            .await
+            .map_err(|a| RouterError::Unreachable {
+                gateway,
+                methods: Method::Upnp.to_string(),
+                detail: format!("{a:?}"),
+            })
+    }
+
     async fn forget_upnp(&self, gateway: IpAddr) {
         self.upnp.lock().await.remove(&gateway);
     }
@@ -480,14 +494,7 @@ impl Router for NetworkRouter {
                 protocol,
                 external_port,
             } => {
-                let found =
-                    self.upnp_gateway(gateway)
-                        .await
-                        .map_err(|a| RouterError::Unreachable {
-                            gateway,
-                            methods: Method::Upnp.to_string(),
-                            detail: format!("{a:?}"),
-                        })?;
+                let found = self.upnp_gateway_for_removal(gateway).await?;
                 match found
                     .remove_port(upnp_protocol(protocol), external_port)
                     .await
@@ -501,14 +508,7 @@ impl Router for NetworkRouter {
                 }
             }
             Lease::Pinhole { gateway, unique_id } => {
-                let found =
-                    self.upnp_gateway(gateway)
-                        .await
-                        .map_err(|a| RouterError::Unreachable {
-                            gateway,
-                            methods: Method::Upnp.to_string(),
-                            detail: format!("{a:?}"),
-                        })?;
+                let found = self.upnp_gateway_for_removal(gateway).await?;
                 match found.remove_pinhole(unique_id).await {
                     Ok(()) | Err(igd_next::PinholeError::NoSuchEntry) => Ok(()),
                     Err(e) => Err(RouterError::Refused {
