@@ -195,6 +195,22 @@ impl IpFamily {
         }
     }
 
+    /// The first of `addresses` of this family.
+    pub fn first_of(
+        self,
+        addresses: impl IntoIterator<Item = std::net::IpAddr>,
+    ) -> Option<std::net::IpAddr> {
+        addresses.into_iter().find(|a| Self::of(*a) == self)
+    }
+
+    /// The first of `addresses` of each family, IPv4 first: at most one per family.
+    pub fn one_each(addresses: &[std::net::IpAddr]) -> Vec<std::net::IpAddr> {
+        Self::ALL
+            .into_iter()
+            .filter_map(|family| family.first_of(addresses.iter().copied()))
+            .collect()
+    }
+
     /// `IPv4` or `IPv6`.
     pub fn as_str(self) -> &'static str {
         match self {

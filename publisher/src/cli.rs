@@ -238,6 +238,19 @@ pub struct Args {
     log_format: LogFormat,
 }
 
+impl Args {
+    /// `--ip-families`, each family once, in the order given.
+    fn families(&self) -> Vec<IpFamily> {
+        let mut families: Vec<IpFamily> = vec![];
+        for family in &self.ip_families {
+            if !families.contains(family) {
+                families.push(*family);
+            }
+        }
+        families
+    }
+}
+
 fn parse_family(text: &str) -> Result<IpFamily, String> {
     IpFamily::parse(text).ok_or_else(|| format!("{text:?} is not an address family: IPv4 or IPv6"))
 }
@@ -314,8 +327,7 @@ pub async fn main() -> anyhow::Result<()> {
         masquerade: args.masquerade.unwrap_or(args.mode == ModeArg::Edge),
         masquerade6: args.masquerade6,
     };
-    let mut families = args.ip_families.clone();
-    families.dedup();
+    let families = args.families();
     let public_addresses = crate::external::parse_public_addresses(&args.public_addresses)
         .map_err(anyhow::Error::msg)
         .context("--public-address")?;
@@ -421,20 +433,15 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
     if args.node_ip.is_empty() {
         bail!("--mode router needs --node-ip (or NODE_IP from the downward API: status.hostIPs)");
     }
-    let mut node_addresses: Vec<std::net::IpAddr> = vec![];
-    for family in IpFamily::ALL {
-        if let Some(address) = args.node_ip.iter().find(|a| IpFamily::of(**a) == family) {
-            node_addresses.push(*address);
-        }
-    }
+    let node_addresses = IpFamily::one_each(&args.node_ip);
     let system = system_default_gateways();
     let default_gateways: Vec<std::net::IpAddr> = [
         args.gateway
             .map(std::net::IpAddr::V4)
-            .or_else(|| system.iter().copied().find(|a| a.is_ipv4())),
+            .or_else(|| IpFamily::Ipv4.first_of(system.iter().copied())),
         args.gateway6
             .map(std::net::IpAddr::V6)
-            .or_else(|| system.iter().copied().find(|a| a.is_ipv6())),
+            .or_else(|| IpFamily::Ipv6.first_of(system.iter().copied())),
     ]
     .into_iter()
     .flatten()
@@ -444,8 +451,7 @@ async fn router_main(args: Args, deny: DenyList) -> anyhow::Result<()> {
             "no --gateway and no default route: only classes naming spec.publish.router.gateway can be mapped"
         );
     }
-    let mut families = args.ip_families.clone();
-    families.dedup();
+    let families = args.families();
     let instance = args
         .pod_name
         .clone()
@@ -543,6 +549,9 @@ mod tests {
         let args = Args::try_parse_from(["hostport-publisher", "--ip-families=IPv4,ipv6"])
             .expect("parses");
         assert_eq!(args.ip_families, IpFamily::ALL);
+        let repeated = Args::try_parse_from(["hostport-publisher", "--ip-families=IPv6,IPv4,IPv6"])
+            .expect("parses");
+        assert_eq!(repeated.families(), [IpFamily::Ipv6, IpFamily::Ipv4]);
         let error =
             Args::try_parse_from(["hostport-publisher", "--ip-families=IPv5"]).expect_err("IPv5");
         assert!(

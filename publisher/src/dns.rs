@@ -20,8 +20,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::claimed::{Inputs, Protocol, claimed_ports};
-use crate::external::{Describer, Knowledge, PodKey};
+use crate::claimed::Protocol;
+use crate::external::{Described, PodKey};
 
 /// Label on every DNSEndpoint we keep: the claim's name.
 pub const CLAIM_LABEL: &str = "hostport.rmb938.com/claim";
@@ -106,25 +106,22 @@ impl ClaimRecords {
 }
 
 /// The records each claim should have (by namespace and name), for the claims of classes
-/// with `spec.publish.dns` whose ports `knowledge`'s publisher describes and has a public
-/// address for.
-pub fn wanted(inputs: Inputs<'_>, knowledge: Knowledge<'_>) -> BTreeMap<PodKey, ClaimRecords> {
-    let mine = knowledge.describer();
+/// with `spec.publish.dns` whose ports this publisher describes and has a public address for.
+pub fn wanted(described: &[Described<'_>]) -> BTreeMap<PodKey, ClaimRecords> {
     let mut records: BTreeMap<PodKey, ClaimRecords> = BTreeMap::new();
-    for used in claimed_ports(inputs, |p| p.dns.is_some()) {
-        let publish = used.class.spec.publish.as_ref();
-        let (Some(dns), Some(describer)) =
-            (publish.and_then(|p| p.dns.as_ref()), Describer::of(publish))
+    for Described { used, endpoints } in described {
+        let Some(dns) = used
+            .class
+            .spec
+            .publish
+            .as_ref()
+            .and_then(|p| p.dns.as_ref())
         else {
             continue;
         };
-        if describer != mine {
+        let Some(endpoints) = endpoints.as_ref().filter(|e| !e.is_empty()) else {
             continue;
-        }
-        let endpoints = knowledge.endpoints(&used);
-        if endpoints.is_empty() {
-            continue;
-        }
+        };
         let namespace = used.claim.namespace().unwrap_or_default();
         let name = used.claim.name_any();
         let entry = records

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hostport_api::annotations::{EXTERNAL_PREFIX, external_annotation_key};
 use hostport_api::cache::MAX_EXTERNAL_VALUE;
@@ -187,34 +188,54 @@ pub type WantedAnnotations = BTreeMap<PodKey, BTreeMap<String, String>>;
 /// Per pod, the port names another publisher describes.
 pub type DescribedElsewhere = BTreeMap<PodKey, BTreeSet<String>>;
 
-/// The annotations (port name → value) each pod should have, for the ports `knowledge`'s
-/// publisher describes; and the port names other publishers describe, per pod (left alone).
-pub fn wanted(
-    inputs: Inputs<'_>,
-    knowledge: Knowledge<'_>,
-) -> (WantedAnnotations, DescribedElsewhere) {
+/// A claimed port of a publishing class, as this publisher sees it.
+#[derive(Clone, Debug)]
+pub struct Described<'a> {
+    /// The port.
+    pub used: ClaimedPort<'a>,
+    /// Where it is reachable, when this publisher describes it; `None` when another one does.
+    pub endpoints: Option<Vec<PublicEndpoint>>,
+}
+
+/// Every claimed port of a class that publishes, with `knowledge`'s endpoints for those its
+/// publisher describes: computed once per pass, read by the annotations and the DNS records.
+pub fn describe<'a>(inputs: Inputs<'a>, knowledge: Knowledge<'_>) -> Vec<Described<'a>> {
     let mine = knowledge.describer();
+    claimed_ports(inputs, |_| true)
+        .into_iter()
+        .filter_map(|used| {
+            let describer = Describer::of(used.class.spec.publish.as_ref())?;
+            let endpoints = (describer == mine).then(|| knowledge.endpoints(&used));
+            Some(Described { used, endpoints })
+        })
+        .collect()
+}
+
+/// The annotations (port name → value) each pod should have, for the ports this publisher
+/// describes; and the port names other publishers describe, per pod (left alone).
+pub fn wanted(described: &[Described<'_>]) -> (WantedAnnotations, DescribedElsewhere) {
     let mut endpoints: BTreeMap<PodKey, BTreeMap<String, Vec<PublicEndpoint>>> = BTreeMap::new();
     let mut others = DescribedElsewhere::new();
-    for used in claimed_ports(inputs, |_| true) {
+    for Described {
+        used,
+        endpoints: ours,
+    } in described
+    {
         let key = (
             used.pod.namespace().unwrap_or_default(),
             used.pod.name_any(),
         );
-        match Describer::of(used.class.spec.publish.as_ref()) {
-            Some(describer) if describer == mine => endpoints
+        let port_name = used.port_name.to_owned();
+        match ours {
+            Some(ours) => endpoints
                 .entry(key)
                 .or_default()
-                .entry(used.port_name.to_owned())
+                .entry(port_name)
                 .or_default()
-                .extend(knowledge.endpoints(&used)),
-            Some(_) => {
-                others
-                    .entry(key)
-                    .or_default()
-                    .insert(used.port_name.to_owned());
+                .extend(ours.iter().copied()),
+            None => {
+                others.entry(key).or_default().insert(port_name);
             }
-            None => {}
         }
     }
     let wanted = endpoints
@@ -280,12 +301,12 @@ impl Annotator {
     }
 
     /// Patches every pod among `pods` whose external annotations differ from what
-    /// `knowledge` says (pods being deleted are left alone). Returns how many were patched;
+    /// `described` says (pods being deleted are left alone). Returns how many were patched;
     /// failures are logged and retried on the next pass.
-    pub async fn keep(&self, inputs: Inputs<'_>, knowledge: Knowledge<'_>) -> usize {
-        let (wanted, others) = wanted(inputs, knowledge);
+    pub async fn keep(&self, pods: &[Arc<Pod>], described: &[Described<'_>]) -> usize {
+        let (wanted, others) = wanted(described);
         let mut patched = 0;
-        for pod in inputs.pods {
+        for pod in pods {
             if pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }

@@ -30,6 +30,23 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Edge mode, IPv4 for classes that do not say, no annotations: what each test changes.
+fn edge_options(batch_window: Duration) -> RunOptions {
+    RunOptions {
+        metrics: Default::default(),
+        ready: Default::default(),
+        families: vec![IpFamily::Ipv4],
+        mode: Mode::Edge {
+            service_namespaces: vec![],
+        },
+        batch_window,
+        resync: Duration::from_secs(60),
+        instance: "test".into(),
+        annotator: None,
+        public_addresses: vec![],
+    }
+}
+
 async fn until_async<F: std::future::Future<Output = bool>>(
     what: &str,
     mut check: impl FnMut() -> F,
@@ -79,15 +96,7 @@ async fn a_claimed_port_of_an_opted_in_class_is_forwarded_to_the_pods_node() {
         RunOptions {
             metrics: metrics.clone(),
             ready: ready.clone(),
-            families: vec![IpFamily::Ipv4],
-            mode: Mode::Edge {
-                service_namespaces: vec![],
-            },
-            batch_window: Duration::from_millis(50),
-            resync: Duration::from_secs(60),
-            instance: "test".into(),
-            annotator: None,
-            public_addresses: vec![],
+            ..edge_options(Duration::from_millis(50))
         },
         syncer,
         async move {
@@ -175,19 +184,11 @@ async fn a_dual_stack_class_is_forwarded_over_both_families() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let publisher = tokio::spawn(run::run(
         client.clone(),
+        // The class says both families; the options' IPv4 is only for classes that do not.
         RunOptions {
-            metrics: Default::default(),
-            ready: Default::default(),
-            // The class says both; the flag's IPv4 is only for classes that do not.
-            families: vec![IpFamily::Ipv4],
-            mode: Mode::Edge {
-                service_namespaces: vec![],
-            },
-            batch_window: Duration::from_millis(50),
-            resync: Duration::from_secs(60),
-            instance: "test".into(),
             annotator: Some(Annotator::new(client.clone())),
             public_addresses: vec![ROUTER.into(), ROUTER6.into()],
+            ..edge_options(Duration::from_millis(50))
         },
         syncer,
         async move {
@@ -275,19 +276,7 @@ async fn a_burst_of_changes_is_one_transaction() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let publisher = tokio::spawn(run::run(
         client.clone(),
-        RunOptions {
-            metrics: Default::default(),
-            ready: Default::default(),
-            families: vec![IpFamily::Ipv4],
-            mode: Mode::Edge {
-                service_namespaces: vec![],
-            },
-            batch_window: Duration::from_millis(1500),
-            resync: Duration::from_secs(60),
-            instance: "test".into(),
-            annotator: None,
-            public_addresses: vec![],
-        },
+        edge_options(Duration::from_millis(1500)),
         syncer,
         async move {
             let _ = stopped.await;

@@ -5,6 +5,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::*;
+use crate::claimed::Inputs;
+use crate::external::{Describer, Knowledge, describe};
 use crate::forwarding::rules::{Forward, ForwardSet, Target};
 
 fn ip(text: &str) -> IpAddr {
@@ -69,7 +71,7 @@ fn a_claim_gets_a_aaaa_and_an_srv_per_port_name() {
         public: &public,
         forwards: &forwards,
     };
-    let wanted = wanted(inputs, knowledge);
+    let wanted = wanted(&describe(inputs, knowledge));
     let records = &wanted[&("games".to_owned(), "lobby".to_owned())];
     let object = records.object("games", "lobby");
     assert_eq!(
@@ -97,12 +99,12 @@ fn a_claim_gets_a_aaaa_and_an_srv_per_port_name() {
         public: &[],
         forwards: &forwards,
     };
-    assert!(super::wanted(inputs, nothing).is_empty());
+    assert!(super::wanted(&describe(inputs, nothing)).is_empty());
     // Another publisher describes the class: not ours.
     let node = Knowledge::Forwards {
         describer: Describer::Node,
         public: &public,
         forwards: &forwards,
     };
-    assert!(super::wanted(inputs, node).is_empty());
+    assert!(super::wanted(&describe(inputs, node)).is_empty());
 }

@@ -114,7 +114,7 @@ fn edge_describes_the_families_forwarded_to_this_pod() {
         public: &public,
         forwards,
     };
-    let (wanted_now, _) = wanted(inputs, knowledge(&dual));
+    let (wanted_now, _) = wanted(&describe(inputs, knowledge(&dual)));
     let key = ("games".to_owned(), "a-0".to_owned());
     assert_eq!(
         wanted_now[&key]["game"],
@@ -123,11 +123,15 @@ fn edge_describes_the_families_forwarded_to_this_pod() {
     // IPv4 only forwarded: IPv4 only described. Another pod's forward: nothing.
     let v4: ForwardSet = [forward(9000, "198.51.100.2")].into_iter().collect();
     assert_eq!(
-        wanted(inputs, knowledge(&v4)).0[&key]["game"],
+        wanted(&describe(inputs, knowledge(&v4))).0[&key]["game"],
         "203.0.113.1:9000"
     );
     let elsewhere: ForwardSet = [forward(9000, "198.51.100.9")].into_iter().collect();
-    assert!(wanted(inputs, knowledge(&elsewhere)).0.is_empty());
+    assert!(
+        wanted(&describe(inputs, knowledge(&elsewhere)))
+            .0
+            .is_empty()
+    );
 }
 
 #[test]
@@ -154,7 +158,7 @@ fn router_mode_describes_this_nodes_entries_of_the_claim_status() {
         claims: &claims,
         pods: &pods,
     };
-    let (wanted_now, _) = wanted(inputs, Knowledge::Router { node: "n1" });
+    let (wanted_now, _) = wanted(&describe(inputs, Knowledge::Router { node: "n1" }));
     assert_eq!(
         wanted_now[&("games".to_owned(), "a-0".to_owned())]["game"],
         "198.51.100.1:9000,[2001:db8:1::2]:9000",
@@ -189,7 +193,7 @@ fn a_patch_writes_what_differs_removes_what_nobody_describes_and_leaves_the_rest
         public: &public,
         forwards: &forwards,
     };
-    let (wanted_now, others) = wanted(inputs, knowledge);
+    let (wanted_now, others) = wanted(&describe(inputs, knowledge));
     let key = ("games".to_owned(), "a-0".to_owned());
     let patch = patch_for(&current, wanted_now.get(&key), others.get(&key)).expect("a change");
     assert_eq!(
@@ -220,7 +224,7 @@ fn a_patch_writes_what_differs_removes_what_nobody_describes_and_leaves_the_rest
         claims: &claims,
         pods: std::slice::from_ref(&routed),
     };
-    let (wanted_now, others) = wanted(inputs, knowledge);
+    let (wanted_now, others) = wanted(&describe(inputs, knowledge));
     let key = ("games".to_owned(), "b-0".to_owned());
     assert_eq!(
         patch_for(&routed, wanted_now.get(&key), others.get(&key)),
@@ -232,7 +236,7 @@ fn a_patch_writes_what_differs_removes_what_nobody_describes_and_leaves_the_rest
         claims: &claims,
         pods: std::slice::from_ref(&routed),
     };
-    let (wanted_now, others) = wanted(inputs, knowledge);
+    let (wanted_now, others) = wanted(&describe(inputs, knowledge));
     assert_eq!(
         patch_for(&routed, wanted_now.get(&key), others.get(&key)),
         Some(json!({"metadata": {"annotations": {"external.hostport.rmb938.com/game": null}}}))

@@ -20,7 +20,7 @@ use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::{PORT_CLAIMED, claimable_ports};
 use crate::deny::DenyList;
 use crate::dns::{self, DnsKeeper};
-use crate::external::{Annotator, Describer, Knowledge};
+use crate::external::{self, Annotator, Describer, Knowledge};
 use crate::forwarding::rules::ForwardSet;
 use crate::forwarding::sync::{Outcome, Syncer};
 use crate::forwarding::wanted::{self, RefusedServicePort, WantedForwards};
@@ -70,7 +70,7 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// The public addresses and who describes ports, for the annotations.
+    /// Which publisher this loop is, for the ports it describes.
     fn describer(&self) -> Describer {
         match self.mode {
             Mode::Edge { .. } => Describer::Edge,
@@ -91,12 +91,12 @@ fn public_addresses(caches: &Caches, options: &RunOptions) -> Vec<IpAddr> {
         .flat_map(|nodes| nodes.state())
         .flat_map(|n| {
             n.status
-                .clone()
-                .and_then(|s| s.addresses)
-                .unwrap_or_default()
+                .iter()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .filter(|a| a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse().ok())
+                .collect::<Vec<IpAddr>>()
         })
-        .filter(|a| a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
         .collect()
 }
 
@@ -278,8 +278,9 @@ pub async fn run(
                         public: &public,
                         forwards: applied,
                     };
-                    annotator.keep(snapshot.inputs(), knowledge).await;
-                    dns.keep(&dns::wanted(snapshot.inputs(), knowledge)).await;
+                    let described = external::describe(snapshot.inputs(), knowledge);
+                    annotator.keep(snapshot.inputs().pods, &described).await;
+                    dns.keep(&dns::wanted(&described)).await;
                 }
                 None
             }

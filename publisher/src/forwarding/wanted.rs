@@ -240,11 +240,7 @@ fn claimed(
             .as_ref()
             .map_or(default_families, |p| p.families(default_families));
         for family in families {
-            let Some(address) = addresses
-                .iter()
-                .copied()
-                .find(|a| IpFamily::of(*a) == *family)
-            else {
+            let Some(address) = family.first_of(addresses.iter().copied()) else {
                 continue;
             };
             if let Mode::Node(_, cidrs) = mode
@@ -331,11 +327,7 @@ pub fn services(
                 continue;
             }
             for family in &families {
-                let Some(address) = node_addresses
-                    .iter()
-                    .copied()
-                    .find(|a| IpFamily::of(*a) == *family)
-                else {
+                let Some(address) = family.first_of(node_addresses.iter().copied()) else {
                     continue;
                 };
                 wanted.add(Forward {
@@ -377,15 +369,7 @@ fn ready_node_addresses(nodes: &[Arc<Node>]) -> Vec<IpAddr> {
                 .filter_map(|a| a.address.parse::<IpAddr>().ok())
         })
         .collect();
-    IpFamily::ALL
-        .into_iter()
-        .filter_map(|family| {
-            internal
-                .iter()
-                .copied()
-                .find(|a| IpFamily::of(*a) == family)
-        })
-        .collect()
+    IpFamily::one_each(&internal)
 }
 
 #[cfg(test)]

@@ -147,21 +147,13 @@ fn published_at(external: &[ExternalEndpoint]) -> Option<String> {
     if external.is_empty() {
         return None;
     }
-    let families: BTreeSet<&str> = external
-        .iter()
-        .map(|e| {
-            if e.address.contains(':') {
-                "IPv6"
-            } else {
-                "IPv4"
-            }
-        })
-        .collect();
+    let mut families = BTreeSet::new();
     let list = external
         .iter()
         .map(|e| {
             let at = match e.address.parse::<std::net::IpAddr>() {
                 Ok(address) => {
+                    families.insert(hostport_api::IpFamily::of(address));
                     std::net::SocketAddr::new(address, u16::try_from(e.port).unwrap_or(0))
                         .to_string()
                 }
@@ -171,9 +163,10 @@ fn published_at(external: &[ExternalEndpoint]) -> Option<String> {
         })
         .collect::<Vec<_>>()
         .join(", ");
+    let families: Vec<&str> = families.into_iter().map(|f| f.as_str()).collect();
     Some(format!(
         "published over {} at {list}",
-        families.into_iter().collect::<Vec<_>>().join(" and ")
+        families.join(" and ")
     ))
 }
 

@@ -26,7 +26,7 @@ use crate::caches::{ClaimCaches, spawn_cache};
 use crate::claimed::claimable_ports;
 use crate::deny::DenyList;
 use crate::dns::{self, DnsKeeper};
-use crate::external::{Annotator, Knowledge};
+use crate::external::{self, Annotator, Knowledge};
 use crate::metrics::Metrics;
 use crate::router::client::Router;
 use crate::router::report::Reporter;
@@ -238,8 +238,9 @@ pub async fn run<R: Router + Clone>(
             let knowledge = Knowledge::Router {
                 node: &options.node,
             };
-            annotator.keep(snapshot.inputs(), knowledge).await;
-            dns.keep(&dns::wanted(snapshot.inputs(), knowledge)).await;
+            let described = external::describe(snapshot.inputs(), knowledge);
+            annotator.keep(snapshot.inputs().pods, &described).await;
+            dns.keep(&dns::wanted(&described)).await;
         }
         let is_leading = *leading.borrow_and_update();
         if is_leading {

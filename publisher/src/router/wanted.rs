@@ -142,17 +142,11 @@ pub struct ThisNode<'a> {
 impl ThisNode<'_> {
     /// This node's address of `family`.
     pub fn address(&self, family: IpFamily) -> Option<IpAddr> {
-        self.addresses
-            .iter()
-            .copied()
-            .find(|a| IpFamily::of(*a) == family)
+        family.first_of(self.addresses.iter().copied())
     }
 
     fn default_gateway(&self, family: IpFamily) -> Option<IpAddr> {
-        self.default_gateways
-            .iter()
-            .copied()
-            .find(|a| IpFamily::of(*a) == family)
+        family.first_of(self.default_gateways.iter().copied())
     }
 
     /// The router to ask over `family`: the class's (`gateway`, `gateway6`), else this

@@ -55,6 +55,27 @@ pub fn unavailable() -> Option<String> {
     }
 }
 
+/// Sends `payload` with socat from namespace `namespace` to socat address `address`
+/// (`TCP4:…`, `UDP6:…`); what came back (`None`: nothing within the timeouts).
+pub fn exchange_in(namespace: &str, address: &str, payload: &str) -> Option<String> {
+    let mut child = Command::new("timeout")
+        .args([
+            "5", "ip", "netns", "exec", namespace, "socat", "-T1", "-", address,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{payload}");
+    }
+    let out = child.wait_with_output().expect("socat output");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn run(args: &[&str]) {
     let out = Command::new(args[0])
@@ -264,30 +285,7 @@ impl Topology {
             Protocol::Tcp => format!("TCP{suffix}:{destination}"),
             Protocol::Udp => format!("UDP{suffix}:{destination}"),
         };
-        let mut child = Command::new("timeout")
-            .args([
-                "5",
-                "ip",
-                "netns",
-                "exec",
-                &self.client,
-                "socat",
-                "-T1",
-                "-",
-                &address,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat");
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            let _ = writeln!(stdin, "{payload}");
-        }
-        let out = child.wait_with_output().expect("socat output");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (!text.is_empty()).then_some(text)
+        exchange_in(&self.client, &address, payload)
     }
 
     /// `nft` output inside the router namespace.

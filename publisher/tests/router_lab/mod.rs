@@ -501,30 +501,8 @@ impl Lab {
 
     /// Sends `payload` from outside to `[address]:port` over TCP; what came back.
     pub fn exchange6(&self, address: Ipv6Addr, port: u16, payload: &str) -> Option<String> {
-        use std::io::Write;
-        let mut child = Command::new("timeout")
-            .args([
-                "5",
-                "ip",
-                "netns",
-                "exec",
-                &self.outside,
-                "socat",
-                "-T1",
-                "-",
-            ])
-            .arg(format!("TCP6:[{address}]:{port},connect-timeout=2"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = writeln!(stdin, "{payload}");
-        }
-        let out = child.wait_with_output().expect("socat output");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (!text.is_empty()).then_some(text)
+        let target = format!("TCP6:[{address}]:{port},connect-timeout=2");
+        crate::netns::exchange_in(&self.outside, &target, payload)
     }
 
     /// Makes the API server at `127.0.0.1:port` reachable at the same address inside node
