@@ -27,7 +27,7 @@ const NAME_PREFIX: &str = "port-";
     printcolumn(
         name = "Port",
         type_ = "integer",
-        json_path = ".status.port",
+        json_path = ".spec.port",
         description = "Allocated host port"
     ),
     printcolumn(
@@ -132,7 +132,9 @@ impl HostPortPhase {
     }
 }
 
-/// Observed state of a HostPort, written by the controller.
+/// Observed state of a HostPort, written by the controller. A HostPort of a claim the webhook
+/// made for a pod (label `hostport.rmb938.com/pod-claim`) has none while it is bound: it
+/// holds its port from its create (`spec.port`), and the status would only repeat that.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPortStatus {

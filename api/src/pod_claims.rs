@@ -6,9 +6,10 @@
 //!   a `volumeClaimTemplate`: ordinal N keeps its port across restarts. When it goes follows
 //!   [`RetentionPolicy`] (defaults: deleted with the StatefulSet, kept on scale-down).
 //! - Any other named pod's claim is `<podName>-<portName>`, a `generateName` pod's is
-//!   generated from `<generateName><portName>-`; either belongs to its pod (an
-//!   ownerReference the controller sets once the pod exists) and goes with it. One whose pod
-//!   never appeared (admission denied later in the chain) is deleted after a grace period.
+//!   generated from `<generateName><portName>-`; either lives while a pod names it and is
+//!   deleted by the controller when its pod leaves (deleted or terminated), or, if its pod
+//!   never appeared (admission denied later in the chain), after a grace period. No
+//!   ownerReference is written for it: that would be one more API write per pod.
 
 use std::collections::BTreeMap;
 

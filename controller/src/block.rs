@@ -67,9 +67,9 @@ pub(crate) async fn reconcile(claim: &HostPortClaim, uid: &str, ctx: &Context) -
         .unwrap_or_default();
     let ports = describe_block(base, count);
     for host_port in &block {
-        crate::host_port::set_allocated(
+        crate::host_port::set_bound(
             host_port,
-            reasons::ALLOCATED,
+            claim,
             format!(
                 "port {} allocated to HostPortClaim {} (block {ports})",
                 host_port.port().unwrap_or_default(),

@@ -3,7 +3,8 @@
 //!
 //! Binding is four writes (a block of N ports, `block`: 2N + 2), in an order that is safe to
 //! interrupt anywhere: create the HostPort `port-<n>` (the lock on the port), its status, the
-//! claim's `spec.hostPortName`, the claim's status. A claim is never Bound before its HostPort exists with a port; a
+//! claim's `spec.hostPortName`, the claim's status. A claim the webhook made for a pod skips
+//! the HostPort's status (three writes; a block N + 2): see `host_port::set_bound`. A claim is never Bound before its HostPort exists with a port; a
 //! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
 //!
 //! Over ~500 lines on purpose: binding and release are one state machine over the same claim;
@@ -87,9 +88,9 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         },
     };
     let name = host_port.name_any();
-    crate::host_port::set_allocated(
+    crate::host_port::set_bound(
         &host_port,
-        reasons::ALLOCATED,
+        &claim,
         format!(
             "port {port} allocated to HostPortClaim {}",
             claim_name(&claim)

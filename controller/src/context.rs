@@ -97,6 +97,9 @@ pub struct Context {
     book: Mutex<PortBook>,
     /// Claims waiting for a port to free (PoolExhausted, PortUnavailable).
     waiting: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
+    /// Pod claims a pod that named them was seen leaving (deleted, or terminated): they need
+    /// not wait out their grace period (see `pod_claims`). Taken by the next reconcile.
+    pods_left: Mutex<HashSet<ObjectRef<HostPortClaim>>>,
     /// One lock per (namespace, class) with a per-namespace limit: such claims get ports
     /// one at a time.
     quota_locks: Mutex<HashMap<(String, String), QuotaLock>>,
@@ -148,6 +151,7 @@ impl Context {
             caches,
             book: Mutex::new(book),
             waiting: Mutex::default(),
+            pods_left: Mutex::default(),
             class_status_written: Mutex::default(),
             quota_locks: Mutex::default(),
             superseded: Superseded::default(),
@@ -174,6 +178,16 @@ impl Context {
     /// Remembers a claim that waits for a port to free.
     pub fn wait_for_port(&self, claim: ObjectRef<HostPortClaim>) {
         lock(&self.waiting).insert(claim);
+    }
+
+    /// Remembers that a pod naming the pod claim `claim` left (deleted or terminated).
+    pub fn pod_left(&self, claim: ObjectRef<HostPortClaim>) {
+        lock(&self.pods_left).insert(claim);
+    }
+
+    /// Whether a pod naming `claim` was seen leaving since the last call (and forgets it).
+    pub fn take_pod_left(&self, claim: &ObjectRef<HostPortClaim>) -> bool {
+        lock(&self.pods_left).remove(claim)
     }
 
     /// Queues every claim waiting for a port (a port was freed or a class grew).

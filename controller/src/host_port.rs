@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_api::conditions::{self, Condition, reasons, status, types};
+use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -95,6 +96,23 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     tracing::info!(host_port = %name, port = ?host_port.port(), claim = ?host_port.claim_key(), "deleting HostPort whose claim is gone");
     writes::delete_host_port(ctx, &name, host_port.uid()).await?;
     Ok(Action::await_change())
+}
+
+/// The status of a HostPort just bound to `claim`: [`set_allocated`] for a hand-made claim
+/// (the Go-compatible object), nothing for a claim the webhook made for a pod. Such a
+/// HostPort is complete at its create (`spec.port`, `claimRef`, the pod-claim label) and the
+/// status would only mirror it: skipping it saves one API write per port on the path of a
+/// pod admission. Its status is still written when there is news (`ClaimGonePodsRunning`).
+pub(crate) async fn set_bound(
+    host_port: &HostPort,
+    claim: &HostPortClaim,
+    message: String,
+    ctx: &Context,
+) -> Result<bool> {
+    if is_pod_claim(claim.labels()) {
+        return Ok(false);
+    }
+    set_allocated(host_port, reasons::ALLOCATED, message, ctx).await
 }
 
 /// Sets phase Allocated, the port and the `Allocated` condition (True, `reason`) in the

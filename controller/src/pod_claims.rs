@@ -8,9 +8,12 @@
 //!   its pod is gone. The policy is read from the StatefulSet at every reconcile (its
 //!   annotation wins over the pod template's), so a changed policy applies at the next pod
 //!   or claim change.
-//! - Any other pod's claim gets its pod as owner once the pod exists, and is deleted when
-//!   that pod is gone. One that no pod names after the grace period is deleted: its pod was
-//!   never created (denied later in the admission chain, quota, a timed-out request retried).
+//! - Any other pod's claim lives while a pod names it (`claim.hostport.rmb938.com/<port>`)
+//!   and is deleted once no pod has named it for the grace period after its last admission:
+//!   its pod is gone, or was never created (denied later in the admission chain, quota, a
+//!   timed-out request retried). No ownerReference is written for it: the pod watch is what
+//!   notices the pod going, which saves one API write per pod (a claim from an earlier release
+//!   that has its pod as owner still goes with that pod).
 //!
 //! Deleting a claim only starts its release: its finalizer keeps the port while a pod uses
 //! it. Every step reads before it writes and is safe to repeat.
@@ -27,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -82,6 +86,7 @@ async fn delete(
 
 async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
     let namespace = claim.namespace().unwrap_or_default();
+    // Claims made before this release carry their pod as owner: they go with that pod.
     if let Some(pod) = owner(claim, "Pod") {
         let alive = pods::exists(
             &ctx.client,
@@ -97,72 +102,68 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
         let why = format!("its pod {} (uid {}) is gone", pod.name, pod.uid);
         return delete(claim, false, "PodGone", why, ctx).await;
     }
-    let user = match pods::first_user(
+    // No ownerReference is written (one API write per pod saved): the claim lives while a
+    // pod names it, and goes once none has for the grace period after its last admission.
+    let in_use = pods::first_user(
         pods::ClaimUse::named(&namespace, &claim.name_any()),
         &ctx.caches.pods.state(),
-    ) {
-        Some(user) => user,
-        None => match user_after_grace(claim, &namespace, ctx).await? {
-            Ok(user) => user,
-            Err(action) => return Ok(action),
-        },
-    };
-    let reference = OwnerReference {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        name: user.name.clone(),
-        uid: user.uid.clone(),
-        controller: None,
-        block_owner_deletion: None,
-    };
-    writes::edit_claim_owners(ctx, claim, |owners| {
-        if owners.iter().any(|o| o.kind == "Pod") {
-            return false;
-        }
-        owners.push(reference);
-        true
-    })
-    .await?;
-    tracing::debug!(claim = %claim_name(claim), pod = %user.name, "claim owned by its pod");
-    Ok(Action::await_change())
+    )
+    .is_some();
+    let pod_left = ctx.take_pod_left(&ObjectRef::from_obj(claim));
+    if in_use {
+        return Ok(Action::await_change());
+    }
+    unused_after_grace(claim, &namespace, pod_left, ctx).await
 }
 
-/// The pod that uses a claim no cached pod names, once its grace period is over; before that
-/// (or when nothing is left to do) the action to return. A claim no pod uses after the grace
-/// period is deleted.
-async fn user_after_grace(
+/// A claim no cached pod names: kept through its grace period (its pod may still be on its
+/// way through admission), then deleted unless the API server knows a pod that names it.
+/// With `pod_left` (a pod that named it was seen leaving) the grace period is already over
+/// unless an admission renewed the claim since the cached copy.
+async fn unused_after_grace(
     claim: &HostPortClaim,
     namespace: &str,
+    pod_left: bool,
     ctx: &Context,
-) -> Result<std::result::Result<pods::PodId, Action>> {
+) -> Result<Action> {
     let grace = ctx.settings.pod_claim_grace;
     let waited = waited_for_pod(claim);
-    if waited < grace {
-        // The pod may still be on its way through admission.
-        return Ok(Err(Action::requeue(grace - waited)));
+    if waited < grace && !pod_left {
+        return Ok(Action::requeue(grace - waited));
     }
     // Before deleting: the claim as it is now (a retried admission may have just renewed it)
     // and the pods as they are now (one created a moment ago may not be cached).
     let Some(fresh) = writes::fresh_claim(ctx, claim).await? else {
-        return Ok(Err(Action::await_change()));
+        return Ok(Action::await_change());
     };
+    let renewed = admitted_at(fresh.labels()) != admitted_at(claim.labels());
     let waited = waited_for_pod(&fresh);
-    if waited < grace {
-        return Ok(Err(Action::requeue(grace - waited)));
+    if waited < grace && (renewed || !pod_left) {
+        return Ok(Action::requeue(grace - waited));
     }
     let name = claim.name_any();
-    if let Some(user) = pods::users_now(&ctx.client, pods::ClaimUse::named(namespace, &name))
+    if !pods::users_now(&ctx.client, pods::ClaimUse::named(namespace, &name))
         .await?
-        .into_iter()
-        .next()
+        .is_empty()
     {
-        return Ok(Ok(user));
+        // The pod cache lags: its event wakes this claim again when the pod goes.
+        return Ok(Action::await_change());
     }
-    let why = format!(
-        "no pod used it within {grace:?} of its admission: the pod it was made for was never created (denied later in admission, or the request timed out)"
-    );
+    let (reason, why) = if pod_left && !renewed {
+        (
+            "PodGone",
+            "the pod that named it is gone (or terminated)".to_owned(),
+        )
+    } else {
+        (
+            "Unused",
+            format!(
+                "no pod has named it since {grace:?} after its last admission: the pod it was made for is gone, or was never created (denied later in admission, or the request timed out)"
+            ),
+        )
+    };
     // Only the version just read: an admission renewing it meanwhile wins.
-    Ok(Err(delete(&fresh, true, "PodNeverCreated", why, ctx).await?))
+    delete(&fresh, true, reason, why, ctx).await
 }
 
 /// How long the claim has waited for its pod: since its creation or the last admission that

@@ -44,10 +44,15 @@ impl<'a> ClaimUse<'a> {
 
 /// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
 /// its port.
-fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
+/// Whether the pod has stopped for good (Succeeded or Failed): it holds no port any more.
+pub fn terminated(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
     pod.namespace().as_deref() == Some(of.namespace)
-        && !matches!(phase, Some("Succeeded" | "Failed"))
+        && !terminated(pod)
         && (referenced_claim_names(pod.annotations()).any(|c| c == of.claim)
             || of
                 .port

@@ -275,14 +275,18 @@ pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
         }
         if let Event::Apply(pod) | Event::Delete(pod) = &event {
             let namespace = pod.namespace().unwrap_or_default();
+            let left = matches!(event, Event::Delete(_)) || crate::pods::terminated(pod);
             for claim in referenced_claim_names(pod.annotations()) {
                 let key = ObjectRef::new(claim).within(&namespace);
                 match ctx.caches.claims.get(&key) {
                     Some(cached) if cached.metadata.deletion_timestamp.is_some() => {
                         let _ = ctx.triggers.claims.send(key);
                     }
-                    // Its owner, or its StatefulSet ordinal, may have come or gone.
+                    // Its pod, or its StatefulSet ordinal, may have come or gone.
                     Some(cached) if is_pod_claim(cached.labels()) => {
+                        if left {
+                            ctx.pod_left(key.clone());
+                        }
                         let _ = ctx.triggers.pod_claims.send(key);
                     }
                     Some(_) => {}

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use hostport_api::pod_claims::{POD_CLAIM_LABEL, is_pod_claim};
 use hostport_api::{
     ClaimReference, HostPort, HostPortClaim, HostPortClass, HostPortClassStatus, HostPortSpec,
     HostPortStatus,
@@ -33,13 +34,16 @@ fn claims(ctx: &Context, claim: &HostPortClaim) -> Api<HostPortClaim> {
 
 /// Creates the HostPort `port-<port>` for `claim`: the create is the lock on the port. The
 /// raw client error is returned, as 409 is an answer here (the port is taken), not a failure.
+/// The HostPort of a claim made for a pod carries the pod-claim label (it gets no status
+/// write: `host_port::set_bound`), so `kubectl get hp -l hostport.rmb938.com/pod-claim` lists
+/// them.
 pub async fn create_host_port(
     ctx: &Context,
     claim: &HostPortClaim,
     uid: &str,
     port: u16,
 ) -> std::result::Result<HostPort, kube::Error> {
-    let host_port = HostPort::new(
+    let mut host_port = HostPort::new(
         &HostPort::name_for_port(port),
         HostPortSpec {
             claim_ref: Some(ClaimReference {
@@ -54,6 +58,9 @@ pub async fn create_host_port(
             port: Some(i32::from(port)),
         },
     );
+    if is_pod_claim(claim.labels()) {
+        host_port.metadata.labels = Some([(POD_CLAIM_LABEL.to_owned(), "true".to_owned())].into());
+    }
     Api::<HostPort>::all(ctx.client.clone())
         .create(&PostParams::default(), &host_port)
         .await

@@ -288,30 +288,16 @@ async fn a_block_costs_at_most_2n_plus_2_writes() {
     // Settled: nothing more is written.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let controller = hostport_e2e::harness::controller_user().username;
-    let writes: u64 = server
-        .counts()
-        .into_iter()
-        .filter(|((user, verb, _), _)| {
-            *user == controller
-                && matches!(
-                    verb,
-                    kube_testserver::Verb::Create
-                        | kube_testserver::Verb::Update
-                        | kube_testserver::Verb::Patch
-                        | kube_testserver::Verb::Delete
-                )
-        })
-        .filter(|((_, _, resource), _)| {
-            [
+    let writes = server.writes(|user, resource| {
+        user == controller
+            && [
                 "hostports",
                 "hostports/status",
                 "hostportclaims",
                 "hostportclaims/status",
             ]
-            .contains(&resource.as_str())
-        })
-        .map(|(_, count)| count)
-        .sum();
+            .contains(&resource)
+    });
     assert!(writes <= 2 * 10 + 2, "{writes} writes for a block of 10");
     env.cleanup().await;
 }

@@ -470,15 +470,13 @@ async fn two_hundred_pods_with_class_annotations_against_two_webhooks() {
         0
     );
 
-    // Every claim goes with its pod (the owner reference the controller set).
-    env.wait_for("every claim owned by its pod", WAIT, || async {
-        let claims = pod_claims(&env).await;
-        claims
+    // Every claim goes with its pod: no ownerReference (a write saved), the pod watch.
+    assert!(
+        pod_claims(&env)
+            .await
             .iter()
-            .all(|c| c.owner_references().iter().any(|o| o.kind == "Pod"))
-            .then_some(())
-    })
-    .await;
+            .all(|c| c.owner_references().is_empty())
+    );
     for pod in &created {
         api.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
             .await
@@ -560,7 +558,7 @@ async fn a_pod_denied_later_in_admission_leaves_nothing_after_the_grace_period()
     let claim = left[0].name_any();
     assert!(claim.starts_with("job-http-"), "{claim}");
     gone(&env, &env.claims(), &claim).await;
-    assert!(env.has_event("PodNeverCreated").await);
+    assert!(env.has_event("Unused").await);
     env.wait_for("its port released", WAIT, || async {
         env.namespace_host_ports().await.is_empty().then_some(())
     })
@@ -575,7 +573,19 @@ async fn a_pod_denied_later_in_admission_leaves_nothing_after_the_grace_period()
         .expect("admitted");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let claim = annotation(&kept, "claim.hostport.rmb938.com/http").expect("claim");
-    assert!(env.bound(claim).await.owner_references()[0].kind == "Pod");
+    let bound = env.bound(claim).await;
+    assert!(bound.owner_references().is_empty(), "no write for an owner");
+    // Its pod gone (long past the grace period), the claim goes, and then its port.
+    pods(&env)
+        .delete(&kept.name_any(), &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    gone(&env, &env.claims(), claim).await;
+    assert!(env.has_event("PodGone").await);
+    env.wait_for("its port released", WAIT, || async {
+        env.namespace_host_ports().await.is_empty().then_some(())
+    })
+    .await;
     Api::<MutatingWebhookConfiguration>::all(env.client.clone())
         .delete(&name, &DeleteParams::default())
         .await
@@ -919,13 +929,8 @@ async fn a_deployment_gives_each_replica_a_port_and_frees_it_with_the_replica() 
         .await;
     let ports: BTreeSet<i32> = running.iter().map(|p| host_ports(p)["http"]).collect();
     assert_eq!(ports.len(), 3, "{ports:?}");
-    env.wait_for("each claim owned by its replica", WAIT, || async {
-        let claims = pod_claims(&env).await;
-        (claims.len() == 3
-            && claims
-                .iter()
-                .all(|c| c.owner_references().iter().any(|o| o.kind == "Pod")))
-        .then_some(())
+    env.wait_for("one claim per replica", WAIT, || async {
+        (pod_claims(&env).await.len() == 3).then_some(())
     })
     .await;
 
@@ -969,5 +974,72 @@ async fn a_deployment_gives_each_replica_a_port_and_frees_it_with_the_replica() 
             .then_some(())
     })
     .await;
+    env.cleanup().await;
+}
+
+/// The writes a pod with class annotations costs beyond the pod itself: per annotation the
+/// webhook's claim create and the controller's HostPort create, claim `spec.hostPortName` and
+/// claim status; no HostPort status (it would repeat `spec.port`) and no ownerReference (the
+/// pod watch sees the pod leave). Counted by the in-process API server per user and resource.
+#[tokio::test]
+async fn a_pod_claim_costs_four_writes_per_annotation() {
+    let env = Env::new("pod-claims-writes").await;
+    let Some(server) = env.server() else {
+        eprintln!("skipped: counts requests on the in-process API server");
+        return;
+    };
+    let _webhook = env.start_webhook().await;
+    let _controller = env.start_controller(RunOptions::default());
+    let class = env.create_class("web", &[(15950, 15959)]).await;
+    let binding = [
+        "hostports",
+        "hostports/status",
+        "hostportclaims",
+        "hostportclaims/status",
+    ];
+    for (annotations, name) in [(1, "one"), (2, "two")] {
+        let mut pod = web_pod(json!({"name": name}), &class);
+        if annotations == 2 {
+            let spec = pod.spec.as_mut().expect("spec");
+            spec.containers[0].ports.get_or_insert_default().push(
+                serde_json::from_value(json!({"name": "metrics", "containerPort": 9090}))
+                    .expect("port"),
+            );
+            pod.annotations_mut()
+                .insert("class.hostport.rmb938.com/metrics".into(), class.clone());
+        }
+        server.reset_counts();
+        let admitted = pods(&env)
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("admitted");
+        assert_eq!(host_ports(&admitted).len(), annotations);
+        // Settled: nothing more is written for it.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let writes = server.writes(|_, resource| binding.contains(&resource));
+        assert_eq!(
+            writes,
+            4 * annotations as u64,
+            "{name}: {:?}",
+            server.counts()
+        );
+        assert_eq!(
+            server.writes(|_, resource| resource == "hostports/status"),
+            0,
+            "no HostPort status for a pod claim"
+        );
+    }
+    let claims = pod_claims(&env).await;
+    assert_eq!(claims.len(), 3);
+    assert!(claims.iter().all(|c| c.owner_references().is_empty()));
+    let held = env.namespace_host_ports().await;
+    assert_eq!(held.len(), 3);
+    for host_port in held {
+        assert!(
+            is_pod_claim(host_port.labels()),
+            "labelled as a pod claim's"
+        );
+        assert!(host_port.status.is_none(), "no status: {host_port:?}");
+    }
     env.cleanup().await;
 }

@@ -241,6 +241,21 @@ impl TestApiServer {
         self.shared.db.state().faults.counts()
     }
 
+    /// Writes (create, update, patch, delete) counted since the last reset whose user and
+    /// resource (`hostports/status`) `which` accepts.
+    pub fn writes(&self, which: impl Fn(&str, &str) -> bool) -> u64 {
+        self.counts()
+            .into_iter()
+            .filter(|((user, verb, resource), _)| {
+                matches!(
+                    verb,
+                    Verb::Create | Verb::Update | Verb::Patch | Verb::Delete
+                ) && which(user, resource)
+            })
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// Zeroes the request counters.
     pub fn reset_counts(&self) {
         self.shared.db.state().faults.reset_counts();
