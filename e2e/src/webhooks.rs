@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 /// One webhook entry.
 fn webhook(
     name: &str,
+    validating: bool,
     url: String,
     ca_bundle: &str,
     rule: Value,
@@ -35,8 +36,8 @@ fn webhook(
     if let Some(selector) = namespace_selector {
         webhook["namespaceSelector"] = selector;
     }
-    if name.starts_with("pods.") {
-        webhook["matchConditions"] = pod_match_conditions();
+    if let Some(conditions) = match_conditions(name, validating) {
+        webhook["matchConditions"] = conditions;
     }
     webhook
 }
@@ -63,6 +64,25 @@ pub fn pod_match_conditions() -> Value {
     }])
 }
 
+/// The allocator identity as `config/` installs it (the controller's ServiceAccount).
+pub const INSTALLED_ALLOCATOR: &str = "system:serviceaccount:hostport-system:hostport-controller";
+
+/// The `matchConditions` of the webhook `name` (validating or mutating), as in
+/// `config/webhook/webhooks.yaml`: the pod webhook sees only the status writes that change
+/// annotations; the validating webhooks of our kinds do not see the allocator's own writes
+/// (they would allow every one of them: three calls per binding saved).
+pub fn match_conditions(name: &str, validating: bool) -> Option<Value> {
+    if name.starts_with("pods.") {
+        return Some(pod_match_conditions());
+    }
+    validating.then(|| {
+        json!([{
+            "name": "not-the-allocator",
+            "expression": format!("request.userInfo.username != '{INSTALLED_ALLOCATOR}'"),
+        }])
+    })
+}
+
 /// `(mutating, validating)` configurations named `name`, calling `base_url` (e.g.
 /// `https://127.0.0.1:9443`) trusted through `ca_bundle` (base64 PEM). `pod_selector` is the
 /// pods' namespaceSelector (`hostport.rmb938.com: "true"` plus whatever narrows it).
@@ -79,17 +99,17 @@ pub fn configurations(
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [
-            webhook("pods.hostport.rmb938.com", url(paths::MUTATE_POD), ca_bundle, pods, Some(pod_selector)),
-            webhook("hostportclaims.hostport.rmb938.com", url(paths::MUTATE_CLAIM), ca_bundle, rule(group, &["hostportclaims"], &["CREATE"]), None),
+            webhook("pods.hostport.rmb938.com", false, url(paths::MUTATE_POD), ca_bundle, pods, Some(pod_selector)),
+            webhook("hostportclaims.hostport.rmb938.com", false, url(paths::MUTATE_CLAIM), ca_bundle, rule(group, &["hostportclaims"], &["CREATE"]), None),
         ],
     });
     let validating = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name},
         "webhooks": [
-            webhook("hostportclaims.hostport.rmb938.com", url(paths::VALIDATE_CLAIM), ca_bundle, rule(group, &["hostportclaims", "hostportclaims/status"], &["CREATE", "UPDATE"]), None),
-            webhook("hostportclasses.hostport.rmb938.com", url(paths::VALIDATE_CLASS), ca_bundle, rule(group, &["hostportclasses", "hostportclasses/status"], &["CREATE", "UPDATE"]), None),
-            webhook("hostports.hostport.rmb938.com", url(paths::VALIDATE_HOST_PORT), ca_bundle, rule(group, &["hostports", "hostports/status"], &["CREATE", "UPDATE"]), None),
+            webhook("hostportclaims.hostport.rmb938.com", true, url(paths::VALIDATE_CLAIM), ca_bundle, rule(group, &["hostportclaims", "hostportclaims/status"], &["CREATE", "UPDATE"]), None),
+            webhook("hostportclasses.hostport.rmb938.com", true, url(paths::VALIDATE_CLASS), ca_bundle, rule(group, &["hostportclasses", "hostportclasses/status"], &["CREATE", "UPDATE"]), None),
+            webhook("hostports.hostport.rmb938.com", true, url(paths::VALIDATE_HOST_PORT), ca_bundle, rule(group, &["hostports", "hostports/status"], &["CREATE", "UPDATE"]), None),
         ],
     });
     (mutating, validating)
