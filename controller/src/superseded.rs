@@ -16,8 +16,19 @@ pub const SUPERSEDED_TTL: Duration = Duration::from_secs(60);
 /// Written-over versions per object (keyed by UID: names are reused, UIDs are not).
 #[derive(Debug, Default)]
 pub struct Superseded {
-    by_object: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    by_object: Mutex<Records>,
 }
+
+#[derive(Debug, Default)]
+struct Records {
+    versions: HashMap<String, (Instant, Vec<String>)>,
+    /// When expired records were last dropped: at most once per [`PRUNE_EVERY`], not on
+    /// every write (a sweep is O(records), tens of thousands while a fleet is bound).
+    pruned_at: Option<Instant>,
+}
+
+/// How often expired records are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 fn object_key<K: Resource>(object: &K) -> String {
     object
@@ -33,9 +44,18 @@ impl Superseded {
         let Some(version) = before.meta().resource_version.clone() else {
             return;
         };
-        let mut by_object = lock(&self.by_object);
-        by_object.retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
-        let entry = by_object
+        let mut records = lock(&self.by_object);
+        if records
+            .pruned_at
+            .is_none_or(|at| now.duration_since(at) >= PRUNE_EVERY)
+        {
+            records
+                .versions
+                .retain(|_, (at, _)| now.duration_since(*at) < SUPERSEDED_TTL);
+            records.pruned_at = Some(now);
+        }
+        let entry = records
+            .versions
             .entry(object_key(before))
             .or_insert_with(|| (now, vec![]));
         entry.0 = now;
@@ -49,11 +69,11 @@ impl Superseded {
             return false;
         };
         let key = object_key(object);
-        let mut by_object = lock(&self.by_object);
-        match by_object.get(&key) {
+        let mut records = lock(&self.by_object);
+        match records.versions.get(&key) {
             Some((_, versions)) if versions.iter().any(|v| v == version) => true,
             Some(_) => {
-                by_object.remove(&key);
+                records.versions.remove(&key);
                 false
             }
             None => false,

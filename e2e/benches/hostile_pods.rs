@@ -18,7 +18,9 @@
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
-use hostport_e2e::measure::{Process, release_binary, webhook_certificate, write_kubeconfig};
+use hostport_e2e::measure::{
+    Process, free_port, release_binary, webhook_certificate, write_kubeconfig,
+};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
@@ -33,13 +35,6 @@ const NAMESPACE: &str = "games";
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 async fn until<F, Fut>(what: &str, mut check: F)

@@ -109,3 +109,11 @@ pub fn webhook_certificate(dir: &std::path::Path) -> ([String; 2], String) {
         certs.ca_pem,
     )
 }
+
+/// A TCP port free on 127.0.0.1 now (for a process told where to listen).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}

@@ -161,7 +161,11 @@ pub struct DnsKeeper {
     client: Client,
     crd: Crd,
     /// What this process applied, by claim (deleted when no longer wanted).
-    written: BTreeMap<PodKey, Value>,
+    written: BTreeMap<PodKey, ClaimRecords>,
+    /// When the DNSEndpoints were last listed: a pass that wants what was written skips the
+    /// list until [`LOOK_AGAIN`] has passed (records changed or deleted by hand are put
+    /// back then), so a steady state costs no API call per pass.
+    listed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for DnsKeeper {
@@ -180,7 +184,16 @@ impl DnsKeeper {
             client,
             crd: Crd::Unknown,
             written: BTreeMap::new(),
+            listed_at: None,
         }
+    }
+
+    /// Whether every record in `wanted` is the one last written, and nothing else was.
+    fn wants_what_is_written(&self, wanted: &BTreeMap<PodKey, ClaimRecords>) -> bool {
+        wanted.len() == self.written.len()
+            && wanted
+                .iter()
+                .all(|(key, records)| self.written.get(key) == Some(records))
     }
 
     /// Makes the DNSEndpoints match `wanted` (a no-op while nothing is wanted and nothing
@@ -191,6 +204,12 @@ impl DnsKeeper {
         }
         if let Crd::Missing { since } = self.crd
             && since.elapsed() < LOOK_AGAIN
+        {
+            return;
+        }
+        if self.crd == Crd::Present
+            && self.listed_at.is_some_and(|at| at.elapsed() < LOOK_AGAIN)
+            && self.wants_what_is_written(wanted)
         {
             return;
         }
@@ -206,6 +225,7 @@ impl DnsKeeper {
                     );
                 }
                 self.crd = Crd::Present;
+                self.listed_at = Some(Instant::now());
                 list.items
                     .into_iter()
                     .filter_map(|o| {
@@ -234,7 +254,7 @@ impl DnsKeeper {
             let object = records.object(namespace, name);
             let key = (namespace.clone(), name.clone());
             if existing.get(&key) == Some(&object["spec"]) {
-                self.written.insert(key, object);
+                self.written.insert(key, records.clone());
                 continue;
             }
             let api: Api<DynamicObject> =
@@ -246,7 +266,7 @@ impl DnsKeeper {
             {
                 Ok(_) => {
                     tracing::info!(claim = %format!("{namespace}/{name}"), host = %records.host, "DNS records written");
-                    self.written.insert(key, object);
+                    self.written.insert(key, records.clone());
                 }
                 Err(error) => {
                     tracing::warn!(claim = %format!("{namespace}/{name}"), %error, "writing the DNSEndpoint failed; retrying on the next pass");

@@ -122,6 +122,45 @@ impl Store {
         }
     }
 
+    /// Up to `limit` objects (0: all) of a resource, optionally in one namespace, in key
+    /// order after the key `after` (exclusive), that `keep` accepts; with the key of the
+    /// last one returned when more follow (a list page and its continue point). A page costs
+    /// its own length, not the whole collection's, as kube-apiserver's watch cache serves it.
+    pub fn page(
+        &self,
+        resource: &ResourceKey,
+        namespace: Option<&str>,
+        after: Option<&ObjectKey>,
+        limit: usize,
+        keep: impl Fn(&Value) -> bool,
+    ) -> (Vec<Arc<Value>>, Option<ObjectKey>) {
+        let Some(objects) = self.objects.get(resource) else {
+            return (vec![], None);
+        };
+        use std::ops::Bound;
+        let start = match (after, namespace) {
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(ns)) => Bound::Included((ns.to_owned(), String::new())),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut items = vec![];
+        let mut last = None;
+        for ((ns, name), object) in objects.range((start, Bound::Unbounded)) {
+            if namespace.is_some_and(|wanted| wanted != ns) {
+                break;
+            }
+            if !keep(object) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                return (items, last);
+            }
+            items.push(object.clone());
+            last = Some((ns.clone(), name.clone()));
+        }
+        (items, None)
+    }
+
     /// Number of objects of a resource in a namespace.
     pub fn count_in_namespace(&self, namespace: &str) -> usize {
         self.objects
@@ -264,5 +303,37 @@ impl Store {
             .iter()
             .filter(|w| !w.sender.is_closed())
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_walk_every_object_once_in_key_order() {
+        let mut store = Store::default();
+        let resource: ResourceKey = ("".into(), "configmaps".into());
+        // "a-b/…" sorts before "a/…" as text but after it as a (namespace, name) key.
+        for (namespace, name) in [("a", "x"), ("a", "y"), ("a-b", "x"), ("b", "z")] {
+            let key = (namespace.to_owned(), name.to_owned());
+            let object = serde_json::json!({"metadata": {"namespace": namespace, "name": name}});
+            store.put(&resource, key, object, EventKind::Added);
+        }
+        let mut seen = vec![];
+        let mut after = None;
+        loop {
+            let (items, next) = store.page(&resource, None, after.as_ref(), 1, |_| true);
+            seen.extend(items.iter().map(|o| o["metadata"]["name"].to_string()));
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["\"x\"", "\"y\"", "\"x\"", "\"z\""]);
+        let (in_a, next) = store.page(&resource, Some("a"), None, 0, |_| true);
+        assert_eq!((in_a.len(), next), (2, None), "one namespace only");
+        let (none, _) = store.page(&resource, None, None, 0, |o| o["metadata"]["name"] == "q");
+        assert!(none.is_empty(), "filtered");
     }
 }

@@ -1,7 +1,5 @@
 //! get and list (watch lives in `crate::watch`).
 
-use std::sync::Arc;
-
 use axum::response::Response;
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -35,51 +33,32 @@ impl Ctx<'_> {
             .get("limit")
             .and_then(|l| l.parse().ok())
             .unwrap_or(0);
-        let (objects, revision) = {
-            let state = self.handles.db.state();
-            (
-                state
-                    .store
-                    .list(&self.rt.key(), self.path.namespace.as_deref()),
-                state.store.revision(),
-            )
-        };
-        // `continue` is "<revision>:<last namespace/name returned>".
+        // `continue` is "<revision>:<namespace>/<name> of the last object returned".
         let (list_revision, after) = match self.query.get("continue") {
             Some(token) => {
-                let (rev, last) = token.split_once(':').ok_or_else(|| {
-                    ApiError::bad_request(format!("invalid continue token {token:?}"))
-                })?;
-                (rev.parse().unwrap_or(revision), Some(last.to_owned()))
+                let invalid = || ApiError::bad_request(format!("invalid continue token {token:?}"));
+                let (rev, last) = token.split_once(':').ok_or_else(invalid)?;
+                let (namespace, name) = last.split_once('/').ok_or_else(invalid)?;
+                (
+                    rev.parse().ok(),
+                    Some((namespace.to_owned(), name.to_owned())),
+                )
             }
-            None => (revision, None),
+            None => (None, None),
         };
-        let mut items = vec![];
-        let mut next = None;
-        for object in objects {
-            let id = format!(
-                "{}/{}",
-                object["metadata"]["namespace"].as_str().unwrap_or_default(),
-                object["metadata"]["name"].as_str().unwrap_or_default()
+        let (items, next, revision) = {
+            let state = self.handles.db.state();
+            let (items, next) = state.store.page(
+                &self.rt.key(),
+                self.path.namespace.as_deref(),
+                after.as_ref(),
+                limit,
+                |object| labels.matches_object(object) && fields.matches(object),
             );
-            if after.as_ref().is_some_and(|a| id.as_str() <= a.as_str()) {
-                continue;
-            }
-            if !labels.matches_object(&object) || !fields.matches(&object) {
-                continue;
-            }
-            if limit > 0 && items.len() == limit {
-                next = items.last().map(|last: &Arc<Value>| {
-                    format!(
-                        "{list_revision}:{}/{}",
-                        last["metadata"]["namespace"].as_str().unwrap_or_default(),
-                        last["metadata"]["name"].as_str().unwrap_or_default()
-                    )
-                });
-                break;
-            }
-            items.push(object);
-        }
+            (items, next, state.store.revision())
+        };
+        let list_revision = list_revision.unwrap_or(revision);
+        let next = next.map(|(namespace, name)| format!("{list_revision}:{namespace}/{name}"));
         if self.as_table {
             let objects: Vec<&Value> = items.iter().map(|o| o.as_ref()).collect();
             return Ok(json_response(

@@ -1,0 +1,112 @@
+//! What one cached object costs: 20,000 claims, HostPorts and pods as the controller's
+//! watches deliver them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime
+//! store), with the growth of this process's resident memory per object. The profile behind
+//! the memory figures of BENCHMARKS.md.
+//!
+//! ```sh
+//! cargo run --release -p hostport-controller --example cache_sizes
+//! ```
+
+use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
+use hostport_api::{HostPort, HostPortClaim};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
+
+const OBJECTS: usize = 20_000;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+fn uid(kind: u32, i: usize) -> String {
+    format!("{kind:08x}-8a9d-4c55-9e0b-{i:012}")
+}
+
+fn claim(i: usize) -> Value {
+    let port = 1024 + i;
+    json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": format!("claim-{i}"), "namespace": "default", "uid": uid(1, i),
+            "resourceVersion": (100_000 + i).to_string(), "generation": 1,
+            "creationTimestamp": "2026-12-06T14:00:00Z", "finalizers": ["hostport.rmb938.com"]},
+        "spec": {"hostPortClassName": "bench", "hostPortName": format!("port-{port}")},
+        "status": {"phase": "Bound", "port": port, "ports": port.to_string(),
+            "conditions": [{"type": "Bound", "status": "True", "reason": "Bound",
+                "message": format!("bound to HostPort port-{port} (port {port})"),
+                "lastTransitionTime": "2026-12-06T14:00:01Z", "observedGeneration": 1}]}
+    })
+}
+
+fn host_port(i: usize) -> Value {
+    let port = 1024 + i;
+    json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPort",
+        "metadata": {"name": format!("port-{port}"), "uid": uid(2, i),
+            "resourceVersion": (200_000 + i).to_string(), "generation": 1,
+            "creationTimestamp": "2026-12-06T14:00:00Z"},
+        "spec": {"hostPortClassName": "bench", "port": port, "claimRef": {
+            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+            "name": format!("claim-{i}"), "namespace": "default", "uid": uid(1, i)}},
+        "status": {"phase": "Allocated", "port": port, "conditions": [{"type": "Allocated",
+            "status": "True", "reason": "Allocated", "message": "allocated",
+            "lastTransitionTime": "2026-12-06T14:00:01Z", "observedGeneration": 1}]}
+    })
+}
+
+fn pod(i: usize) -> Value {
+    let port = 1024 + i;
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{i}"), "namespace": "default", "uid": uid(3, i),
+            "resourceVersion": (300_000 + i).to_string(),
+            "creationTimestamp": "2026-12-06T14:00:00Z",
+            "annotations": {"claim.hostport.rmb938.com/web": format!("claim-{i}"),
+                "port.hostport.rmb938.com/web": port.to_string()}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app",
+            "image": "registry.invalid/app:1",
+            "ports": [{"name": "web", "containerPort": 8080, "hostPort": port}]}]},
+        "status": {"phase": "Running", "hostIP": "198.51.100.10",
+            "hostIPs": [{"ip": "198.51.100.10"}], "podIP": "198.19.0.10",
+            "podIPs": [{"ip": "198.19.0.10"}]}
+    })
+}
+
+/// Fills a store with [`OBJECTS`] objects made by `make`, stripped by `strip`; prints the
+/// resident memory each one added. The store is returned so it stays alive.
+fn measure<K>(what: &str, make: fn(usize) -> Value, strip: fn(&mut K)) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let before = rss_kib();
+    let (store, mut writer) = reflector::store::<K>();
+    for i in 0..OBJECTS {
+        let mut object: K = serde_json::from_value(make(i)).expect("object");
+        strip(&mut object);
+        writer.apply_watcher_event(&Event::Apply(object));
+    }
+    let each = (rss_kib() - before) * 1024 / OBJECTS as u64;
+    println!(
+        "cache_sizes: {what}: {each} B per cached object ({} B of it the struct itself)",
+        std::mem::size_of::<K>()
+    );
+    store
+}
+
+fn main() {
+    let claims = measure::<HostPortClaim>("HostPortClaim", claim, strip_claim);
+    let host_ports = measure::<HostPort>("HostPort", host_port, strip_host_port);
+    let pods = measure::<Pod>("Pod", pod, strip_pod);
+    println!(
+        "cache_sizes: {} claims, {} HostPorts, {} pods cached",
+        claims.len(),
+        host_ports.len(),
+        pods.len()
+    );
+}
