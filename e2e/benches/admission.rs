@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, free_port, release_binary, webhook_certificate, write_kubeconfig,
+    Process, bench_runtime, bench_server, free_port, release_binary, service_account_kubeconfigs,
+    setting, webhook_certificate,
 };
 use kube::api::{Api, ListParams, PostParams};
-use kube_testserver::{Options, TestApiServer, UserInfo};
+use kube_testserver::TestApiServer;
 use serde_json::json;
 
 /// How long each configuration is measured, after [`WARM_UP`].
@@ -149,24 +150,9 @@ fn allowed_with_patch(body: &[u8]) -> bool {
 }
 
 async fn setup(claims_count: usize) -> (TestApiServer, Process, String, String) {
-    let server = TestApiServer::start_with(Options {
-        log_capacity: 10_000,
-        ..hostport_e2e::test_server_options()
-    })
-    .await
-    .expect("server");
-    let dir = std::env::temp_dir().join(format!("hostport-admission-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (server, dir) = bench_server("admission").await;
     let [controller_config, webhook_config] =
-        ["hostport-controller", "hostport-webhook"].map(|account| {
-            let path = dir.join(format!("{account}.kubeconfig"));
-            write_kubeconfig(
-                &server,
-                UserInfo::service_account("hostport-system", account),
-                &path,
-            );
-            path
-        });
+        service_account_kubeconfigs(&server, &dir, ["hostport-controller", "hostport-webhook"]);
     let (tls, ca_pem) = webhook_certificate(&dir);
     let client = server.client();
     Api::<HostPortClass>::all(client.clone())
@@ -239,15 +225,8 @@ async fn setup(claims_count: usize) -> (TestApiServer, Process, String, String) 
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let claims: usize = std::env::var("ADMISSION_BENCH_CLAIMS")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(10_000);
+    let runtime = bench_runtime();
+    let claims = setting("ADMISSION_BENCH_CLAIMS", 10_000);
     runtime.block_on(async {
         let (_server, _webhook, url, ca_pem) = setup(claims).await;
         let reviews = Arc::new((0..claims).map(review).collect::<Vec<_>>());

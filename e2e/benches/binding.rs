@@ -207,11 +207,7 @@ async fn run(claims_count: usize) {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = hostport_e2e::measure::bench_runtime();
     let sizes: Vec<usize> = std::env::var("BINDING_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())

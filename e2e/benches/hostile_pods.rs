@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, free_port, release_binary, webhook_certificate, write_kubeconfig,
+    Process, bench_server, edge_publisher, free_port, release_binary, service_account_kubeconfigs,
+    webhook_certificate,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube_testserver::{Options, TestApiServer, UserInfo};
 use serde_json::json;
 
 const PODS: usize = 40;
@@ -53,31 +53,17 @@ where
 }
 
 async fn run() {
-    let server = TestApiServer::start_with(Options {
-        log_capacity: 1_000,
-        ..hostport_e2e::test_server_options()
-    })
-    .await
-    .expect("server");
+    let (server, dir) = bench_server("hostile").await;
     let client = server.client();
-    let dir = std::env::temp_dir().join(format!("hostport-hostile-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let configs: Vec<std::path::PathBuf> = [
-        "hostport-controller",
-        "hostport-webhook",
-        "hostport-publisher",
-    ]
-    .iter()
-    .map(|account| {
-        let path = dir.join(format!("{account}.kubeconfig"));
-        write_kubeconfig(
-            &server,
-            UserInfo::service_account("hostport-system", account),
-            &path,
-        );
-        path
-    })
-    .collect();
+    let configs = service_account_kubeconfigs(
+        &server,
+        &dir,
+        [
+            "hostport-controller",
+            "hostport-webhook",
+            "hostport-publisher",
+        ],
+    );
     let ([tls_cert, tls_key], ca_pem) = webhook_certificate(&dir);
 
     hostport_e2e::harness::ensure_namespace(
@@ -114,16 +100,7 @@ async fn run() {
         ],
         &configs[1],
     );
-    let publisher = Process::spawn(
-        &release_binary("hostport-publisher", "publisher"),
-        &[
-            "--mode=edge".into(),
-            "--backend=nft".into(),
-            "--dry-run".into(),
-            "--metrics-address=127.0.0.1:0".into(),
-        ],
-        &configs[2],
-    );
+    let publisher = edge_publisher(&configs[2]);
     let ca = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         ca_pem.as_bytes(),
@@ -233,10 +210,5 @@ async fn run() {
 }
 
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(run());
+    hostport_e2e::measure::bench_runtime().block_on(run());
 }

@@ -21,16 +21,16 @@
 //! MEMORY_BENCH_CLAIMS=64512 MEMORY_BENCH_ANNOTATION_BYTES=20480 cargo bench -p hostport-e2e --bench memory
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, free_port, release_binary, webhook_certificate, write_kubeconfig,
+    Process, bench_runtime, bench_server, edge_publisher, free_port, release_binary,
+    service_account_kubeconfigs, setting, webhook_certificate,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube_testserver::{Options, TestApiServer, UserInfo};
 use serde_json::json;
 
 /// Concurrent writers creating claims and pods.
@@ -56,24 +56,6 @@ struct Run {
     publisher: Figures,
     /// Controller start → first bind, webhook start → ready.
     startup: Option<(Duration, Duration)>,
-}
-
-/// Kubeconfigs of the three ServiceAccounts, in `dir`.
-fn kubeconfigs(server: &TestApiServer, dir: &Path) -> [PathBuf; 3] {
-    [
-        "hostport-controller",
-        "hostport-webhook",
-        "hostport-publisher",
-    ]
-    .map(|account| {
-        let path = dir.join(format!("{account}.kubeconfig"));
-        write_kubeconfig(
-            server,
-            UserInfo::service_account("hostport-system", account),
-            &path,
-        );
-        path
-    })
 }
 
 fn controller(kubeconfig: &Path) -> Process {
@@ -246,15 +228,16 @@ async fn ready(kubeconfig: &Path, tls: &[String; 2]) -> (Process, Duration) {
 }
 
 async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, startup: bool) -> Run {
-    let server = TestApiServer::start_with(Options {
-        log_capacity: 10_000,
-        ..hostport_e2e::test_server_options()
-    })
-    .await
-    .expect("server");
-    let dir = std::env::temp_dir().join(format!("hostport-memory-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let configs = kubeconfigs(&server, &dir);
+    let (server, dir) = bench_server("memory").await;
+    let configs = service_account_kubeconfigs(
+        &server,
+        &dir,
+        [
+            "hostport-controller",
+            "hostport-webhook",
+            "hostport-publisher",
+        ],
+    );
     let (tls, _) = webhook_certificate(&dir);
 
     let client = server.client();
@@ -282,16 +265,7 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
         .expect("node");
     let mut controller_process = controller(&configs[0]);
     let mut webhook_process = webhook(&configs[1], &tls, free_port());
-    let publisher = Process::spawn(
-        &release_binary("hostport-publisher", "publisher"),
-        &[
-            "--mode=edge".into(),
-            "--backend=nft".into(),
-            "--dry-run".into(),
-            "--metrics-address=127.0.0.1:0".into(),
-        ],
-        &configs[2],
-    );
+    let publisher = edge_publisher(&configs[2]);
 
     let payload = "x".repeat(payload_bytes);
     let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
@@ -355,19 +329,8 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = bench_runtime();
     let claims = setting("MEMORY_BENCH_CLAIMS", 10_000);
     let pods = setting("MEMORY_BENCH_PODS", 10_000);
     let payload = setting("MEMORY_BENCH_ANNOTATION_BYTES", 200 * 1024);

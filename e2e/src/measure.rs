@@ -117,3 +117,66 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// The in-process API server a process bench runs its binaries against (an event log long
+/// enough for their watches), and a fresh temporary directory named after `bench` for their
+/// kubeconfigs and certificates.
+pub async fn bench_server(bench: &str) -> (kube_testserver::TestApiServer, PathBuf) {
+    let server = kube_testserver::TestApiServer::start_with(kube_testserver::Options {
+        log_capacity: 10_000,
+        ..crate::test_server_options()
+    })
+    .await
+    .expect("server");
+    let dir = std::env::temp_dir().join(format!("hostport-{bench}-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    (server, dir)
+}
+
+/// A kubeconfig in `dir` for each ServiceAccount of `hostport-system` in `accounts`.
+pub fn service_account_kubeconfigs<const N: usize>(
+    server: &kube_testserver::TestApiServer,
+    dir: &std::path::Path,
+    accounts: [&str; N],
+) -> [PathBuf; N] {
+    accounts.map(|account| {
+        let path = dir.join(format!("{account}.kubeconfig"));
+        write_kubeconfig(
+            server,
+            kube_testserver::UserInfo::service_account("hostport-system", account),
+            &path,
+        );
+        path
+    })
+}
+
+/// The release publisher in edge mode, dry-run (it computes every forward, applies none).
+pub fn edge_publisher(kubeconfig: &std::path::Path) -> Process {
+    Process::spawn(
+        &release_binary("hostport-publisher", "publisher"),
+        &[
+            "--mode=edge".into(),
+            "--backend=nft".into(),
+            "--dry-run".into(),
+            "--metrics-address=127.0.0.1:0".into(),
+        ],
+        kubeconfig,
+    )
+}
+
+/// A bench setting from the environment variable `name`, else `default`.
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// A multi-threaded runtime for a bench's `main`, with the TLS provider installed.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
