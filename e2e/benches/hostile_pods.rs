@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, bench_server, edge_publisher, free_port, release_binary, service_account_kubeconfigs,
-    webhook_certificate,
+    ACCOUNTS, Process, bench_server, edge_publisher, free_port, release_binary,
+    service_account_kubeconfigs, webhook_certificate,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -55,15 +55,7 @@ where
 async fn run() {
     let (server, dir) = bench_server("hostile").await;
     let client = server.client();
-    let configs = service_account_kubeconfigs(
-        &server,
-        &dir,
-        [
-            "hostport-controller",
-            "hostport-webhook",
-            "hostport-publisher",
-        ],
-    );
+    let configs = service_account_kubeconfigs(&server, &dir, ACCOUNTS);
     let ([tls_cert, tls_key], ca_pem) = webhook_certificate(&dir);
 
     hostport_e2e::harness::ensure_namespace(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, bench_runtime, bench_server, edge_publisher, free_port, release_binary,
+    ACCOUNTS, Process, bench_runtime, bench_server, edge_publisher, free_port, release_binary,
     service_account_kubeconfigs, setting, webhook_certificate,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -229,15 +229,7 @@ async fn ready(kubeconfig: &Path, tls: &[String; 2]) -> (Process, Duration) {
 
 async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, startup: bool) -> Run {
     let (server, dir) = bench_server("memory").await;
-    let configs = service_account_kubeconfigs(
-        &server,
-        &dir,
-        [
-            "hostport-controller",
-            "hostport-webhook",
-            "hostport-publisher",
-        ],
-    );
+    let configs = service_account_kubeconfigs(&server, &dir, ACCOUNTS);
     let (tls, _) = webhook_certificate(&dir);
 
     let client = server.client();

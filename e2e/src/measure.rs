@@ -133,6 +133,13 @@ pub async fn bench_server(bench: &str) -> (kube_testserver::TestApiServer, PathB
     (server, dir)
 }
 
+/// The ServiceAccounts of the three binaries, as `config/rbac` names them.
+pub const ACCOUNTS: [&str; 3] = [
+    "hostport-controller",
+    "hostport-webhook",
+    "hostport-publisher",
+];
+
 /// A kubeconfig in `dir` for each ServiceAccount of `hostport-system` in `accounts`.
 pub fn service_account_kubeconfigs<const N: usize>(
     server: &kube_testserver::TestApiServer,
