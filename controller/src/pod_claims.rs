@@ -46,15 +46,20 @@ const STALE_RECHECK: Duration = Duration::from_secs(5);
 
 /// Reconciles the lifetime of one claim (claims not made for a pod are left alone).
 pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
+    // Taken on every path, so no record outlives its claim.
+    let pod_left = ctx.take_pod_left(&ObjectRef::from_obj(claim.as_ref()));
     if !is_pod_claim(claim.labels()) || claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     if ctx.is_stale(claim.as_ref()) {
+        if pod_left {
+            ctx.pod_left(ObjectRef::from_obj(claim.as_ref()));
+        }
         return Ok(Action::requeue(STALE_RECHECK));
     }
     match claim.labels().get(STATEFULSET_LABEL) {
         Some(set) => statefulset_claim(&claim, set, &ctx).await,
-        None => pod_claim(&claim, &ctx).await,
+        None => pod_claim(&claim, pod_left, &ctx).await,
     }
 }
 
@@ -84,7 +89,7 @@ async fn delete(
     Ok(Action::await_change())
 }
 
-async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
+async fn pod_claim(claim: &HostPortClaim, pod_left: bool, ctx: &Context) -> Result<Action> {
     let namespace = claim.namespace().unwrap_or_default();
     // Claims made before this release carry their pod as owner: they go with that pod.
     if let Some(pod) = owner(claim, "Pod") {
@@ -109,7 +114,6 @@ async fn pod_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action> {
         &ctx.caches.pods.state(),
     )
     .is_some();
-    let pod_left = ctx.take_pod_left(&ObjectRef::from_obj(claim));
     if in_use {
         return Ok(Action::await_change());
     }
