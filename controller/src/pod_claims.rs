@@ -109,11 +109,10 @@ async fn pod_claim(claim: &HostPortClaim, pod_left: bool, ctx: &Context) -> Resu
     }
     // No ownerReference is written (one API write per pod saved): the claim lives while a
     // pod names it, and goes once none has for the grace period after its last admission.
-    let in_use = pods::first_user(
+    let in_use = pods::is_used(
         pods::ClaimUse::named(&namespace, &claim.name_any()),
         &ctx.caches.pods.state(),
-    )
-    .is_some();
+    );
     if in_use {
         return Ok(Action::await_change());
     }
@@ -146,7 +145,7 @@ async fn unused_after_grace(
         return Ok(Action::requeue(grace - waited));
     }
     let name = claim.name_any();
-    if !pods::users_now(&ctx.client, pods::ClaimUse::named(namespace, &name))
+    if !pods::using_now(&ctx.client, pods::ClaimUse::named(namespace, &name))
         .await?
         .is_empty()
     {

@@ -42,14 +42,14 @@ impl<'a> ClaimUse<'a> {
     }
 }
 
-/// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
-/// its port.
 /// Whether the pod has stopped for good (Succeeded or Failed): it holds no port any more.
 pub fn terminated(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     matches!(phase, Some("Succeeded" | "Failed"))
 }
 
+/// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
+/// its port.
 fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
     pod.namespace().as_deref() == Some(of.namespace)
         && !terminated(pod)
@@ -70,44 +70,17 @@ pub fn using(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> Vec<String> {
     names
 }
 
-/// A pod by name and UID.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodId {
-    /// Its name.
-    pub name: String,
-    /// Its UID.
-    pub uid: String,
+/// Whether any of `pods` uses the claim.
+pub fn is_used(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> bool {
+    pods.iter().any(|pod| holds(pod, of))
 }
 
-impl PodId {
-    fn of(pod: &Pod) -> Self {
-        Self {
-            name: pod.name_any(),
-            uid: pod.uid().unwrap_or_default(),
-        }
-    }
-}
-
-/// The first of `pods` (by name) that uses the claim.
-pub fn first_user(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> Option<PodId> {
-    pods.iter()
-        .filter(|pod| holds(pod, of))
-        .map(|pod| PodId::of(pod))
-        .min_by(|a, b| a.name.cmp(&b.name))
-}
-
-/// Names of the pods that use the claim, as the API server has them now.
-pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>> {
-    let users = users_now(client, of).await?;
-    Ok(users.into_iter().map(|pod| pod.name).collect())
-}
-
-/// The pods that use the claim, as the API server has them now, by name: a metadata-only
+/// Names of the pods that use the claim, as the API server has them now, sorted: a metadata-only
 /// list in small pages (a namespace of big pods costs a few KiB per pod, not their specs),
 /// then one read of each pod whose annotations name the claim, for its phase. A pod that
 /// declares the claim's port without naming it is the cache's to see (it also holds the port
 /// in the port book, whoever it names).
-pub async fn users_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<PodId>> {
+pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>> {
     let namespace = of.namespace;
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut candidates = vec![];
@@ -136,9 +109,9 @@ pub async fn users_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<PodId>> 
             "Pod",
             format!("{namespace}/{name}"),
         ))?;
-        users.extend(found.filter(|pod| holds(pod, of)).as_ref().map(PodId::of));
+        users.extend(found.filter(|pod| holds(pod, of)).map(|pod| pod.name_any()));
     }
-    users.sort_by(|a, b| a.name.cmp(&b.name));
+    users.sort();
     Ok(users)
 }
 

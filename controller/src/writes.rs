@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use hostport_api::pod_claims::{POD_CLAIM_LABEL, is_pod_claim};
+use hostport_api::pod_claims::{is_pod_claim, pod_claim_labels};
 use hostport_api::{
     ClaimReference, HostPort, HostPortClaim, HostPortClass, HostPortClassStatus, HostPortSpec,
     HostPortStatus,
@@ -59,7 +59,7 @@ pub async fn create_host_port(
         },
     );
     if is_pod_claim(claim.labels()) {
-        host_port.metadata.labels = Some([(POD_CLAIM_LABEL.to_owned(), "true".to_owned())].into());
+        host_port.metadata.labels = Some(pod_claim_labels(None, None));
     }
     Api::<HostPort>::all(ctx.client.clone())
         .create(&PostParams::default(), &host_port)
