@@ -17,10 +17,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
+use hostport_api::{HostPortClaim, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    Process, bench_runtime, bench_server, free_port, release_binary, service_account_kubeconfigs,
-    setting, webhook_certificate,
+    Process, bench_runtime, bench_server, claim_with_finalizer, controller, free_port, in_parallel,
+    service_account_kubeconfigs, setting, webhook, webhook_certificate,
 };
 use kube::api::{Api, ListParams, PostParams};
 use kube_testserver::TestApiServer;
@@ -162,36 +162,22 @@ async fn setup(claims_count: usize) -> (TestApiServer, Process, String, String) 
         )
         .await
         .expect("class");
-    let controller = Process::spawn(
-        &release_binary("hostport-controller", "controller"),
-        &[
-            "--leader-election=false".into(),
-            "--metrics-address=127.0.0.1:0".into(),
-        ],
-        &controller_config,
-    );
+    let controller = controller(&controller_config, &[]);
     let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let claims = claims.clone();
-            tokio::spawn(async move {
-                for i in (w..claims_count).step_by(8) {
-                    let mut claim = HostPortClaim::new(
-                        &format!("claim-{i}"),
-                        HostPortClaimSpec::of_class("bench"),
-                    );
-                    claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);
-                    claims
-                        .create(&PostParams::default(), &claim)
-                        .await
-                        .expect("claim");
-                }
-            })
-        })
-        .collect();
-    for writer in writers {
-        writer.await.expect("writer");
-    }
+    let writer = claims.clone();
+    in_parallel(claims_count, 8, move |i| {
+        let claims = writer.clone();
+        async move {
+            claims
+                .create(
+                    &PostParams::default(),
+                    &claim_with_finalizer(&format!("claim-{i}"), "bench"),
+                )
+                .await
+                .expect("claim");
+        }
+    })
+    .await;
     let started = Instant::now();
     loop {
         let listed = claims.list(&ListParams::default()).await.expect("claims");
@@ -207,16 +193,7 @@ async fn setup(claims_count: usize) -> (TestApiServer, Process, String, String) 
     // Bound: the controller's work is done; only the webhook shares the cores with the bench.
     drop(controller);
     let port = free_port();
-    let webhook = Process::spawn(
-        &release_binary("hostport-webhook", "webhook"),
-        &[
-            format!("--listen=127.0.0.1:{port}"),
-            "--metrics-address=127.0.0.1:0".into(),
-            tls[0].clone(),
-            tls[1].clone(),
-        ],
-        &webhook_config,
-    );
+    let webhook = webhook(&webhook_config, &tls, port, 0);
     let url = format!(
         "https://127.0.0.1:{port}{}",
         hostport_api::webhook_paths::MUTATE_POD

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    ACCOUNTS, Process, bench_server, edge_publisher, free_port, release_binary,
-    service_account_kubeconfigs, webhook_certificate,
+    ACCOUNTS, bench_server, controller, edge_publisher, free_port, service_account_kubeconfigs,
+    webhook, webhook_certificate,
 };
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -56,7 +56,7 @@ async fn run() {
     let (server, dir) = bench_server("hostile").await;
     let client = server.client();
     let configs = service_account_kubeconfigs(&server, &dir, ACCOUNTS);
-    let ([tls_cert, tls_key], ca_pem) = webhook_certificate(&dir);
+    let (tls, ca_pem) = webhook_certificate(&dir);
 
     hostport_e2e::harness::ensure_namespace(
         &client,
@@ -73,25 +73,8 @@ async fn run() {
         .await
         .expect("class");
     let webhook_port = free_port();
-    let controller = Process::spawn(
-        &release_binary("hostport-controller", "controller"),
-        &[
-            "--leader-election=false".into(),
-            "--metrics-address=127.0.0.1:0".into(),
-            "--admission-grace-seconds=1".into(),
-        ],
-        &configs[0],
-    );
-    let webhook = Process::spawn(
-        &release_binary("hostport-webhook", "webhook"),
-        &[
-            format!("--listen=127.0.0.1:{webhook_port}"),
-            "--metrics-address=127.0.0.1:0".into(),
-            tls_cert,
-            tls_key,
-        ],
-        &configs[1],
-    );
+    let controller = controller(&configs[0], &["--admission-grace-seconds=1"]);
+    let webhook = webhook(&configs[1], &tls, webhook_port, 0);
     let publisher = edge_publisher(&configs[2]);
     let ca = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,

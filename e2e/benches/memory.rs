@@ -24,10 +24,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hostport_api::{HostPort, HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
+use hostport_api::{HostPort, HostPortClaim, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    ACCOUNTS, Process, bench_runtime, bench_server, edge_publisher, free_port, release_binary,
-    service_account_kubeconfigs, setting, webhook_certificate,
+    ACCOUNTS, Process, bench_runtime, bench_server, claim_with_finalizer, controller,
+    edge_publisher, free_port, in_parallel, service_account_kubeconfigs, setting, webhook,
+    webhook_certificate,
 };
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -58,54 +59,8 @@ struct Run {
     startup: Option<(Duration, Duration)>,
 }
 
-fn controller(kubeconfig: &Path) -> Process {
-    Process::spawn(
-        &release_binary("hostport-controller", "controller"),
-        &[
-            "--leader-election=false".into(),
-            "--metrics-address=127.0.0.1:0".into(),
-        ],
-        kubeconfig,
-    )
-}
-
-fn webhook(kubeconfig: &Path, tls: &[String; 2], metrics_port: u16) -> Process {
-    Process::spawn(
-        &release_binary("hostport-webhook", "webhook"),
-        &[
-            "--listen=127.0.0.1:0".into(),
-            format!("--metrics-address=127.0.0.1:{metrics_port}"),
-            tls[0].clone(),
-            tls[1].clone(),
-        ],
-        kubeconfig,
-    )
-}
-
-/// Runs `make(i)` for every `i` in `0..count` on [`WRITERS`] tasks.
-async fn in_parallel<F, Fut>(count: usize, make: F)
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let make = make.clone();
-            tokio::spawn(async move {
-                for i in (w..count).step_by(WRITERS) {
-                    make(i).await;
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("writer");
-    }
-}
-
 fn claim(name: &str, class: &str, payload: &str) -> HostPortClaim {
-    let mut claim = HostPortClaim::new(name, HostPortClaimSpec::of_class(class));
-    claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);
+    let mut claim = claim_with_finalizer(name, class);
     if !payload.is_empty() {
         claim.metadata.annotations =
             Some([("bench.example/payload".to_owned(), payload.to_owned())].into());
@@ -151,7 +106,7 @@ async fn running_pods(client: &kube::Client, count: usize, payload: &str) {
     let ports = std::sync::Arc::new(ports);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let payload = payload.to_owned();
-    in_parallel(count, move |i| {
+    in_parallel(count, WRITERS, move |i| {
         let (pods, ports, payload) = (pods.clone(), ports.clone(), payload.clone());
         async move {
             let claim = format!("claim-{i}");
@@ -192,7 +147,7 @@ async fn first_bind(client: &kube::Client, kubeconfig: &Path) -> (Process, Durat
         .await
         .expect("probe claim");
     let started = Instant::now();
-    let process = controller(kubeconfig);
+    let process = controller(kubeconfig, &[]);
     loop {
         let probe = claims.get("probe").await.expect("probe");
         if probe.bound_port().is_some() {
@@ -210,7 +165,7 @@ async fn first_bind(client: &kube::Client, kubeconfig: &Path) -> (Process, Durat
 async fn ready(kubeconfig: &Path, tls: &[String; 2]) -> (Process, Duration) {
     let port = free_port();
     let started = Instant::now();
-    let process = webhook(kubeconfig, tls, port);
+    let process = webhook(kubeconfig, tls, 0, port);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/readyz");
     loop {
@@ -255,14 +210,14 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
         .create(&PostParams::default(), &node)
         .await
         .expect("node");
-    let mut controller_process = controller(&configs[0]);
-    let mut webhook_process = webhook(&configs[1], &tls, free_port());
+    let mut controller_process = controller(&configs[0], &[]);
+    let mut webhook_process = webhook(&configs[1], &tls, 0, free_port());
     let publisher = edge_publisher(&configs[2]);
 
     let payload = "x".repeat(payload_bytes);
     let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
     let claim_payload = payload.clone();
-    in_parallel(claims_count, move |i| {
+    in_parallel(claims_count, WRITERS, move |i| {
         let (claims, payload) = (claims.clone(), claim_payload.clone());
         async move {
             claims

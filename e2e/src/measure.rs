@@ -187,3 +187,67 @@ pub fn bench_runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The release controller (no leader election, any metrics port) with `extra` flags.
+pub fn controller(kubeconfig: &std::path::Path, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--leader-election=false".to_owned(),
+        "--metrics-address=127.0.0.1:0".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Process::spawn(
+        &release_binary("hostport-controller", "controller"),
+        &args,
+        kubeconfig,
+    )
+}
+
+/// The release webhook serving admission on `listen_port` and health on `metrics_port`
+/// (0: any) with the `--tls-*` flags of [`webhook_certificate`].
+pub fn webhook(
+    kubeconfig: &std::path::Path,
+    tls: &[String; 2],
+    listen_port: u16,
+    metrics_port: u16,
+) -> Process {
+    Process::spawn(
+        &release_binary("hostport-webhook", "webhook"),
+        &[
+            format!("--listen=127.0.0.1:{listen_port}"),
+            format!("--metrics-address=127.0.0.1:{metrics_port}"),
+            tls[0].clone(),
+            tls[1].clone(),
+        ],
+        kubeconfig,
+    )
+}
+
+/// Runs `make(i)` for every `i` in `0..count` on `writers` concurrent tasks.
+pub async fn in_parallel<F, Fut>(count: usize, writers: usize, make: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let make = make.clone();
+            tokio::spawn(async move {
+                for i in (w..count).step_by(writers) {
+                    make(i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+}
+
+/// A claim of `class` as the claim webhook leaves it (with the finalizer), for benches that
+/// create claims without the webhook registered.
+pub fn claim_with_finalizer(name: &str, class: &str) -> hostport_api::HostPortClaim {
+    let mut claim =
+        hostport_api::HostPortClaim::new(name, hostport_api::HostPortClaimSpec::of_class(class));
+    claim.metadata.finalizers = Some(vec![hostport_api::FINALIZER.into()]);
+    claim
+}
