@@ -139,9 +139,10 @@ async fn unused_after_grace(
     let Some(fresh) = writes::fresh_claim(ctx, claim).await? else {
         return Ok(Action::await_change());
     };
-    let renewed = admitted_at(fresh.labels()) != admitted_at(claim.labels());
+    // The pod that left was the last one admitted with it: no admission renewed it since.
+    let gone = pod_left && admitted_at(fresh.labels()) == admitted_at(claim.labels());
     let waited = waited_for_pod(&fresh);
-    if waited < grace && (renewed || !pod_left) {
+    if waited < grace && !gone {
         return Ok(Action::requeue(grace - waited));
     }
     let name = claim.name_any();
@@ -152,7 +153,7 @@ async fn unused_after_grace(
         // The pod cache lags: its event wakes this claim again when the pod goes.
         return Ok(Action::await_change());
     }
-    let (reason, why) = if pod_left && !renewed {
+    let (reason, why) = if gone {
         (
             "PodGone",
             "the pod that named it is gone (or terminated)".to_owned(),
