@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::conditions::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::conditions::{self, Condition, reasons, status, types};
 use crate::ports::port_from_wire;
 
 /// A request for one node host port from a HostPortClass. Pods in the same namespace use it
@@ -43,6 +45,12 @@ use crate::ports::port_from_wire;
         description = "Pending, Bound or Deleting"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the claim is or is not Ready (Bound, PoolExhausted, WaitingForPublish, ...)"
+    ),
+    printcolumn(
         name = "Policy",
         type_ = "string",
         json_path = ".spec.portPolicy",
@@ -55,6 +63,13 @@ use crate::ports::port_from_wire;
         json_path = ".spec.hostPortName",
         priority = "1",
         description = "HostPort bound to this claim"
+    ),
+    printcolumn(
+        name = "Pod",
+        type_ = "string",
+        json_path = ".metadata.labels.hostport\\.rmb938\\.com/pod",
+        priority = "1",
+        description = "The pod the webhook made this claim for (claims made by annotation)"
     ),
     printcolumn(
         name = "External",
@@ -219,8 +234,12 @@ pub struct HostPortClaimStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 11))]
     pub ports: Option<String>,
+    /// The `.metadata.generation` this status describes (written by the allocator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// Current state; `Bound` explains a Pending claim (reasons ClassNotFound, PoolExhausted,
-    /// PortUnavailable, PortOutsidePools).
+    /// PortUnavailable, PortOutsidePools); `Ready` sums it up (Bound and, where the class
+    /// publishes on a router, `Published`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -230,6 +249,52 @@ pub struct HostPortClaimStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2048))]
     pub external: Vec<ExternalEndpoint>,
+}
+
+impl HostPortClaimStatus {
+    /// The `Ready` condition these conditions add up to: True once Bound and, when the
+    /// class publishes on a router (`publishes`), Published; otherwise False with the reason
+    /// of the condition that holds it back.
+    pub fn ready(&self, publishes: bool, generation: Option<i64>, now: Time) -> Condition {
+        let bound = conditions::find(&self.conditions, types::BOUND);
+        let published = conditions::find(&self.conditions, types::PUBLISHED);
+        let (state, reason, message) = match (self.phase, bound) {
+            (Some(ClaimPhase::Deleting), bound) => (
+                status::FALSE,
+                reasons::DELETING,
+                bound.map_or_else(|| "being deleted".to_owned(), |b| b.message.clone()),
+            ),
+            (Some(ClaimPhase::Bound), Some(bound)) if bound.is_true() => match published {
+                _ if !publishes => (status::TRUE, reasons::BOUND, bound.message.clone()),
+                Some(p) if p.is_true() => (status::TRUE, reasons::PUBLISHED, p.message.clone()),
+                Some(p) => (status::FALSE, p.reason.as_str(), p.message.clone()),
+                None => (
+                    status::FALSE,
+                    reasons::WAITING_FOR_PUBLISH,
+                    format!(
+                        "{}; the class publishes on a router and hostport-publisher --mode router has not mapped it yet",
+                        bound.message
+                    ),
+                ),
+            },
+            (_, Some(bound)) if !bound.is_true() => {
+                (status::FALSE, bound.reason.as_str(), bound.message.clone())
+            }
+            _ => (
+                status::FALSE,
+                reasons::WAITING_FOR_PORT,
+                "waiting for the allocator to bind a port".to_owned(),
+            ),
+        };
+        Condition::new(types::READY, state, reason, message, generation, now)
+    }
+
+    /// Sets the `Ready` condition from the others (see [`Self::ready`]); returns whether it
+    /// changed.
+    pub fn set_ready(&mut self, publishes: bool, generation: Option<i64>, now: Time) -> bool {
+        let ready = self.ready(publishes, generation, now);
+        conditions::set(&mut self.conditions, ready)
+    }
 }
 
 /// One router port mapping of a claim.
@@ -307,6 +372,22 @@ impl HostPortClaim {
         )
     }
 
+    /// Whether the stored `Ready` condition is the one the other conditions add up to when
+    /// the class does (`publishes`) or does not publish on a router (no status: nothing to
+    /// say yet, so current).
+    pub fn ready_is_current(&self, publishes: bool) -> bool {
+        let Some(status) = self.status.as_ref() else {
+            return true;
+        };
+        let stored = conditions::find(&status.conditions, types::READY);
+        let derived = status.ready(
+            publishes,
+            None,
+            Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        );
+        stored.is_some_and(|c| (&c.status, &c.reason) == (&derived.status, &derived.reason))
+    }
+
     /// The port the claim is bound to: set only once the claim is Bound, names a HostPort
     /// and carries a valid port.
     pub fn bound_port(&self) -> Option<u16> {
@@ -325,5 +406,140 @@ impl HostPortClaim {
     /// Whether the claim carries this project's finalizer.
     pub fn has_finalizer(&self) -> bool {
         self.finalizers().iter().any(|f| f == crate::FINALIZER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("time"))
+    }
+
+    fn status_with(phase: ClaimPhase, conditions: Vec<Condition>) -> HostPortClaimStatus {
+        HostPortClaimStatus {
+            phase: Some(phase),
+            conditions,
+            ..HostPortClaimStatus::default()
+        }
+    }
+
+    fn condition(type_: &str, state: &str, reason: &str, message: &str) -> Condition {
+        Condition::new(type_, state, reason, message, Some(1), at(1))
+    }
+
+    fn ready(status: &HostPortClaimStatus, publishes: bool) -> (String, String, String) {
+        let c = status.ready(publishes, Some(2), at(2));
+        assert_eq!(
+            (c.type_.as_str(), c.observed_generation),
+            ("Ready", Some(2))
+        );
+        (c.status, c.reason, c.message)
+    }
+
+    #[test]
+    fn a_bound_claim_is_ready_unless_its_class_publishes_and_it_is_not_published() {
+        let bound = condition(
+            types::BOUND,
+            status::TRUE,
+            reasons::BOUND,
+            "bound to port 9000",
+        );
+        let plain = status_with(ClaimPhase::Bound, vec![bound.clone()]);
+        assert_eq!(
+            ready(&plain, false),
+            ("True".into(), "Bound".into(), "bound to port 9000".into())
+        );
+        let (state, reason, message) = ready(&plain, true);
+        assert_eq!(
+            (state.as_str(), reason.as_str()),
+            ("False", "WaitingForPublish")
+        );
+        assert!(
+            message.contains("hostport-publisher --mode router"),
+            "{message}"
+        );
+
+        let failed = condition(
+            types::PUBLISHED,
+            status::FALSE,
+            "MappingFailed",
+            "router said no",
+        );
+        let refused = status_with(ClaimPhase::Bound, vec![bound.clone(), failed]);
+        assert_eq!(
+            ready(&refused, true),
+            (
+                "False".into(),
+                "MappingFailed".into(),
+                "router said no".into()
+            )
+        );
+        // A class that stopped publishing: the stale Published no longer counts.
+        assert_eq!(ready(&refused, false).0, "True");
+
+        let done = condition(
+            types::PUBLISHED,
+            status::TRUE,
+            "Published",
+            "at 203.0.113.1:9000",
+        );
+        let published = status_with(ClaimPhase::Bound, vec![bound, done]);
+        assert_eq!(
+            ready(&published, true),
+            (
+                "True".into(),
+                "Published".into(),
+                "at 203.0.113.1:9000".into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_pending_or_deleting_claim_is_not_ready_and_says_why() {
+        let exhausted = condition(
+            types::BOUND,
+            status::FALSE,
+            reasons::POOL_EXHAUSTED,
+            "all 10 ports are in use",
+        );
+        let pending = status_with(ClaimPhase::Pending, vec![exhausted]);
+        assert_eq!(
+            ready(&pending, false),
+            (
+                "False".into(),
+                "PoolExhausted".into(),
+                "all 10 ports are in use".into()
+            )
+        );
+
+        let fresh = HostPortClaimStatus::default();
+        assert_eq!(ready(&fresh, false).1, "WaitingForPort");
+
+        let held = condition(
+            types::BOUND,
+            status::TRUE,
+            reasons::IN_USE_BY_PODS,
+            "held for pod a",
+        );
+        let deleting = status_with(ClaimPhase::Deleting, vec![held]);
+        assert_eq!(
+            ready(&deleting, false),
+            ("False".into(), "Deleting".into(), "held for pod a".into())
+        );
+    }
+
+    #[test]
+    fn setting_ready_twice_changes_nothing_the_second_time() {
+        let bound = condition(types::BOUND, status::TRUE, reasons::BOUND, "bound");
+        let mut status = status_with(ClaimPhase::Bound, vec![bound]);
+        assert!(status.set_ready(false, Some(1), at(5)));
+        assert!(
+            !status.set_ready(false, Some(1), at(9)),
+            "same Ready: no change, no write"
+        );
+        let ready = conditions::find(&status.conditions, types::READY).expect("Ready");
+        assert_eq!(ready.last_transition_time, at(5));
     }
 }

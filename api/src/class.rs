@@ -27,6 +27,12 @@ use crate::selector::LabelSelector;
     derive = "PartialEq",
     doc = "HostPortClass is a cluster-wide pool of node ports that HostPortClaims are allocated from.",
     printcolumn(
+        name = "Pools",
+        type_ = "string",
+        json_path = ".status.pools",
+        description = "Port ranges of the class pools"
+    ),
+    printcolumn(
         name = "Capacity",
         type_ = "integer",
         json_path = ".status.capacity",
@@ -43,6 +49,12 @@ use crate::selector::LabelSelector;
         type_ = "integer",
         json_path = ".status.available",
         description = "Ports free for new claims"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether claims can get a port (free ports remain)"
     ),
     printcolumn(
         name = "Age",
@@ -322,6 +334,10 @@ pub enum ExternalPortPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HostPortClassStatus {
+    /// The class pools as text, `27000-27100,28000` (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub pools: Option<String>,
     /// Number of ports in the class pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<i32>,
@@ -346,7 +362,8 @@ pub struct HostPortClassStatus {
     /// The `.metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Current state: `Exhausted` (no free port), `PoolsOverlapOtherClass` (information),
+    /// Current state: `Ready` (free ports remain), `Exhausted` (no free port),
+    /// `PoolsOverlapOtherClass` (information),
     /// `PortsInUseOutside` (pods use pool ports outside the allocator) and
     /// `OverlapsNodePortRange` (a pool shares ports with the NodePort Service range).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -402,6 +419,15 @@ impl HostPortClassSpec {
 }
 
 impl HostPortClass {
+    /// Whether ports of this class are mapped on a router (`spec.publish.router`): its
+    /// claims are Ready only once the router publisher says they are Published.
+    pub fn publishes_on_router(&self) -> bool {
+        self.spec
+            .publish
+            .as_ref()
+            .is_some_and(|p| p.router.is_some())
+    }
+
     /// The well-formed pools of the class (a malformed stored pool is skipped, not fatal).
     pub fn ranges(&self) -> Vec<PortRange> {
         usable_ranges(&self.spec.pools)

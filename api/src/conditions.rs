@@ -23,8 +23,12 @@ pub mod types {
     /// port a claim holds, or the other way round).
     pub const OVERLAPS_NODE_PORT_RANGE: &str = "OverlapsNodePortRange";
     /// HostPortClaim: the port is mapped on the router (written by the router publisher,
-    /// the only condition it writes).
+    /// beside the `Ready` it recomputes).
     pub const PUBLISHED: &str = "Published";
+    /// HostPortClaim and HostPortClass: the summary that `kubectl wait --for=condition=Ready`,
+    /// Flux (kstatus) and Argo CD read. A claim is Ready when Bound and, where its class
+    /// publishes on a router, Published; a class when it has free ports.
+    pub const READY: &str = "Ready";
 }
 
 /// Condition reasons this project writes (PascalCase, a fixed set: they are also Event reasons).
@@ -83,6 +87,12 @@ pub mod reasons {
     pub const PORTS_AVAILABLE: &str = "PortsAvailable";
     /// Class: no free port remains.
     pub const NO_PORTS_AVAILABLE: &str = "NoPortsAvailable";
+    /// Claim `Ready`: Bound, and its class publishes on a router, which has not mapped it yet.
+    pub const WAITING_FOR_PUBLISH: &str = "WaitingForPublish";
+    /// Claim `Ready`: mapped on the router.
+    pub const PUBLISHED: &str = "Published";
+    /// Claim `Ready`: being deleted.
+    pub const DELETING: &str = "Deleting";
     /// Class: a pool overlaps a pool of another class.
     pub const OVERLAP: &str = "Overlap";
     /// Class: no pool overlaps another class.

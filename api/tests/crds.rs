@@ -125,7 +125,7 @@ fn names_printer_columns_and_categories() {
     };
     assert_eq!(
         columns("hostportclaims"),
-        ["Class", "Ports", "Phase", "Age"]
+        ["Class", "Ports", "Phase", "Reason", "Age"]
     );
     assert_eq!(
         columns("hostports"),
@@ -133,7 +133,14 @@ fn names_printer_columns_and_categories() {
     );
     assert_eq!(
         columns("hostportclasses"),
-        ["Capacity", "Allocated", "Available", "Age"]
+        [
+            "Pools",
+            "Capacity",
+            "Allocated",
+            "Available",
+            "Ready",
+            "Age"
+        ]
     );
 
     for (plural, scope, short) in [

@@ -388,11 +388,19 @@ pub(crate) async fn set_claim_status(
     desired.phase = Some(phase);
     desired.port = port.map(i32::from);
     desired.ports = port.map(|p| hostport_api::ports::describe_block(p, claim.spec.count()));
+    desired.observed_generation = claim.metadata.generation;
     conditions::set(&mut desired.conditions, condition);
+    let publishes = ctx
+        .caches
+        .classes
+        .get(&ObjectRef::new(&claim.spec.host_port_class_name))
+        .is_some_and(|class| class.publishes_on_router());
+    desired.set_ready(publishes, claim.metadata.generation, now());
     if desired != current {
         // Explicit nulls so a merge patch also clears what is gone.
         let status = json!({"phase": desired.phase, "port": desired.port,
-            "ports": desired.ports, "conditions": desired.conditions});
+            "ports": desired.ports, "observedGeneration": desired.observed_generation,
+            "conditions": desired.conditions});
         writes::claim_status(ctx, claim, &status).await?;
     }
     Ok(reason_changed)

@@ -140,6 +140,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     let generation = class.metadata.generation;
     let current = class.status.clone().unwrap_or_default();
     let mut desired = HostPortClassStatus {
+        pools: Some(hostport_api::ports::describe_ranges(&ranges)),
         capacity: Some(capacity as i32),
         allocated: Some(allocated as i32),
         available: Some(available as i32),
@@ -155,26 +156,27 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
         observed_generation: generation,
         conditions: current.conditions.clone(),
     };
-    let exhausted = if available == 0 {
-        Condition::new(
-            types::EXHAUSTED,
+    let (exhausted, ready, reason, message) = if available == 0 {
+        (
             status::TRUE,
+            status::FALSE,
             reasons::NO_PORTS_AVAILABLE,
             format!("all {capacity} ports are in use"),
-            generation,
-            now.clone(),
         )
     } else {
-        Condition::new(
-            types::EXHAUSTED,
+        (
             status::FALSE,
+            status::TRUE,
             reasons::PORTS_AVAILABLE,
             format!("{available} of {capacity} ports are free"),
-            generation,
-            now.clone(),
         )
     };
-    conditions::set(&mut desired.conditions, exhausted);
+    for (type_, state) in [(types::EXHAUSTED, exhausted), (types::READY, ready)] {
+        conditions::set(
+            &mut desired.conditions,
+            Condition::new(type_, state, reason, &message, generation, now.clone()),
+        );
+    }
     conditions::set(
         &mut desired.conditions,
         overlap_condition(&name, &ranges, ctx, generation, now.clone()),

@@ -128,6 +128,7 @@ pub(crate) async fn set_allocated(
     let mut desired = current.clone();
     desired.phase = Some(HostPortPhase::Allocated);
     desired.port = host_port.port().map(i32::from);
+    desired.observed_generation = host_port.metadata.generation;
     conditions::set(
         &mut desired.conditions,
         Condition::new(

@@ -154,6 +154,7 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
             }
             Event::Apply(class) | Event::Delete(class) => {
                 let name = class.name_any();
+                let publishes = matches!(event, Event::Apply(_)) && class.publishes_on_router();
                 // Overlap conditions of every class may change.
                 for other in ctx.caches.classes.state() {
                     let _ = ctx
@@ -163,8 +164,12 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                 }
                 let _ = ctx.triggers.classes.send(ObjectRef::from_obj(class));
                 for claim in ctx.caches.claims.state() {
+                    // Unbound claims may bind now; bound ones whose Ready depends on
+                    // whether the class publishes (set or removed `publish.router`) get it
+                    // rewritten.
                     if claim.spec.host_port_class_name == name
-                        && claim.spec.host_port_name.is_none()
+                        && (claim.spec.host_port_name.is_none()
+                            || !claim.ready_is_current(publishes))
                     {
                         let _ = ctx
                             .triggers

@@ -244,17 +244,7 @@ impl Env {
         user: UserInfo,
         args: &[&str],
     ) -> ControllerProcess {
-        let kubeconfig = match (&self.server, std::env::var_os("E2E_KUBECONFIG")) {
-            (Some(server), _) => {
-                let path =
-                    std::env::temp_dir().join(format!("{}-controller.kubeconfig", self.prefix));
-                let yaml = serde_saphyr::to_string(&server.kubeconfig(user)).expect("kubeconfig");
-                std::fs::write(&path, yaml).expect("write kubeconfig");
-                path
-            }
-            (None, Some(path)) => std::path::PathBuf::from(path),
-            (None, None) => unreachable!("an environment is in-process or on a cluster"),
-        };
+        let kubeconfig = self.kubeconfig_for("controller", user);
         let child = std::process::Command::new(binary)
             .args(args)
             .env("KUBECONFIG", &kubeconfig)
@@ -263,6 +253,36 @@ impl Env {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         ControllerProcess { child }
+    }
+
+    /// A kubeconfig file for `user` (named after `who`) of the in-process API server; on a
+    /// real cluster `E2E_KUBECONFIG`.
+    pub fn kubeconfig_for(&self, who: &str, user: UserInfo) -> std::path::PathBuf {
+        match (&self.server, std::env::var_os("E2E_KUBECONFIG")) {
+            (Some(server), _) => {
+                let path = std::env::temp_dir().join(format!("{}-{who}.kubeconfig", self.prefix));
+                crate::measure::write_kubeconfig(server, user, &path);
+                path
+            }
+            (None, Some(path)) => std::path::PathBuf::from(path),
+            (None, None) => unreachable!("an environment is in-process or on a cluster"),
+        }
+    }
+
+    /// `kubectl` as the admin on this environment's API server (in-process or real), in the
+    /// scenario's namespace: its output or what it said. It runs off the runtime, which may
+    /// be the in-process API server's own.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let kubeconfig = self.kubeconfig_for("admin", UserInfo::admin());
+        let mut command = std::process::Command::new(program);
+        command
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig);
+        tokio::task::spawn_blocking(move || crate::run_command(&mut command))
+            .await
+            .map_err(|e| format!("kubectl did not finish: {e}"))?
     }
 
     /// Starts a controller in-process as `user`.

@@ -62,12 +62,17 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         .await
         .expect("opted in");
     env.create_claim("game", &class, None).await;
-    let port = env
-        .bound("game")
-        .await
+    let bound = env.bound("game").await;
+    let waiting = bound
         .status
-        .and_then(|s| s.port)
-        .expect("port");
+        .as_ref()
+        .and_then(|s| hostport_api::conditions::find(&s.conditions, "Ready"));
+    assert_eq!(
+        waiting.map(|c| c.reason.as_str()),
+        Some("WaitingForPublish"),
+        "Bound, not yet Ready: the class publishes on the router"
+    );
+    let port = bound.status.and_then(|s| s.port).expect("port");
     let node_name = nodes::ready_node(&env, "198.51.100.2").await;
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.namespace);
     let pod: Pod = serde_json::from_value(json!({
@@ -155,6 +160,12 @@ async fn the_router_publisher_reports_through_admission_with_its_own_rules() {
         })
         .await;
     let status = claim.status.expect("status");
+    let ready = hostport_api::conditions::find(&status.conditions, "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Published"),
+        "the publisher's write makes the claim Ready, which the webhook lets it write"
+    );
     assert_eq!(status.external[0].address, PUBLIC.to_string());
     assert_eq!(status.external[0].port, port);
     assert_eq!(status.external[0].node_name, node_name);

@@ -30,7 +30,8 @@ pub struct Requester<'a> {
     pub user: &'a str,
     /// Whether that is the allocator identity (the controller's ServiceAccount).
     pub is_allocator: bool,
-    /// Whether that is a router publisher (writes `status.external` and `Published` only).
+    /// Whether that is a router publisher (writes `status.external`, `Published` and the
+    /// `Ready` they add up to, only).
     pub is_publisher: bool,
 }
 
@@ -49,14 +50,32 @@ fn not_allocator(what: String, who: &str) -> Verdict {
     )
 }
 
-/// A claim's status without what the router publisher writes (`external`, `Published`).
+/// A claim's status without what the router publisher writes (`external`, `Published`,
+/// `Ready`).
 fn without_publisher_part(claim: &HostPortClaim) -> Option<hostport_api::HostPortClaimStatus> {
+    use hostport_api::conditions::types::{PUBLISHED, READY};
     let mut status = claim.status.clone()?;
     status.external.clear();
     status
         .conditions
-        .retain(|c| c.type_ != hostport_api::conditions::types::PUBLISHED);
+        .retain(|c| c.type_ != PUBLISHED && c.type_ != READY);
     Some(status)
+}
+
+/// Whether the claim's `Ready` condition, if any, is the one its other conditions add up to
+/// for a class that publishes: a publisher can report a mapping, not declare a claim Ready.
+fn ready_follows(claim: &HostPortClaim) -> bool {
+    let Some(status) = claim.status.as_ref() else {
+        return true;
+    };
+    let Some(written) =
+        hostport_api::conditions::find(&status.conditions, hostport_api::conditions::types::READY)
+    else {
+        return true;
+    };
+    let derived = status.ready(true, None, written.last_transition_time.clone());
+    (&derived.status, &derived.reason, &derived.message)
+        == (&written.status, &written.reason, &written.message)
 }
 
 /// Claim validation. `class` is the claim's class when it exists; `subresource` is `status`
@@ -70,7 +89,8 @@ pub fn validate_claim(
 ) -> Verdict {
     if subresource.is_some() {
         let publisher_part_only = requester.is_publisher
-            && old.is_some_and(|old| without_publisher_part(old) == without_publisher_part(claim));
+            && old.is_some_and(|old| without_publisher_part(old) == without_publisher_part(claim))
+            && ready_follows(claim);
         return if requester.is_allocator || publisher_part_only {
             Verdict::Allow
         } else {

@@ -62,12 +62,117 @@ fn columns(rt: &ResourceType) -> Vec<Value> {
     }
 }
 
-fn lookup<'a>(object: &'a Value, json_path: &str) -> &'a Value {
-    json_path
-        .trim_start_matches('.')
-        .split('.')
-        .filter(|s| !s.is_empty())
-        .fold(object, |current, segment| &current[segment])
+/// One step of a printer column's JSONPath.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// `.name` (`\.` escapes a dot inside the name, as in a label key).
+    Field(String),
+    /// `[3]`.
+    Index(usize),
+    /// `[*]`.
+    All,
+    /// `[?(@.a.b=="value")]`: the items whose field at the path equals the value.
+    Filter(Vec<String>, String),
+}
+
+/// The JSONPath subset CRD printer columns use in practice (kube-apiserver takes any path
+/// its jsonpath package parses; these are the forms our CRDs and common ones use).
+fn parse_path(path: &str) -> Vec<Step> {
+    let mut steps = vec![];
+    let mut chars = path.chars().peekable();
+    let mut field = String::new();
+    let flush = |field: &mut String, steps: &mut Vec<Step>| {
+        if !field.is_empty() {
+            steps.push(Step::Field(std::mem::take(field)));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => field.extend(chars.next()),
+            '.' => flush(&mut field, &mut steps),
+            '[' => {
+                flush(&mut field, &mut steps);
+                let mut inner = String::new();
+                for c in chars.by_ref() {
+                    if c == ']' && !inner.starts_with("?(") || inner.ends_with(')') && c == ']' {
+                        break;
+                    }
+                    inner.push(c);
+                }
+                steps.push(bracket(&inner));
+            }
+            c => field.push(c),
+        }
+    }
+    flush(&mut field, &mut steps);
+    steps
+}
+
+fn bracket(inner: &str) -> Step {
+    if inner == "*" {
+        return Step::All;
+    }
+    if let Ok(index) = inner.parse() {
+        return Step::Index(index);
+    }
+    let filter = inner
+        .strip_prefix("?(@.")
+        .and_then(|f| f.strip_suffix(')'))
+        .and_then(|f| f.split_once("=="));
+    match filter {
+        Some((path, value)) => Step::Filter(
+            path.split('.').map(str::to_owned).collect(),
+            value.trim_matches(|c| c == '"' || c == '\'').to_owned(),
+        ),
+        None => Step::Field(inner.to_owned()),
+    }
+}
+
+/// What `json_path` selects in `object`: the first match, as the API server prints a
+/// column (a list of matches of `[*]`, comma-joined as kubectl shows them).
+fn lookup(object: &Value, json_path: &str) -> Value {
+    let mut current = vec![object];
+    let mut many = false;
+    for step in parse_path(json_path) {
+        current = current
+            .into_iter()
+            .flat_map(|value| -> Vec<&Value> {
+                match &step {
+                    Step::Field(name) => value.get(name).into_iter().collect(),
+                    Step::Index(i) => value.get(i).into_iter().collect(),
+                    Step::All => value
+                        .as_array()
+                        .map(|a| a.iter().collect())
+                        .unwrap_or_default(),
+                    Step::Filter(path, wanted) => value
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter(|item| {
+                                    path.iter()
+                                        .try_fold(*item, |v, segment| v.get(segment))
+                                        .and_then(Value::as_str)
+                                        == Some(wanted.as_str())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        many |= step == Step::All;
+    }
+    match (many, current.as_slice()) {
+        (_, []) => Value::Null,
+        (true, values) => Value::String(
+            values
+                .iter()
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        (false, [first, ..]) => (*first).clone(),
+    }
 }
 
 /// `5s`, `12m`, `3h`, `2d`, like kubectl's `translateTimestampSince`.
@@ -91,8 +196,8 @@ fn cell(column: &Value, object: &Value) -> Value {
     let value = lookup(object, column["jsonPath"].as_str().unwrap_or_default());
     match (column["type"].as_str(), value) {
         (_, Value::Null) => Value::Null,
-        (Some("date"), Value::String(t)) => Value::String(age(t)),
-        (_, other) => other.clone(),
+        (Some("date"), Value::String(t)) => Value::String(age(&t)),
+        (_, other) => other,
     }
 }
 
@@ -123,4 +228,42 @@ pub fn table(rt: &ResourceType, objects: &[&Value], resource_version: &str) -> V
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printer_column_paths_select_as_the_api_server_does() {
+        let claim = json!({
+            "metadata": {"labels": {"hostport.rmb938.com/pod": "web-0"}},
+            "spec": {"pools": [{"start": 9000}, {"start": 9100}]},
+            "status": {
+                "external": [{"address": "203.0.113.1"}],
+                "conditions": [
+                    {"type": "Bound", "status": "True", "reason": "Bound"},
+                    {"type": "Ready", "status": "False", "reason": "WaitingForPublish"},
+                ],
+            },
+        });
+        let at = |path: &str| lookup(&claim, path);
+        assert_eq!(
+            at(".status.conditions[?(@.type==\"Ready\")].reason"),
+            "WaitingForPublish"
+        );
+        assert_eq!(
+            at(".status.conditions[?(@.type==\"Bound\")].status"),
+            "True"
+        );
+        assert_eq!(
+            at(".status.conditions[?(@.type==\"Gone\")].status"),
+            Value::Null
+        );
+        assert_eq!(at(".status.external[0].address"), "203.0.113.1");
+        assert_eq!(at(".status.external[1].address"), Value::Null);
+        assert_eq!(at(".metadata.labels.hostport\\.rmb938\\.com/pod"), "web-0");
+        assert_eq!(at(".spec.pools[*].start"), "9000,9100");
+        assert_eq!(at(".spec.missing.deeper"), Value::Null);
+    }
 }

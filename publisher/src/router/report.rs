@@ -122,23 +122,19 @@ pub fn claim_report(
             "no Running pod of this claim is mapped on the router".to_owned(),
         ),
     };
-    let mut conditions = status.conditions;
+    let mut status = status;
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = claim.metadata.generation;
     conditions::set(
-        &mut conditions,
-        Condition::new(
-            PUBLISHED,
-            state,
-            reason,
-            message,
-            claim.metadata.generation,
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            ),
-        ),
+        &mut status.conditions,
+        Condition::new(PUBLISHED, state, reason, message, generation, now.clone()),
     );
+    // The claim is reported because its class publishes on a router.
+    status.set_ready(true, generation, now);
     Some(ClaimReport {
         external,
-        conditions,
+        conditions: status.conditions,
     })
 }
 
@@ -209,12 +205,9 @@ impl Reporter {
             };
             let status = claim.status.clone().unwrap_or_default();
             let current = conditions::find(&status.conditions, PUBLISHED);
-            let same_condition = current.is_some_and(|c| {
-                c.status == published.status
-                    && c.reason == published.reason
-                    && c.message == published.message
-            });
-            if same_condition && status.external == wanted.external {
+            // `conditions::set` kept each unchanged condition's transition time, so equal
+            // lists mean nothing (Published, Ready) changed.
+            if status.conditions == wanted.conditions && status.external == wanted.external {
                 if report.is_none() {
                     self.touched.remove(&key);
                 }

@@ -469,6 +469,64 @@ fn the_router_publisher_writes_external_and_published_and_nothing_else_of_a_stat
         validate_claim(&published, Some(&old), None, publisher, Some("status")),
         Verdict::Allow
     );
+    // With the Ready condition the other conditions add up to: allowed; a Ready of its own
+    // making (True for a claim whose Bound condition says it waits): denied.
+    let now = || {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+    };
+    let mut ready = published.clone();
+    let status = ready.status.as_mut().expect("status");
+    status
+        .conditions
+        .push(hostport_api::conditions::Condition::new(
+            "Bound",
+            "True",
+            "Bound",
+            "bound",
+            None,
+            now(),
+        ));
+    let mut with_bound = old.clone();
+    with_bound.status.as_mut().expect("status").conditions = status.conditions.clone();
+    status.set_ready(true, None, now());
+    assert_eq!(
+        validate_claim(&ready, Some(&with_bound), None, publisher, Some("status")),
+        Verdict::Allow
+    );
+    let mut pending = with_bound.clone();
+    let status = pending.status.as_mut().expect("status");
+    status.conditions = vec![hostport_api::conditions::Condition::new(
+        "Bound",
+        "False",
+        "PoolExhausted",
+        "no port",
+        None,
+        now(),
+    )];
+    let mut declared_ready = pending.clone();
+    declared_ready
+        .status
+        .as_mut()
+        .expect("status")
+        .conditions
+        .push(hostport_api::conditions::Condition::new(
+            "Ready",
+            "True",
+            "Published",
+            "",
+            None,
+            now(),
+        ));
+    denied(
+        validate_claim(
+            &declared_ready,
+            Some(&pending),
+            None,
+            publisher,
+            Some("status"),
+        ),
+        "written by the hostport allocator only",
+    );
     // The port is the allocator's, for the publisher too; and a tenant may not publish.
     let mut forged = published.clone();
     forged.status.as_mut().expect("status").port = Some(22);
