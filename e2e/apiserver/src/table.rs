@@ -94,7 +94,9 @@ fn parse_path(path: &str) -> Vec<Step> {
                 flush(&mut field, &mut steps);
                 let mut inner = String::new();
                 for c in chars.by_ref() {
-                    if c == ']' && !inner.starts_with("?(") || inner.ends_with(')') && c == ']' {
+                    // A filter's own brackets end only after its closing parenthesis.
+                    let in_filter = inner.starts_with("?(") && !inner.ends_with(')');
+                    if c == ']' && !in_filter {
                         break;
                     }
                     inner.push(c);
