@@ -10,6 +10,7 @@ pub mod harness;
 pub mod local;
 pub mod measure;
 pub mod nodes;
+pub mod python;
 pub mod rbac;
 pub mod samples;
 pub mod webhooks;
