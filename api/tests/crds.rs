@@ -34,7 +34,9 @@ fn crds_directory_matches_the_code() {
         .iter()
         .map(|(file, want)| (chart.join(file), want.clone()))
         .collect();
-    let in_crds = expected.into_iter().map(|(file, want)| (dir.join(file), want));
+    let in_crds = expected
+        .into_iter()
+        .map(|(file, want)| (dir.join(file), want));
     for (path, want) in in_crds.chain(in_chart) {
         let have = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod books;
+pub mod chart;
 mod cluster;
 pub mod controllers;
 pub mod harness;
