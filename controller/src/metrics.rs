@@ -59,6 +59,8 @@ pub struct Metrics {
     pub reconcile_seconds: Family<ControllerLabels, Histogram>,
     /// Reconcile errors by controller and reason.
     pub reconcile_errors: Family<ErrorLabels, Counter>,
+    /// Age of the oldest Pending claim, in seconds (0: none is Pending).
+    pub oldest_pending_seconds: Gauge,
     /// HostPort creates that found the port already taken (409), i.e. a stale cache or
     /// another controller; each costs a re-pick, never a duplicate.
     pub allocation_conflicts: Counter,
@@ -113,6 +115,12 @@ impl Default for Metrics {
             "Failed reconciles by controller and reason",
             reconcile_errors.clone(),
         );
+        let oldest_pending_seconds = Gauge::default();
+        registry.register(
+            "claims_pending_oldest_seconds",
+            "Age of the oldest Pending HostPortClaim (0 when none is Pending)",
+            oldest_pending_seconds.clone(),
+        );
         let allocation_conflicts = Counter::default();
         registry.register(
             "allocation_conflicts",
@@ -128,6 +136,7 @@ impl Default for Metrics {
             class_in_use_outside,
             allocation_seconds,
             reconcile_seconds,
+            oldest_pending_seconds,
             reconcile_errors,
             allocation_conflicts,
         }

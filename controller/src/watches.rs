@@ -310,9 +310,15 @@ pub async fn phase_gauges(ctx: Arc<Context>) {
     loop {
         ticker.tick().await;
         let mut counts = [0i64; 3];
+        let mut oldest_pending = Duration::ZERO;
         for claim in ctx.caches.claims.state() {
             let index = match claim.phase() {
-                ClaimPhase::Pending => 0,
+                ClaimPhase::Pending => {
+                    if let Some(created) = claim.creation_timestamp() {
+                        oldest_pending = oldest_pending.max(crate::clock::age(&created));
+                    }
+                    0
+                }
                 ClaimPhase::Bound => 1,
                 ClaimPhase::Deleting => 2,
             };
@@ -329,6 +335,9 @@ pub async fn phase_gauges(ctx: Arc<Context>) {
                 })
                 .set(count);
         }
+        ctx.metrics
+            .oldest_pending_seconds
+            .set(i64::try_from(oldest_pending.as_secs()).unwrap_or(i64::MAX));
     }
 }
 

@@ -114,6 +114,16 @@ fn every_overlay_builds() {
             "config/samples",
             vec!["Namespace", "HostPortClass", "HostPortClaim", "Pod"],
         ),
+        (
+            "config/monitored",
+            vec![
+                "Deployment",
+                "ServiceMonitor",
+                "PrometheusRule",
+                "ConfigMap",
+                "MutatingWebhookConfiguration",
+            ],
+        ),
     ] {
         let Some(objects) = kustomize(dir) else {
             return;
@@ -470,7 +480,7 @@ fn the_tiltfile_builds_with_every_workspace_member() {
 
 #[test]
 fn uninstalling_removes_the_webhook_configurations_first() {
-    for overlay in ["config/default", "config/cert-manager"] {
+    for overlay in ["config/default", "config/cert-manager", "config/monitored"] {
         let Some(objects) = kustomize(overlay) else {
             return;
         };

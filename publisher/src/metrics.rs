@@ -138,18 +138,17 @@ impl Metrics {
         self.sync_seconds.observe(seconds);
     }
 
-    /// Counts one router pass of `kind` (`claim` or `service`).
+    /// Counts one router pass of `kind` (`claim` or `service`). Every series exists from the
+    /// first pass on (at 0), so rates and alerts see 0 rather than no data.
     pub fn router_pass(&self, kind: &str, pass: crate::router::table::Pass) {
         let count = |operation: &str, outcome: &str, n: usize| {
-            if n > 0 {
-                self.router_operations
-                    .get_or_create(&RouterLabels {
-                        kind: kind.into(),
-                        operation: operation.into(),
-                        outcome: outcome.into(),
-                    })
-                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
-            }
+            self.router_operations
+                .get_or_create(&RouterLabels {
+                    kind: kind.into(),
+                    operation: operation.into(),
+                    outcome: outcome.into(),
+                })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
         };
         count("map", "ok", pass.mapped);
         count("map", "failed", pass.failed);
