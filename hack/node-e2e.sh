@@ -7,7 +7,8 @@
 #   E2E_KUBECONFIG=~/kapi/run-node/admin.kubeconfig KUBECTL=~/kapi/bin/kubectl hack/node-e2e.sh
 #
 # Per round: the scenario files (E2E_RBAC=1, pods that really run), then `on_a_node`, then
-# `installed` on its own (it installs config/default; the others run their own binaries).
+# `installed` and `helm_installed` on their own (they install config/default and the Helm
+# chart's default render; the others run their own binaries).
 # Logs: target/node-e2e/round-N.log.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,13 +18,14 @@ export E2E_NODE=1 E2E_RBAC=1 KUBECONFIG=$E2E_KUBECONFIG
 export E2E_POD_IMAGE=${E2E_POD_IMAGE:-registry.invalid/hostport-echo:1}
 rounds=${ROUNDS:-2}
 scenarios=(controller robustness webhook tenant webhook_http self_signed rbac one_file access
-           pod_claims router_publisher books claims_win passthrough blocks host_network)
+           pod_claims router_publisher books claims_win passthrough blocks host_network
+           status_conventions argocd_health)
 logs=target/node-e2e
 mkdir -p "$logs"
 
 # Built once, before the clock of the first round starts.
 cargo test -p hostport-e2e --no-run "${scenarios[@]/#/--test=}" --test=on_a_node \
-  --test=installed >/dev/null 2>&1 || { echo "the scenarios do not build" >&2; exit 1; }
+  --test=installed --test=helm_installed >/dev/null 2>&1 || { echo "the scenarios do not build" >&2; exit 1; }
 
 # The images the scenarios run, in the node's containerd. The kubelet's image garbage
 # collection removes unused ones (the kit's pause image included) whenever the disk is over
@@ -54,6 +56,7 @@ for round in $(seq "$rounds"); do
     cargo test -p hostport-e2e --no-fail-fast "${scenarios[@]/#/--test=}" || ok=0
     cargo test -p hostport-e2e --test on_a_node || ok=0
     cargo test -p hostport-e2e --test installed || ok=0
+    cargo test -p hostport-e2e --test helm_installed || ok=0
   } >"$log" 2>&1
   passed=$(grep -oE '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
   failures=$(grep -oE '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
