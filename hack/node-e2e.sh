@@ -19,7 +19,7 @@ export E2E_POD_IMAGE=${E2E_POD_IMAGE:-registry.invalid/hostport-echo:1}
 rounds=${ROUNDS:-2}
 scenarios=(controller robustness webhook tenant webhook_http self_signed rbac one_file access
            pod_claims router_publisher books claims_win passthrough blocks host_network
-           status_conventions argocd_health)
+           status_conventions argocd_health plugin)
 logs=target/node-e2e
 mkdir -p "$logs"
 

@@ -104,3 +104,21 @@ pub fn kubectl(args: &[&str]) -> Result<String, String> {
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
     )
 }
+
+/// A binary of another workspace package, built now (a no-op when the workspace's build is
+/// fresh; an older one would not be the code under test), from the test's `target/debug`.
+pub fn workspace_binary(package: &str, bin: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let debug = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/debug");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_command(
+        std::process::Command::new(cargo)
+            .args(["build", "-p", package, "--bin", bin])
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    debug.join(bin)
+}

@@ -5,7 +5,7 @@
 //! in the chart and in `config/monitoring` are the same. No Prometheus or Grafana runs here.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use hostport_e2e::chart::{self, CHART};
@@ -157,21 +157,6 @@ async fn admissions(listen: u16, ca: &str, namespace: &str) {
     }
 }
 
-/// The publisher binary, built for this test (a no-op when the workspace's build is fresh:
-/// an older binary would export an older set of metrics).
-fn publisher_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let debug = exe.parent().and_then(Path::parent).expect("target/debug");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    hostport_e2e::run_command(
-        std::process::Command::new(cargo)
-            .args(["build", "-p", "hostport-publisher", "--bin", "hostport-publisher"])
-            .current_dir(chart::root()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    debug.join("hostport-publisher")
-}
-
 #[tokio::test]
 async fn rules_and_dashboard_query_only_what_the_binaries_export() {
     let env = Env::new("monitoring").await;
@@ -218,7 +203,7 @@ async fn rules_and_dashboard_query_only_what_the_binaries_export() {
         ],
         &env.kubeconfig_for("webhook", webhook_user()),
     );
-    let publisher = publisher_binary();
+    let publisher = hostport_e2e::workspace_binary("hostport-publisher", "hostport-publisher");
     let kubeconfig = env.kubeconfig_for("publisher", controller_user());
     let (edge_port, router_port) = (free_port(), free_port());
     let _edge = Process::spawn(
