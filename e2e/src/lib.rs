@@ -11,6 +11,7 @@ pub mod harness;
 pub mod local;
 pub mod measure;
 pub mod nodes;
+pub mod npm;
 pub mod python;
 pub mod rbac;
 pub mod samples;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The workspace's `target/` (or `CARGO_TARGET_DIR`).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
@@ -17,17 +17,15 @@ fn target_dir() -> PathBuf {
 /// directory of its own and the first to finish renames it into place.
 pub fn environment(requirements: &[&str]) -> Result<PathBuf, String> {
     let key = requirements.join(" ");
-    let digest = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let digest = digest(&key);
     let root = target_dir().join("python");
-    let home = root.join(format!("{digest:016x}"));
+    let home = root.join(&digest);
     let python = home.join("bin/python");
     if python.exists() && home.join("complete").exists() {
         return Ok(python);
     }
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
-    let building = root.join(format!("{digest:016x}.{}", std::process::id()));
+    let building = root.join(format!("{digest}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&building);
     let python3 = std::env::var("PYTHON3").unwrap_or_else(|_| "python3".into());
     run(Command::new(&python3).args(["-m", "venv"]).arg(&building))?;
@@ -51,6 +49,14 @@ pub fn environment(requirements: &[&str]) -> Result<PathBuf, String> {
         }
         Err(e) => Err(format!("moving {} into place: {e}", building.display())),
     }
+}
+
+/// A short stable name for a set of requirements (FNV-1a, hex): their directory.
+pub fn digest(key: &str) -> String {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// Runs `command`; what it wrote on standard error when it fails.
