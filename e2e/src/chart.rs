@@ -39,7 +39,7 @@ pub fn root() -> &'static Path {
 
 /// The `python` with [`REQUIREMENTS`].
 pub fn python() -> Result<std::path::PathBuf, String> {
-    crate::python::environment(REQUIREMENTS)
+    crate::tools::python(REQUIREMENTS)
 }
 
 /// Renders the chart with `values` (null: the defaults) into `namespace` as release
@@ -56,7 +56,7 @@ pub fn render(
         "package_to": package_to,
     });
     let output =
-        crate::python::run_script(&python()?, "helm_chart.py", request.to_string().as_bytes())?;
+        crate::tools::run_python(&python()?, "helm_chart.py", request.to_string().as_bytes())?;
     let r: Value = serde_json::from_str(&output).map_err(|e| format!("{e}: {output}"))?;
     let text = |key: &str| r[key].as_str().map(str::to_owned);
     let list = |key: &str| r[key].as_array().cloned().unwrap_or_default();

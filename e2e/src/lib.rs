@@ -11,10 +11,9 @@ pub mod harness;
 pub mod local;
 pub mod measure;
 pub mod nodes;
-pub mod npm;
-pub mod python;
 pub mod rbac;
 pub mod samples;
+pub mod tools;
 pub mod webhooks;
 pub mod workloads;
 

@@ -41,12 +41,8 @@ async fn health(cases: &[(&str, Value)]) -> Vec<(String, String)> {
         "cases": cases.iter().map(|(kind, object)| json!({"kind": kind, "object": object})).collect::<Vec<_>>(),
     });
     let output = tokio::task::spawn_blocking(move || {
-        let python = hostport_e2e::python::environment(&[LUPA])?;
-        hostport_e2e::python::run_script(
-            &python,
-            "argocd_health.py",
-            request.to_string().as_bytes(),
-        )
+        let python = hostport_e2e::tools::python(&[LUPA])?;
+        hostport_e2e::tools::run_python(&python, "argocd_health.py", request.to_string().as_bytes())
     })
     .await
     .expect("lua")

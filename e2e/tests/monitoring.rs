@@ -294,8 +294,8 @@ async fn rules_and_dashboard_query_only_what_the_binaries_export() {
             .collect::<Vec<_>>(),
     );
     let parsed = tokio::task::spawn_blocking(move || {
-        let python = hostport_e2e::python::environment(&[PROMQL])?;
-        hostport_e2e::python::run_script(&python, "promql_names.py", input.to_string().as_bytes())
+        let python = hostport_e2e::tools::python(&[PROMQL])?;
+        hostport_e2e::tools::run_python(&python, "promql_names.py", input.to_string().as_bytes())
     })
     .await
     .expect("parser")
@@ -434,4 +434,82 @@ fn the_rules_and_the_dashboard_are_complete_and_the_same_everywhere() {
     )
     .expect("JSON");
     assert_eq!(embedded, dashboard);
+}
+
+#[test]
+fn each_servicemonitor_scrapes_its_binarys_metrics_port() {
+    let kustomize = |dir: &str| -> Vec<Value> {
+        let yaml = hostport_e2e::run_command(
+            std::process::Command::new("kubectl")
+                .args(["kustomize", dir])
+                .current_dir(chart::root()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        serde_saphyr::from_multiple(&yaml).expect("YAML")
+    };
+    let publishers: Vec<Value> =
+        serde_saphyr::from_multiple(&read("config/monitoring/publisher.yaml")).expect("YAML");
+    let mut objects = kustomize("config/monitored");
+    objects.extend(publishers.into_iter().filter(|o| !o.is_null()));
+    for dir in [
+        "config/publisher/edge",
+        "config/publisher/node",
+        "config/publisher/router",
+    ] {
+        objects.extend(kustomize(dir));
+    }
+    let monitors: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "ServiceMonitor")
+        .collect();
+    assert_eq!(
+        monitors.len(),
+        5,
+        "controller, webhook and the three publishers"
+    );
+    for monitor in monitors {
+        let name = monitor["metadata"]["name"].as_str().unwrap_or_default();
+        let selector = &monitor["spec"]["selector"]["matchLabels"];
+        let service = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "Service"
+                    && selector
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .all(|(k, v)| &o["metadata"]["labels"][k] == v)
+            })
+            .unwrap_or_else(|| panic!("{name}: no Service matches {selector}"));
+        let workload = objects
+            .iter()
+            .find(|o| {
+                matches!(o["kind"].as_str(), Some("Deployment" | "DaemonSet"))
+                    && o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+                        == service["spec"]["selector"]["app.kubernetes.io/name"]
+            })
+            .unwrap_or_else(|| panic!("{name}: no workload behind its Service"));
+        let container_port = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "metrics")
+            .unwrap_or_else(|| panic!("{name}: no metrics port"));
+        assert_eq!(
+            service["spec"]["ports"][0]["targetPort"], "metrics",
+            "{name}"
+        );
+        assert_eq!(
+            service["spec"]["ports"][0]["port"], container_port["containerPort"],
+            "{name}: the Service's port is the container's"
+        );
+        let args = workload["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+        assert!(
+            args.contains(&format!(
+                "--metrics-address=0.0.0.0:{}",
+                container_port["containerPort"]
+            )),
+            "{name}: the binary serves /metrics there: {args}"
+        );
+    }
 }

