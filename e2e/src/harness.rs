@@ -92,6 +92,17 @@ impl std::fmt::Debug for Env {
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Env {
+    /// [`Env::new`] for a scenario that needs the in-process API server (it counts its
+    /// requests or runs binaries against it): `None`, said why, on a real cluster, before
+    /// anything is made there.
+    pub async fn in_process(name: &str) -> Option<Self> {
+        if std::env::var_os("E2E_KUBECONFIG").is_some() {
+            eprintln!("skipped on a real cluster: {name} needs the in-process API server");
+            return None;
+        }
+        Some(Self::new(name).await)
+    }
+
     /// An environment for scenario `name`: a real cluster when `E2E_KUBECONFIG` is set, else
     /// a fresh in-process API server with the CRDs installed.
     pub async fn new(name: &str) -> Self {

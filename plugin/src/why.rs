@@ -228,10 +228,10 @@ async fn class_findings(
     };
     let free = crate::free::free_ports(snapshot, class_name)?;
     let bound = claim.phase() == ClaimPhase::Bound;
-    let state = match (free.free, bound) {
-        (_, true) => State::Info,
-        (0, false) => State::Problem,
-        _ => State::Info,
+    let state = if free.free == 0 && !bound {
+        State::Problem
+    } else {
+        State::Info
     };
     findings.push(finding(
         &subject,
