@@ -133,3 +133,20 @@ pub fn run_node(modules: &Path, script: &str, args: &[String]) -> Result<String,
             .env("NODE_PATH", modules.join("node_modules")),
     )
 }
+
+/// Runs `script` of `e2e/python/` in the environment of `requirements`, JSON `input` on its
+/// standard input, off the async runtime (which may be the in-process API server's): its
+/// standard output parsed as JSON.
+pub async fn python_json(
+    requirements: &'static [&'static str],
+    script: &'static str,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let output = tokio::task::spawn_blocking(move || {
+        let python = python(requirements)?;
+        run_python(&python, script, input.to_string().as_bytes())
+    })
+    .await
+    .map_err(|e| format!("{script} did not finish: {e}"))??;
+    serde_json::from_str(&output).map_err(|e| format!("{script}: {e}: {output}"))
+}

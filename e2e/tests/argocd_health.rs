@@ -40,14 +40,10 @@ async fn health(cases: &[(&str, Value)]) -> Vec<(String, String)> {
         "scripts": scripts(),
         "cases": cases.iter().map(|(kind, object)| json!({"kind": kind, "object": object})).collect::<Vec<_>>(),
     });
-    let output = tokio::task::spawn_blocking(move || {
-        let python = hostport_e2e::tools::python(&[LUPA])?;
-        hostport_e2e::tools::run_python(&python, "argocd_health.py", request.to_string().as_bytes())
-    })
-    .await
-    .expect("lua")
-    .unwrap_or_else(|e| panic!("running the health scripts: {e}"));
-    let results: Vec<Value> = serde_json::from_str(&output).expect("results");
+    let results = hostport_e2e::tools::python_json(&[LUPA], "argocd_health.py", request)
+        .await
+        .unwrap_or_else(|e| panic!("running the health scripts: {e}"));
+    let results = results.as_array().cloned().unwrap_or_default();
     results
         .iter()
         .map(|r| {

@@ -289,14 +289,10 @@ async fn rules_and_dashboard_query_only_what_the_binaries_export() {
             .map(|(_, e)| e.clone())
             .collect::<Vec<_>>(),
     );
-    let parsed = tokio::task::spawn_blocking(move || {
-        let python = hostport_e2e::tools::python(&[PROMQL])?;
-        hostport_e2e::tools::run_python(&python, "promql_names.py", input.to_string().as_bytes())
-    })
-    .await
-    .expect("parser")
-    .unwrap_or_else(|e| panic!("{e}"));
-    let parsed: Vec<Value> = serde_json::from_str(&parsed).expect("JSON");
+    let parsed = hostport_e2e::tools::python_json(&[PROMQL], "promql_names.py", input)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let parsed = parsed.as_array().cloned().unwrap_or_default();
     let mut queried = BTreeSet::new();
     for ((place, expr), result) in expressions.iter().zip(&parsed) {
         assert!(result["error"].is_null(), "{place}: {}", result["error"]);
