@@ -5,6 +5,13 @@
 
 use k8s_openapi::api::core::v1::{ContainerPort, Pod};
 
+/// Whether the pod has stopped for good (Succeeded or Failed): it holds none of its ports any
+/// more. One rule for the controller's books, the publisher and `kubectl hostport`.
+pub fn finished(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 /// Where a container port is in the pod spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortPlace {

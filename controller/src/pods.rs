@@ -42,17 +42,11 @@ impl<'a> ClaimUse<'a> {
     }
 }
 
-/// Whether the pod has stopped for good (Succeeded or Failed): it holds no port any more.
-pub fn terminated(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    matches!(phase, Some("Succeeded" | "Failed"))
-}
-
 /// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
 /// its port.
 fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
     pod.namespace().as_deref() == Some(of.namespace)
-        && !terminated(pod)
+        && !hostport_api::container_ports::finished(pod)
         && (referenced_claim_names(pod.annotations()).any(|c| c == of.claim)
             || of
                 .port

@@ -187,8 +187,7 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
 
 /// What the port book keeps of a (stripped) pod: its declared host ports while it may run.
 fn pod_ports(pod: &Pod) -> Option<PodPorts> {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    if matches!(phase, Some("Succeeded" | "Failed")) {
+    if hostport_api::container_ports::finished(pod) {
         return None;
     }
     let mut ports: Vec<u16> = declared_host_ports(pod)
@@ -280,7 +279,8 @@ pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
         }
         if let Event::Apply(pod) | Event::Delete(pod) = &event {
             let namespace = pod.namespace().unwrap_or_default();
-            let left = matches!(event, Event::Delete(_)) || crate::pods::terminated(pod);
+            let left =
+                matches!(event, Event::Delete(_)) || hostport_api::container_ports::finished(pod);
             for claim in referenced_claim_names(pod.annotations()) {
                 let key = ObjectRef::new(claim).within(&namespace);
                 match ctx.caches.claims.get(&key) {

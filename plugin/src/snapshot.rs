@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use hostport_api::annotations::referenced_claim_names;
+use hostport_api::container_ports::finished;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -95,14 +96,6 @@ impl Snapshot {
 /// `(namespace, name)` of a namespaced object.
 pub fn key<K: kube::Resource>(object: &K) -> (String, String) {
     (object.namespace().unwrap_or_default(), object.name_any())
-}
-
-/// Whether the pod has finished (Succeeded or Failed): it holds no port any more.
-pub fn finished(pod: &Pod) -> bool {
-    matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    )
 }
 
 /// The node a pod runs on, once scheduled.

@@ -111,9 +111,7 @@ pub fn claimed_ports<'a>(
         .collect();
     let mut used = vec![];
     for pod in inputs.pods {
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if pod.metadata.deletion_timestamp.is_some()
-            || matches!(phase, Some("Succeeded" | "Failed"))
+        if pod.metadata.deletion_timestamp.is_some() || hostport_api::container_ports::finished(pod)
         {
             continue;
         }
