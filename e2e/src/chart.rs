@@ -79,3 +79,16 @@ pub fn to_yaml(objects: &[Value]) -> String {
         .collect::<Vec<_>>()
         .join("---\n")
 }
+
+/// `kubectl kustomize <dir>` (relative to the workspace root) as objects: what the chart's
+/// renders are compared with.
+pub fn kustomize(dir: &str) -> Vec<Value> {
+    let yaml = crate::run_command(
+        std::process::Command::new("kubectl")
+            .args(["kustomize", dir])
+            .current_dir(root()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let objects: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+    objects.into_iter().filter(|o| !o.is_null()).collect()
+}

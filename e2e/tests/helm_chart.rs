@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use hostport_e2e::chart::{CHART, Rendered};
+use hostport_e2e::chart::{CHART, Rendered, kustomize};
 use serde_json::{Value, json};
 
 const SYSTEM: &str = "hostport-system";
@@ -30,16 +30,6 @@ fn render(values: Value) -> Rendered {
     assert_eq!(rendered.schema_error, None, "values {values}");
     assert_eq!(rendered.render_error, None, "values {values}");
     rendered
-}
-
-fn kustomize(dir: &str) -> Vec<Value> {
-    let yaml = hostport_e2e::run_command(
-        std::process::Command::new("kubectl")
-            .args(["kustomize", dir])
-            .current_dir(root()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    serde_saphyr::from_multiple(&yaml).expect("YAML")
 }
 
 fn key(object: &Value) -> (String, String) {

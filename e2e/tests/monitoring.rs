@@ -430,25 +430,16 @@ fn the_rules_and_the_dashboard_are_complete_and_the_same_everywhere() {
 
 #[test]
 fn each_servicemonitor_scrapes_its_binarys_metrics_port() {
-    let kustomize = |dir: &str| -> Vec<Value> {
-        let yaml = hostport_e2e::run_command(
-            std::process::Command::new("kubectl")
-                .args(["kustomize", dir])
-                .current_dir(chart::root()),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        serde_saphyr::from_multiple(&yaml).expect("YAML")
-    };
     let publishers: Vec<Value> =
         serde_saphyr::from_multiple(&read("config/monitoring/publisher.yaml")).expect("YAML");
-    let mut objects = kustomize("config/monitored");
+    let mut objects = chart::kustomize("config/monitored");
     objects.extend(publishers.into_iter().filter(|o| !o.is_null()));
     for dir in [
         "config/publisher/edge",
         "config/publisher/node",
         "config/publisher/router",
     ] {
-        objects.extend(kustomize(dir));
+        objects.extend(chart::kustomize(dir));
     }
     let monitors: Vec<&Value> = objects
         .iter()

@@ -30,12 +30,21 @@ fn kinds_and_names(objects: &[Value]) -> BTreeSet<(String, String)> {
 #[test]
 fn the_release_script_renders_install_yaml_and_packages_the_chart() {
     let dist = std::env::temp_dir().join(format!("hostport-dist-{}", std::process::id()));
-    let venv = hostport_e2e::tools::target_dir().join("python/release");
+    // The script pins the chart tests' tools: it runs in their environment (installed once).
+    let script = std::fs::read_to_string(root().join("hack/release.sh")).expect("release.sh");
+    for pinned in hostport_e2e::chart::REQUIREMENTS {
+        assert!(script.contains(pinned), "hack/release.sh pins {pinned}");
+    }
+    let python = hostport_e2e::chart::python().unwrap_or_else(|e| panic!("{e}"));
+    let venv = python
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the environment of bin/python");
     hostport_e2e::run_command(
         std::process::Command::new("bash")
             .args(["hack/release.sh", "1.2.3"])
             .arg(&dist)
-            .env("HOSTPORT_RELEASE_VENV", &venv)
+            .env("HOSTPORT_RELEASE_VENV", venv)
             .current_dir(root()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -43,13 +52,7 @@ fn the_release_script_renders_install_yaml_and_packages_the_chart() {
     let install = std::fs::read_to_string(dist.join("install.yaml")).expect("install.yaml");
     let released: Vec<Value> = serde_saphyr::from_multiple(&install).expect("YAML");
     let released: Vec<Value> = released.into_iter().filter(|o| !o.is_null()).collect();
-    let default = hostport_e2e::run_command(
-        std::process::Command::new("kubectl")
-            .args(["kustomize", "config/default"])
-            .current_dir(root()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let default: Vec<Value> = serde_saphyr::from_multiple(&default).expect("YAML");
+    let default = hostport_e2e::chart::kustomize("config/default");
     assert_eq!(
         kinds_and_names(&released),
         kinds_and_names(&default),
