@@ -289,17 +289,6 @@ impl HostPortClaimStatus {
         Condition::new(types::READY, state, reason, message, generation, now)
     }
 
-    /// Whether the stored `Ready` condition (status, reason, message) is the one the other
-    /// conditions add up to, `publishes` or not; `None` when no `Ready` is stored.
-    pub fn stored_ready_matches(&self, publishes: bool) -> Option<bool> {
-        let stored = conditions::find(&self.conditions, types::READY)?;
-        let derived = self.ready(publishes, None, stored.last_transition_time.clone());
-        Some(
-            (&derived.status, &derived.reason, &derived.message)
-                == (&stored.status, &stored.reason, &stored.message),
-        )
-    }
-
     /// Sets the `Ready` condition from the others (see [`Self::ready`]); returns whether it
     /// changed.
     pub fn set_ready(&mut self, publishes: bool, generation: Option<i64>, now: Time) -> bool {
@@ -385,11 +374,18 @@ impl HostPortClaim {
 
     /// Whether the stored `Ready` condition is the one the other conditions add up to when
     /// the class does (`publishes`) or does not publish on a router (no status: nothing to
-    /// say yet, so current; a status without `Ready`: not).
+    /// say yet, so current).
     pub fn ready_is_current(&self, publishes: bool) -> bool {
-        self.status
-            .as_ref()
-            .is_none_or(|status| status.stored_ready_matches(publishes) == Some(true))
+        let Some(status) = self.status.as_ref() else {
+            return true;
+        };
+        let stored = conditions::find(&status.conditions, types::READY);
+        let derived = status.ready(
+            publishes,
+            None,
+            Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        );
+        stored.is_some_and(|c| (&c.status, &c.reason) == (&derived.status, &derived.reason))
     }
 
     /// The port the claim is bound to: set only once the claim is Bound, names a HostPort

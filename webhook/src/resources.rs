@@ -65,11 +65,17 @@ fn without_publisher_part(claim: &HostPortClaim) -> Option<hostport_api::HostPor
 /// Whether the claim's `Ready` condition, if any, is the one its other conditions add up to
 /// for a class that publishes: a publisher can report a mapping, not declare a claim Ready.
 fn ready_follows(claim: &HostPortClaim) -> bool {
-    claim
-        .status
-        .as_ref()
-        .and_then(|status| status.stored_ready_matches(true))
-        .unwrap_or(true)
+    let Some(status) = claim.status.as_ref() else {
+        return true;
+    };
+    let Some(written) =
+        hostport_api::conditions::find(&status.conditions, hostport_api::conditions::types::READY)
+    else {
+        return true;
+    };
+    let derived = status.ready(true, None, written.last_transition_time.clone());
+    (&derived.status, &derived.reason, &derived.message)
+        == (&written.status, &written.reason, &written.message)
 }
 
 /// Claim validation. `class` is the claim's class when it exists; `subresource` is `status`
