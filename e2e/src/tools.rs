@@ -5,11 +5,18 @@
 //! - Python: one virtual environment per set of requirements (`python3 -m venv`, pip);
 //! - Node.js: one `node_modules` per set of packages (npm).
 //!
-//! Several test processes may ask at once: each installs in a directory of its own and the
-//! first to finish renames it into place.
+//! Several test processes, and several tests of one process, may ask at once: within a
+//! process they take turns (the first installs, the rest find it complete); across
+//! processes each installs in a directory of its own and the first to finish renames it
+//! into place.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+/// Held while a test of this process checks for or installs a set of tools, so that two
+/// tests never build the same directory at once.
+static INSTALLING: Mutex<()> = Mutex::new(());
 
 /// The workspace's `target/` (or `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
@@ -34,6 +41,11 @@ fn installed_once(
     install: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<PathBuf, String> {
     let key = pinned.join(" ");
+    // A test that panicked while installing leaves nothing half-done behind the lock: its
+    // directory is never marked complete, so a poisoned lock is still safe to take.
+    let _turn = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let root = target_dir().join(kind);
     let home = root.join(digest(&key));
     if home.join("complete").exists() {
