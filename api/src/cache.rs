@@ -1,7 +1,8 @@
 //! Every cache strip of the three binaries, in one place: what they drop before an object
-//! enters a watch cache (the webhook's `*_for_admission` variants drop a little more), so
-//! their memory grows with the number of objects, never with their size (a tenant's 200 KB of annotations on every
-//! claim, or a 1.4 MB pod, must not reach a cache).
+//! enters a watch cache (the webhook's class strip drops a little more; it keeps claims and
+//! HostPorts in compact forms of its own, `hostport_webhook::cached`), so their memory grows
+//! with the number of objects, never with their size (a tenant's 200 KB of annotations on
+//! every claim, or a 1.4 MB pod, must not reach a cache).
 
 use std::collections::BTreeMap;
 
@@ -210,24 +211,6 @@ fn strip_admission_metadata<K: Resource>(object: &mut K) {
     meta.generate_name = None;
 }
 
-/// A claim as the webhook keeps it: [`strip_claim`], no finalizers, and status without
-/// condition messages except the Bound condition's (a denial quotes it).
-pub fn strip_claim_for_admission(claim: &mut HostPortClaim) {
-    strip_claim(claim);
-    strip_admission_metadata(claim);
-    if let Some(status) = claim.status.as_mut() {
-        status
-            .conditions
-            .retain(|c| c.type_ == crate::conditions::types::BOUND);
-    }
-}
-
-/// A HostPort as the webhook keeps it: [`strip_host_port`] and no finalizers.
-pub fn strip_host_port_for_admission(host_port: &mut HostPort) {
-    strip_host_port(host_port);
-    strip_admission_metadata(host_port);
-}
-
 /// A class as the webhook keeps it: name and pools.
 pub fn strip_class_for_admission(class: &mut HostPortClass) {
     strip_metadata(class);
@@ -275,31 +258,6 @@ mod tests {
         let uids: Vec<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
         assert_eq!(uids, vec!["0", "s"]);
         assert!(claim.metadata.annotations.is_none());
-    }
-
-    #[test]
-    fn the_admission_claim_keeps_only_the_bound_condition_and_no_finalizers() {
-        let mut claim: HostPortClaim = serde_json::from_value(serde_json::json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": "game", "namespace": "games", "generateName": "g-",
-                         "finalizers": ["hostport.rmb938.com/claim"]},
-            "spec": {"hostPortClassName": "games"},
-            "status": {"phase": "Bound", "port": 7000, "conditions": [
-                {"type": "Bound", "status": "True", "reason": "Bound", "message": "bound to 7000",
-                 "lastTransitionTime": "2026-01-01T00:00:00Z"},
-                {"type": "Published", "status": "False", "reason": "NotPublished",
-                 "message": "x", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
-        }))
-        .expect("claim");
-        strip_claim_for_admission(&mut claim);
-        assert!(claim.metadata.finalizers.is_none() && claim.metadata.generate_name.is_none());
-        let conditions = claim
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        assert_eq!(conditions.len(), 1);
-        assert_eq!(conditions[0].message, "bound to 7000", "a denial quotes it");
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! What the hostport processes (controller, webhook, publisher) share around their work: the
 //! log format flag and logging set-up, the rustls crypto provider, the SIGTERM/ctrl-c stop
 //! signal every task of the process waits on, the plain-HTTP `/healthz` `/readyz` `/metrics`
-//! server, a watch-fed cache with a change counter, Events ([`events`]) and leader election
+//! server, watch-fed caches with a change counter (API structs, or compact forms: [`compact`]), Events ([`events`]) and leader election
 //! on a Lease ([`leader`]). Nothing here knows this project's API.
 #![forbid(unsafe_code)]
 
+pub mod compact;
 pub mod events;
 pub mod leader;
 
@@ -203,6 +204,18 @@ impl<K> Watched for K where
 {
 }
 
+/// `config` with initial lists in small pages, each stripped or compacted before the next
+/// arrives (at most [`hostport_api::cache::LIST_PAGE`] objects).
+fn paged(mut config: kube::runtime::watcher::Config) -> kube::runtime::watcher::Config {
+    config.page_size = Some(
+        config
+            .page_size
+            .unwrap_or(hostport_api::cache::LIST_PAGE)
+            .min(hostport_api::cache::LIST_PAGE),
+    );
+    config
+}
+
 /// A watch-fed cache of `K` (objects `strip`ped before they are stored) and the future that
 /// keeps it current: after each event has reached the cache, `changes` is bumped, so what
 /// waits for objects to change waits on that (no API call per waiter). Watch errors are
@@ -221,18 +234,10 @@ where
 {
     use futures::StreamExt;
     use kube::runtime::WatchStreamExt;
-    // Initial lists in small pages, each stripped before the next arrives.
-    let mut config = config;
-    config.page_size = Some(
-        config
-            .page_size
-            .unwrap_or(hostport_api::cache::LIST_PAGE)
-            .min(hostport_api::cache::LIST_PAGE),
-    );
     let (store, writer) = kube::runtime::reflector::store::<K>();
     let stream = kube::runtime::reflector::reflector(
         writer,
-        kube::runtime::watcher(api, config)
+        kube::runtime::watcher(api, paged(config))
             .default_backoff()
             .modify(strip),
     );

@@ -21,11 +21,13 @@ use tokio::time::Instant;
 
 use hostport_api::conditions::reasons;
 use hostport_api::{ALLOW_HOST_NETWORK_ANNOTATION, HostPort, HostPortClaim, HostPortClass};
+use hostport_process::compact::CompactStore;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 
+use crate::cached::{CachedClaim, CachedHostPort};
 use crate::metrics::Metrics;
 use crate::pod::{Binding, ClaimState, ClaimStates};
 use crate::verdict::{Verdict, deny, reasons as verdict_reasons};
@@ -34,12 +36,12 @@ use crate::verdict::{Verdict, deny, reasons as verdict_reasons};
 pub struct Context {
     /// API client for the reads behind a cache miss.
     pub client: Client,
-    /// Every HostPortClaim (stripped: `hostport_api::cache::strip_claim_for_admission`).
-    pub claims: Store<HostPortClaim>,
+    /// Every HostPortClaim, as admission reads it.
+    pub claims: CompactStore<CachedClaim>,
     /// Bumped after every change of `claims`.
     pub claim_changes: watch::Receiver<u64>,
-    /// Every HostPort (stripped).
-    pub host_ports: Store<HostPort>,
+    /// Every HostPort, as admission reads it.
+    pub host_ports: CompactStore<CachedHostPort>,
     /// Every HostPortClass (stripped).
     pub classes: Store<HostPortClass>,
     /// The allocator identity: the users who may write what decides a port.
@@ -82,7 +84,6 @@ impl Context {
         name: &str,
         deadline: Instant,
     ) -> (ClaimState, bool) {
-        let key = ObjectRef::new(name).within(namespace);
         let mut changes = self.claim_changes.clone();
         let mut waiting: Option<WaitGuard> = None;
         let settled = loop {
@@ -90,7 +91,7 @@ impl Context {
             changes.borrow_and_update();
             let settled = self
                 .claims
-                .get(&key)
+                .get(namespace, name)
                 .is_some_and(|claim| is_settled(&claim));
             if settled || Instant::now() >= deadline {
                 break settled;
@@ -132,7 +133,7 @@ impl Context {
 
     /// A claim's state for pod admission.
     pub async fn claim_state(&self, namespace: &str, name: &str) -> ClaimState {
-        let cached = self.claims.get(&ObjectRef::new(name).within(namespace));
+        let cached = self.claims.get(namespace, name);
         if let Some(claim) = &cached {
             let state = self.state_of(claim).await;
             if matches!(state, ClaimState::Bound { .. } | ClaimState::Deleting) {
@@ -141,7 +142,7 @@ impl Context {
         }
         let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), namespace);
         match self.read(&api, name, "it from the API server").await {
-            Ok(Some(claim)) => self.state_of(&claim).await,
+            Ok(Some(claim)) => self.state_of(&CachedClaim::from(&claim)).await,
             Ok(None) => ClaimState::Missing,
             Err(why) => ClaimState::Pending { why: Some(why) },
         }
@@ -168,14 +169,15 @@ impl Context {
         }
     }
 
-    async fn state_of(&self, claim: &HostPortClaim) -> ClaimState {
-        if claim.metadata.deletion_timestamp.is_some() {
+    async fn state_of(&self, claim: &CachedClaim) -> ClaimState {
+        if claim.deleting {
             return ClaimState::Deleting;
         }
-        if claim.phase() != hostport_api::ClaimPhase::Bound {
+        if claim.phase != hostport_api::ClaimPhase::Bound {
             let why = claim
-                .bound_condition()
-                .map(|c| format!("{}: {}", c.reason, c.message));
+                .pending
+                .as_ref()
+                .map(|(reason, message)| format!("{reason}: {message}"));
             return ClaimState::Pending { why };
         }
         let Some(host_port_name) = claim.spec.host_port_name.as_deref() else {
@@ -185,9 +187,9 @@ impl Context {
         };
         // The cache first; if it disagrees, the API server (the HostPort cache may lag the
         // claim cache).
-        let cached = self.host_ports.get(&ObjectRef::new(host_port_name));
+        let cached = self.host_ports.get("", host_port_name);
         if let Some(host_port) = &cached
-            && let Ok(binding) = verify_binding(claim, host_port)
+            && let Ok(binding) = verify_binding(claim, host_port_name, host_port)
         {
             return self.complete_binding(claim, binding).await;
         }
@@ -202,7 +204,7 @@ impl Context {
                 why: format!("its HostPort {host_port_name:?} does not exist"),
             };
         };
-        match verify_binding(claim, &host_port) {
+        match verify_binding(claim, host_port_name, &(&host_port).into()) {
             Ok(binding) => self.complete_binding(claim, binding).await,
             Err(why) => ClaimState::Unverified { why },
         }
@@ -211,25 +213,21 @@ impl Context {
     /// `binding` once every further port of its block is held by a HostPort of the claim
     /// (`port-<n>`, `claimRef.uid`; the cache first, then the API server for what it lacks),
     /// with what its class allows.
-    async fn complete_binding(&self, claim: &HostPortClaim, mut binding: Binding) -> ClaimState {
+    async fn complete_binding(&self, claim: &CachedClaim, mut binding: Binding) -> ClaimState {
         let api: Api<HostPort> = Api::all(self.client.clone());
         for port in (1..binding.count).filter_map(|i| binding.port.checked_add(i)) {
             let name = HostPort::name_for_port(port);
-            let ours = |hp: &HostPort| {
-                hp.claim_uid() == Some(binding.claim_uid.as_str())
-                    && hp.port() == Some(port)
-                    && hp.metadata.deletion_timestamp.is_none()
+            let ours = |hp: &CachedHostPort| {
+                hp.claim_uid.as_deref() == Some(binding.claim_uid.as_str())
+                    && hp.port == Some(port)
+                    && !hp.deleting
             };
-            if self
-                .host_ports
-                .get(&ObjectRef::new(&name))
-                .is_some_and(|hp| ours(&hp))
-            {
+            if self.host_ports.get("", &name).is_some_and(|hp| ours(&hp)) {
                 continue;
             }
             let what = format!("HostPort {name:?}");
             match self.read(&api, &name, &what).await {
-                Ok(Some(fresh)) if ours(&fresh) => {}
+                Ok(Some(fresh)) if ours(&(&fresh).into()) => {}
                 Ok(_) => {
                     return ClaimState::Unverified {
                         why: format!(
@@ -281,15 +279,12 @@ impl Context {
     /// Claims of `class` in `namespace` other than `name`, from the cache.
     pub fn claims_of_class(&self, namespace: &str, class: &str, name: &str) -> usize {
         self.claims
-            .state()
-            .iter()
-            .filter(|c| {
-                c.namespace().as_deref() == Some(namespace)
-                    && c.spec.host_port_class_name == class
-                    && c.name_any() != name
-                    && c.metadata.deletion_timestamp.is_none()
+            .fold_namespace(namespace, 0, |holding, claim_name, claim| {
+                let counts = claim.spec.host_port_class_name == class
+                    && claim_name != name
+                    && !claim.deleting;
+                holding + usize::from(counts)
             })
-            .count()
     }
 
     /// The claim `namespace/name` from the cache, else from the API server (bounded); `Err`
@@ -298,13 +293,14 @@ impl Context {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<HostPortClaim>, Verdict> {
-        if let Some(cached) = self.claims.get(&ObjectRef::new(name).within(namespace)) {
+    ) -> Result<Option<CachedClaim>, Verdict> {
+        if let Some(cached) = self.claims.get(namespace, name) {
             return Ok(Some((*cached).clone()));
         }
         let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), namespace);
         self.read(&api, name, &format!("HostPortClaim {name:?}"))
             .await
+            .map(|found| found.as_ref().map(CachedClaim::from))
             .map_err(|why| {
                 deny(
                     verdict_reasons::POD_CLAIM_FAILED,
@@ -361,15 +357,14 @@ impl Context {
 
 /// Whether a cached claim is as bound as it will get without someone acting: Bound, being
 /// deleted, or Pending for a reason that blocks binding.
-fn is_settled(claim: &HostPortClaim) -> bool {
-    if claim.metadata.deletion_timestamp.is_some()
-        || claim.phase() == hostport_api::ClaimPhase::Bound
-    {
+fn is_settled(claim: &CachedClaim) -> bool {
+    if claim.deleting || claim.phase == hostport_api::ClaimPhase::Bound {
         return true;
     }
     claim
-        .bound_condition()
-        .is_some_and(|c| reasons::blocks_binding(&c.reason))
+        .pending
+        .as_ref()
+        .is_some_and(|(reason, _)| reasons::blocks_binding(reason))
 }
 
 /// One admission waiting for a claim, counted while it waits (also when the request is
@@ -400,24 +395,25 @@ impl Drop for WaitGuard<'_> {
 
 /// The binding (and so the port) a Bound claim may inject, if the chain claim → HostPort →
 /// `claimRef.uid` → port holds; otherwise what breaks it.
-pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Binding, String> {
-    let name = host_port.name_any();
-    if host_port.metadata.deletion_timestamp.is_some() {
+pub fn verify_binding(
+    claim: &CachedClaim,
+    name: &str,
+    host_port: &CachedHostPort,
+) -> Result<Binding, String> {
+    if host_port.deleting {
         return Err(format!("its HostPort {name:?} is being deleted"));
     }
-    let Some(claim_uid) = claim
-        .uid()
-        .filter(|uid| host_port.claim_uid() == Some(uid.as_str()))
+    let Some(claim_uid) = Some(&*claim.uid)
+        .filter(|uid| !uid.is_empty() && host_port.claim_uid.as_deref() == Some(*uid))
     else {
         return Err(format!(
             "its HostPort {name:?} is not bound to it (spec.claimRef.uid differs)"
         ));
     };
-    let Some(port) = host_port.port() else {
+    let Some(port) = host_port.port else {
         return Err(format!("its HostPort {name:?} holds no port yet"));
     };
-    let status_port = claim.status.as_ref().and_then(|s| s.port);
-    if let Some(status_port) = status_port
+    if let Some(status_port) = claim.status_port
         && status_port != i32::from(port)
     {
         return Err(format!(
@@ -426,8 +422,8 @@ pub fn verify_binding(claim: &HostPortClaim, host_port: &HostPort) -> Result<Bin
     }
     Ok(Binding {
         port,
-        claim_uid,
-        host_port: name,
+        claim_uid: claim_uid.to_owned(),
+        host_port: name.to_owned(),
         policy: claim.spec.port_policy(),
         count: claim.spec.count(),
         host_network: false,
@@ -441,7 +437,7 @@ mod tests {
         ClaimPhase, ClaimReference, HostPortClaimSpec, HostPortClaimStatus, HostPortSpec,
     };
 
-    fn claim(uid: &str, status_port: Option<i32>) -> HostPortClaim {
+    fn claim(uid: &str, status_port: Option<i32>) -> CachedClaim {
         let mut claim = HostPortClaim::new(
             "web",
             HostPortClaimSpec {
@@ -459,7 +455,7 @@ mod tests {
             port: status_port,
             ..HostPortClaimStatus::default()
         });
-        claim
+        (&claim).into()
     }
 
     fn host_port(claim_uid: &str, port: i32) -> HostPort {
@@ -476,25 +472,29 @@ mod tests {
         )
     }
 
+    fn verify(claim: &CachedClaim, host_port: &HostPort) -> Result<Binding, String> {
+        verify_binding(claim, "port-9000", &host_port.into())
+    }
+
     #[test]
     fn the_chain_must_hold() {
         assert_eq!(
-            verify_binding(&claim("a", Some(9000)), &host_port("a", 9000)).map(|b| b.port),
+            verify(&claim("a", Some(9000)), &host_port("a", 9000)).map(|b| b.port),
             Ok(9000)
         );
         // Go-era claims carry no status.port.
         assert_eq!(
-            verify_binding(&claim("a", None), &host_port("a", 9000)).map(|b| b.port),
+            verify(&claim("a", None), &host_port("a", 9000)).map(|b| b.port),
             Ok(9000)
         );
-        let forged = verify_binding(&claim("a", Some(22)), &host_port("a", 9000));
+        let forged = verify(&claim("a", Some(22)), &host_port("a", 9000));
         assert!(
             forged
                 .as_ref()
                 .is_err_and(|e| e.contains("status.port 22 differs")),
             "{forged:?}"
         );
-        let stolen = verify_binding(&claim("a", Some(9000)), &host_port("b", 9000));
+        let stolen = verify(&claim("a", Some(9000)), &host_port("b", 9000));
         assert!(
             stolen
                 .as_ref()
@@ -506,6 +506,6 @@ mod tests {
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::now(),
             ));
-        assert!(verify_binding(&claim("a", None), &deleting).is_err());
+        assert!(verify(&claim("a", None), &deleting).is_err());
     }
 }

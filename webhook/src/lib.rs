@@ -3,6 +3,7 @@
 //! pods that would take host ports any other way, and guards this project's resources.
 #![forbid(unsafe_code)]
 
+pub mod cached;
 pub mod cli;
 pub mod context;
 pub mod metrics;

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hostport_api::cache::{
-    strip_claim_for_admission, strip_class_for_admission, strip_host_port_for_admission,
-};
+use hostport_api::cache::strip_class_for_admission;
 use hostport_api::identity::{CONTROLLER_SERVICE_ACCOUNT, DEFAULT_NAMESPACE, allocator_user};
+use hostport_process::compact::{Compact, CompactStore};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
@@ -16,6 +15,7 @@ use kube::runtime::watcher;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cached::{CachedClaim, CachedHostPort};
 use crate::context::Context;
 use crate::metrics::Metrics;
 
@@ -89,6 +89,23 @@ where
     (store, changes, tokio::spawn(feed))
 }
 
+/// [`cache`] of compact forms `C` (claims and HostPorts: one entry per port of a class).
+fn compact_cache<C: Compact>(
+    client: &Client,
+) -> (
+    CompactStore<C>,
+    watch::Receiver<u64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (changed, changes) = watch::channel(0u64);
+    let (store, feed) = hostport_process::compact::compact_cache(
+        Api::<C::Source>::all(client.clone()),
+        watcher::Config::default(),
+        changed,
+    );
+    (store, changes, tokio::spawn(feed))
+}
+
 /// Serves admission on `listener` with `tls` until `shutdown` completes.
 pub async fn run(
     client: Client,
@@ -97,8 +114,8 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let (claims, claim_changes, claim_task) = cache(&client, strip_claim_for_admission);
-    let (host_ports, _, host_port_task) = cache(&client, strip_host_port_for_admission);
+    let (claims, claim_changes, claim_task) = compact_cache::<CachedClaim>(&client);
+    let (host_ports, _, host_port_task) = compact_cache::<CachedHostPort>(&client);
     let (classes, _, class_task) = cache(&client, strip_class_for_admission);
     let state = Arc::new(Context {
         client,

@@ -22,6 +22,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use super::plan::{ClaimNaming, PodClaim};
 use super::{Binding, ClaimState, ClaimStates};
+use crate::cached::CachedClaim;
 use crate::context::Context;
 use crate::verdict::{Verdict, deny, reasons};
 
@@ -71,8 +72,8 @@ pub async fn make(
         if let ClaimNaming::Fixed(name) = &plan.naming
             && let Some(existing) = ctx.claim_for_pod(namespace, name).await?
         {
-            reusable(&existing, plan)?;
-            reused.push((plan, existing));
+            reusable(&existing, name, plan)?;
+            reused.push((plan, name, existing));
             continue;
         }
         let object = plan.object(namespace, now);
@@ -109,13 +110,12 @@ pub async fn make(
         new.push((plan, object, port, class.spec.allow_host_network));
     }
     let mut made = Made::default();
-    for (plan, existing) in reused {
+    for (plan, name, existing) in reused {
         if !dry_run {
-            restart_grace(ctx, &existing, plan, now).await?;
+            restart_grace(ctx, namespace, name, &existing, plan, now).await?;
         }
-        let name = existing.name_any();
-        made.annotations.extend(plan.annotations(&name));
-        made.existing.insert(name);
+        made.annotations.extend(plan.annotations(name));
+        made.existing.insert(name.clone());
     }
     for (plan, object, port, host_network) in new {
         if dry_run {
@@ -174,9 +174,9 @@ async fn create(
             };
             match ctx.claim_for_pod(namespace, name).await? {
                 Some(existing) => {
-                    reusable(&existing, plan)?;
+                    reusable(&existing, name, plan)?;
                     let now = admitted_at(object.labels()).unwrap_or_default();
-                    restart_grace(ctx, &existing, plan, now).await?;
+                    restart_grace(ctx, namespace, name, &existing, plan, now).await?;
                     Ok(name.clone())
                 }
                 None => Err(failed(status.message)),
@@ -192,24 +192,19 @@ async fn create(
 /// admission is under way. StatefulSet claims have no grace period.
 async fn restart_grace(
     ctx: &Context,
-    existing: &HostPortClaim,
+    namespace: &str,
+    name: &str,
+    existing: &CachedClaim,
     plan: &PodClaim,
     now: i64,
 ) -> Result<(), Verdict> {
-    if existing.labels().contains_key(STATEFULSET_LABEL) {
+    if existing.pod_claim_labels.contains_key(STATEFULSET_LABEL) {
         return Ok(());
     }
-    let api: Api<HostPortClaim> = Api::namespaced(
-        ctx.client.clone(),
-        &existing.namespace().unwrap_or_default(),
-    );
+    let api: Api<HostPortClaim> = Api::namespaced(ctx.client.clone(), namespace);
     let patch = serde_json::json!({"metadata": {"labels": {ADMITTED_LABEL: now.to_string()}}});
-    let (name, params, patch) = (
-        existing.name_any(),
-        PatchParams::default(),
-        Patch::Merge(patch),
-    );
-    let written = api.patch(&name, &params, &patch);
+    let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+    let written = api.patch(name, &params, &patch);
     match tokio::time::timeout(ctx.api_timeout, written).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(refresh_failed(plan, error.to_string())),
@@ -232,10 +227,9 @@ fn refresh_failed(plan: &PodClaim, why: String) -> Verdict {
 
 /// Whether an existing claim of the pod's claim name may be the pod's: made for a pod, of
 /// the class asked for, not being deleted, and not belonging to another (earlier) pod.
-fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
-    let name = existing.name_any();
+fn reusable(existing: &CachedClaim, name: &str, plan: &PodClaim) -> Result<(), Verdict> {
     let key = &plan.key;
-    if existing.metadata.deletion_timestamp.is_some() {
+    if existing.deleting {
         return Err(deny(
             reasons::CLAIM_DELETING,
             format!(
@@ -243,7 +237,7 @@ fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
             ),
         ));
     }
-    if !is_pod_claim(existing.labels()) {
+    if !is_pod_claim(&existing.pod_claim_labels) {
         return Err(deny(
             reasons::POD_CLAIM_CONFLICT,
             format!(
@@ -282,12 +276,11 @@ fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
             ),
         ));
     }
-    if let Some(owner) = existing.owner_references().iter().find(|o| o.kind == "Pod") {
+    if let Some((owner, owner_uid)) = &existing.pod_owner {
         return Err(deny(
             reasons::POD_CLAIM_CONFLICT,
             format!(
-                "annotation {key:?} needs HostPortClaim {name:?}, which belongs to an earlier pod {:?} (uid {}) and goes with it: create the pod again once that pod and its claim are gone",
-                owner.name, owner.uid
+                "annotation {key:?} needs HostPortClaim {name:?}, which belongs to an earlier pod {owner:?} (uid {owner_uid}) and goes with it: create the pod again once that pod and its claim are gone"
             ),
         ));
     }
@@ -302,12 +295,14 @@ fn free_block(
     plan: &PodClaim,
     also_taken: &[u16],
 ) -> Option<u16> {
-    let mut used = PortSet::default();
-    for host_port in ctx.host_ports.state() {
-        if let Some(port) = host_port.port() {
-            used.insert(port);
-        }
-    }
+    let mut used =
+        ctx.host_ports
+            .fold_namespace("", PortSet::default(), |mut used, _, host_port| {
+                if let Some(port) = host_port.port {
+                    used.insert(port);
+                }
+                used
+            });
     for port in also_taken {
         used.insert(*port);
     }
@@ -367,6 +362,10 @@ mod tests {
         claim.metadata.labels = Some([(POD_CLAIM_LABEL.to_owned(), "true".to_owned())].into());
         edit(&mut claim);
         claim
+    }
+
+    fn reusable(existing: &HostPortClaim, plan: &PodClaim) -> Result<(), Verdict> {
+        super::reusable(&existing.into(), "web-0-http", plan)
     }
 
     fn denied_with(verdict: Result<(), Verdict>, text: &str) -> bool {
