@@ -489,7 +489,7 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
         claim: &name,
         port,
     };
-    let mut using = pods::using(of, &ctx.caches.pods.state());
+    let mut using = pods::using(of, &ctx.caches.pods);
     if using.is_empty() {
         // About to free the port: the API server has the last word on which pods exist.
         using = pods::using_now(&ctx.client, of).await?;

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc::UnboundedSender;
@@ -65,8 +64,8 @@ pub struct Caches {
     pub host_ports: Store<HostPort>,
     /// Every HostPortClass.
     pub classes: Store<HostPortClass>,
-    /// Pods, stripped (`hostport_api::cache::strip_pod`).
-    pub pods: Store<Pod>,
+    /// Pods, as the questions of `crate::pods` read them.
+    pub pods: hostport_process::compact::CompactStore<crate::pods::PodUse>,
 }
 
 /// Senders that queue a reconcile of an object.

@@ -111,7 +111,7 @@ async fn pod_claim(claim: &HostPortClaim, pod_left: bool, ctx: &Context) -> Resu
     // pod names it, and goes once none has for the grace period after its last admission.
     let in_use = pods::is_used(
         pods::ClaimUse::named(&namespace, &claim.name_any()),
-        &ctx.caches.pods.state(),
+        &ctx.caches.pods,
     );
     if in_use {
         return Ok(Action::await_change());

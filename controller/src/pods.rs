@@ -5,12 +5,13 @@
 //! anyone else before it stops.
 //!
 //! The cache answers first; before a port is released the API server is asked as well
-//! (a pod created a moment ago may not be in the cache yet), in small pages.
-
-use std::sync::Arc;
+//! (a pod created a moment ago may not be in the cache yet), in small pages. The cache keeps
+//! each pod as a [`PodUse`]: what these questions read, a few dozen bytes where a stripped
+//! `Pod` costs ~6 KB.
 
 use hostport_api::annotations::referenced_claim_names;
 use hostport_api::container_ports::declared_host_ports;
+use hostport_process::compact::{Compact, CompactStore};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -42,31 +43,68 @@ impl<'a> ClaimUse<'a> {
     }
 }
 
-/// Whether `pod` is in the claim's namespace, may still run, and names the claim or declares
-/// its port.
-fn holds(pod: &Pod, of: ClaimUse<'_>) -> bool {
-    pod.namespace().as_deref() == Some(of.namespace)
-        && !hostport_api::container_ports::finished(pod)
-        && (referenced_claim_names(pod.annotations()).any(|c| c == of.claim)
-            || of
-                .port
-                .is_some_and(|port| declared_host_ports(pod).iter().any(|(p, _)| *p == port)))
+/// A pod as the questions of this module read it (its namespace and name are the cache's
+/// key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodUse {
+    /// `metadata.uid` (empty if the API server gave none).
+    pub uid: Box<str>,
+    /// Succeeded or Failed: it holds no port any more.
+    pub finished: bool,
+    /// The claims its `claim.hostport.rmb938.com/` annotations name.
+    pub claims: Box<[Box<str>]>,
+    /// The host ports it declares (any protocol).
+    pub host_ports: Box<[u16]>,
 }
 
-/// Names of the pods among `pods` that use the claim, sorted.
-pub fn using(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> Vec<String> {
-    let mut names: Vec<String> = pods
-        .iter()
-        .filter(|pod| holds(pod, of))
-        .map(|pod| pod.name_any())
-        .collect();
+impl From<&Pod> for PodUse {
+    fn from(pod: &Pod) -> Self {
+        let mut host_ports: Vec<u16> = declared_host_ports(pod).iter().map(|(p, _)| *p).collect();
+        host_ports.sort_unstable();
+        host_ports.dedup();
+        Self {
+            uid: pod.uid().unwrap_or_default().into(),
+            finished: hostport_api::container_ports::finished(pod),
+            claims: referenced_claim_names(pod.annotations())
+                .map(Into::into)
+                .collect(),
+            host_ports: host_ports.into(),
+        }
+    }
+}
+
+impl Compact for PodUse {
+    type Source = Pod;
+    fn compact(source: &Pod) -> Self {
+        source.into()
+    }
+}
+
+impl PodUse {
+    /// Whether the pod (of the claim's namespace) may still run, and names the claim or
+    /// declares its port.
+    fn holds(&self, of: ClaimUse<'_>) -> bool {
+        !self.finished
+            && (self.claims.iter().any(|c| **c == *of.claim)
+                || of.port.is_some_and(|port| self.host_ports.contains(&port)))
+    }
+}
+
+/// Names of the cached pods that use the claim, sorted.
+pub fn using(of: ClaimUse<'_>, pods: &CompactStore<PodUse>) -> Vec<String> {
+    let mut names = pods.fold_namespace(of.namespace, vec![], |mut names, name, pod| {
+        if pod.holds(of) {
+            names.push(name.to_owned());
+        }
+        names
+    });
     names.sort();
     names
 }
 
-/// Whether any of `pods` uses the claim.
-pub fn is_used(of: ClaimUse<'_>, pods: &[Arc<Pod>]) -> bool {
-    pods.iter().any(|pod| holds(pod, of))
+/// Whether any cached pod uses the claim.
+pub fn is_used(of: ClaimUse<'_>, pods: &CompactStore<PodUse>) -> bool {
+    pods.fold_namespace(of.namespace, false, |used, _, pod| used || pod.holds(of))
 }
 
 /// Names of the pods that use the claim, as the API server has them now, sorted: a metadata-only
@@ -103,7 +141,11 @@ pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>>
             "Pod",
             format!("{namespace}/{name}"),
         ))?;
-        users.extend(found.filter(|pod| holds(pod, of)).map(|pod| pod.name_any()));
+        users.extend(
+            found
+                .filter(|pod| PodUse::from(pod).holds(of))
+                .map(|pod| pod.name_any()),
+        );
     }
     users.sort();
     Ok(users)
@@ -113,16 +155,18 @@ pub async fn using_now(client: &Client, of: ClaimUse<'_>) -> Result<Vec<String>>
 /// server (a pod created a moment ago may not be cached yet).
 pub async fn exists(
     client: &Client,
-    pods: &kube::runtime::reflector::Store<Pod>,
+    pods: &CompactStore<PodUse>,
     namespace: &str,
     name: &str,
     uid: Option<&str>,
 ) -> Result<bool> {
-    let same = |pod: &Pod| uid.is_none_or(|uid| pod.uid().as_deref() == Some(uid));
-    let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
-    if pods.get(&key).is_some_and(|pod| same(&pod)) {
+    if pods
+        .get(namespace, name)
+        .is_some_and(|pod| uid.is_none_or(|uid| *pod.uid == *uid))
+    {
         return Ok(true);
     }
+    let same = |pod: &Pod| uid.is_none_or(|uid| pod.uid().as_deref() == Some(uid));
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let found = api.get_opt(name).await.map_err(Error::api(
         "reading",
@@ -150,60 +194,93 @@ pub fn describe(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hostport_process::compact::compact_store;
+    use kube::runtime::watcher::Event;
     use serde_json::json;
 
-    fn pod(name: &str, namespace: &str, claim: &str, phase: &str) -> Arc<Pod> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": namespace,
-                    "annotations": {"claim.hostport.rmb938.com/web": claim}},
-                "status": {"phase": phase}
-            }))
-            .expect("pod"),
-        )
+    fn pod(name: &str, namespace: &str, claim: &str, phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace,
+                "annotations": {"claim.hostport.rmb938.com/web": claim}},
+            "status": {"phase": phase}
+        }))
+        .expect("pod")
+    }
+
+    fn cached(pods: &[Pod]) -> CompactStore<PodUse> {
+        let (store, mut writer) = compact_store::<PodUse>();
+        for pod in pods {
+            writer.apply(&Event::Apply(pod.clone()));
+        }
+        store
     }
 
     #[test]
     fn a_pod_declaring_the_claims_port_uses_it_whatever_it_names() {
-        let squatter: Arc<Pod> = Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": "kept", "namespace": "team",
-                    "annotations": {"claim.hostport.rmb938.com/web": "other"}},
-                "spec": {"containers": [{"name": "c", "ports": [
-                    {"containerPort": 80, "hostPort": 37000}]}]},
-                "status": {"phase": "Pending"}
-            }))
-            .expect("pod"),
-        );
+        let squatter: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "kept", "namespace": "team",
+                "annotations": {"claim.hostport.rmb938.com/web": "other"}},
+            "spec": {"containers": [{"name": "c", "ports": [
+                {"containerPort": 80, "hostPort": 37000}]}]},
+            "status": {"phase": "Pending"}
+        }))
+        .expect("pod");
+        let pods = cached(&[squatter]);
         let with_port = |port| ClaimUse {
             namespace: "team",
             claim: "a-web",
             port: Some(port),
         };
-        assert_eq!(
-            using(with_port(37000), std::slice::from_ref(&squatter)),
-            vec!["kept"]
-        );
-        assert!(using(with_port(37001), std::slice::from_ref(&squatter)).is_empty());
+        assert_eq!(using(with_port(37000), &pods), vec!["kept"]);
+        assert!(using(with_port(37001), &pods).is_empty());
         let elsewhere = ClaimUse {
             namespace: "elsewhere",
             ..with_port(37000)
         };
-        assert!(using(elsewhere, &[squatter]).is_empty());
+        assert!(using(elsewhere, &pods).is_empty());
     }
 
     #[test]
     fn only_live_pods_of_the_namespace_that_name_the_claim() {
-        let pods = [
+        let pods = cached(&[
             pod("b", "team", "web", "Running"),
             pod("a", "team", "web", "Pending"),
             pod("done", "team", "web", "Succeeded"),
             pod("failed", "team", "web", "Failed"),
             pod("other-claim", "team", "db", "Running"),
             pod("other-ns", "elsewhere", "web", "Running"),
-        ];
+        ]);
         assert_eq!(using(ClaimUse::named("team", "web"), &pods), vec!["a", "b"]);
         let many: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
         assert_eq!(describe(&many), "7 pod(s): p0, p1, p2, p3, p4, ...");
+    }
+
+    #[test]
+    fn a_cached_pod_keeps_its_uid_claims_and_host_ports_only() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "big", "namespace": "team", "uid": "u-1",
+                "annotations": {"claim.hostport.rmb938.com/web": "a-web",
+                    "claim.hostport.rmb938.com/game": "a-game", "noise": "x".repeat(100_000)}},
+            "spec": {"containers": [{"name": "c", "image": "x".repeat(10_000), "ports": [
+                {"containerPort": 80, "hostPort": 37001},
+                {"containerPort": 80, "hostPort": 37001, "protocol": "UDP"},
+                {"containerPort": 81, "hostPort": 37000},
+                {"containerPort": 82}]}]},
+            "status": {"phase": "Failed"}
+        }))
+        .expect("pod");
+        let cached = PodUse::from(&pod);
+        assert_eq!(
+            cached,
+            PodUse {
+                uid: "u-1".into(),
+                finished: true,
+                claims: ["a-game".into(), "a-web".into()].into(),
+                host_ports: [37000, 37001].into(),
+            }
+        );
+        let pods = cached(std::slice::from_ref(&pod));
+        let of = ClaimUse::named("team", "a-web");
+        assert!(!is_used(of, &pods), "a finished pod holds no port");
     }
 }

@@ -87,7 +87,7 @@ pub async fn run(
     let (claims, claim_writer) = reflector::store::<HostPortClaim>();
     let (host_ports, host_port_writer) = reflector::store::<HostPort>();
     let (classes, class_writer) = reflector::store::<HostPortClass>();
-    let (pods, pod_writer) = reflector::store();
+    let (pods, pod_writer) = hostport_process::compact::compact_store();
     let (claim_tx, claim_rx) = mpsc::unbounded_channel();
     let (pod_claim_tx, pod_claim_rx) = mpsc::unbounded_channel();
     let (host_port_tx, host_port_rx) = mpsc::unbounded_channel();

@@ -23,24 +23,45 @@ use kube::runtime::watcher::{self, Event, watcher};
 use crate::context::Context;
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
+use crate::pods::PodUse;
+use hostport_process::compact::{Compact, CompactWriter};
+
+/// A cache a watch feeds: kube-runtime's store of API structs, or a compact one.
+trait CacheWriter<K> {
+    fn apply(&mut self, event: &Event<K>);
+}
+
+impl<K> CacheWriter<K> for Writer<K>
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn apply(&mut self, event: &Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+impl<C: Compact> CacheWriter<C::Source> for CompactWriter<C> {
+    fn apply(&mut self, event: &Event<C::Source>) {
+        CompactWriter::apply(self, event);
+    }
+}
 
 /// Drives a watch: every event goes into the cache, then to `on_event`; errors are logged
 /// (the stream backs off and resumes by itself).
 async fn follow<K, S>(
     stream: S,
     kind: &str,
-    writer: &mut Writer<K>,
+    writer: &mut impl CacheWriter<K>,
     mut on_event: impl FnMut(&Event<K>),
 ) where
-    K: kube::Resource + Clone,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
     S: futures::Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
-                writer.apply_watcher_event(&event);
+                writer.apply(&event);
                 on_event(&event);
             }
             Err(error) => log_watch_error(kind, &error),
@@ -253,7 +274,7 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
 
 /// Pods: a stripped cache, the host ports they declare (in the port book), and wake-ups of the deleting claims they hold and of the claims
 /// made for them.
-pub async fn pods(ctx: Arc<Context>, mut writer: Writer<Pod>) {
+pub async fn pods(ctx: Arc<Context>, mut writer: CompactWriter<PodUse>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default().page_size(POD_LIST_PAGE))
         .default_backoff()
