@@ -269,9 +269,8 @@ mod tests {
             "status": {"phase": "Failed"}
         }))
         .expect("pod");
-        let cached = PodUse::from(&pod);
         assert_eq!(
-            cached,
+            PodUse::from(&pod),
             PodUse {
                 uid: "u-1".into(),
                 finished: true,

@@ -12,11 +12,10 @@
 //! The promise checked: no interleaving stores a pod with port 37000 after the port was
 //! released (it would hold a port no claim holds, and the next claim would get it too).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hostport_controller::claim::admission_wait;
-use hostport_controller::pods::{ClaimUse, using};
+use hostport_controller::pods::{ClaimUse, PodUse, using};
 use hostport_webhook::pod::{Binding, ClaimState};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
@@ -66,8 +65,7 @@ fn binding() -> Binding {
 }
 
 /// The pod as stored when admitted: claim `a` on `web`, the other claim on `game`.
-static STORED_POD: std::sync::LazyLock<Arc<Pod>> =
-    std::sync::LazyLock::new(|| Arc::new(stored_pod()));
+static STORED_POD: std::sync::LazyLock<Pod> = std::sync::LazyLock::new(stored_pod);
 
 fn stored_pod() -> Pod {
     serde_json::from_value(json!({
@@ -102,11 +100,10 @@ fn release(timing: &Timing, binaries: Binaries, stored_at: Option<u64>) -> Optio
         Some(wait) => seen + u64::try_from(wait.as_millis()).expect("ms"),
         None => seen,
     };
-    let pods: Vec<Arc<Pod>> = stored_at
-        .filter(|stored| *stored <= final_check)
-        .map(|_| STORED_POD.clone())
-        .into_iter()
-        .collect();
+    let (pods, mut cache) = hostport_process::compact::compact_store::<PodUse>();
+    if stored_at.is_some_and(|stored| stored <= final_check) {
+        cache.apply(&kube::runtime::watcher::Event::Apply(STORED_POD.clone()));
+    }
     let of = ClaimUse {
         namespace: "team",
         claim: "a",
