@@ -1,7 +1,8 @@
 //! What one cached object costs: 20,000 claims, HostPorts and pods as the controller's
 //! watches deliver them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime
-//! store), with the growth of this process's resident memory per object. The profile behind
-//! the memory figures of BENCHMARKS.md.
+//! store), and the same pods in the compact form the controller keeps (`PodUse`), with the
+//! growth of this process's resident memory per object. The profile behind the memory
+//! figures of BENCHMARKS.md.
 //!
 //! ```sh
 //! cargo run --release -p hostport-controller --example cache_sizes
@@ -9,6 +10,8 @@
 
 use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
 use hostport_api::{HostPort, HostPortClaim};
+use hostport_controller::pods::PodUse;
+use hostport_process::compact::{CompactStore, compact_store};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -99,14 +102,33 @@ where
     store
 }
 
+/// [`measure`] for a compact store of `PodUse`.
+fn measure_pod_use() -> CompactStore<PodUse> {
+    let before = rss_kib();
+    let (store, mut writer) = compact_store::<PodUse>();
+    for i in 0..OBJECTS {
+        let mut object: Pod = serde_json::from_value(pod(i)).expect("pod");
+        strip_pod(&mut object);
+        writer.apply(&Event::Apply(object));
+    }
+    let each = (rss_kib() - before) * 1024 / OBJECTS as u64;
+    println!(
+        "cache_sizes: Pod as PodUse: {each} B per cached object ({} B of it the struct itself)",
+        std::mem::size_of::<PodUse>()
+    );
+    store
+}
+
 fn main() {
     let claims = measure::<HostPortClaim>("HostPortClaim", claim, strip_claim);
     let host_ports = measure::<HostPort>("HostPort", host_port, strip_host_port);
     let pods = measure::<Pod>("Pod", pod, strip_pod);
+    let pod_uses = measure_pod_use();
     println!(
-        "cache_sizes: {} claims, {} HostPorts, {} pods cached",
+        "cache_sizes: {} claims, {} HostPorts, {} pods, {} PodUses cached",
         claims.len(),
         host_ports.len(),
-        pods.len()
+        pods.len(),
+        pod_uses.len()
     );
 }
