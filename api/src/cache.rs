@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
 use crate::annotations::{CLAIM_PREFIX, EXTERNAL_PREFIX, FORWARD_SERVICE_ANNOTATION};
-use crate::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
+use crate::pod_claims::POD_CLAIM_LABELS;
 use crate::{HostPort, HostPortClaim, HostPortClass};
 
 /// Objects per page of a watch's initial list: a tenant can give each claim or Service up
@@ -132,13 +132,7 @@ pub fn strip_metadata<K: Resource>(object: &mut K) {
 pub fn strip_claim(claim: &mut HostPortClaim) {
     let meta = &mut claim.metadata;
     let labels = meta.labels.take().map(|mut labels| {
-        let kept = [
-            POD_CLAIM_LABEL,
-            POD_LABEL,
-            STATEFULSET_LABEL,
-            ADMITTED_LABEL,
-        ];
-        labels.retain(|k, _| kept.contains(&k.as_str()));
+        labels.retain(|k, _| POD_CLAIM_LABELS.contains(&k.as_str()));
         labels
     });
     let owners = meta.owner_references.take().map(|owners| {
@@ -221,6 +215,7 @@ pub fn strip_class_for_admission(class: &mut HostPortClass) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pod_claims::POD_CLAIM_LABEL;
     use crate::{ClaimReference, HostPortSpec};
 
     #[test]

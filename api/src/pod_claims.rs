@@ -26,6 +26,14 @@ pub const STATEFULSET_LABEL: &str = "hostport.rmb938.com/statefulset";
 /// Label with the last time (Unix seconds) an admission made or reused the claim: the grace
 /// period for its pod to appear counts from it, so a retried admission is not cut short.
 pub const ADMITTED_LABEL: &str = "hostport.rmb938.com/admitted";
+/// The labels a pod claim's lifetime is decided on: what every cache keeps of a claim's
+/// labels.
+pub const POD_CLAIM_LABELS: [&str; 4] = [
+    POD_CLAIM_LABEL,
+    POD_LABEL,
+    STATEFULSET_LABEL,
+    ADMITTED_LABEL,
+];
 /// Annotation on a StatefulSet or its pod template: `Delete` (default) or `Retain` the
 /// claims of its pods when the StatefulSet is deleted.
 pub const WHEN_DELETED_ANNOTATION: &str = "hostport.rmb938.com/when-deleted";

@@ -11,7 +11,7 @@
 use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
 use hostport_api::{HostPort, HostPortClaim};
 use hostport_controller::pods::PodUse;
-use hostport_process::compact::{CompactStore, compact_store};
+use hostport_process::compact::{CacheWriter, compact_store};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -81,49 +81,57 @@ fn pod(i: usize) -> Value {
     })
 }
 
-/// Fills a store with [`OBJECTS`] objects made by `make`, stripped by `strip`; prints the
-/// resident memory each one added. The store is returned so it stays alive.
-fn measure<K>(what: &str, make: fn(usize) -> Value, strip: fn(&mut K)) -> reflector::Store<K>
+/// Fills a cache (`writer`, `store`: kube-runtime's, or compact) with [`OBJECTS`] objects
+/// made by `make`, stripped by `strip`; prints the resident memory each one added, and
+/// `stored_size`, the size of what the cache keeps of one. The store is returned so it stays
+/// alive.
+fn measure<K, S>(
+    what: &str,
+    stored_size: usize,
+    make: fn(usize) -> Value,
+    strip: fn(&mut K),
+    (store, mut writer): (S, impl CacheWriter<K>),
+) -> S
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    K: serde::de::DeserializeOwned,
 {
     let before = rss_kib();
-    let (store, mut writer) = reflector::store::<K>();
     for i in 0..OBJECTS {
         let mut object: K = serde_json::from_value(make(i)).expect("object");
         strip(&mut object);
-        writer.apply_watcher_event(&Event::Apply(object));
+        writer.apply_event(&Event::Apply(object));
     }
     let each = (rss_kib() - before) * 1024 / OBJECTS as u64;
     println!(
-        "cache_sizes: {what}: {each} B per cached object ({} B of it the struct itself)",
-        std::mem::size_of::<K>()
-    );
-    store
-}
-
-/// [`measure`] for a compact store of `PodUse`.
-fn measure_pod_use() -> CompactStore<PodUse> {
-    let before = rss_kib();
-    let (store, mut writer) = compact_store::<PodUse>();
-    for i in 0..OBJECTS {
-        let mut object: Pod = serde_json::from_value(pod(i)).expect("pod");
-        strip_pod(&mut object);
-        writer.apply(&Event::Apply(object));
-    }
-    let each = (rss_kib() - before) * 1024 / OBJECTS as u64;
-    println!(
-        "cache_sizes: Pod as PodUse: {each} B per cached object ({} B of it the struct itself)",
-        std::mem::size_of::<PodUse>()
+        "cache_sizes: {what}: {each} B per cached object ({stored_size} B of it the struct itself)"
     );
     store
 }
 
 fn main() {
-    let claims = measure::<HostPortClaim>("HostPortClaim", claim, strip_claim);
-    let host_ports = measure::<HostPort>("HostPort", host_port, strip_host_port);
-    let pods = measure::<Pod>("Pod", pod, strip_pod);
-    let pod_uses = measure_pod_use();
+    use std::mem::size_of;
+    let claims = measure(
+        "HostPortClaim",
+        size_of::<HostPortClaim>(),
+        claim,
+        strip_claim,
+        reflector::store(),
+    );
+    let host_ports = measure(
+        "HostPort",
+        size_of::<HostPort>(),
+        host_port,
+        strip_host_port,
+        reflector::store(),
+    );
+    let pods = measure("Pod", size_of::<Pod>(), pod, strip_pod, reflector::store());
+    let pod_uses = measure(
+        "Pod as PodUse",
+        size_of::<PodUse>(),
+        pod,
+        strip_pod,
+        compact_store::<PodUse>(),
+    );
     println!(
         "cache_sizes: {} claims, {} HostPorts, {} pods, {} PodUses cached",
         claims.len(),

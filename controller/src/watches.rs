@@ -13,6 +13,7 @@ use hostport_api::cache::{
 use hostport_api::container_ports::declared_host_ports;
 use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClass};
+use hostport_process::compact::{CacheWriter, CompactWriter};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -24,28 +25,6 @@ use crate::context::Context;
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
 use crate::pods::PodUse;
-use hostport_process::compact::{Compact, CompactWriter};
-
-/// A cache a watch feeds: kube-runtime's store of API structs, or a compact one.
-trait CacheWriter<K> {
-    fn apply(&mut self, event: &Event<K>);
-}
-
-impl<K> CacheWriter<K> for Writer<K>
-where
-    K: kube::Resource + Clone,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    fn apply(&mut self, event: &Event<K>) {
-        self.apply_watcher_event(event);
-    }
-}
-
-impl<C: Compact> CacheWriter<C::Source> for CompactWriter<C> {
-    fn apply(&mut self, event: &Event<C::Source>) {
-        CompactWriter::apply(self, event);
-    }
-}
 
 /// Drives a watch: every event goes into the cache, then to `on_event`; errors are logged
 /// (the stream backs off and resumes by itself).
@@ -61,7 +40,7 @@ async fn follow<K, S>(
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
-                writer.apply(&event);
+                writer.apply_event(&event);
                 on_event(&event);
             }
             Err(error) => log_watch_error(kind, &error),
@@ -272,8 +251,9 @@ fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     }
 }
 
-/// Pods: a stripped cache, the host ports they declare (in the port book), and wake-ups of the deleting claims they hold and of the claims
-/// made for them.
+/// Pods: a compact cache (`PodUse`, made from the stripped pod), the host ports they declare
+/// (in the port book), and wake-ups of the deleting claims they hold and of the claims made
+/// for them.
 pub async fn pods(ctx: Arc<Context>, mut writer: CompactWriter<PodUse>) {
     let api: Api<Pod> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default().page_size(POD_LIST_PAGE))

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube::runtime::watcher;
@@ -161,10 +160,29 @@ impl<C: Compact> CompactWriter<C> {
     }
 }
 
-fn insert<C: Compact, S: BuildHasher>(
-    objects: &mut HashMap<Box<str>, Names<C>, S>,
-    object: &C::Source,
-) {
+/// A cache a watch feeds: kube-runtime's store of API structs, or a compact one.
+pub trait CacheWriter<K> {
+    /// Applies one watcher event.
+    fn apply_event(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K> CacheWriter<K> for kube::runtime::reflector::store::Writer<K>
+where
+    K: kube::Resource + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn apply_event(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+impl<C: Compact> CacheWriter<C::Source> for CompactWriter<C> {
+    fn apply_event(&mut self, event: &watcher::Event<C::Source>) {
+        self.apply(event);
+    }
+}
+
+fn insert<C: Compact>(objects: &mut Namespaces<C>, object: &C::Source) {
     let namespace = object.namespace().unwrap_or_default();
     let names = match objects.get_mut(namespace.as_str()) {
         Some(names) => names,

@@ -1,8 +1,9 @@
 //! What the hostport processes (controller, webhook, publisher) share around their work: the
 //! log format flag and logging set-up, the rustls crypto provider, the SIGTERM/ctrl-c stop
 //! signal every task of the process waits on, the plain-HTTP `/healthz` `/readyz` `/metrics`
-//! server, watch-fed caches with a change counter (API structs, or compact forms: [`compact`]), Events ([`events`]) and leader election
-//! on a Lease ([`leader`]). Nothing here knows this project's API.
+//! server, watch-fed caches with a change counter (API structs, or compact forms:
+//! [`compact`]), Events ([`events`]) and leader election on a Lease ([`leader`]). Nothing
+//! here knows this project's API.
 #![forbid(unsafe_code)]
 
 pub mod compact;

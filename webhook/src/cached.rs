@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use hostport_api::conditions::types::BOUND;
-use hostport_api::pod_claims::{ADMITTED_LABEL, POD_CLAIM_LABEL, POD_LABEL, STATEFULSET_LABEL};
+use hostport_api::pod_claims::POD_CLAIM_LABELS;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim, HostPortClaimSpec};
 use hostport_process::compact::Compact;
 
@@ -36,24 +35,17 @@ impl From<&HostPortClaim> for CachedClaim {
     fn from(claim: &HostPortClaim) -> Self {
         let meta = &claim.metadata;
         let phase = claim.phase();
-        let status = claim.status.as_ref();
-        let pending = (phase != ClaimPhase::Bound)
-            .then(|| {
-                let bound = hostport_api::conditions::find(&status?.conditions, BOUND)?;
-                Some((bound.reason.as_str().into(), bound.message.as_str().into()))
-            })
-            .flatten();
-        let kept = [
-            POD_CLAIM_LABEL,
-            POD_LABEL,
-            STATEFULSET_LABEL,
-            ADMITTED_LABEL,
-        ];
+        let pending = match phase {
+            ClaimPhase::Bound => None,
+            _ => claim
+                .bound_condition()
+                .map(|bound| (bound.reason.as_str().into(), bound.message.as_str().into())),
+        };
         let pod_claim_labels = meta
             .labels
             .iter()
             .flatten()
-            .filter(|(key, _)| kept.contains(&key.as_str()))
+            .filter(|(key, _)| POD_CLAIM_LABELS.contains(&key.as_str()))
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         let pod_owner = meta
@@ -67,7 +59,7 @@ impl From<&HostPortClaim> for CachedClaim {
             deleting: meta.deletion_timestamp.is_some(),
             spec: claim.spec.clone(),
             phase,
-            status_port: status.and_then(|s| s.port),
+            status_port: claim.status.as_ref().and_then(|s| s.port),
             pending,
             pod_claim_labels,
             pod_owner,
@@ -114,6 +106,8 @@ impl Compact for CachedHostPort {
 mod tests {
     use super::*;
     use hostport_api::conditions::Condition;
+    use hostport_api::conditions::types::BOUND;
+    use hostport_api::pod_claims::POD_CLAIM_LABEL;
     use hostport_api::{ClaimReference, HostPortClaimStatus, HostPortSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 

@@ -403,13 +403,12 @@ pub fn verify_binding(
     if host_port.deleting {
         return Err(format!("its HostPort {name:?} is being deleted"));
     }
-    let Some(claim_uid) = Some(&*claim.uid)
-        .filter(|uid| !uid.is_empty() && host_port.claim_uid.as_deref() == Some(*uid))
-    else {
+    let claim_uid = &*claim.uid;
+    if claim_uid.is_empty() || host_port.claim_uid.as_deref() != Some(claim_uid) {
         return Err(format!(
             "its HostPort {name:?} is not bound to it (spec.claimRef.uid differs)"
         ));
-    };
+    }
     let Some(port) = host_port.port else {
         return Err(format!("its HostPort {name:?} holds no port yet"));
     };
@@ -507,5 +506,14 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::now(),
             ));
         assert!(verify(&claim("a", None), &deleting).is_err());
+        // A claim the API server gave no UID never matches, not even a HostPort whose
+        // claimRef has none either.
+        let no_uid = verify(&claim("", Some(9000)), &host_port("", 9000));
+        assert!(
+            no_uid
+                .as_ref()
+                .is_err_and(|e| e.contains("not bound to it")),
+            "{no_uid:?}"
+        );
     }
 }
