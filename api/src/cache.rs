@@ -34,17 +34,15 @@ pub const MAX_EXTERNAL_VALUE: usize = 1024;
 /// hostile pod with thousands of ports costs (ports with a `hostPort` are kept first).
 pub const MAX_POD_PORTS: usize = 256;
 
-/// A pod as caches keep it: name, namespace, UID, deletion timestamp, claim annotations
-/// (at most [`MAX_CLAIM_ANNOTATIONS`]) and the external annotations of their ports (at most
-/// [`MAX_EXTERNAL_VALUE`] bytes each: what the publisher compares its own with), node, `hostNetwork`, each container's name, restart
-/// policy and ports (at most [`MAX_POD_PORTS`] in all), phase and addresses. What decides a
-/// release, a port in use outside the books and a forward; nothing a tenant can grow.
-pub fn strip_pod(pod: &mut Pod) {
-    let meta = &mut pod.metadata;
-    let all = meta.annotations.take().unwrap_or_default();
+/// The annotations of a pod that caches keep: its claim annotations (at most
+/// [`MAX_CLAIM_ANNOTATIONS`]) and the external annotations of their ports (at most
+/// [`MAX_EXTERNAL_VALUE`] bytes each).
+pub fn kept_pod_annotations(all: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
     let (mut annotations, mut external): (BTreeMap<_, _>, BTreeMap<_, _>) = all
         .into_iter()
+        .flatten()
         .filter(|(key, _)| key.starts_with(CLAIM_PREFIX) || key.starts_with(EXTERNAL_PREFIX))
+        .map(|(key, value)| (key.clone(), value.clone()))
         .partition(|(key, _)| key.starts_with(CLAIM_PREFIX));
     if let Some(first_dropped) = annotations.keys().nth(MAX_CLAIM_ANNOTATIONS).cloned() {
         annotations.split_off(&first_dropped);
@@ -56,6 +54,16 @@ pub fn strip_pod(pod: &mut Pod) {
         })
     });
     annotations.append(&mut external);
+    annotations
+}
+
+/// A pod as caches keep it: name, namespace, UID, deletion timestamp, claim annotations
+/// (at most [`MAX_CLAIM_ANNOTATIONS`]) and the external annotations of their ports (at most
+/// [`MAX_EXTERNAL_VALUE`] bytes each: what the publisher compares its own with), node, `hostNetwork`, each container's name, restart
+/// policy and ports (at most [`MAX_POD_PORTS`] in all), phase and addresses. What decides a
+/// release, a port in use outside the books and a forward; nothing a tenant can grow.
+pub fn strip_pod(pod: &mut Pod) {
+    let annotations = kept_pod_annotations(pod.metadata.annotations.as_ref());
     strip_metadata(pod);
     pod.metadata.finalizers = None;
     pod.metadata.annotations = Some(annotations).filter(|a| !a.is_empty());

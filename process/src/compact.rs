@@ -103,6 +103,16 @@ impl<C> CompactStore<C> {
         })
     }
 
+    /// Every object, in no particular order (a snapshot: later changes do not reach it).
+    pub fn all(&self) -> Vec<Arc<C>> {
+        let objects = self.read();
+        let mut all = Vec::with_capacity(objects.values().map(HashMap::len).sum());
+        for names in objects.values() {
+            all.extend(names.values().cloned());
+        }
+        all
+    }
+
     /// Waits until the first complete list has been cached; `Err` if the feed is gone first.
     pub async fn wait_until_ready(&self) -> Result<(), watch::error::RecvError> {
         let mut synced = self.synced.clone();
@@ -292,6 +302,9 @@ mod tests {
         store.wait_until_ready().await.expect("ready");
         assert_eq!(store.get("a", "x").map(|l| l.0), Some(3));
         assert_eq!(store.len(), 2);
+        let mut all: Vec<usize> = store.all().iter().map(|l| l.0).collect();
+        all.sort_unstable();
+        assert_eq!(all, [1, 3]);
 
         writer.apply(&Event::Apply(config_map("a", "x", "12345")));
         writer.apply(&Event::Apply(config_map("a", "y", "")));

@@ -1,12 +1,12 @@
 //! The watch-fed caches both halves start the same way: one spawned task per watch, each
-//! object stripped (see `hostport_api::cache`) before it is stored, a change counter bumped
-//! after every event.
+//! object stripped (see `hostport_api::cache`) or, for claims and pods, compacted
+//! (`crate::published`) before it is stored, a change counter bumped after every event.
 
 use std::sync::Arc;
 
-use hostport_api::cache::{POD_LIST_PAGE, strip_claim, strip_metadata, strip_pod};
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
+use hostport_api::HostPortClass;
+use hostport_api::cache::{POD_LIST_PAGE, strip_metadata};
+use hostport_process::compact::{Compact, CompactStore};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::claimed::Inputs;
+use crate::published::{PublishedClaim, PublishedPod};
 
 /// A watch-fed cache of the `K`s `config` selects (stored `strip`ped; `changes` bumped after
 /// each event), its feeding task pushed on `tasks`.
@@ -33,23 +34,37 @@ where
     store
 }
 
+/// A watch-fed cache of compact `C`s of what `config` selects (`changes` bumped after each
+/// event), its feeding task pushed on `tasks`.
+fn spawn_compact_cache<C: Compact>(
+    client: &Client,
+    config: watcher::Config,
+    changes: &watch::Sender<u64>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> CompactStore<C> {
+    let (store, feed) =
+        hostport_process::compact::compact_cache(Api::all(client.clone()), config, changes.clone());
+    tasks.push(tokio::spawn(feed));
+    store
+}
+
 /// The caches both halves read: classes, claims, and pods (only one node's when set).
 #[derive(Clone, Debug)]
 pub struct ClaimCaches {
     /// Every class.
     pub classes: Store<HostPortClass>,
-    /// Every claim (with status: router mode rewrites only its own part of it).
-    pub claims: Store<HostPortClaim>,
+    /// Every claim.
+    pub claims: CompactStore<PublishedClaim>,
     /// Every pod, or one node's.
-    pub pods: Store<Pod>,
+    pub pods: CompactStore<PublishedPod>,
 }
 
 /// What [`ClaimCaches`] hold at one moment, for one pass.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     classes: Vec<Arc<HostPortClass>>,
-    claims: Vec<Arc<HostPortClaim>>,
-    pods: Vec<Arc<Pod>>,
+    claims: Vec<Arc<PublishedClaim>>,
+    pods: Vec<Arc<PublishedPod>>,
 }
 
 impl Snapshot {
@@ -79,20 +94,14 @@ impl ClaimCaches {
             changes,
             tasks,
         );
-        let claims = spawn_cache(
-            client,
-            watcher::Config::default(),
-            strip_claim,
-            changes,
-            tasks,
-        );
+        let claims = spawn_compact_cache(client, watcher::Config::default(), changes, tasks);
         // Big pods arrive in small pages, each stripped before the next.
         let pod_config = match node {
             Some(node) => watcher::Config::default().fields(&format!("spec.nodeName={node}")),
             None => watcher::Config::default(),
         }
         .page_size(POD_LIST_PAGE);
-        let pods = spawn_cache(client, pod_config, strip_pod, changes, tasks);
+        let pods = spawn_compact_cache(client, pod_config, changes, tasks);
         Self {
             classes,
             claims,
@@ -111,8 +120,8 @@ impl ClaimCaches {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             classes: self.classes.state(),
-            claims: self.claims.state(),
-            pods: self.pods.state(),
+            claims: self.claims.all(),
+            pods: self.pods.all(),
         }
     }
 }

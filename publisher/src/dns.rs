@@ -122,14 +122,14 @@ pub fn wanted(described: &[Described<'_>]) -> BTreeMap<PodKey, ClaimRecords> {
         let Some(endpoints) = endpoints.as_ref().filter(|e| !e.is_empty()) else {
             continue;
         };
-        let namespace = used.claim.namespace().unwrap_or_default();
-        let name = used.claim.name_any();
+        let namespace = used.claim.namespace.to_string();
+        let name = used.claim.name.to_string();
         let entry = records
             .entry((namespace.clone(), name.clone()))
             .or_insert_with(|| ClaimRecords {
                 host: host(&name, &namespace, dns),
                 ttl: dns.ttl_seconds(),
-                claim_uid: used.claim.uid().unwrap_or_default(),
+                claim_uid: used.claim.uid.to_string(),
                 ..ClaimRecords::default()
             });
         for endpoint in endpoints {

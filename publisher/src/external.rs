@@ -13,17 +13,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hostport_api::annotations::{EXTERNAL_PREFIX, external_annotation_key};
+use hostport_api::annotations::external_annotation_key;
 use hostport_api::cache::MAX_EXTERNAL_VALUE;
 use hostport_api::{IpFamily, Publish};
 use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::claimed::{ClaimedPort, Inputs, claimed_ports};
 use crate::forwarding::rules::ForwardSet;
-use crate::forwarding::wanted::{host_addresses, pod_ip_addresses};
+use crate::published::PublishedPod;
 
 /// Which publisher describes a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,8 +144,8 @@ impl Knowledge<'_> {
                 forwards,
             } => {
                 let targets = match describer {
-                    Describer::Node => pod_ip_addresses(used.pod),
-                    _ => host_addresses(used.pod),
+                    Describer::Node => &used.pod.pod_addresses,
+                    _ => &used.pod.host_addresses,
                 };
                 public
                     .iter()
@@ -163,9 +163,8 @@ impl Knowledge<'_> {
             Self::Router { node } => {
                 let protocol = used.protocol.as_str().to_uppercase();
                 used.claim
-                    .status
+                    .external()
                     .iter()
-                    .flat_map(|s| &s.external)
                     .filter(|e| e.node_name == node && e.protocol == protocol)
                     .filter_map(|e| {
                         Some(PublicEndpoint {
@@ -221,10 +220,7 @@ pub fn wanted(described: &[Described<'_>]) -> (WantedAnnotations, DescribedElsew
         endpoints: ours,
     } in described
     {
-        let key = (
-            used.pod.namespace().unwrap_or_default(),
-            used.pod.name_any(),
-        );
+        let key = (used.pod.namespace.to_string(), used.pod.name.to_string());
         let port_name = used.port_name.to_owned();
         match ours {
             Some(ours) => endpoints
@@ -256,16 +252,16 @@ pub fn wanted(described: &[Described<'_>]) -> (WantedAnnotations, DescribedElsew
 /// The merge patch of `pod`'s annotations that makes its external annotations `wanted`
 /// (leaving `others` alone); `None` when it already has them.
 pub fn patch_for(
-    pod: &Pod,
+    pod: &PublishedPod,
     wanted: Option<&BTreeMap<String, String>>,
     others: Option<&BTreeSet<String>>,
 ) -> Option<Value> {
     let empty = BTreeMap::new();
     let wanted = wanted.unwrap_or(&empty);
     let current: BTreeMap<&str, &str> = pod
-        .annotations()
+        .external
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix(EXTERNAL_PREFIX)?, v.as_str())))
+        .map(|(name, value)| (name.as_ref(), value.as_ref()))
         .collect();
     let mut changes = serde_json::Map::new();
     for (name, value) in wanted {
@@ -303,14 +299,14 @@ impl Annotator {
     /// Patches every pod among `pods` whose external annotations differ from what
     /// `described` says (pods being deleted are left alone). Returns how many were patched;
     /// failures are logged and retried on the next pass.
-    pub async fn keep(&self, pods: &[Arc<Pod>], described: &[Described<'_>]) -> usize {
+    pub async fn keep(&self, pods: &[Arc<PublishedPod>], described: &[Described<'_>]) -> usize {
         let (wanted, others) = wanted(described);
         let mut patched = 0;
         for pod in pods {
-            if pod.metadata.deletion_timestamp.is_some() {
+            if pod.deleting {
                 continue;
             }
-            let key = (pod.namespace().unwrap_or_default(), pod.name_any());
+            let key = (pod.namespace.to_string(), pod.name.to_string());
             let Some(patch) = patch_for(pod, wanted.get(&key), others.get(&key)) else {
                 continue;
             };

@@ -7,7 +7,7 @@
 //!   UPnP-IGD by the publisher on each node.
 //!
 //! Shared: [`claimed`] (which ports pods hold through claims, which ports Services never
-//! get), [`caches`] (the watches), [`deny`] (ports never published), [`external`] (the
+//! get), [`caches`] (the watches), [`published`] (what the caches keep of claims and pods), [`deny`] (ports never published), [`external`] (the
 //! public address annotations on pods), [`dns`] (external-dns records), [`metrics`], [`cli`].
 #![forbid(unsafe_code)]
 
@@ -19,4 +19,5 @@ pub mod dns;
 pub mod external;
 pub mod forwarding;
 pub mod metrics;
+pub mod published;
 pub mod router;

@@ -1,13 +1,14 @@
 use std::sync::Arc;
 
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
+use hostport_api::HostPortClass;
 use serde_json::json;
 
 use super::*;
 use crate::claimed::Inputs;
 use crate::external::{Describer, Knowledge, describe};
 use crate::forwarding::rules::{Forward, ForwardSet, Target};
+use crate::published::fixtures::{claim_from, pod_from};
+use crate::published::{PublishedClaim, PublishedPod};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("ip")
@@ -24,27 +25,21 @@ fn a_claim_gets_a_aaaa_and_an_srv_per_port_name() {
         }))
         .expect("class"),
     )];
-    let claims: [Arc<HostPortClaim>; 1] = [Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": "lobby", "namespace": "games", "uid": "claim-uid"},
-            "spec": {"hostPortClassName": "public", "hostPortName": "port-9000"},
-            "status": {"phase": "Bound", "port": 9000}
-        }))
-        .expect("claim"),
-    )];
-    let pods: [Arc<Pod>; 1] = [Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": "lobby-0", "namespace": "games", "annotations": {
-                "claim.hostport.rmb938.com/game": "lobby", "claim.hostport.rmb938.com/voice": "lobby"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "lobby", "ports": [
-                {"name": "game", "containerPort": 7000, "hostPort": 9000},
-                {"name": "voice", "containerPort": 7001, "hostPort": 9000, "protocol": "UDP"}]}]},
-            "status": {"phase": "Running", "hostIP": "198.51.100.2",
-                "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}]}
-        }))
-        .expect("pod"),
-    )];
+    let claims: [Arc<PublishedClaim>; 1] = [claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": "lobby", "namespace": "games", "uid": "claim-uid"},
+        "spec": {"hostPortClassName": "public", "hostPortName": "port-9000"},
+        "status": {"phase": "Bound", "port": 9000}
+    }))];
+    let pods: [Arc<PublishedPod>; 1] = [pod_from(json!({
+        "metadata": {"name": "lobby-0", "namespace": "games", "annotations": {
+            "claim.hostport.rmb938.com/game": "lobby", "claim.hostport.rmb938.com/voice": "lobby"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "lobby", "ports": [
+            {"name": "game", "containerPort": 7000, "hostPort": 9000},
+            {"name": "voice", "containerPort": 7001, "hostPort": 9000, "protocol": "UDP"}]}]},
+        "status": {"phase": "Running", "hostIP": "198.51.100.2",
+            "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}]}
+    }))];
     let inputs = Inputs {
         classes: &classes,
         claims: &claims,

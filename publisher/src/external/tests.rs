@@ -1,12 +1,13 @@
 use std::sync::Arc;
 
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
+use hostport_api::HostPortClass;
 use serde_json::json;
 
 use super::*;
 use crate::claimed::Protocol;
 use crate::forwarding::rules::{Forward, Target};
+use crate::published::fixtures::{claim_from, pod_from};
+use crate::published::{PublishedClaim, PublishedPod};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("ip")
@@ -23,36 +24,30 @@ fn class(name: &str, publish: Value) -> Arc<HostPortClass> {
     )
 }
 
-fn claim(name: &str, class: &str, port: i32, external: Value) -> Arc<HostPortClaim> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": name, "namespace": "games"},
-            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")},
-            "status": {"phase": "Bound", "port": port, "external": external}
-        }))
-        .expect("claim"),
-    )
+fn claim(name: &str, class: &str, port: i32, external: Value) -> Arc<PublishedClaim> {
+    claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": name, "namespace": "games"},
+        "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")},
+        "status": {"phase": "Bound", "port": port, "external": external}
+    }))
 }
 
 /// Pod `name` on n1 (dual stack) claiming `claim` for its TCP port `game`, with
 /// `annotations` beside the claim annotation.
-fn pod(name: &str, claim: &str, port: i32, annotations: Value) -> Arc<Pod> {
+fn pod(name: &str, claim: &str, port: i32, annotations: Value) -> Arc<PublishedPod> {
     let mut all = json!({"claim.hostport.rmb938.com/game": claim});
     for (k, v) in annotations.as_object().into_iter().flatten() {
         all[k] = v.clone();
     }
-    Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "games", "annotations": all},
-            "spec": {"nodeName": "n1", "containers": [{"name": "game", "ports": [
-                {"name": "game", "containerPort": 7777, "hostPort": port}]}]},
-            "status": {"phase": "Running", "hostIP": "198.51.100.2",
-                "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
-                "podIP": "10.0.0.5"}
-        }))
-        .expect("pod"),
-    )
+    pod_from(json!({
+        "metadata": {"name": name, "namespace": "games", "annotations": all},
+        "spec": {"nodeName": "n1", "containers": [{"name": "game", "ports": [
+            {"name": "game", "containerPort": 7777, "hostPort": port}]}]},
+        "status": {"phase": "Running", "hostIP": "198.51.100.2",
+            "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
+            "podIP": "10.0.0.5"}
+    }))
 }
 
 fn forward(port: u16, to: &str) -> Forward {

@@ -22,12 +22,13 @@ use std::sync::Arc;
 
 use hostport_api::port_set::PortSet;
 use hostport_api::{IpFamily, Publish};
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::ResourceExt;
 
 use crate::claimed::{Inputs, NodePort, claimed_ports, node_ports};
 use crate::deny::DenyList;
 use crate::forwarding::rules::{Conflict, Forward, ForwardSet, Target};
+use crate::published::PublishedPod;
 
 /// Service annotation (value `"true"`) that asks for its ports to be forwarded from the edge.
 pub const SERVICE_ANNOTATION: &str = hostport_api::annotations::FORWARD_SERVICE_ANNOTATION;
@@ -165,46 +166,11 @@ impl std::str::FromStr for IpCidr {
     }
 }
 
-/// A pod's node's addresses (`status.hostIPs`, with `status.hostIP` first for clusters that
-/// never fill the list).
-pub fn host_addresses(pod: &Pod) -> Vec<IpAddr> {
-    let status = pod.status.as_ref();
-    let first = status.and_then(|s| s.host_ip.as_deref());
-    let list = status
-        .and_then(|s| s.host_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|a| a.ip.as_str());
-    parsed(first.into_iter().chain(list))
-}
-
-/// A pod's own addresses (`status.podIPs`, with `status.podIP` first).
-pub fn pod_ip_addresses(pod: &Pod) -> Vec<IpAddr> {
-    let status = pod.status.as_ref();
-    let first = status.and_then(|s| s.pod_ip.as_deref());
-    let list = status
-        .and_then(|s| s.pod_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|a| a.ip.as_str());
-    parsed(first.into_iter().chain(list))
-}
-
-fn parsed<'a>(addresses: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = vec![];
-    for address in addresses.filter_map(|a| a.parse().ok()) {
-        if !out.contains(&address) {
-            out.push(address);
-        }
-    }
-    out
-}
-
 /// Where a forward of this side goes: the node's addresses (edge), the pod's (node).
-fn pod_addresses(pod: &Pod, mode: Mode<'_>) -> Vec<IpAddr> {
+fn pod_addresses<'p>(pod: &'p PublishedPod, mode: Mode<'_>) -> &'p [IpAddr] {
     match mode {
-        Mode::Edge => host_addresses(pod),
-        Mode::Node(..) => pod_ip_addresses(pod),
+        Mode::Edge => &pod.host_addresses,
+        Mode::Node(..) => &pod.pod_addresses,
     }
 }
 
@@ -223,7 +189,7 @@ fn claimed(
         let target_port = match mode {
             Mode::Edge => Some(used.port),
             Mode::Node(node, _) => {
-                if used.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node) {
+                if used.pod.node.as_deref() != Some(node) {
                     continue;
                 }
                 u16::try_from(used.container_port.container_port).ok()
@@ -247,7 +213,7 @@ fn claimed(
                 && !cidrs.is_empty()
                 && !cidrs.iter().any(|c| c.contains(address))
             {
-                tracing::warn!(pod = %format!("{}/{}", used.pod.namespace().unwrap_or_default(), used.pod.name_any()), pod_ip = %address, "pod address outside this node's pod CIDRs; not forwarded");
+                tracing::warn!(pod = %used.pod.path(), pod_ip = %address, "pod address outside this node's pod CIDRs; not forwarded");
                 continue;
             }
             wanted.add_allowed(

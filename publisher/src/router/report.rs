@@ -19,6 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::published::{PublishedClaim, RouterView};
 use crate::router::table::Report;
 use crate::router::wanted::Owner;
 
@@ -64,15 +65,16 @@ impl ClaimReport {
     }
 }
 
-/// What node `node` wants a claim's status to say, from its current `status` and `report`
-/// (`None`: this node maps nothing for it now). `None` when there is nothing for us to say.
+/// What node `node` wants a claim's status to say, from its current status (`claim`) and
+/// `report` (`None`: this node maps nothing for it now). `None` when there is nothing for us
+/// to say.
 pub fn claim_report(
-    claim: &HostPortClaim,
+    claim: &RouterView,
     node: &str,
     report: Option<&Report>,
     touched: bool,
 ) -> Option<ClaimReport> {
-    let status = claim.status.clone().unwrap_or_default();
+    let status = claim.status.clone();
     let ours_listed = status.external.iter().any(|e| e.node_name == node);
     if report.is_none() && !ours_listed && !touched {
         return None;
@@ -125,7 +127,7 @@ pub fn claim_report(
     let mut status = status;
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    let generation = claim.metadata.generation;
+    let generation = claim.generation;
     conditions::set(
         &mut status.conditions,
         Condition::new(PUBLISHED, state, reason, message, generation, now.clone()),
@@ -183,27 +185,61 @@ impl Reporter {
         self.services_written.clear();
     }
 
+    /// The claim `namespace/name` as the API server has it now, for a first write to a claim
+    /// whose status the cache does not keep (`None`: gone, or unreadable; logged, and tried
+    /// again on the next pass).
+    async fn read(&self, namespace: &str, name: &str) -> Option<RouterView> {
+        let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(claim) => claim.as_ref().map(RouterView::of),
+            Err(error) => {
+                tracing::warn!(claim = %format!("{namespace}/{name}"), %error, "reading the claim to report its router mappings failed; retrying on the next pass");
+                None
+            }
+        }
+    }
+
     /// Writes what changed for every claim in `claims` (the cache) given `reports`.
     pub async fn claims(
         &mut self,
-        claims: &[Arc<HostPortClaim>],
+        claims: &[Arc<PublishedClaim>],
         reports: &BTreeMap<Owner, Report>,
     ) {
+        let unwritten = RouterView::default();
         for claim in claims {
-            let key = (claim.namespace().unwrap_or_default(), claim.name_any());
+            let key = (claim.namespace.to_string(), claim.name.to_string());
             let owner = Owner::Claim {
                 namespace: key.0.clone(),
                 name: key.1.clone(),
             };
             let report = reports.get(&owner);
             let touched = self.touched.contains(&key);
-            let Some(wanted) = claim_report(claim, &self.node, report, touched) else {
+            let cached = claim.router.as_deref();
+            let Some(wanted) =
+                claim_report(cached.unwrap_or(&unwritten), &self.node, report, touched)
+            else {
                 continue;
+            };
+            // The cache keeps a claim's status once router mode wrote to it: before the
+            // first write, read the status to write over.
+            let fresh;
+            let (view, wanted) = match cached {
+                Some(view) => (view, wanted),
+                None => {
+                    let Some(read) = self.read(&key.0, &key.1).await else {
+                        continue;
+                    };
+                    fresh = read;
+                    let Some(wanted) = claim_report(&fresh, &self.node, report, touched) else {
+                        continue;
+                    };
+                    (&fresh, wanted)
+                }
             };
             let Some(published) = wanted.published() else {
                 continue;
             };
-            let status = claim.status.clone().unwrap_or_default();
+            let status = &view.status;
             let current = conditions::find(&status.conditions, PUBLISHED);
             // `conditions::set` kept each unchanged condition's transition time, so equal
             // lists mean nothing (Published, Ready) changed.
@@ -214,7 +250,7 @@ impl Reporter {
                 continue;
             }
             let patch = json!({
-                "metadata": {"resourceVersion": claim.resource_version()},
+                "metadata": {"resourceVersion": view.resource_version},
                 "status": {"external": wanted.external, "conditions": wanted.conditions},
             });
             let api: Api<HostPortClaim> = Api::namespaced(self.client.clone(), &key.0);
@@ -234,7 +270,7 @@ impl Reporter {
                         };
                         self.events
                             .publish(
-                                claim.as_ref(),
+                                &claim.reference(),
                                 type_,
                                 &published.reason,
                                 "Publish",

@@ -157,7 +157,7 @@ fn wanted_services(caches: &Caches, options: &RunOptions) -> WantedMappings {
     };
     let claimable = claimable_ports(
         &caches.claimed.classes.state(),
-        &caches.claimed.claims.state(),
+        &caches.claimed.claims.all(),
     );
     wanted::services(
         &services.state(),
@@ -230,7 +230,7 @@ pub async fn run<R: Router + Clone>(
         let reports = claims_table.reports(&wanted.problems);
         if !options.dry_run {
             reporter
-                .claims(&caches.claimed.claims.state(), &reports)
+                .claims(&caches.claimed.claims.all(), &reports)
                 .await;
             // From the claims' `status.external` as the cache has it: a write just made
             // shows up on the pass its watch event brings.
@@ -293,7 +293,7 @@ pub async fn run<R: Router + Clone>(
         tracing::info!(removed, "stopping; removed our mappings from the router");
         if !options.dry_run {
             reporter
-                .claims(&caches.claimed.claims.state(), &claims_table.reports(&[]))
+                .claims(&caches.claimed.claims.all(), &claims_table.reports(&[]))
                 .await;
         }
     }

@@ -172,11 +172,7 @@ impl ThisNode<'_> {
 pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
     let mut wanted = WantedMappings::default();
     for used in claimed_ports(inputs, |p| p.router.is_some()) {
-        let spec = used.pod.spec.as_ref();
-        let status = used.pod.status.as_ref();
-        if spec.and_then(|s| s.node_name.as_deref()) != Some(node.name)
-            || status.and_then(|s| s.phase.as_deref()) != Some("Running")
-        {
+        if used.pod.node.as_deref() != Some(node.name) || !used.pod.running {
             continue;
         }
         let Some(publish) = used.class.spec.publish.as_ref() else {
@@ -186,8 +182,8 @@ pub fn claims(inputs: Inputs<'_>, node: ThisNode<'_>) -> WantedMappings {
             continue;
         };
         let owner = Owner::Claim {
-            namespace: used.claim.namespace().unwrap_or_default(),
-            name: used.claim.name_any(),
+            namespace: used.claim.namespace.to_string(),
+            name: used.claim.name.to_string(),
         };
         if node.deny.denies(used.port) {
             wanted

@@ -1,8 +1,9 @@
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
+use hostport_api::HostPortClass;
 
 use super::*;
 use crate::claimed::{Protocol, claimable_ports};
+use crate::published::fixtures::{claim_from, pod_from};
+use crate::published::{PublishedClaim, PublishedPod};
 
 /// Today's default: IPv4 only.
 const V4: &[IpFamily] = &[IpFamily::Ipv4];
@@ -24,34 +25,35 @@ fn class(name: &str, edge: bool, node: bool) -> Arc<HostPortClass> {
     )
 }
 
-fn claim(namespace: &str, name: &str, class: &str, port: Option<i32>) -> Arc<HostPortClaim> {
+fn claim(namespace: &str, name: &str, class: &str, port: Option<i32>) -> Arc<PublishedClaim> {
     let status = port.map(|p| json!({"phase": "Bound", "port": p}));
-    Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"hostPortClassName": class, "hostPortName": port.map(|p| format!("port-{p}"))},
-            "status": status
-        }))
-        .expect("claim"),
-    )
+    claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"hostPortClassName": class, "hostPortName": port.map(|p| format!("port-{p}"))},
+        "status": status
+    }))
 }
 
 /// A game server: `game-tcp`/`game-udp` on container port 7777 with hostPort `port`, named
 /// claim `claim`.
-fn pod(name: &str, node: &str, host_ip: &str, pod_ip: &str, claim: &str, port: i32) -> Arc<Pod> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "games", "annotations": {
-                "claim.hostport.rmb938.com/game-tcp": claim,
-                "claim.hostport.rmb938.com/game-udp": claim}},
-            "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
-                {"name": "game-tcp", "containerPort": 7777, "hostPort": port, "protocol": "TCP"},
-                {"name": "game-udp", "containerPort": 7777, "hostPort": port, "protocol": "UDP"}]}]},
-            "status": {"phase": "Running", "hostIP": host_ip, "podIP": pod_ip}
-        }))
-        .expect("pod"),
-    )
+fn pod(
+    name: &str,
+    node: &str,
+    host_ip: &str,
+    pod_ip: &str,
+    claim: &str,
+    port: i32,
+) -> Arc<PublishedPod> {
+    pod_from(json!({
+        "metadata": {"name": name, "namespace": "games", "annotations": {
+            "claim.hostport.rmb938.com/game-tcp": claim,
+            "claim.hostport.rmb938.com/game-udp": claim}},
+        "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
+            {"name": "game-tcp", "containerPort": 7777, "hostPort": port, "protocol": "TCP"},
+            {"name": "game-udp", "containerPort": 7777, "hostPort": port, "protocol": "UDP"}]}]},
+        "status": {"phase": "Running", "hostIP": host_ip, "podIP": pod_ip}
+    }))
 }
 
 fn target(address: &str, port: u16) -> Target {
@@ -132,7 +134,7 @@ fn two_pods_on_one_claim_conflict_and_the_result_is_deterministic() {
     let claims = [claim("games", "a", "public", Some(9000))];
     let one = pod("a-0", "n1", "198.51.100.3", "10.0.0.5", "a", 9000);
     let two = pod("a-1", "n2", "198.51.100.2", "10.0.1.5", "a", 9000);
-    let forwards = |pods: &[Arc<Pod>]| {
+    let forwards = |pods: &[Arc<PublishedPod>]| {
         edge(
             Inputs {
                 classes: &classes,
@@ -335,30 +337,24 @@ fn node_mode_forwards_only_to_pod_addresses_of_its_node() {
 #[test]
 fn every_port_of_a_block_is_forwarded_and_claimed() {
     let classes = [class("media", true, true)];
-    let block: Arc<HostPortClaim> = Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": "rtp", "namespace": "games"},
-            "spec": {"hostPortClassName": "media", "hostPortName": "port-9010", "count": 3},
-            "status": {"phase": "Bound", "port": 9010}
-        }))
-        .expect("claim"),
-    );
+    let block: Arc<PublishedClaim> = claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": "rtp", "namespace": "games"},
+        "spec": {"hostPortClassName": "media", "hostPortName": "port-9010", "count": 3},
+        "status": {"phase": "Bound", "port": 9010}
+    }));
     // As the webhook admits it: the named first port and one more per port of the block.
-    let media: Arc<Pod> = Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": "media-0", "namespace": "games", "annotations": {
-                "claim.hostport.rmb938.com/rtp": "rtp"}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "media", "ports": [
-                {"name": "rtp", "containerPort": 10000, "hostPort": 9010, "protocol": "UDP"},
-                {"containerPort": 10001, "hostPort": 9011, "protocol": "UDP"},
-                {"containerPort": 10002, "hostPort": 9012, "protocol": "UDP"},
-                // Not the block's protocol: not its port.
-                {"containerPort": 10003, "hostPort": 9013, "protocol": "TCP"}]}]},
-            "status": {"phase": "Running", "hostIP": "198.51.100.2", "podIP": "10.0.0.9"}
-        }))
-        .expect("pod"),
-    );
+    let media: Arc<PublishedPod> = pod_from(json!({
+        "metadata": {"name": "media-0", "namespace": "games", "annotations": {
+            "claim.hostport.rmb938.com/rtp": "rtp"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "media", "ports": [
+            {"name": "rtp", "containerPort": 10000, "hostPort": 9010, "protocol": "UDP"},
+            {"containerPort": 10001, "hostPort": 9011, "protocol": "UDP"},
+            {"containerPort": 10002, "hostPort": 9012, "protocol": "UDP"},
+            // Not the block's protocol: not its port.
+            {"containerPort": 10003, "hostPort": 9013, "protocol": "TCP"}]}]},
+        "status": {"phase": "Running", "hostIP": "198.51.100.2", "podIP": "10.0.0.9"}
+    }));
     let claims = [block];
     let pods = [media];
     let inputs = Inputs {
@@ -386,20 +382,17 @@ fn every_port_of_a_block_is_forwarded_and_claimed() {
 }
 
 /// A dual-stack game server: `hostIPs` and `podIPs` of both families.
-fn dual_stack_pod(name: &str, claim: &str, port: i32, pod_ips: &[&str]) -> Arc<Pod> {
+fn dual_stack_pod(name: &str, claim: &str, port: i32, pod_ips: &[&str]) -> Arc<PublishedPod> {
     let pod_ips: Vec<serde_json::Value> = pod_ips.iter().map(|ip| json!({"ip": ip})).collect();
-    Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "games", "annotations": {
-                "claim.hostport.rmb938.com/game-tcp": claim}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "game", "ports": [
-                {"name": "game-tcp", "containerPort": 7777, "hostPort": port}]}]},
-            "status": {"phase": "Running", "hostIP": "198.51.100.2",
-                "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
-                "podIP": pod_ips.first().and_then(|ip| ip["ip"].as_str()), "podIPs": pod_ips}
-        }))
-        .expect("pod"),
-    )
+    pod_from(json!({
+        "metadata": {"name": name, "namespace": "games", "annotations": {
+            "claim.hostport.rmb938.com/game-tcp": claim}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "game", "ports": [
+            {"name": "game-tcp", "containerPort": 7777, "hostPort": port}]}]},
+        "status": {"phase": "Running", "hostIP": "198.51.100.2",
+            "hostIPs": [{"ip": "198.51.100.2"}, {"ip": "2001:db8::2"}],
+            "podIP": pod_ips.first().and_then(|ip| ip["ip"].as_str()), "podIPs": pod_ips}
+    }))
 }
 
 fn class_with_families(families: serde_json::Value) -> Arc<HostPortClass> {

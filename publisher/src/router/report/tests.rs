@@ -8,14 +8,16 @@ use crate::claimed::Protocol;
 use crate::router::client::{Method, RouterError};
 use crate::router::table::Endpoint;
 
-fn claim(external: serde_json::Value, conditions: serde_json::Value) -> HostPortClaim {
-    serde_json::from_value(json!({
+/// What router mode reads of a claim with these `status.external` entries and conditions.
+fn claim(external: serde_json::Value, conditions: serde_json::Value) -> RouterView {
+    let claim: HostPortClaim = serde_json::from_value(json!({
         "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
         "metadata": {"name": "game", "namespace": "games"},
         "spec": {"hostPortClassName": "home", "hostPortName": "port-7001"},
         "status": {"phase": "Bound", "port": 7001, "external": external, "conditions": conditions}
     }))
-    .expect("claim")
+    .expect("claim");
+    RouterView::of(&claim)
 }
 
 fn entry(node: &str) -> serde_json::Value {

@@ -1,9 +1,10 @@
-use hostport_api::{HostPortClaim, HostPortClass};
-use k8s_openapi::api::core::v1::Pod;
+use hostport_api::HostPortClass;
 use serde_json::json;
 
 use super::*;
 use crate::claimed::Protocol;
+use crate::published::fixtures::{claim_from, pod_from};
+use crate::published::{PublishedClaim, PublishedPod};
 
 const NODE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -19,30 +20,24 @@ fn class(name: &str, router: serde_json::Value) -> Arc<HostPortClass> {
     )
 }
 
-fn claim(name: &str, class: &str, port: i32) -> Arc<HostPortClaim> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": name, "namespace": "games"},
-            "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")},
-            "status": {"phase": "Bound", "port": port}
-        }))
-        .expect("claim"),
-    )
+fn claim(name: &str, class: &str, port: i32) -> Arc<PublishedClaim> {
+    claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": name, "namespace": "games"},
+        "spec": {"hostPortClassName": class, "hostPortName": format!("port-{port}")},
+        "status": {"phase": "Bound", "port": port}
+    }))
 }
 
-fn pod(name: &str, node: &str, phase: &str, claim: &str, host_port: i32) -> Arc<Pod> {
-    Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": name, "namespace": "games",
-                         "annotations": {"claim.hostport.rmb938.com/game": claim}},
-            "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
-                {"name": "game", "containerPort": 7777, "hostPort": host_port, "protocol": "UDP"}]}]},
-            // A hostIP the pod's status claims is never the mapping's target.
-            "status": {"phase": phase, "hostIP": "198.51.100.99"}
-        }))
-        .expect("pod"),
-    )
+fn pod(name: &str, node: &str, phase: &str, claim: &str, host_port: i32) -> Arc<PublishedPod> {
+    pod_from(json!({
+        "metadata": {"name": name, "namespace": "games",
+                     "annotations": {"claim.hostport.rmb938.com/game": claim}},
+        "spec": {"nodeName": node, "containers": [{"name": "game", "ports": [
+            {"name": "game", "containerPort": 7777, "hostPort": host_port, "protocol": "UDP"}]}]},
+        // A hostIP the pod's status claims is never the mapping's target.
+        "status": {"phase": phase, "hostIP": "198.51.100.99"}
+    }))
 }
 
 const ADDRESSES: [IpAddr; 1] = [IpAddr::V4(NODE)];
@@ -348,27 +343,21 @@ fn claims_win_the_router_port_over_services() {
 fn a_block_is_one_mapping_per_port() {
     let deny = DenyList::default();
     let classes = [class("home", json!({}))];
-    let block: Arc<HostPortClaim> = Arc::new(
-        serde_json::from_value(json!({
-            "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
-            "metadata": {"name": "rtp", "namespace": "games"},
-            "spec": {"hostPortClassName": "home", "hostPortName": "port-7010", "count": 3},
-            "status": {"phase": "Bound", "port": 7010}
-        }))
-        .expect("claim"),
-    );
-    let media: Arc<Pod> = Arc::new(
-        serde_json::from_value(json!({
-            "metadata": {"name": "media", "namespace": "games",
-                         "annotations": {"claim.hostport.rmb938.com/rtp": "rtp"}},
-            "spec": {"nodeName": "node-a", "containers": [{"name": "media", "ports": [
-                {"name": "rtp", "containerPort": 10000, "hostPort": 7010, "protocol": "UDP"},
-                {"containerPort": 10001, "hostPort": 7011, "protocol": "UDP"},
-                {"containerPort": 10002, "hostPort": 7012, "protocol": "UDP"}]}]},
-            "status": {"phase": "Running"}
-        }))
-        .expect("pod"),
-    );
+    let block: Arc<PublishedClaim> = claim_from(json!({
+        "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
+        "metadata": {"name": "rtp", "namespace": "games"},
+        "spec": {"hostPortClassName": "home", "hostPortName": "port-7010", "count": 3},
+        "status": {"phase": "Bound", "port": 7010}
+    }));
+    let media: Arc<PublishedPod> = pod_from(json!({
+        "metadata": {"name": "media", "namespace": "games",
+                     "annotations": {"claim.hostport.rmb938.com/rtp": "rtp"}},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "media", "ports": [
+            {"name": "rtp", "containerPort": 10000, "hostPort": 7010, "protocol": "UDP"},
+            {"containerPort": 10001, "hostPort": 7011, "protocol": "UDP"},
+            {"containerPort": 10002, "hostPort": 7012, "protocol": "UDP"}]}]},
+        "status": {"phase": "Running"}
+    }));
     let (claims, pods) = ([block], [media]);
     let inputs = Inputs {
         classes: &classes,
