@@ -7,12 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::queue::Action;
 use hostport_api::conditions::{reasons, status, types};
 use hostport_api::ports::describe_block;
 use hostport_api::{Condition, HostPort, HostPortClaim};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::claim::{MAX_PICKS, Prepared, pending, prepare, set_claim_status};

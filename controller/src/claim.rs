@@ -13,18 +13,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::queue::Action;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
 use hostport_process::events::EventType;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::clock::{self, now};
-use crate::context::Context;
+use crate::context::{Context, key_of};
 use crate::error::{Error, Result, status_code};
 use crate::pick::{NamespaceAccess, Pick, pick_port};
 use crate::pods;
@@ -366,7 +366,7 @@ pub(crate) async fn pending(
             | reasons::PORT_IN_USE
             | reasons::NAMESPACE_LIMIT_REACHED
     ) {
-        ctx.wait_for_port(ObjectRef::from_obj(claim));
+        ctx.wait_for_port(key_of(claim));
     }
     Ok(Action::requeue(RECHECK))
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::queue::Action;
 use hostport_api::class::{PORTS_IN_USE_OUTSIDE_LISTED, TOP_NAMESPACES};
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::ports::{PortRange, distinct_port_count};
@@ -14,7 +15,6 @@ use hostport_process::events::EventType;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
 
 use crate::context::Context;
 use crate::error::Result;

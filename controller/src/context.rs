@@ -81,6 +81,16 @@ pub struct Triggers {
     pub classes: UnboundedSender<ObjectRef<HostPortClass>>,
 }
 
+/// The queue key of `object`: its kind, namespace and name only (`ObjectRef::from_obj` also
+/// copies its UID and version, which keys never compare: ~100 bytes per queued object).
+pub fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    match object.meta().namespace.as_deref() {
+        Some(namespace) => ObjectRef::new(name).within(namespace),
+        None => ObjectRef::new(name),
+    }
+}
+
 /// Serializes the allocations of one (namespace, class) with a per-namespace limit.
 pub type QuotaLock = Arc<tokio::sync::Mutex<()>>;
 

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::queue::Action;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
 use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;

@@ -21,6 +21,7 @@ mod pick;
 pub mod pod_claims;
 pub mod pods;
 pub mod port_book;
+pub mod queue;
 mod runner;
 mod superseded;
 mod watches;

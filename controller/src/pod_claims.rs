@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::queue::Action;
 use hostport_api::HostPortClaim;
 use hostport_api::pod_claims::{
     POD_LABEL, Retention, RetentionPolicy, STATEFULSET_LABEL, admitted_at, is_pod_claim, ordinal,
@@ -29,10 +30,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 
-use crate::context::Context;
+use crate::context::{Context, key_of};
 use crate::error::{Error, Result};
 use crate::pods;
 use crate::writes::{self, claim_name};
@@ -47,13 +46,13 @@ const STALE_RECHECK: Duration = Duration::from_secs(5);
 /// Reconciles the lifetime of one claim (claims not made for a pod are left alone).
 pub async fn reconcile(claim: Arc<HostPortClaim>, ctx: Arc<Context>) -> Result<Action> {
     // Taken on every path, so no record outlives its claim.
-    let pod_left = ctx.take_pod_left(&ObjectRef::from_obj(claim.as_ref()));
+    let pod_left = ctx.take_pod_left(&key_of(claim.as_ref()));
     if !is_pod_claim(claim.labels()) || claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     if ctx.is_stale(claim.as_ref()) {
         if pod_left {
-            ctx.pod_left(ObjectRef::from_obj(claim.as_ref()));
+            ctx.pod_left(key_of(claim.as_ref()));
         }
         return Ok(Action::requeue(STALE_RECHECK));
     }

@@ -1,8 +1,8 @@
 //! The run loop: watches feed the caches and the port book; once every cache is synced (and
 //! the lease is held, with leader election) three reconcile loops run, one per kind.
 //!
-//! It drives kube-runtime's `applier` directly instead of `Controller::watches`: the caches
-//! must be complete and the port book rebuilt from the HostPorts *before* the first claim is
+//! Each loop is a `queue` of its own instead of a kube-runtime `Controller`: the caches must
+//! be complete and the port book rebuilt from the HostPorts *before* the first claim is
 //! reconciled (a `Controller` starts reconciling as its first objects arrive, which could
 //! hand out a port whose HostPort has not been listed yet), and one kind's reconcile queues
 //! another's through our own channels (`context::Triggers`) with the filtering `watches`
@@ -13,11 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use hostport_api::{HostPort, HostPortClaim, HostPortClass};
 use kube::api::{Api, ListParams};
-use kube::runtime::applier;
-use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
@@ -25,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::context::{self, Context, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::queue::{self, Action};
 use crate::{claim, class, host_port, pod_claims, port_book, watches};
 use hostport_process::leader::{self, LeaseConfig};
 
@@ -66,15 +64,6 @@ pub async fn check_crds(client: &Client) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|source| Error::CrdsMissing { source })
-}
-
-fn queue<K: Resource>(
-    rx: mpsc::UnboundedReceiver<ObjectRef<K>>,
-) -> impl futures::Stream<Item = Result<ObjectRef<K>, std::convert::Infallible>> {
-    futures::stream::unfold(
-        rx,
-        |mut rx| async move { rx.recv().await.map(|r| (Ok(r), rx)) },
-    )
 }
 
 /// Runs the controller until `shutdown` completes (graceful) or leadership is lost (error).
@@ -153,14 +142,14 @@ pub async fn run(
         }
     }
 
-    let config = Config::default().concurrency(options.concurrency);
+    let concurrency = usize::from(options.concurrency);
     let claim_loop = reconcile_loop(
         claim::CONTROLLER,
         claim::reconcile,
         &ctx,
         claims.clone(),
         claim_rx,
-        &config,
+        concurrency,
     );
     let pod_claim_loop = reconcile_loop(
         pod_claims::CONTROLLER,
@@ -168,7 +157,7 @@ pub async fn run(
         &ctx,
         claims.clone(),
         pod_claim_rx,
-        &config,
+        concurrency,
     );
     let host_port_loop = reconcile_loop(
         host_port::CONTROLLER,
@@ -176,7 +165,7 @@ pub async fn run(
         &ctx,
         host_ports,
         host_port_rx,
-        &config,
+        concurrency,
     );
     let class_loop = reconcile_loop(
         class::CONTROLLER,
@@ -184,7 +173,7 @@ pub async fn run(
         &ctx,
         classes,
         class_rx,
-        &config,
+        concurrency,
     );
 
     let held = async {
@@ -214,21 +203,27 @@ fn reconcile_loop<K, Fut>(
     ctx: &Arc<Context>,
     store: Store<K>,
     queued: mpsc::UnboundedReceiver<ObjectRef<K>>,
-    config: &Config,
+    concurrency: usize,
 ) -> impl Future<Output = ()>
 where
     K: hostport_process::Watched,
     Fut: Future<Output = Result<Action>> + Send + 'static,
 {
-    applier(
-        move |object, ctx| Box::pin(instrumented(controller, object, ctx, reconcile)),
-        move |object, error, ctx| retry(controller, object.as_ref(), error, &ctx),
-        ctx.clone(),
-        store,
-        queue(queued),
-        config.clone(),
+    let ctx = ctx.clone();
+    queue::run(
+        queued,
+        move |key| store.get(key),
+        move |object| {
+            let ctx = ctx.clone();
+            async move {
+                match instrumented(controller, object.clone(), ctx.clone(), reconcile).await {
+                    Ok(action) => action,
+                    Err(error) => retry(controller, object.as_ref(), &error, &ctx),
+                }
+            }
+        },
+        concurrency,
     )
-    .for_each(|_| async {})
 }
 
 /// One reconcile, timed and counted; a success resets the object's retry backoff.

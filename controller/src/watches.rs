@@ -21,7 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 
-use crate::context::Context;
+use crate::context::{Context, key_of};
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
 use crate::pods::PodUse;
@@ -53,7 +53,7 @@ fn log_watch_error(kind: &str, error: &watcher::Error) {
 }
 
 fn touched_host_port(ctx: &Context, host_port: &HostPort) {
-    let _ = ctx.triggers.host_ports.send(ObjectRef::from_obj(host_port));
+    let _ = ctx.triggers.host_ports.send(key_of(host_port));
     if let Some((namespace, claim)) = host_port.claim_key() {
         let _ = ctx
             .triggers
@@ -116,9 +116,9 @@ pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
     follow(stream, "HostPortClaim", &mut writer, |event| {
         match event {
             Event::InitApply(claim) | Event::Apply(claim) => {
-                let _ = ctx.triggers.claims.send(ObjectRef::from_obj(claim));
+                let _ = ctx.triggers.claims.send(key_of(claim));
                 if is_pod_claim(claim.labels()) {
-                    let _ = ctx.triggers.pod_claims.send(ObjectRef::from_obj(claim));
+                    let _ = ctx.triggers.pod_claims.send(key_of(claim));
                 }
                 class_if_deleting(&ctx, claim);
             }
@@ -150,19 +150,16 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
     follow(stream, "HostPortClass", &mut writer, |event| {
         match event {
             Event::InitApply(class) => {
-                let _ = ctx.triggers.classes.send(ObjectRef::from_obj(class));
+                let _ = ctx.triggers.classes.send(key_of(class));
             }
             Event::Apply(class) | Event::Delete(class) => {
                 let name = class.name_any();
                 let publishes = matches!(event, Event::Apply(_)) && class.publishes_on_router();
                 // Overlap conditions of every class may change.
                 for other in ctx.caches.classes.state() {
-                    let _ = ctx
-                        .triggers
-                        .classes
-                        .send(ObjectRef::from_obj(other.as_ref()));
+                    let _ = ctx.triggers.classes.send(key_of(other.as_ref()));
                 }
-                let _ = ctx.triggers.classes.send(ObjectRef::from_obj(class));
+                let _ = ctx.triggers.classes.send(key_of(class));
                 for claim in ctx.caches.claims.state() {
                     // Unbound claims may bind now; bound ones whose Ready depends on
                     // whether the class publishes (set or removed `publish.router`) get it
@@ -171,10 +168,7 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                         && (claim.spec.host_port_name.is_none()
                             || !claim.ready_is_current(publishes))
                     {
-                        let _ = ctx
-                            .triggers
-                            .claims
-                            .send(ObjectRef::from_obj(claim.as_ref()));
+                        let _ = ctx.triggers.claims.send(key_of(claim.as_ref()));
                     }
                 }
                 ctx.wake_waiting();
@@ -221,10 +215,7 @@ fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
             .iter()
             .any(|r| changed.iter().any(|p| r.contains(*p)))
         {
-            let _ = ctx
-                .triggers
-                .classes
-                .send(ObjectRef::from_obj(class.as_ref()));
+            let _ = ctx.triggers.classes.send(key_of(class.as_ref()));
         }
     }
     // Only a port that became free can bind a waiting claim (one a pod starts declaring
@@ -243,10 +234,7 @@ fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
 fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
     for host_port in ctx.caches.host_ports.state() {
         if host_port.claim_key() == Some((namespace, claim)) {
-            let _ = ctx
-                .triggers
-                .host_ports
-                .send(ObjectRef::from_obj(host_port.as_ref()));
+            let _ = ctx.triggers.host_ports.send(key_of(host_port.as_ref()));
         }
     }
 }
