@@ -126,9 +126,8 @@ fn owned_host_ports(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Vec<Host
     names.dedup();
     names
         .iter()
-        .filter_map(|name| ctx.caches.host_ports.get(&ObjectRef::new(name)))
+        .filter_map(|name| ctx.cached_host_port(name))
         .filter(|hp| hp.claim_uid() == Some(uid))
-        .map(|hp| (*hp).clone())
         .collect()
 }
 

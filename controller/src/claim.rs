@@ -154,8 +154,8 @@ async fn find_host_port(
     names.extend(reserved.map(HostPort::name_for_port));
     names.dedup();
     for name in names {
-        let found = match ctx.caches.host_ports.get(&ObjectRef::new(&name)) {
-            Some(cached) if owned(&cached) => Some((*cached).clone()),
+        let found = match ctx.cached_host_port(&name) {
+            Some(cached) if owned(&cached) => Some(cached),
             // Not (yet) in the cache, or not ours there: ask the API server before
             // allocating anew.
             _ => {
@@ -527,8 +527,8 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
     names.dedup();
     let mut released = vec![];
     for name in names {
-        let host_port = match ctx.caches.host_ports.get(&ObjectRef::new(&name)) {
-            Some(cached) => Some((*cached).clone()),
+        let host_port = match ctx.cached_host_port(&name) {
+            Some(cached) => Some(cached),
             None => api
                 .get_opt(&name)
                 .await

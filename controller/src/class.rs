@@ -52,14 +52,11 @@ fn users(class: &str, ctx: &Context) -> Vec<String> {
             )
         })
         .collect();
-    users.extend(
-        ctx.caches
-            .host_ports
-            .state()
-            .iter()
-            .filter(|hp| hp.spec.host_port_class_name == class)
-            .map(|hp| format!("HostPort {}", hp.name_any())),
-    );
+    ctx.caches.host_ports.fold((), |(), _, name, host_port| {
+        if host_port.class() == class {
+            users.push(format!("HostPort {name}"));
+        }
+    });
     users.sort();
     users
 }
@@ -96,13 +93,9 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
 
     let ranges = class.ranges();
     let capacity = distinct_port_count(&ranges);
-    let allocated = ctx
-        .caches
-        .host_ports
-        .state()
-        .iter()
-        .filter(|hp| hp.spec.host_port_class_name == name && hp.port().is_some())
-        .count();
+    let allocated = ctx.caches.host_ports.fold(0_usize, |n, _, _, host_port| {
+        n + usize::from(host_port.class() == name && host_port.port().is_some())
+    });
     let used = ctx.book().used_in(&ranges);
     let available = capacity.saturating_sub(used);
     let labels = ClassLabels {
@@ -239,14 +232,14 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
 /// The namespaces whose claims hold the most ports of `class` (from the HostPort cache).
 fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
     let mut by_namespace: BTreeMap<String, i32> = BTreeMap::new();
-    for host_port in ctx.caches.host_ports.state().iter() {
-        if host_port.spec.host_port_class_name != class || host_port.port().is_none() {
-            continue;
+    ctx.caches.host_ports.fold((), |(), _, _, host_port| {
+        if host_port.class() != class || host_port.port().is_none() {
+            return;
         }
         if let Some((namespace, _)) = host_port.claim_key() {
             *by_namespace.entry(namespace.to_owned()).or_default() += 1;
         }
-    }
+    });
     let mut top: Vec<NamespaceAllocation> = by_namespace
         .into_iter()
         .map(|(namespace, allocated)| NamespaceAllocation {

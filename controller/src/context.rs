@@ -60,8 +60,8 @@ impl Default for Settings {
 pub struct Caches {
     /// Every HostPortClaim.
     pub claims: Store<HostPortClaim>,
-    /// Every HostPort.
-    pub host_ports: Store<HostPort>,
+    /// Every HostPort, compact (`Context::cached_host_port` gives one back whole).
+    pub host_ports: hostport_process::compact::CompactStore<crate::cached::CachedHostPort>,
     /// Every HostPortClass.
     pub classes: Store<HostPortClass>,
     /// Pods, as the questions of `crate::pods` read them.
@@ -169,6 +169,14 @@ impl Context {
             triggers,
             settings,
         }
+    }
+
+    /// The HostPort `name` as the cache has it.
+    pub fn cached_host_port(&self, name: &str) -> Option<HostPort> {
+        self.caches
+            .host_ports
+            .get("", name)
+            .map(|cached| cached.to_host_port(name))
     }
 
     /// The port book (held briefly, never across an await).

@@ -8,6 +8,7 @@
 
 mod backoff;
 mod block;
+pub mod cached;
 pub mod claim;
 pub mod class;
 pub mod cli;

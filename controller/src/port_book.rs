@@ -32,6 +32,19 @@ struct Held {
     claim: Option<(String, String)>,
 }
 
+/// What the book keeps of a HostPort, under its name (a relist keeps only this while it
+/// builds the next book, not the HostPorts themselves).
+fn held_of(host_port: &HostPort) -> (String, Held) {
+    let held = Held {
+        port: host_port.port(),
+        claim_uid: host_port.claim_uid().map(str::to_owned),
+        claim: host_port
+            .claim_key()
+            .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
+    };
+    (host_port.name_any(), held)
+}
+
 #[derive(Clone, Debug)]
 struct Reservation {
     claim_uid: Option<String>,
@@ -57,7 +70,7 @@ pub struct PortBook {
     by_claim: HashMap<String, Vec<String>>,
     reserved: HashMap<u16, Reservation>,
     /// Filled during a (re)list, swapped in when the list is complete.
-    relisting: Option<Vec<HostPort>>,
+    relisting: Option<Vec<(String, Held)>>,
     synced: bool,
     /// Host ports of live pods (kept across relists of HostPorts).
     pods: DeclaredPorts,
@@ -180,7 +193,7 @@ impl PortBook {
     /// One HostPort of a (re)list.
     pub fn relist_apply(&mut self, host_port: &HostPort) {
         match &mut self.relisting {
-            Some(list) => list.push(host_port.clone()),
+            Some(list) => list.push(held_of(host_port)),
             None => self.apply(host_port),
         }
     }
@@ -198,8 +211,8 @@ impl PortBook {
         for port in declared {
             self.used.insert(port);
         }
-        for host_port in &listed {
-            self.apply(host_port);
+        for (name, held) in listed {
+            self.apply_held(name, held);
         }
         for (port, reservation) in reserved {
             if !self.holders.contains_key(&port) {
@@ -212,14 +225,11 @@ impl PortBook {
 
     /// A HostPort was created or changed.
     pub fn apply(&mut self, host_port: &HostPort) {
-        let name = host_port.name_any();
-        let held = Held {
-            port: host_port.port(),
-            claim_uid: host_port.claim_uid().map(str::to_owned),
-            claim: host_port
-                .claim_key()
-                .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
-        };
+        let (name, held) = held_of(host_port);
+        self.apply_held(name, held);
+    }
+
+    fn apply_held(&mut self, name: String, held: Held) {
         if self.by_name.get(&name) == Some(&held) {
             return;
         }

@@ -74,7 +74,7 @@ pub async fn run(
 ) -> Result<()> {
     check_crds(&client).await?;
     let (claims, claim_writer) = reflector::store::<HostPortClaim>();
-    let (host_ports, host_port_writer) = reflector::store::<HostPort>();
+    let (host_ports, host_port_writer) = hostport_process::compact::compact_store();
     let (classes, class_writer) = reflector::store::<HostPortClass>();
     let (pods, pod_writer) = hostport_process::compact::compact_store();
     let (claim_tx, claim_rx) = mpsc::unbounded_channel();
@@ -147,7 +147,7 @@ pub async fn run(
         claim::CONTROLLER,
         claim::reconcile,
         &ctx,
-        claims.clone(),
+        in_store(claims.clone()),
         claim_rx,
         concurrency,
     );
@@ -155,7 +155,7 @@ pub async fn run(
         pod_claims::CONTROLLER,
         pod_claims::reconcile,
         &ctx,
-        claims.clone(),
+        in_store(claims.clone()),
         pod_claim_rx,
         concurrency,
     );
@@ -163,7 +163,13 @@ pub async fn run(
         host_port::CONTROLLER,
         host_port::reconcile,
         &ctx,
-        host_ports,
+        {
+            let host_ports = host_ports.clone();
+            move |key: &ObjectRef<HostPort>| {
+                let cached = host_ports.get("", &key.name)?;
+                Some(Arc::new(cached.to_host_port(&key.name)))
+            }
+        },
         host_port_rx,
         concurrency,
     );
@@ -171,7 +177,7 @@ pub async fn run(
         class::CONTROLLER,
         class::reconcile,
         &ctx,
-        classes,
+        in_store(classes),
         class_rx,
         concurrency,
     );
@@ -195,13 +201,13 @@ pub async fn run(
     outcome
 }
 
-/// The reconciles of one kind: objects queued on `queued` are reconciled from `store`,
-/// instrumented, and retried with backoff on failure.
+/// The reconciles of one kind: objects queued on `queued` are reconciled as `lookup` finds
+/// them in the cache, instrumented, and retried with backoff on failure.
 fn reconcile_loop<K, Fut>(
     controller: &'static str,
     reconcile: fn(Arc<K>, Arc<Context>) -> Fut,
     ctx: &Arc<Context>,
-    store: Store<K>,
+    lookup: impl Fn(&ObjectRef<K>) -> Option<Arc<K>>,
     queued: mpsc::UnboundedReceiver<ObjectRef<K>>,
     concurrency: usize,
 ) -> impl Future<Output = ()>
@@ -212,7 +218,7 @@ where
     let ctx = ctx.clone();
     queue::run(
         queued,
-        move |key| store.get(key),
+        lookup,
         move |object| {
             let ctx = ctx.clone();
             async move {
@@ -224,6 +230,13 @@ where
         },
         concurrency,
     )
+}
+
+/// Looks objects up in a kube-runtime store.
+fn in_store<K: hostport_process::Watched>(
+    store: Store<K>,
+) -> impl Fn(&ObjectRef<K>) -> Option<Arc<K>> {
+    move |key| store.get(key)
 }
 
 /// One reconcile, timed and counted; a success resets the object's retry backoff.

@@ -21,6 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 
+use crate::cached::CachedHostPort;
 use crate::context::{Context, key_of};
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
@@ -67,7 +68,7 @@ fn touched_host_port(ctx: &Context, host_port: &HostPort) {
 }
 
 /// HostPorts: cache, port book, and wake-ups of their claims and classes.
-pub async fn host_ports(ctx: Arc<Context>, mut writer: Writer<HostPort>) {
+pub async fn host_ports(ctx: Arc<Context>, mut writer: CompactWriter<CachedHostPort>) {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
@@ -232,10 +233,17 @@ fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
 /// Queues the HostPorts still bound to the deleted claim `namespace/claim` (held while its
 /// pods run). Rare: only pods that name a claim which no longer exists get here.
 fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
-    for host_port in ctx.caches.host_ports.state() {
-        if host_port.claim_key() == Some((namespace, claim)) {
-            let _ = ctx.triggers.host_ports.send(key_of(host_port.as_ref()));
-        }
+    let held = ctx
+        .caches
+        .host_ports
+        .fold(vec![], |mut held, _, name, host_port| {
+            if host_port.claim_key() == Some((namespace, claim)) {
+                held.push(ObjectRef::new(name));
+            }
+            held
+        });
+    for host_port in held {
+        let _ = ctx.triggers.host_ports.send(host_port);
     }
 }
 

@@ -1,17 +1,22 @@
-//! What one cached object costs: 20,000 claims, HostPorts and pods as the controller's
-//! watches deliver them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime
-//! store), and the same pods in the compact form the controller keeps (`PodUse`), with the
-//! growth of this process's resident memory per object. The profile behind the memory
-//! figures of BENCHMARKS.md.
+//! What one cached object costs: 20,000 claims, HostPorts and pods as the watches deliver
+//! them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime store), and in
+//! each compact form a binary keeps: the controller's HostPorts (`CachedHostPort`) and pods
+//! (`PodUse`), the webhook's claims and HostPorts (`CachedClaim`, `CachedHostPort`), the
+//! publisher's claims and pods (`PublishedClaim`, `PublishedPod`); with the growth of this
+//! process's resident memory per object. The profile behind the memory figures of
+//! BENCHMARKS.md.
 //!
 //! ```sh
-//! cargo run --release -p hostport-controller --example cache_sizes
+//! cargo run --release -p hostport-e2e --example cache_sizes
 //! ```
 
 use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
 use hostport_api::{HostPort, HostPortClaim};
+use hostport_controller::cached::CachedHostPort;
 use hostport_controller::pods::PodUse;
 use hostport_process::compact::{CacheWriter, compact_store};
+use hostport_publisher::published::{PublishedClaim, PublishedPod};
+use hostport_webhook::cached::{CachedClaim, CachedHostPort as AdmissionHostPort};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
@@ -108,6 +113,9 @@ where
     store
 }
 
+/// Leaves an object as the watch delivered it (a compact form takes what it reads itself).
+fn unstripped<K>(_: &mut K) {}
+
 fn main() {
     use std::mem::size_of;
     let claims = measure(
@@ -117,6 +125,20 @@ fn main() {
         strip_claim,
         reflector::store(),
     );
+    let admission_claims = measure(
+        "HostPortClaim as the webhook's CachedClaim",
+        size_of::<CachedClaim>(),
+        claim,
+        unstripped,
+        compact_store::<CachedClaim>(),
+    );
+    let published_claims = measure(
+        "HostPortClaim as the publisher's PublishedClaim",
+        size_of::<PublishedClaim>(),
+        claim,
+        unstripped,
+        compact_store::<PublishedClaim>(),
+    );
     let host_ports = measure(
         "HostPort",
         size_of::<HostPort>(),
@@ -124,19 +146,45 @@ fn main() {
         strip_host_port,
         reflector::store(),
     );
+    let controller_host_ports = measure(
+        "HostPort as the controller's CachedHostPort",
+        size_of::<CachedHostPort>(),
+        host_port,
+        unstripped,
+        compact_store::<CachedHostPort>(),
+    );
+    let admission_host_ports = measure(
+        "HostPort as the webhook's CachedHostPort",
+        size_of::<AdmissionHostPort>(),
+        host_port,
+        unstripped,
+        compact_store::<AdmissionHostPort>(),
+    );
     let pods = measure("Pod", size_of::<Pod>(), pod, strip_pod, reflector::store());
     let pod_uses = measure(
-        "Pod as PodUse",
+        "Pod as the controller's PodUse",
         size_of::<PodUse>(),
         pod,
         strip_pod,
         compact_store::<PodUse>(),
     );
+    let published_pods = measure(
+        "Pod as the publisher's PublishedPod",
+        size_of::<PublishedPod>(),
+        pod,
+        unstripped,
+        compact_store::<PublishedPod>(),
+    );
     println!(
-        "cache_sizes: {} claims, {} HostPorts, {} pods, {} PodUses cached",
+        "cache_sizes: cached {} claims ({} + {} compact), {} HostPorts ({} + {} compact), {} pods ({} + {} compact)",
         claims.len(),
+        admission_claims.len(),
+        published_claims.len(),
         host_ports.len(),
+        controller_host_ports.len(),
+        admission_host_ports.len(),
         pods.len(),
-        pod_uses.len()
+        pod_uses.len(),
+        published_pods.len(),
     );
 }
