@@ -320,21 +320,18 @@ async fn namespace_access(
         access.labels = found.map(|ns| ns.labels().clone()).unwrap_or_default();
     }
     if class.spec.max_claims_per_namespace.is_some() {
-        let claims = ctx.caches.claims.state();
         let book = ctx.book();
-        access.holding = claims
-            .iter()
-            .filter(|other| {
-                other.namespace().as_deref() == Some(namespace.as_str())
-                    && other.spec.host_port_class_name == claim.spec.host_port_class_name
-            })
-            .filter_map(|other| other.uid())
-            .filter(|other_uid| other_uid != uid)
-            .filter(|other_uid| {
-                let (held, reserved) = book.of_claim(other_uid);
-                !held.is_empty() || reserved.is_some()
-            })
-            .count();
+        access.holding = ctx
+            .caches
+            .claims
+            .fold_namespace(&namespace, 0, |holding, _, other| {
+                let holds = other.spec().host_port_class_name == claim.spec.host_port_class_name
+                    && other.uid().is_some_and(|other_uid| {
+                        let (held, reserved) = book.of_claim(other_uid);
+                        other_uid != uid && (!held.is_empty() || reserved.is_some())
+                    });
+                holding + usize::from(holds)
+            });
     }
     Ok(access)
 }

@@ -38,20 +38,15 @@ pub async fn reconcile(class: Arc<HostPortClass>, ctx: Arc<Context>) -> Result<A
 
 /// Names of the claims and HostPorts that use a class.
 fn users(class: &str, ctx: &Context) -> Vec<String> {
-    let mut users: Vec<String> = ctx
+    let mut users = ctx
         .caches
         .claims
-        .state()
-        .iter()
-        .filter(|c| c.spec.host_port_class_name == class)
-        .map(|c| {
-            format!(
-                "HostPortClaim {}/{}",
-                c.namespace().unwrap_or_default(),
-                c.name_any()
-            )
-        })
-        .collect();
+        .fold(vec![], |mut users, namespace, name, claim| {
+            if claim.spec().host_port_class_name == class {
+                users.push(format!("HostPortClaim {namespace}/{name}"));
+            }
+            users
+        });
     ctx.caches.host_ports.fold((), |(), _, name, host_port| {
         if host_port.class() == class {
             users.push(format!("HostPort {name}"));

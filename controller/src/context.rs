@@ -59,7 +59,7 @@ impl Default for Settings {
 #[derive(Clone, Debug)]
 pub struct Caches {
     /// Every HostPortClaim.
-    pub claims: Store<HostPortClaim>,
+    pub claims: hostport_process::compact::CompactStore<crate::cached::CachedClaim>,
     /// Every HostPort, compact (`Context::cached_host_port` gives one back whole).
     pub host_ports: hostport_process::compact::CompactStore<crate::cached::CachedHostPort>,
     /// Every HostPortClass.

@@ -12,7 +12,6 @@ use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{HostPort, HostPortClaim, HostPortPhase, HostPortStatus};
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -55,11 +54,8 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     let claim_uid = host_port.claim_uid();
     let matches =
         |claim: &HostPortClaim| claim_uid.is_none_or(|uid| claim.uid().as_deref() == Some(uid));
-    let cached_claim = ctx
-        .caches
-        .claims
-        .get(&ObjectRef::new(claim_name).within(namespace));
-    if cached_claim.as_deref().is_some_and(matches) {
+    let cached_claim = ctx.caches.claims.get(namespace, claim_name);
+    if cached_claim.is_some_and(|cached| claim_uid.is_none_or(|uid| cached.uid() == Some(uid))) {
         // Alive. Duplicates of a bound claim are the claim reconciler's to remove.
         return Ok(Action::await_change());
     }

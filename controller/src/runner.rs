@@ -19,11 +19,13 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
 
+use crate::cached::CachedClaim;
 use crate::context::{self, Context, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::queue::{self, Action};
 use crate::{claim, class, host_port, pod_claims, port_book, watches};
+use hostport_process::compact::CompactStore;
 use hostport_process::leader::{self, LeaseConfig};
 
 /// How often start-up checks whether the port book is built.
@@ -73,7 +75,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     check_crds(&client).await?;
-    let (claims, claim_writer) = reflector::store::<HostPortClaim>();
+    let (claims, claim_writer) = hostport_process::compact::compact_store();
     let (host_ports, host_port_writer) = hostport_process::compact::compact_store();
     let (classes, class_writer) = reflector::store::<HostPortClass>();
     let (pods, pod_writer) = hostport_process::compact::compact_store();
@@ -147,7 +149,7 @@ pub async fn run(
         claim::CONTROLLER,
         claim::reconcile,
         &ctx,
-        in_store(claims.clone()),
+        cached_claims(&claims),
         claim_rx,
         concurrency,
     );
@@ -155,7 +157,7 @@ pub async fn run(
         pod_claims::CONTROLLER,
         pod_claims::reconcile,
         &ctx,
-        in_store(claims.clone()),
+        cached_claims(&claims),
         pod_claim_rx,
         concurrency,
     );
@@ -230,6 +232,18 @@ where
         },
         concurrency,
     )
+}
+
+/// Looks claims up in the compact cache.
+fn cached_claims(
+    claims: &CompactStore<CachedClaim>,
+) -> impl Fn(&ObjectRef<HostPortClaim>) -> Option<Arc<HostPortClaim>> + use<> {
+    let claims = claims.clone();
+    move |key| {
+        let namespace = key.namespace.as_deref().unwrap_or_default();
+        let cached = claims.get(namespace, &key.name)?;
+        Some(Arc::new(cached.to_claim(namespace, &key.name)))
+    }
 }
 
 /// Looks objects up in a kube-runtime store.

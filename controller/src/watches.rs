@@ -21,7 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 
-use crate::cached::CachedHostPort;
+use crate::cached::{CachedClaim, CachedHostPort};
 use crate::context::{Context, key_of};
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
@@ -109,7 +109,7 @@ fn class_if_deleting(ctx: &Context, claim: &HostPortClaim) {
 }
 
 /// HostPortClaims: cache and their own reconciles.
-pub async fn claims(ctx: Arc<Context>, mut writer: Writer<HostPortClaim>) {
+pub async fn claims(ctx: Arc<Context>, mut writer: CompactWriter<CachedClaim>) {
     let api: Api<HostPortClaim> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
@@ -161,16 +161,22 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                     let _ = ctx.triggers.classes.send(key_of(other.as_ref()));
                 }
                 let _ = ctx.triggers.classes.send(key_of(class));
-                for claim in ctx.caches.claims.state() {
-                    // Unbound claims may bind now; bound ones whose Ready depends on
-                    // whether the class publishes (set or removed `publish.router`) get it
-                    // rewritten.
-                    if claim.spec.host_port_class_name == name
-                        && (claim.spec.host_port_name.is_none()
-                            || !claim.ready_is_current(publishes))
-                    {
-                        let _ = ctx.triggers.claims.send(key_of(claim.as_ref()));
-                    }
+                // Unbound claims may bind now; bound ones whose Ready depends on whether the
+                // class publishes (set or removed `publish.router`) get it rewritten.
+                let concerned = ctx.caches.claims.fold(
+                    vec![],
+                    |mut concerned, namespace, claim_name, claim| {
+                        if claim.spec().host_port_class_name == name
+                            && (claim.spec().host_port_name.is_none()
+                                || !claim.ready_is_current(publishes))
+                        {
+                            concerned.push(ObjectRef::new(claim_name).within(namespace));
+                        }
+                        concerned
+                    },
+                );
+                for claim in concerned {
+                    let _ = ctx.triggers.claims.send(claim);
                 }
                 ctx.wake_waiting();
             }
@@ -280,12 +286,12 @@ pub async fn pods(ctx: Arc<Context>, mut writer: CompactWriter<PodUse>) {
                 matches!(event, Event::Delete(_)) || hostport_api::container_ports::finished(pod);
             for claim in referenced_claim_names(pod.annotations()) {
                 let key = ObjectRef::new(claim).within(&namespace);
-                match ctx.caches.claims.get(&key) {
-                    Some(cached) if cached.metadata.deletion_timestamp.is_some() => {
+                match ctx.caches.claims.get(&namespace, claim) {
+                    Some(cached) if cached.is_deleting() => {
                         let _ = ctx.triggers.claims.send(key);
                     }
                     // Its pod, or its StatefulSet ordinal, may have come or gone.
-                    Some(cached) if is_pod_claim(cached.labels()) => {
+                    Some(cached) if cached.is_pod_claim() => {
                         if left {
                             ctx.pod_left(key.clone());
                         }
@@ -308,11 +314,11 @@ pub async fn phase_gauges(ctx: Arc<Context>) {
         ticker.tick().await;
         let mut counts = [0i64; 3];
         let mut oldest_pending = Duration::ZERO;
-        for claim in ctx.caches.claims.state() {
+        ctx.caches.claims.fold((), |(), _, _, claim| {
             let index = match claim.phase() {
                 ClaimPhase::Pending => {
-                    if let Some(created) = claim.creation_timestamp() {
-                        oldest_pending = oldest_pending.max(crate::clock::age(&created));
+                    if let Some(created) = claim.created() {
+                        oldest_pending = oldest_pending.max(crate::clock::age(created));
                     }
                     0
                 }
@@ -320,7 +326,7 @@ pub async fn phase_gauges(ctx: Arc<Context>) {
                 ClaimPhase::Deleting => 2,
             };
             counts[index] += 1;
-        }
+        });
         for (phase, count) in [ClaimPhase::Pending, ClaimPhase::Bound, ClaimPhase::Deleting]
             .iter()
             .zip(counts)
