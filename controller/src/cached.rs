@@ -279,7 +279,12 @@ impl CachedClaim {
 
     /// Whether its `Ready` condition is current (`HostPortClaim::ready_is_current`).
     pub fn ready_is_current(&self, publishes: bool) -> bool {
-        let status = self.status.to_status(&self.spec, self.meta.generation);
+        let status = match &self.status {
+            ClaimStatus::None => return true,
+            // Ready True for being Bound: current unless the class publishes on a router.
+            ClaimStatus::Bound { .. } => return !publishes,
+            ClaimStatus::Other(_) => self.status.to_status(&self.spec, self.meta.generation),
+        };
         let claim = HostPortClaim {
             metadata: ObjectMeta::default(),
             spec: self.spec.clone(),

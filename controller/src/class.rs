@@ -85,6 +85,12 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     if let Some(updated) = writes::add_finalizer(ctx, &api, &class).await? {
         class = updated;
     }
+    if let Some(wait) = ctx.class_status_slot(&name) {
+        // Coalesce: every HostPort and pod change wakes its class, and a pass reads every
+        // HostPort; a burst of bindings gets one pass (and at most one status write) per
+        // interval, not one per change (at a full class, a core's worth of passes).
+        return Ok(Action::requeue(wait));
+    }
 
     let ranges = class.ranges();
     let capacity = distinct_port_count(&ranges);
@@ -180,10 +186,6 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
     if desired == current {
         return Ok(Action::await_change());
     }
-    if let Some(wait) = ctx.class_status_slot(&name) {
-        // Coalesce: one write for a burst of changes.
-        return Ok(Action::requeue(wait));
-    }
     writes::class_status(ctx, &class, &desired).await?;
     let listed_before: Vec<i32> = current
         .ports_in_use_outside
@@ -232,7 +234,13 @@ fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
             return;
         }
         if let Some((namespace, _)) = host_port.claim_key() {
-            *by_namespace.entry(namespace.to_owned()).or_default() += 1;
+            // A String per namespace, not per HostPort.
+            match by_namespace.get_mut(namespace) {
+                Some(allocated) => *allocated += 1,
+                None => {
+                    by_namespace.insert(namespace.to_owned(), 1);
+                }
+            }
         }
     });
     let mut top: Vec<NamespaceAllocation> = by_namespace

@@ -23,8 +23,8 @@ pub const DEFAULT_ADMISSION_GRACE: Duration = Duration::from_secs(10);
 /// Tunables of the controller.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// At most one status write per class per this interval (bursts of bindings are
-    /// coalesced into one write).
+    /// At most one pass (and status write) per class per this interval (bursts of bindings
+    /// are coalesced into one).
     pub class_status_interval: Duration,
     /// Name written as the Events' reporting controller.
     pub reporter: String,
@@ -215,8 +215,8 @@ impl Context {
         }
     }
 
-    /// Time left before `class`'s status may be written again (`None`: write now, and the
-    /// write is recorded as happening now).
+    /// Time left before `class`'s status may be computed again (`None`: now, and the pass is
+    /// recorded as happening now).
     pub fn class_status_slot(&self, class: &str) -> Option<Duration> {
         let mut written = lock(&self.class_status_written);
         let now = Instant::now();

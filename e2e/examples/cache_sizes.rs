@@ -1,7 +1,7 @@
 //! What one cached object costs: 20,000 claims, HostPorts and pods as the watches deliver
 //! them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime store), and in
-//! each compact form a binary keeps: the controller's HostPorts (`CachedHostPort`) and pods
-//! (`PodUse`), the webhook's claims and HostPorts (`CachedClaim`, `CachedHostPort`), the
+//! each compact form a binary keeps: the controller's claims (`CachedClaim`), HostPorts
+//! (`CachedHostPort`) and pods (`PodUse`), the webhook's claims and HostPorts (`CachedClaim`, `CachedHostPort`), the
 //! publisher's claims and pods (`PublishedClaim`, `PublishedPod`); with the growth of this
 //! process's resident memory per object. The profile behind the memory figures of
 //! BENCHMARKS.md.
@@ -12,7 +12,7 @@
 
 use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
 use hostport_api::{HostPort, HostPortClaim};
-use hostport_controller::cached::CachedHostPort;
+use hostport_controller::cached::{CachedClaim as ControllerClaim, CachedHostPort};
 use hostport_controller::pods::PodUse;
 use hostport_process::compact::{CacheWriter, compact_store};
 use hostport_publisher::published::{PublishedClaim, PublishedPod};
@@ -37,8 +37,14 @@ fn uid(kind: u32, i: usize) -> String {
     format!("{kind:08x}-8a9d-4c55-9e0b-{i:012}")
 }
 
+/// A claim as the controller leaves it bound to one port (`claim::reconcile`).
 fn claim(i: usize) -> Value {
     let port = 1024 + i;
+    let condition = |type_: &str| {
+        json!({"type": type_, "status": "True", "reason": "Bound",
+            "message": format!("bound to HostPort port-{port} (port {port})"),
+            "lastTransitionTime": "2026-12-06T14:00:01Z", "observedGeneration": 1})
+    };
     json!({
         "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
         "metadata": {"name": format!("claim-{i}"), "namespace": "default", "uid": uid(1, i),
@@ -46,12 +52,11 @@ fn claim(i: usize) -> Value {
             "creationTimestamp": "2026-12-06T14:00:00Z", "finalizers": ["hostport.rmb938.com"]},
         "spec": {"hostPortClassName": "bench", "hostPortName": format!("port-{port}")},
         "status": {"phase": "Bound", "port": port, "ports": port.to_string(),
-            "conditions": [{"type": "Bound", "status": "True", "reason": "Bound",
-                "message": format!("bound to HostPort port-{port} (port {port})"),
-                "lastTransitionTime": "2026-12-06T14:00:01Z", "observedGeneration": 1}]}
+            "observedGeneration": 1, "conditions": [condition("Bound"), condition("Ready")]}
     })
 }
 
+/// A HostPort as the controller leaves it for a claim (`host_port::set_allocated`).
 fn host_port(i: usize) -> Value {
     let port = 1024 + i;
     json!({
@@ -62,8 +67,9 @@ fn host_port(i: usize) -> Value {
         "spec": {"hostPortClassName": "bench", "port": port, "claimRef": {
             "apiVersion": "hostport.rmb938.com/v1alpha1", "kind": "HostPortClaim",
             "name": format!("claim-{i}"), "namespace": "default", "uid": uid(1, i)}},
-        "status": {"phase": "Allocated", "port": port, "conditions": [{"type": "Allocated",
-            "status": "True", "reason": "Allocated", "message": "allocated",
+        "status": {"phase": "Allocated", "port": port, "observedGeneration": 1,
+            "conditions": [{"type": "Allocated", "status": "True", "reason": "Allocated",
+            "message": format!("port {port} allocated to HostPortClaim default/claim-{i}"),
             "lastTransitionTime": "2026-12-06T14:00:01Z", "observedGeneration": 1}]}
     })
 }
@@ -125,6 +131,13 @@ fn main() {
         strip_claim,
         reflector::store(),
     );
+    let controller_claims = measure(
+        "HostPortClaim as the controller's CachedClaim",
+        size_of::<ControllerClaim>(),
+        claim,
+        unstripped,
+        compact_store::<ControllerClaim>(),
+    );
     let admission_claims = measure(
         "HostPortClaim as the webhook's CachedClaim",
         size_of::<CachedClaim>(),
@@ -176,8 +189,9 @@ fn main() {
         compact_store::<PublishedPod>(),
     );
     println!(
-        "cache_sizes: cached {} claims ({} + {} compact), {} HostPorts ({} + {} compact), {} pods ({} + {} compact)",
+        "cache_sizes: cached {} claims ({} + {} + {} compact), {} HostPorts ({} + {} compact), {} pods ({} + {} compact)",
         claims.len(),
+        controller_claims.len(),
         admission_claims.len(),
         published_claims.len(),
         host_ports.len(),
