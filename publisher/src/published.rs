@@ -195,26 +195,21 @@ impl Compact for PublishedPod {
             })
             .collect();
         let status = pod.status.as_ref();
-        // Dual-stack: one address per family (the kubelet lists at most two).
-        let host_listed = status.and_then(|s| s.host_ips.as_ref());
-        let host_addresses = parsed(
-            status.and_then(|s| s.host_ip.as_deref()).into_iter().chain(
-                host_listed
-                    .into_iter()
-                    .flatten()
-                    .take(2)
-                    .map(|a| a.ip.as_str()),
-            ),
+        let host_addresses = addresses(
+            status.and_then(|s| s.host_ip.as_deref()),
+            status
+                .and_then(|s| s.host_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|a| a.ip.as_str()),
         );
-        let pod_listed = status.and_then(|s| s.pod_ips.as_ref());
-        let pod_addresses = parsed(
-            status.and_then(|s| s.pod_ip.as_deref()).into_iter().chain(
-                pod_listed
-                    .into_iter()
-                    .flatten()
-                    .take(2)
-                    .map(|a| a.ip.as_str()),
-            ),
+        let pod_addresses = addresses(
+            status.and_then(|s| s.pod_ip.as_deref()),
+            status
+                .and_then(|s| s.pod_ips.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|a| a.ip.as_str()),
         );
         Self {
             namespace: pod.namespace().unwrap_or_default().into(),
@@ -251,6 +246,12 @@ fn kept_ports(pod: &Pod) -> Box<[PodPort]> {
         .collect();
     chosen.sort_unstable();
     chosen.into_iter().map(|i| PodPort::of(all[i])).collect()
+}
+
+/// `single` (`status.hostIP`, `status.podIP`) first, then the first two of `listed` (one per
+/// family: the kubelet lists at most two), those that parse, each once.
+fn addresses<'a>(single: Option<&'a str>, listed: impl Iterator<Item = &'a str>) -> Box<[IpAddr]> {
+    parsed(single.into_iter().chain(listed.take(2)))
 }
 
 /// The addresses that parse, first occurrence only.
