@@ -129,7 +129,7 @@ fn bound(
     bound_since: Time,
     ready_since: Time,
 ) -> HostPortClaimStatus {
-    let message = format!("bound to HostPort {name} (port {port})");
+    let message = crate::claim::bound_message(name, port);
     let condition = |type_: &str, since: Time| {
         Condition::new(
             type_,
@@ -465,8 +465,6 @@ impl CachedHostPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hostport_api::HostPortPhase;
-    use hostport_api::conditions::Condition;
 
     fn host_port() -> HostPort {
         serde_json::from_value(serde_json::json!({

@@ -105,7 +105,7 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         types::BOUND,
         status::TRUE,
         reasons::BOUND,
-        format!("bound to HostPort {name} (port {port})"),
+        bound_message(&name, port),
         claim.metadata.generation,
         now(),
     );
@@ -127,6 +127,12 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     }
     delete_extra_host_ports(&claim, &uid, &name, ctx).await?;
     Ok(Action::await_change())
+}
+
+/// The `Bound` condition's message of a claim bound to one port through HostPort `name`
+/// (also what `cached::CachedClaim` recognises to keep a bound status short).
+pub(crate) fn bound_message(name: &str, port: u16) -> String {
+    format!("bound to HostPort {name} (port {port})")
 }
 
 /// The HostPort this claim already has, with its port, if any: the one it is bound to, else

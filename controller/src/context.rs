@@ -171,6 +171,14 @@ impl Context {
         }
     }
 
+    /// The claim `namespace/name` as the cache has it.
+    pub fn cached_claim(&self, namespace: &str, name: &str) -> Option<HostPortClaim> {
+        self.caches
+            .claims
+            .get(namespace, name)
+            .map(|cached| cached.to_claim(namespace, name))
+    }
+
     /// The HostPort `name` as the cache has it.
     pub fn cached_host_port(&self, name: &str) -> Option<HostPort> {
         self.caches

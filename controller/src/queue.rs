@@ -39,11 +39,6 @@ impl Action {
             requeue_after: None,
         }
     }
-
-    /// The delay of a requeue, if any.
-    pub fn requeue_after(&self) -> Option<Duration> {
-        self.requeue_after
-    }
 }
 
 /// A reconcile in flight: its key and, once done, its action.
@@ -51,6 +46,11 @@ type InFlight<Key> = Pin<Box<dyn Future<Output = (Key, Action)> + Send>>;
 
 /// Room a drained map keeps; beyond it, a map with less than a quarter in use shrinks.
 const KEEP_ROOM: usize = 1024;
+
+/// The room a collection holding `len` in `capacity` shrinks to, if it keeps too much.
+fn shrunk(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > KEEP_ROOM && len < capacity / 4).then(|| KEEP_ROOM.max(len * 2))
+}
 
 /// Which keys wait, run and are due later.
 struct Queue<Key> {
@@ -140,19 +140,16 @@ impl<Key: Clone + Eq + Hash> Queue<Key> {
 
     /// Gives back the room of a burst that is over.
     fn shrink(&mut self) {
-        fn shrink_set<T: Eq + Hash>(set: &mut HashSet<T>) {
-            if set.capacity() > KEEP_ROOM && set.len() < set.capacity() / 4 {
-                set.shrink_to(KEEP_ROOM.max(set.len() * 2));
+        for set in [&mut self.ready_set, &mut self.running, &mut self.again] {
+            if let Some(room) = shrunk(set.len(), set.capacity()) {
+                set.shrink_to(room);
             }
         }
-        shrink_set(&mut self.ready_set);
-        shrink_set(&mut self.running);
-        shrink_set(&mut self.again);
-        if self.due.capacity() > KEEP_ROOM && self.due.len() < self.due.capacity() / 4 {
-            self.due.shrink_to(KEEP_ROOM.max(self.due.len() * 2));
+        if let Some(room) = shrunk(self.due.len(), self.due.capacity()) {
+            self.due.shrink_to(room);
         }
-        if self.ready.capacity() > KEEP_ROOM && self.ready.len() < self.ready.capacity() / 4 {
-            self.ready.shrink_to(KEEP_ROOM.max(self.ready.len() * 2));
+        if let Some(room) = shrunk(self.ready.len(), self.ready.capacity()) {
+            self.ready.shrink_to(room);
         }
     }
 

@@ -19,13 +19,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Client, Resource};
 use tokio::sync::mpsc;
 
-use crate::cached::CachedClaim;
 use crate::context::{self, Context, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::queue::{self, Action};
 use crate::{claim, class, host_port, pod_claims, port_book, watches};
-use hostport_process::compact::CompactStore;
 use hostport_process::leader::{self, LeaseConfig};
 
 /// How often start-up checks whether the port book is built.
@@ -149,7 +147,7 @@ pub async fn run(
         claim::CONTROLLER,
         claim::reconcile,
         &ctx,
-        cached_claims(&claims),
+        cached_claims(&ctx),
         claim_rx,
         concurrency,
     );
@@ -157,7 +155,7 @@ pub async fn run(
         pod_claims::CONTROLLER,
         pod_claims::reconcile,
         &ctx,
-        cached_claims(&claims),
+        cached_claims(&ctx),
         pod_claim_rx,
         concurrency,
     );
@@ -166,11 +164,8 @@ pub async fn run(
         host_port::reconcile,
         &ctx,
         {
-            let host_ports = host_ports.clone();
-            move |key: &ObjectRef<HostPort>| {
-                let cached = host_ports.get("", &key.name)?;
-                Some(Arc::new(cached.to_host_port(&key.name)))
-            }
+            let ctx = ctx.clone();
+            move |key: &ObjectRef<HostPort>| ctx.cached_host_port(&key.name).map(Arc::new)
         },
         host_port_rx,
         concurrency,
@@ -236,13 +231,12 @@ where
 
 /// Looks claims up in the compact cache.
 fn cached_claims(
-    claims: &CompactStore<CachedClaim>,
+    ctx: &Arc<Context>,
 ) -> impl Fn(&ObjectRef<HostPortClaim>) -> Option<Arc<HostPortClaim>> + use<> {
-    let claims = claims.clone();
+    let ctx = ctx.clone();
     move |key| {
         let namespace = key.namespace.as_deref().unwrap_or_default();
-        let cached = claims.get(namespace, &key.name)?;
-        Some(Arc::new(cached.to_claim(namespace, &key.name)))
+        ctx.cached_claim(namespace, &key.name).map(Arc::new)
     }
 }
 

@@ -220,7 +220,7 @@ pub fn wanted(described: &[Described<'_>]) -> (WantedAnnotations, DescribedElsew
         endpoints: ours,
     } in described
     {
-        let key = (used.pod.namespace.to_string(), used.pod.name.to_string());
+        let key = used.pod.key();
         let port_name = used.port_name.to_owned();
         match ours {
             Some(ours) => endpoints
@@ -306,7 +306,7 @@ impl Annotator {
             if pod.deleting {
                 continue;
             }
-            let key = (pod.namespace.to_string(), pod.name.to_string());
+            let key = pod.key();
             let Some(patch) = patch_for(pod, wanted.get(&key), others.get(&key)) else {
                 continue;
             };

@@ -7,8 +7,9 @@
 //!   UPnP-IGD by the publisher on each node.
 //!
 //! Shared: [`claimed`] (which ports pods hold through claims, which ports Services never
-//! get), [`caches`] (the watches), [`published`] (what the caches keep of claims and pods), [`deny`] (ports never published), [`external`] (the
-//! public address annotations on pods), [`dns`] (external-dns records), [`metrics`], [`cli`].
+//! get), [`caches`] (the watches), [`published`] (what the caches keep of claims and pods),
+//! [`deny`] (ports never published), [`external`] (the public address annotations on pods),
+//! [`dns`] (external-dns records), [`metrics`], [`cli`].
 #![forbid(unsafe_code)]
 
 pub mod caches;

@@ -165,6 +165,11 @@ impl PublishedPod {
         self.deleting || self.finished
     }
 
+    /// Its namespace and name, owned (a map key).
+    pub fn key(&self) -> (String, String) {
+        (self.namespace.to_string(), self.name.to_string())
+    }
+
     /// `namespace/name`, for messages.
     pub fn path(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
