@@ -7,64 +7,82 @@
 //! ~1.4 KB per HostPort in kube-runtime's store).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hostport_api::conditions::{Condition, reasons, status, types};
 use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{
     ClaimPhase, ClaimReference, HostPort, HostPortClaim, HostPortClaimSpec, HostPortClaimStatus,
-    HostPortPhase, HostPortSpec, HostPortStatus,
+    HostPortPhase, HostPortSpec, HostPortStatus, PortPolicy,
 };
 use hostport_process::compact::Compact;
+
+use crate::host_port_name::HostPortName;
+use hostport_process::ids::{ResourceVersion, Uid};
+use hostport_process::intern::intern;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 /// The metadata a cached object keeps (what `hostport_api::cache::strip_claim` keeps, less
-/// the name and namespace, which are the cache's key).
+/// the name and namespace, which are the cache's key). What nearly every object has is kept
+/// inline and small; the rest behind one pointer.
 #[derive(Clone, Debug, PartialEq)]
 struct Meta {
-    uid: Option<Box<str>>,
-    resource_version: Option<Box<str>>,
+    uid: Option<Uid>,
+    resource_version: Option<ResourceVersion>,
     generation: Option<i64>,
     created: Option<Time>,
+    /// `metadata.finalizers` is exactly ours (`rare` keeps any other list).
+    our_finalizer: bool,
+    rare: Option<Box<RareMeta>>,
+    /// The pod-claim labels and the first Pod and StatefulSet owner (claims made for pods).
+    pod_claim: Option<Box<PodClaimMeta>>,
+}
+
+/// Metadata only some objects have: being deleted, a generated name, other finalizers.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct RareMeta {
     deletion: Option<Time>,
     deletion_grace_period_seconds: Option<i64>,
     generate_name: Option<Box<str>>,
-    finalizers: Finalizers,
-    /// The pod-claim labels and the first Pod and StatefulSet owner (claims made for pods).
-    pod_claim: Option<Box<PodClaimMeta>>,
+    /// `Some` when `metadata.finalizers` is set and not exactly ours.
+    finalizers: Option<Box<[String]>>,
 }
 
 /// The labels and owners `strip_claim` keeps (only claims made for pods have any).
 type PodClaimMeta = (BTreeMap<String, String>, Vec<OwnerReference>);
 
-/// `metadata.finalizers`: nearly always none or exactly ours.
-#[derive(Clone, Debug, PartialEq)]
-enum Finalizers {
-    None,
-    Ours,
-    Other(Box<[String]>),
-}
-
 impl Meta {
     fn of(meta: &ObjectMeta) -> Self {
-        let finalizers = match meta.finalizers.as_deref() {
-            None => Finalizers::None,
-            Some([ours]) if ours == hostport_api::FINALIZER => Finalizers::Ours,
-            Some(other) => Finalizers::Other(other.into()),
+        let our_finalizer = matches!(
+            meta.finalizers.as_deref(),
+            Some([ours]) if ours == hostport_api::FINALIZER
+        );
+        let rare = RareMeta {
+            deletion: meta.deletion_timestamp.clone(),
+            deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
+            generate_name: meta.generate_name.as_deref().map(Into::into),
+            finalizers: meta
+                .finalizers
+                .as_deref()
+                .filter(|_| !our_finalizer)
+                .map(Into::into),
         };
         let labels = meta.labels.clone().unwrap_or_default();
         let owners = meta.owner_references.clone().unwrap_or_default();
         Self {
-            uid: boxed(meta.uid.as_deref()),
-            resource_version: boxed(meta.resource_version.as_deref()),
+            uid: meta.uid.as_deref().map(Uid::new),
+            resource_version: meta.resource_version.as_deref().map(ResourceVersion::new),
             generation: meta.generation,
             created: meta.creation_timestamp.clone(),
-            deletion: meta.deletion_timestamp.clone(),
-            deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
-            generate_name: boxed(meta.generate_name.as_deref()),
-            finalizers,
+            our_finalizer,
+            rare: (rare != RareMeta::default()).then(|| Box::new(rare)),
             pod_claim: (!labels.is_empty() || !owners.is_empty())
                 .then(|| Box::new((labels, owners))),
         }
+    }
+
+    fn is_deleting(&self) -> bool {
+        self.rare.as_ref().is_some_and(|rare| rare.deletion.is_some())
     }
 
     /// The metadata back, named `namespace/name`.
@@ -76,21 +94,24 @@ impl Meta {
             ),
             None => (None, None),
         };
+        let rare = self.rare.as_deref().cloned().unwrap_or_default();
+        let finalizers = match rare.finalizers {
+            Some(list) => Some(list.into_vec()),
+            None => self
+                .our_finalizer
+                .then(|| vec![hostport_api::FINALIZER.to_owned()]),
+        };
         ObjectMeta {
             name: Some(name.to_owned()),
             namespace: owned(namespace),
-            uid: owned(self.uid.as_deref()),
-            resource_version: owned(self.resource_version.as_deref()),
+            uid: self.uid.as_ref().map(ToString::to_string),
+            resource_version: self.resource_version.as_ref().map(ToString::to_string),
             generation: self.generation,
             creation_timestamp: self.created.clone(),
-            deletion_timestamp: self.deletion.clone(),
-            deletion_grace_period_seconds: self.deletion_grace_period_seconds,
-            generate_name: owned(self.generate_name.as_deref()),
-            finalizers: match &self.finalizers {
-                Finalizers::None => None,
-                Finalizers::Ours => Some(vec![hostport_api::FINALIZER.to_owned()]),
-                Finalizers::Other(list) => Some(list.to_vec()),
-            },
+            deletion_timestamp: rare.deletion,
+            deletion_grace_period_seconds: rare.deletion_grace_period_seconds,
+            generate_name: rare.generate_name.map(String::from),
+            finalizers,
             labels,
             owner_references: owners,
             ..ObjectMeta::default()
@@ -102,8 +123,44 @@ impl Meta {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CachedClaim {
     meta: Meta,
-    spec: HostPortClaimSpec,
+    spec: ClaimSpec,
     status: ClaimStatus,
+}
+
+/// A claim's spec, with the class name shared between claims ([`intern`]) and a `port-<n>`
+/// HostPort name held as its port.
+#[derive(Clone, Debug, PartialEq)]
+struct ClaimSpec {
+    class: Arc<str>,
+    host_port_name: Option<HostPortName>,
+    port: Option<i32>,
+    port_policy: Option<PortPolicy>,
+    count: Option<i32>,
+    alignment: Option<i32>,
+}
+
+impl ClaimSpec {
+    fn of(spec: &HostPortClaimSpec) -> Self {
+        Self {
+            class: intern(&spec.host_port_class_name),
+            host_port_name: spec.host_port_name.as_deref().map(HostPortName::new),
+            port: spec.port,
+            port_policy: spec.port_policy,
+            count: spec.count,
+            alignment: spec.alignment,
+        }
+    }
+
+    fn to_spec(&self) -> HostPortClaimSpec {
+        HostPortClaimSpec {
+            host_port_class_name: self.class.to_string(),
+            host_port_name: self.host_port_name.as_ref().map(ToString::to_string),
+            port: self.port,
+            port_policy: self.port_policy,
+            count: self.count,
+            alignment: self.alignment,
+        }
+    }
 }
 
 /// A claim's status. Almost every claim's is what the controller writes on binding one port
@@ -187,11 +244,7 @@ impl ClaimStatus {
         Self::Other(Box::new(status.clone()))
     }
 
-    fn to_status(
-        &self,
-        spec: &HostPortClaimSpec,
-        generation: Option<i64>,
-    ) -> Option<HostPortClaimStatus> {
+    fn to_status(&self, spec: &ClaimSpec, generation: Option<i64>) -> Option<HostPortClaimStatus> {
         match self {
             Self::None => None,
             Self::Bound {
@@ -200,9 +253,9 @@ impl ClaimStatus {
                 ready_since,
             } => {
                 // Only made from a claim that names its HostPort (see `of`).
-                let name = spec.host_port_name.as_deref()?;
+                let name = spec.host_port_name.as_ref()?.to_string();
                 Some(bound(
-                    name,
+                    &name,
                     *port,
                     generation,
                     bound_since.clone(),
@@ -224,7 +277,7 @@ impl Compact for CachedClaim {
         Self {
             meta: Meta::of(&stripped.metadata),
             status: ClaimStatus::of(&stripped),
-            spec: stripped.spec,
+            spec: ClaimSpec::of(&stripped.spec),
         }
     }
 }
@@ -235,24 +288,29 @@ impl CachedClaim {
     pub fn to_claim(&self, namespace: &str, name: &str) -> HostPortClaim {
         HostPortClaim {
             metadata: self.meta.to_meta(Some(namespace), name),
-            spec: self.spec.clone(),
+            spec: self.spec.to_spec(),
             status: self.status.to_status(&self.spec, self.meta.generation),
         }
     }
 
-    /// Its spec.
-    pub fn spec(&self) -> &HostPortClaimSpec {
-        &self.spec
+    /// `spec.hostPortClassName`.
+    pub fn class(&self) -> &str {
+        &self.spec.class
+    }
+
+    /// Whether `spec.hostPortName` is set (it names the claim's first HostPort).
+    pub fn names_host_port(&self) -> bool {
+        self.spec.host_port_name.is_some()
     }
 
     /// Its UID.
-    pub fn uid(&self) -> Option<&str> {
-        self.meta.uid.as_deref()
+    pub fn uid(&self) -> Option<&Uid> {
+        self.meta.uid.as_ref()
     }
 
     /// Whether it is being deleted.
     pub fn is_deleting(&self) -> bool {
-        self.meta.deletion.is_some()
+        self.meta.is_deleting()
     }
 
     /// Whether the webhook made it for a pod (`hostport_api::pod_claims::is_pod_claim`).
@@ -287,7 +345,7 @@ impl CachedClaim {
         };
         let claim = HostPortClaim {
             metadata: ObjectMeta::default(),
-            spec: self.spec.clone(),
+            spec: self.spec.to_spec(),
             status,
         };
         claim.ready_is_current(publishes)
@@ -298,8 +356,8 @@ impl CachedClaim {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ClaimRef {
     name: Option<Box<str>>,
-    namespace: Option<Box<str>>,
-    uid: Option<Box<str>>,
+    namespace: Option<Arc<str>>,
+    uid: Option<Uid>,
 }
 
 /// A cached HostPort (its name is the cache's key).
@@ -307,7 +365,7 @@ struct ClaimRef {
 pub struct CachedHostPort {
     /// Only HostPorts the Go project wrote carry a finalizer (its own).
     meta: Meta,
-    class: Box<str>,
+    class: Arc<str>,
     port: Option<i32>,
     claim: Option<ClaimRef>,
     status: CachedStatus,
@@ -411,12 +469,12 @@ impl Compact for CachedHostPort {
         let host_port = &stripped;
         Self {
             meta: Meta::of(&host_port.metadata),
-            class: host_port.spec.host_port_class_name.as_str().into(),
+            class: intern(&host_port.spec.host_port_class_name),
             port: host_port.spec.port,
             claim: host_port.spec.claim_ref.as_ref().map(|r| ClaimRef {
                 name: boxed(r.name.as_deref()),
-                namespace: boxed(r.namespace.as_deref()),
-                uid: boxed(r.uid.as_deref()),
+                namespace: r.namespace.as_deref().map(intern),
+                uid: r.uid.as_deref().map(Uid::new),
             }),
             status: CachedStatus::of(host_port),
         }
@@ -433,7 +491,7 @@ impl CachedHostPort {
                 claim_ref: self.claim.as_ref().map(|r| ClaimReference {
                     name: owned(r.name.as_deref()),
                     namespace: owned(r.namespace.as_deref()),
-                    uid: owned(r.uid.as_deref()),
+                    uid: r.uid.as_ref().map(ToString::to_string),
                     ..ClaimReference::default()
                 }),
                 host_port_class_name: self.class.to_string(),
@@ -450,9 +508,15 @@ impl CachedHostPort {
 
     /// Its port (`HostPort::port`: `spec.port`, else a Go-era `status.port`).
     pub fn port(&self) -> Option<u16> {
+        use hostport_api::ports::port_from_wire;
         self.port
-            .or_else(|| self.status.port())
-            .and_then(hostport_api::ports::port_from_wire)
+            .and_then(port_from_wire)
+            .or_else(|| self.status.port().and_then(port_from_wire))
+    }
+
+    /// The UID of the claim it is bound to (`HostPort::claim_uid`).
+    pub fn claim_uid(&self) -> Option<&Uid> {
+        self.claim.as_ref()?.uid.as_ref()
     }
 
     /// The namespace and name of the claim it is bound to (`HostPort::claim_key`).
@@ -616,7 +680,7 @@ mod tests {
             let cached = CachedClaim::compact(&original);
             assert_eq!(cached.to_claim("games", "lobby"), expected, "{case}");
             assert_eq!(cached.phase(), expected.phase(), "{case}");
-            assert_eq!(cached.uid(), Some("claim-uid"), "{case}");
+            assert_eq!(cached.uid(), Some(&Uid::new("claim-uid")), "{case}");
             assert_eq!(cached.is_deleting(), case == "deleting", "{case}");
             assert_eq!(cached.is_pod_claim(), case == "made for a pod", "{case}");
             for publishes in [false, true] {

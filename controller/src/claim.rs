@@ -331,10 +331,10 @@ async fn namespace_access(
             .caches
             .claims
             .fold_namespace(&namespace, 0, |holding, _, other| {
-                let holds = other.spec().host_port_class_name == claim.spec.host_port_class_name
+                let holds = other.class() == claim.spec.host_port_class_name
                     && other.uid().is_some_and(|other_uid| {
-                        let (held, reserved) = book.of_claim(other_uid);
-                        other_uid != uid && (!held.is_empty() || reserved.is_some())
+                        let (held, reserved) = book.of_claim_uid(other_uid);
+                        !other_uid.is(uid) && (!held.is_empty() || reserved.is_some())
                     });
                 holding + usize::from(holds)
             });

@@ -42,16 +42,17 @@ fn users(class: &str, ctx: &Context) -> Vec<String> {
         .caches
         .claims
         .fold(vec![], |mut users, namespace, name, claim| {
-            if claim.spec().host_port_class_name == class {
+            if claim.class() == class {
                 users.push(format!("HostPortClaim {namespace}/{name}"));
             }
             users
         });
-    ctx.caches.host_ports.fold((), |(), _, name, host_port| {
-        if host_port.class() == class {
-            users.push(format!("HostPort {name}"));
-        }
-    });
+    users.extend(
+        ctx.book()
+            .host_ports()
+            .filter(|(_, host_port)| host_port.class() == class)
+            .map(|(name, _)| format!("HostPort {name}")),
+    );
     users.sort();
     users
 }
@@ -94,10 +95,14 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
 
     let ranges = class.ranges();
     let capacity = distinct_port_count(&ranges);
-    let allocated = ctx.caches.host_ports.fold(0_usize, |n, _, _, host_port| {
-        n + usize::from(host_port.class() == name && host_port.port().is_some())
-    });
-    let used = ctx.book().used_in(&ranges);
+    let (allocated, used) = {
+        let book = ctx.book();
+        let allocated = book
+            .host_ports()
+            .filter(|(_, host_port)| host_port.class() == name && host_port.port().is_some())
+            .count();
+        (allocated, book.used_in(&ranges))
+    };
     let available = capacity.saturating_sub(used);
     let labels = ClassLabels {
         class: name.clone(),
@@ -229,9 +234,9 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
 /// The namespaces whose claims hold the most ports of `class` (from the HostPort cache).
 fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
     let mut by_namespace: BTreeMap<String, i32> = BTreeMap::new();
-    ctx.caches.host_ports.fold((), |(), _, _, host_port| {
+    for (_, host_port) in ctx.book().host_ports() {
         if host_port.class() != class || host_port.port().is_none() {
-            return;
+            continue;
         }
         if let Some((namespace, _)) = host_port.claim_key() {
             // A String per namespace, not per HostPort.
@@ -242,7 +247,7 @@ fn top_namespaces(class: &str, ctx: &Context) -> Vec<NamespaceAllocation> {
                 }
             }
         }
-    });
+    }
     let mut top: Vec<NamespaceAllocation> = by_namespace
         .into_iter()
         .map(|(namespace, allocated)| NamespaceAllocation {

@@ -60,8 +60,6 @@ impl Default for Settings {
 pub struct Caches {
     /// Every HostPortClaim.
     pub claims: hostport_process::compact::CompactStore<crate::cached::CachedClaim>,
-    /// Every HostPort, compact (`Context::cached_host_port` gives one back whole).
-    pub host_ports: hostport_process::compact::CompactStore<crate::cached::CachedHostPort>,
     /// Every HostPortClass.
     pub classes: Store<HostPortClass>,
     /// Pods, as the questions of `crate::pods` read them.
@@ -181,9 +179,9 @@ impl Context {
 
     /// The HostPort `name` as the cache has it.
     pub fn cached_host_port(&self, name: &str) -> Option<HostPort> {
-        self.caches
-            .host_ports
-            .get("", name)
+        // The port book is the HostPort cache.
+        self.book()
+            .host_port(name)
             .map(|cached| cached.to_host_port(name))
     }
 

@@ -55,7 +55,9 @@ async fn reconcile_host_port(host_port: &HostPort, ctx: &Context) -> Result<Acti
     let matches =
         |claim: &HostPortClaim| claim_uid.is_none_or(|uid| claim.uid().as_deref() == Some(uid));
     let cached_claim = ctx.caches.claims.get(namespace, claim_name);
-    if cached_claim.is_some_and(|cached| claim_uid.is_none_or(|uid| cached.uid() == Some(uid))) {
+    if cached_claim.is_some_and(|cached| {
+        claim_uid.is_none_or(|uid| cached.uid().is_some_and(|own| own.is(uid)))
+    }) {
         // Alive. Duplicates of a bound claim are the claim reconciler's to remove.
         return Ok(Action::await_change());
     }

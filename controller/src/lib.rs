@@ -17,6 +17,7 @@ pub mod context;
 pub mod declared;
 pub mod error;
 pub mod host_port;
+pub mod host_port_name;
 pub mod metrics;
 mod pick;
 pub mod pod_claims;

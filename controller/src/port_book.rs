@@ -17,6 +17,11 @@ use hostport_api::ports::PortRange;
 use kube::ResourceExt;
 
 use hostport_api::port_set::PortSet;
+use hostport_process::compact::Compact;
+use hostport_process::ids::Uid;
+
+use crate::cached::CachedHostPort;
+use crate::host_port_name::HostPortName;
 
 use crate::declared::{DeclaredPorts, PodPorts};
 
@@ -24,25 +29,12 @@ use crate::declared::{DeclaredPorts, PodPorts};
 /// forgotten (the create failed in a way we did not see, or another controller holds it).
 pub const RESERVATION_TTL: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Held {
-    port: Option<u16>,
-    claim_uid: Option<String>,
-    /// The claim's namespace and name, from `claimRef`.
-    claim: Option<(String, String)>,
-}
-
-/// What the book keeps of a HostPort, under its name (a relist keeps only this while it
-/// builds the next book, not the HostPorts themselves).
-fn held_of(host_port: &HostPort) -> (String, Held) {
-    let held = Held {
-        port: host_port.port(),
-        claim_uid: host_port.claim_uid().map(str::to_owned),
-        claim: host_port
-            .claim_key()
-            .map(|(ns, name)| (ns.to_owned(), name.to_owned())),
-    };
-    (host_port.name_any(), held)
+/// A HostPort as the book keeps it, under its name: the controller's HostPort cache.
+fn cached_of(host_port: &HostPort) -> (HostPortName, Box<CachedHostPort>) {
+    (
+        HostPortName::new(&host_port.name_any()),
+        Box::new(CachedHostPort::compact(host_port)),
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -65,12 +57,16 @@ pub struct ClaimHostPort {
 pub struct PortBook {
     used: PortSet,
     holders: HashMap<u16, u32>,
-    by_name: HashMap<String, Held>,
+    /// Every HostPort: the book is also the controller's HostPort cache (one copy of each,
+    /// not a cache and a book's own copy of names and claims).
+    /// Boxed: a table sized for 64,512 entries has room for twice as many, and empty room
+    /// costs a pointer per slot instead of a whole HostPort.
+    host_ports: HashMap<HostPortName, Box<CachedHostPort>>,
     /// Claim UID → its HostPorts' names (almost always one: a `Vec`, not a tree).
-    by_claim: HashMap<String, Vec<String>>,
+    by_claim: HashMap<Uid, Vec<HostPortName>>,
     reserved: HashMap<u16, Reservation>,
     /// Filled during a (re)list, swapped in when the list is complete.
-    relisting: Option<Vec<(String, Held)>>,
+    relisting: Option<Vec<(HostPortName, Box<CachedHostPort>)>>,
     synced: bool,
     /// Host ports of live pods (kept across relists of HostPorts).
     pods: DeclaredPorts,
@@ -144,17 +140,17 @@ impl PortBook {
     /// The live pods declaring `port` that do not hold it through the claim of a HostPort on
     /// it: ports in use outside the allocator's books.
     pub fn outside_users(&self, port: u16) -> Vec<&PodPorts> {
-        let claims: Vec<&(String, String)> = self
-            .by_name
+        let claims: Vec<(&str, &str)> = self
+            .host_ports
             .values()
-            .filter(|held| held.port == Some(port))
-            .filter_map(|held| held.claim.as_ref())
+            .filter(|host_port| host_port.port() == Some(port))
+            .filter_map(|host_port| host_port.claim_key())
             .collect();
         self.outside_of(port, &claims)
     }
 
     /// The pods declaring `port` that name none of `claims` (those of the HostPorts on it).
-    fn outside_of<'a>(&'a self, port: u16, claims: &[&(String, String)]) -> Vec<&'a PodPorts> {
+    fn outside_of<'a>(&'a self, port: u16, claims: &[(&str, &str)]) -> Vec<&'a PodPorts> {
         self.pods
             .pods_on(port)
             .filter(|pod| !claims.iter().any(|(ns, claim)| pod.uses_claim(ns, claim)))
@@ -165,9 +161,9 @@ impl PortBook {
     /// each with the first such pod by key. One pass over the HostPorts, not one per port: a
     /// class status is computed on every pod change that touches its pools.
     pub fn outside_in(&self, ranges: &[PortRange]) -> Vec<(u16, &PodPorts)> {
-        let mut claims_on: HashMap<u16, Vec<&(String, String)>> = HashMap::new();
-        for held in self.by_name.values() {
-            if let (Some(port), Some(claim)) = (held.port, held.claim.as_ref()) {
+        let mut claims_on: HashMap<u16, Vec<(&str, &str)>> = HashMap::new();
+        for host_port in self.host_ports.values() {
+            if let (Some(port), Some(claim)) = (host_port.port(), host_port.claim_key()) {
                 claims_on.entry(port).or_default().push(claim);
             }
         }
@@ -193,7 +189,7 @@ impl PortBook {
     /// One HostPort of a (re)list.
     pub fn relist_apply(&mut self, host_port: &HostPort) {
         match &mut self.relisting {
-            Some(list) => list.push(held_of(host_port)),
+            Some(list) => list.push(cached_of(host_port)),
             None => self.apply(host_port),
         }
     }
@@ -211,8 +207,8 @@ impl PortBook {
         for port in declared {
             self.used.insert(port);
         }
-        for (name, held) in listed {
-            self.apply_held(name, held);
+        for (name, host_port) in listed {
+            self.insert(name, host_port);
         }
         for (port, reservation) in reserved {
             if !self.holders.contains_key(&port) {
@@ -225,39 +221,39 @@ impl PortBook {
 
     /// A HostPort was created or changed.
     pub fn apply(&mut self, host_port: &HostPort) {
-        let (name, held) = held_of(host_port);
-        self.apply_held(name, held);
+        let (name, host_port) = cached_of(host_port);
+        self.insert(name, host_port);
     }
 
-    fn apply_held(&mut self, name: String, held: Held) {
-        if self.by_name.get(&name) == Some(&held) {
+    fn insert(&mut self, name: HostPortName, host_port: Box<CachedHostPort>) {
+        if self.host_ports.get(&name) == Some(&host_port) {
             return;
         }
         self.forget(&name);
-        if let Some(port) = held.port {
+        if let Some(port) = host_port.port() {
             *self.holders.entry(port).or_default() += 1;
             self.used.insert(port);
             self.reserved.remove(&port);
         }
-        if let Some(uid) = &held.claim_uid {
+        if let Some(uid) = host_port.claim_uid() {
             let names = self.by_claim.entry(uid.clone()).or_default();
             if !names.contains(&name) {
                 names.push(name.clone());
             }
         }
-        self.by_name.insert(name, held);
+        self.host_ports.insert(name, host_port);
     }
 
     /// A HostPort is gone.
     pub fn delete(&mut self, name: &str) {
-        self.forget(name);
+        self.forget(&HostPortName::new(name));
     }
 
-    fn forget(&mut self, name: &str) {
-        let Some(held) = self.by_name.remove(name) else {
+    fn forget(&mut self, name: &HostPortName) {
+        let Some(host_port) = self.host_ports.remove(name) else {
             return;
         };
-        if let Some(port) = held.port
+        if let Some(port) = host_port.port()
             && let Some(count) = self.holders.get_mut(&port)
         {
             *count -= 1;
@@ -266,12 +262,12 @@ impl PortBook {
                 self.mark(port);
             }
         }
-        if let Some(uid) = held.claim_uid
-            && let Some(names) = self.by_claim.get_mut(&uid)
+        if let Some(uid) = host_port.claim_uid()
+            && let Some(names) = self.by_claim.get_mut(uid)
         {
             names.retain(|n| n != name);
             if names.is_empty() {
-                self.by_claim.remove(&uid);
+                self.by_claim.remove(uid);
             }
         }
     }
@@ -346,22 +342,37 @@ impl PortBook {
 
     /// The HostPorts the cache holds for a claim, and the port reserved for it, if any.
     pub fn of_claim(&self, claim_uid: &str) -> (Vec<ClaimHostPort>, Option<u16>) {
+        self.of_claim_uid(&Uid::new(claim_uid))
+    }
+
+    /// [`Self::of_claim`] for a UID as the caches keep it.
+    pub fn of_claim_uid(&self, claim_uid: &Uid) -> (Vec<ClaimHostPort>, Option<u16>) {
         let cached = self
             .by_claim
             .get(claim_uid)
             .into_iter()
             .flatten()
             .map(|name| ClaimHostPort {
-                name: name.clone(),
-                port: self.by_name.get(name).and_then(|h| h.port),
+                name: name.to_string(),
+                port: self.host_ports.get(name).and_then(|h| h.port()),
             })
             .collect();
         let reserved = self
             .reserved
             .iter()
-            .find(|(_, r)| r.claim_uid.as_deref() == Some(claim_uid))
+            .find(|(_, r)| r.claim_uid.as_deref().is_some_and(|uid| claim_uid.is(uid)))
             .map(|(port, _)| *port);
         (cached, reserved)
+    }
+
+    /// The HostPort `name`, as cached.
+    pub fn host_port(&self, name: &str) -> Option<&CachedHostPort> {
+        self.host_ports.get(&HostPortName::new(name)).map(|h| &**h)
+    }
+
+    /// Every cached HostPort, in no particular order.
+    pub fn host_ports(&self) -> impl Iterator<Item = (&HostPortName, &CachedHostPort)> {
+        self.host_ports.iter().map(|(name, h)| (name, &**h))
     }
 
     /// Ports of the union of `ranges` that are used.

@@ -74,7 +74,6 @@ pub async fn run(
 ) -> Result<()> {
     check_crds(&client).await?;
     let (claims, claim_writer) = hostport_process::compact::compact_store();
-    let (host_ports, host_port_writer) = hostport_process::compact::compact_store();
     let (classes, class_writer) = reflector::store::<HostPortClass>();
     let (pods, pod_writer) = hostport_process::compact::compact_store();
     let (claim_tx, claim_rx) = mpsc::unbounded_channel();
@@ -83,7 +82,6 @@ pub async fn run(
     let (class_tx, class_rx) = mpsc::unbounded_channel();
     let caches = context::Caches {
         claims: claims.clone(),
-        host_ports: host_ports.clone(),
         classes: classes.clone(),
         pods: pods.clone(),
     };
@@ -103,7 +101,7 @@ pub async fn run(
     ));
 
     let watch_tasks = [
-        tokio::spawn(watches::host_ports(ctx.clone(), host_port_writer)),
+        tokio::spawn(watches::host_ports(ctx.clone())),
         tokio::spawn(watches::claims(ctx.clone(), claim_writer)),
         tokio::spawn(watches::classes(ctx.clone(), class_writer)),
         tokio::spawn(watches::pods(ctx.clone(), pod_writer)),
@@ -115,7 +113,6 @@ pub async fn run(
     tokio::pin!(shutdown);
     let synced = async {
         let _ = claims.wait_until_ready().await;
-        let _ = host_ports.wait_until_ready().await;
         let _ = classes.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
         // The book swaps in a complete list at once and stays synced from then on (a relist

@@ -21,7 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, store::Writer};
 use kube::runtime::watcher::{self, Event, watcher};
 
-use crate::cached::{CachedClaim, CachedHostPort};
+use crate::cached::CachedClaim;
 use crate::context::{Context, key_of};
 use crate::declared::PodPorts;
 use crate::metrics::PhaseLabels;
@@ -49,6 +49,13 @@ async fn follow<K, S>(
     }
 }
 
+/// For a watch whose events keep a cache through `on_event` (HostPorts: the port book).
+struct NoCache;
+
+impl<K> CacheWriter<K> for NoCache {
+    fn apply_event(&mut self, _: &Event<K>) {}
+}
+
 fn log_watch_error(kind: &str, error: &watcher::Error) {
     tracing::warn!(%error, kind, "watch failed; retrying with backoff");
 }
@@ -67,13 +74,14 @@ fn touched_host_port(ctx: &Context, host_port: &HostPort) {
         .send(ObjectRef::new(&host_port.spec.host_port_class_name));
 }
 
-/// HostPorts: cache, port book, and wake-ups of their claims and classes.
-pub async fn host_ports(ctx: Arc<Context>, mut writer: CompactWriter<CachedHostPort>) {
+/// HostPorts: the port book (which is also the HostPort cache), and wake-ups of their claims
+/// and classes.
+pub async fn host_ports(ctx: Arc<Context>) {
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_host_port);
-    follow(stream, "HostPort", &mut writer, |event| match event {
+    follow(stream, "HostPort", &mut NoCache, |event| match event {
         Event::Init => ctx.book().relist_start(),
         Event::InitApply(host_port) => {
             ctx.book().relist_apply(host_port);
@@ -166,8 +174,8 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                 let concerned = ctx.caches.claims.fold(
                     vec![],
                     |mut concerned, namespace, claim_name, claim| {
-                        if claim.spec().host_port_class_name == name
-                            && (claim.spec().host_port_name.is_none()
+                        if claim.class() == name
+                            && (!claim.names_host_port()
                                 || !claim.ready_is_current(publishes))
                         {
                             concerned.push(ObjectRef::new(claim_name).within(namespace));
@@ -239,15 +247,12 @@ fn declared_ports_changed(ctx: &Context, changed: &[u16]) {
 /// Queues the HostPorts still bound to the deleted claim `namespace/claim` (held while its
 /// pods run). Rare: only pods that name a claim which no longer exists get here.
 fn wake_held_host_ports(ctx: &Context, namespace: &str, claim: &str) {
-    let held = ctx
-        .caches
-        .host_ports
-        .fold(vec![], |mut held, _, name, host_port| {
-            if host_port.claim_key() == Some((namespace, claim)) {
-                held.push(ObjectRef::new(name));
-            }
-            held
-        });
+    let held: Vec<ObjectRef<HostPort>> = ctx
+        .book()
+        .host_ports()
+        .filter(|(_, host_port)| host_port.claim_key() == Some((namespace, claim)))
+        .map(|(name, _)| ObjectRef::new(&name.to_string()))
+        .collect();
     for host_port in held {
         let _ = ctx.triggers.host_ports.send(host_port);
     }

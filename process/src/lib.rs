@@ -9,6 +9,8 @@
 pub mod compact;
 pub mod events;
 pub mod leader;
+pub mod ids;
+pub mod intern;
 
 use std::future::Future;
 use std::net::SocketAddr;
