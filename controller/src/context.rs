@@ -242,6 +242,11 @@ impl Context {
         self.superseded.is_stale(object)
     }
 
+    /// A watch delivered `object` (the record of our writes over it may go).
+    pub fn arrived<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        self.superseded.arrived(object, Instant::now());
+    }
+
     /// Publishes an Event about `object`; a failure is logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,

@@ -17,7 +17,8 @@ use hostport_api::ports::PortRange;
 use kube::ResourceExt;
 
 use hostport_api::port_set::PortSet;
-use hostport_process::compact::Compact;
+use hostport_process::compact::{CacheWriter, Compact};
+use kube::runtime::watcher;
 use hostport_process::ids::Uid;
 
 use crate::cached::CachedHostPort;
@@ -370,6 +371,11 @@ impl PortBook {
         self.host_ports.get(&HostPortName::new(name)).map(|h| &**h)
     }
 
+    /// How many HostPorts are cached.
+    pub fn host_port_count(&self) -> usize {
+        self.host_ports.len()
+    }
+
     /// Every cached HostPort, in no particular order.
     pub fn host_ports(&self) -> impl Iterator<Item = (&HostPortName, &CachedHostPort)> {
         self.host_ports.iter().map(|(name, h)| (name, &**h))
@@ -378,6 +384,19 @@ impl PortBook {
     /// Ports of the union of `ranges` that are used.
     pub fn used_in(&self, ranges: &[PortRange]) -> u32 {
         self.used.count_in_all(ranges)
+    }
+}
+
+/// The HostPort watch feeds the book as its cache.
+impl CacheWriter<HostPort> for PortBook {
+    fn apply_event(&mut self, event: &watcher::Event<HostPort>) {
+        match event {
+            watcher::Event::Init => self.relist_start(),
+            watcher::Event::InitApply(host_port) => self.relist_apply(host_port),
+            watcher::Event::InitDone => self.relist_done(),
+            watcher::Event::Apply(host_port) => self.apply(host_port),
+            watcher::Event::Delete(host_port) => self.delete(&host_port.name_any()),
+        }
     }
 }
 

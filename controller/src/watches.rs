@@ -49,11 +49,13 @@ async fn follow<K, S>(
     }
 }
 
-/// For a watch whose events keep a cache through `on_event` (HostPorts: the port book).
-struct NoCache;
+/// The HostPort watch's cache: the port book, behind the context's lock.
+struct BookFeed<'a>(&'a Context);
 
-impl<K> CacheWriter<K> for NoCache {
-    fn apply_event(&mut self, _: &Event<K>) {}
+impl CacheWriter<HostPort> for BookFeed<'_> {
+    fn apply_event(&mut self, event: &Event<HostPort>) {
+        self.0.book().apply_event(event);
+    }
 }
 
 fn log_watch_error(kind: &str, error: &watcher::Error) {
@@ -81,22 +83,14 @@ pub async fn host_ports(ctx: Arc<Context>) {
     let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_host_port);
-    follow(stream, "HostPort", &mut NoCache, |event| match event {
-        Event::Init => ctx.book().relist_start(),
-        Event::InitApply(host_port) => {
-            ctx.book().relist_apply(host_port);
+    follow(stream, "HostPort", &mut BookFeed(&ctx), |event| match event {
+        Event::Init => {}
+        Event::InitApply(host_port) | Event::Apply(host_port) => {
+            ctx.arrived(host_port);
             touched_host_port(&ctx, host_port);
         }
-        Event::InitDone => {
-            ctx.book().relist_done();
-            ctx.wake_waiting();
-        }
-        Event::Apply(host_port) => {
-            ctx.book().apply(host_port);
-            touched_host_port(&ctx, host_port);
-        }
+        Event::InitDone => ctx.wake_waiting(),
         Event::Delete(host_port) => {
-            ctx.book().delete(&host_port.name_any());
             touched_host_port(&ctx, host_port);
             ctx.wake_waiting();
         }
@@ -125,6 +119,7 @@ pub async fn claims(ctx: Arc<Context>, mut writer: CompactWriter<CachedClaim>) {
     follow(stream, "HostPortClaim", &mut writer, |event| {
         match event {
             Event::InitApply(claim) | Event::Apply(claim) => {
+                ctx.arrived(claim);
                 let _ = ctx.triggers.claims.send(key_of(claim));
                 if is_pod_claim(claim.labels()) {
                     let _ = ctx.triggers.pod_claims.send(key_of(claim));
@@ -162,6 +157,7 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                 let _ = ctx.triggers.classes.send(key_of(class));
             }
             Event::Apply(class) | Event::Delete(class) => {
+                ctx.arrived(class);
                 let name = class.name_any();
                 let publishes = matches!(event, Event::Apply(_)) && class.publishes_on_router();
                 // Overlap conditions of every class may change.

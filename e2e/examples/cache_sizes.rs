@@ -1,9 +1,10 @@
 //! What one cached object costs: 20,000 claims, HostPorts and pods as the watches deliver
 //! them (decoded, stripped by `hostport_api::cache`, applied to a kube-runtime store), and in
 //! each compact form a binary keeps: the controller's claims (`CachedClaim`), HostPorts
-//! (`CachedHostPort`) and pods (`PodUse`), the webhook's claims and HostPorts (`CachedClaim`, `CachedHostPort`), the
-//! publisher's claims and pods (`PublishedClaim`, `PublishedPod`); with the growth of this
-//! process's resident memory per object. The profile behind the memory figures of
+//! (`CachedHostPort` in its port book, which is its HostPort cache) and pods (`PodUse`), the
+//! webhook's claims and HostPorts (`CachedClaim`, `CachedHostPort`), the publisher's claims
+//! and pods (`PublishedClaim`, `PublishedPod`); with the growth of this process's resident
+//! memory per object. The profile behind the memory figures of
 //! BENCHMARKS.md.
 //!
 //! ```sh
@@ -14,6 +15,7 @@ use hostport_api::cache::{strip_claim, strip_host_port, strip_pod};
 use hostport_api::{HostPort, HostPortClaim};
 use hostport_controller::cached::{CachedClaim as ControllerClaim, CachedHostPort};
 use hostport_controller::pods::PodUse;
+use hostport_controller::port_book::PortBook;
 use hostport_process::compact::{CacheWriter, compact_store};
 use hostport_publisher::published::{PublishedClaim, PublishedPod};
 use hostport_webhook::cached::{CachedClaim, CachedHostPort as AdmissionHostPort};
@@ -21,6 +23,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector;
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 const OBJECTS: usize = 20_000;
 
@@ -119,6 +123,20 @@ where
     store
 }
 
+/// The controller's port book, which is its HostPort cache: the writer is the store.
+fn book() -> (Rc<RefCell<PortBook>>, BookWriter) {
+    let book = Rc::new(RefCell::new(PortBook::default()));
+    (book.clone(), BookWriter(book))
+}
+
+struct BookWriter(Rc<RefCell<PortBook>>);
+
+impl CacheWriter<HostPort> for BookWriter {
+    fn apply_event(&mut self, event: &Event<HostPort>) {
+        self.0.borrow_mut().apply_event(event);
+    }
+}
+
 /// Leaves an object as the watch delivered it (a compact form takes what it reads itself).
 fn unstripped<K>(_: &mut K) {}
 
@@ -160,11 +178,11 @@ fn main() {
         reflector::store(),
     );
     let controller_host_ports = measure(
-        "HostPort as the controller's CachedHostPort",
+        "HostPort in the controller's port book (its HostPort cache)",
         size_of::<CachedHostPort>(),
         host_port,
         unstripped,
-        compact_store::<CachedHostPort>(),
+        book(),
     );
     let admission_host_ports = measure(
         "HostPort as the webhook's CachedHostPort",
@@ -195,7 +213,7 @@ fn main() {
         admission_claims.len(),
         published_claims.len(),
         host_ports.len(),
-        controller_host_ports.len(),
+        controller_host_ports.borrow().host_port_count(),
         admission_host_ports.len(),
         pods.len(),
         pod_uses.len(),
