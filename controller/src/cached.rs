@@ -82,7 +82,9 @@ impl Meta {
     }
 
     fn is_deleting(&self) -> bool {
-        self.rare.as_ref().is_some_and(|rare| rare.deletion.is_some())
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| rare.deletion.is_some())
     }
 
     /// The metadata back, named `namespace/name`.

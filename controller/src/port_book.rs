@@ -18,8 +18,8 @@ use kube::ResourceExt;
 
 use hostport_api::port_set::PortSet;
 use hostport_process::compact::{CacheWriter, Compact};
-use kube::runtime::watcher;
 use hostport_process::ids::Uid;
+use kube::runtime::watcher;
 
 use crate::cached::CachedHostPort;
 use crate::host_port_name::HostPortName;
@@ -36,6 +36,43 @@ fn cached_of(host_port: &HostPort) -> (HostPortName, Box<CachedHostPort>) {
         HostPortName::new(&host_port.name_any()),
         Box::new(CachedHostPort::compact(host_port)),
     )
+}
+
+/// The names of a claim's HostPorts: one (kept inline, no allocation per claim) or a block's.
+#[derive(Debug)]
+enum ClaimNames {
+    One(HostPortName),
+    Many(Vec<HostPortName>),
+}
+
+impl ClaimNames {
+    fn as_slice(&self) -> &[HostPortName] {
+        match self {
+            Self::One(name) => std::slice::from_ref(name),
+            Self::Many(names) => names,
+        }
+    }
+
+    fn add(&mut self, name: HostPortName) {
+        if self.as_slice().contains(&name) {
+            return;
+        }
+        match self {
+            Self::One(first) => *self = Self::Many(vec![first.clone(), name]),
+            Self::Many(names) => names.push(name),
+        }
+    }
+
+    /// Removes `name`; whether any name is left.
+    fn remove(&mut self, name: &HostPortName) -> bool {
+        match self {
+            Self::One(only) => only != name,
+            Self::Many(names) => {
+                names.retain(|n| n != name);
+                !names.is_empty()
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,7 +101,7 @@ pub struct PortBook {
     /// costs a pointer per slot instead of a whole HostPort.
     host_ports: HashMap<HostPortName, Box<CachedHostPort>>,
     /// Claim UID → its HostPorts' names (almost always one: a `Vec`, not a tree).
-    by_claim: HashMap<Uid, Vec<HostPortName>>,
+    by_claim: HashMap<Uid, ClaimNames>,
     reserved: HashMap<u16, Reservation>,
     /// Filled during a (re)list, swapped in when the list is complete.
     relisting: Option<Vec<(HostPortName, Box<CachedHostPort>)>>,
@@ -237,9 +274,12 @@ impl PortBook {
             self.reserved.remove(&port);
         }
         if let Some(uid) = host_port.claim_uid() {
-            let names = self.by_claim.entry(uid.clone()).or_default();
-            if !names.contains(&name) {
-                names.push(name.clone());
+            match self.by_claim.get_mut(uid) {
+                Some(names) => names.add(name.clone()),
+                None => {
+                    self.by_claim
+                        .insert(uid.clone(), ClaimNames::One(name.clone()));
+                }
             }
         }
         self.host_ports.insert(name, host_port);
@@ -265,11 +305,9 @@ impl PortBook {
         }
         if let Some(uid) = host_port.claim_uid()
             && let Some(names) = self.by_claim.get_mut(uid)
+            && !names.remove(name)
         {
-            names.retain(|n| n != name);
-            if names.is_empty() {
-                self.by_claim.remove(uid);
-            }
+            self.by_claim.remove(uid);
         }
     }
 
@@ -351,8 +389,9 @@ impl PortBook {
         let cached = self
             .by_claim
             .get(claim_uid)
-            .into_iter()
-            .flatten()
+            .map(ClaimNames::as_slice)
+            .unwrap_or_default()
+            .iter()
             .map(|name| ClaimHostPort {
                 name: name.to_string(),
                 port: self.host_ports.get(name).and_then(|h| h.port()),
@@ -587,5 +626,54 @@ mod tests {
         book.apply(&host_port("hpc-x", None, Some(9002), "x"));
         assert!(book.is_used(9002));
         assert_eq!(book.used_in(&pool()), 1);
+    }
+
+    #[test]
+    fn a_blocks_host_ports_are_found_by_their_claim_until_the_last_goes() {
+        let uid = "0f3c2a4e-9b1d-4c7e-8a55-12ab34cd56ef";
+        let mut book = PortBook::default();
+        for port in 9000..9003 {
+            let name = HostPort::name_for_port(port);
+            book.apply(&host_port(&name, Some(i32::from(port)), None, uid));
+            // A repeated event changes nothing.
+            book.apply(&host_port(&name, Some(i32::from(port)), None, uid));
+        }
+        let names = |book: &PortBook| -> Vec<(String, Option<u16>)> {
+            let mut found: Vec<_> = book
+                .of_claim(uid)
+                .0
+                .into_iter()
+                .map(|h| (h.name, h.port))
+                .collect();
+            found.sort();
+            found
+        };
+        assert_eq!(
+            names(&book),
+            [9000, 9001, 9002].map(|p| (format!("port-{p}"), Some(p)))
+        );
+        book.delete("port-9001");
+        assert_eq!(
+            names(&book),
+            [9000, 9002].map(|p| (format!("port-{p}"), Some(p)))
+        );
+        book.delete("port-9000");
+        book.delete("port-9002");
+        assert_eq!(names(&book), []);
+        assert!(book.by_claim.is_empty());
+        assert_eq!(book.host_port_count(), 0);
+        // A single port's claim, and a Go-era name.
+        book.apply(&host_port("hpc-x", Some(9003), None, "x"));
+        assert_eq!(
+            book.of_claim("x").0,
+            vec![ClaimHostPort {
+                name: "hpc-x".into(),
+                port: Some(9003)
+            }]
+        );
+        assert_eq!(
+            book.host_port("hpc-x").and_then(CachedHostPort::port),
+            Some(9003)
+        );
     }
 }

@@ -186,9 +186,15 @@ mod tests {
         superseded.wrote_over(&claim("u1", "10"), then);
         superseded.wrote_over(&claim("u2", "20"), then);
         superseded.arrived(&claim("u1", "10"), then);
-        assert!(superseded.is_stale(&claim("u1", "10")), "our own write's copy");
+        assert!(
+            superseded.is_stale(&claim("u1", "10")),
+            "our own write's copy"
+        );
         superseded.arrived(&claim("u1", "11"), then);
-        assert!(!superseded.is_stale(&claim("u1", "10")), "the cache caught up");
+        assert!(
+            !superseded.is_stale(&claim("u1", "10")),
+            "the cache caught up"
+        );
         assert_eq!(superseded.len(), 1);
         // No more writes: an arrival sweeps what expired.
         superseded.arrived(&claim("u3", "1"), then + SUPERSEDED_TTL);
@@ -204,6 +210,10 @@ mod tests {
         }
         superseded.arrived(&claim("other", "1"), then + SUPERSEDED_TTL);
         let records = lock(&superseded.by_object);
-        assert!(records.versions.capacity() < 1_000, "{}", records.versions.capacity());
+        assert!(
+            records.versions.capacity() < 1_000,
+            "{}",
+            records.versions.capacity()
+        );
     }
 }

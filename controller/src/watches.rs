@@ -83,18 +83,23 @@ pub async fn host_ports(ctx: Arc<Context>) {
     let stream = watcher(api, watcher::Config::default().page_size(LIST_PAGE))
         .default_backoff()
         .modify(strip_host_port);
-    follow(stream, "HostPort", &mut BookFeed(&ctx), |event| match event {
-        Event::Init => {}
-        Event::InitApply(host_port) | Event::Apply(host_port) => {
-            ctx.arrived(host_port);
-            touched_host_port(&ctx, host_port);
-        }
-        Event::InitDone => ctx.wake_waiting(),
-        Event::Delete(host_port) => {
-            touched_host_port(&ctx, host_port);
-            ctx.wake_waiting();
-        }
-    })
+    follow(
+        stream,
+        "HostPort",
+        &mut BookFeed(&ctx),
+        |event| match event {
+            Event::Init => {}
+            Event::InitApply(host_port) | Event::Apply(host_port) => {
+                ctx.arrived(host_port);
+                touched_host_port(&ctx, host_port);
+            }
+            Event::InitDone => ctx.wake_waiting(),
+            Event::Delete(host_port) => {
+                touched_host_port(&ctx, host_port);
+                ctx.wake_waiting();
+            }
+        },
+    )
     .await;
 }
 
@@ -171,8 +176,7 @@ pub async fn classes(ctx: Arc<Context>, mut writer: Writer<HostPortClass>) {
                     vec![],
                     |mut concerned, namespace, claim_name, claim| {
                         if claim.class() == name
-                            && (!claim.names_host_port()
-                                || !claim.ready_is_current(publishes))
+                            && (!claim.names_host_port() || !claim.ready_is_current(publishes))
                         {
                             concerned.push(ObjectRef::new(claim_name).within(namespace));
                         }

@@ -160,20 +160,36 @@ mod tests {
         assert!(matches!(uid, Uid::Uuid(_)));
         assert!(!uid.is("0f3c2a4e-9b1d-4c7e-8a55-12ab34cd56ee"));
         assert!(!uid.is("0F3C2A4E-9B1D-4C7E-8A55-12AB34CD56EF"));
-        assert!(!Uid::new("0F3C2A4E-9B1D-4C7E-8A55-12AB34CD56EF").is(
-            "0f3c2a4e-9b1d-4c7e-8a55-12ab34cd56ef"
-        ));
+        assert!(
+            !Uid::new("0F3C2A4E-9B1D-4C7E-8A55-12AB34CD56EF")
+                .is("0f3c2a4e-9b1d-4c7e-8a55-12ab34cd56ef")
+        );
         assert_eq!(uid, Uid::new("0f3c2a4e-9b1d-4c7e-8a55-12ab34cd56ef"));
         assert_eq!(std::mem::size_of::<Uid>(), 24);
     }
 
     #[test]
     fn resource_versions_read_back_as_written() {
-        for text in ["0", "1", "123456789", "18446744073709551615", "18446744073709551616", "007", "+1", "-1", "", "abc", "1.5"] {
+        for text in [
+            "0",
+            "1",
+            "123456789",
+            "18446744073709551615",
+            "18446744073709551616",
+            "007",
+            "+1",
+            "-1",
+            "",
+            "abc",
+            "1.5",
+        ] {
             assert_eq!(ResourceVersion::new(text).to_string(), text);
         }
         assert_eq!(ResourceVersion::new("42"), ResourceVersion::Number(42));
-        assert!(matches!(ResourceVersion::new("042"), ResourceVersion::Other(_)));
+        assert!(matches!(
+            ResourceVersion::new("042"),
+            ResourceVersion::Other(_)
+        ));
         assert_eq!(std::mem::size_of::<Option<ResourceVersion>>(), 24);
     }
 }

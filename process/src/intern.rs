@@ -63,7 +63,11 @@ mod tests {
         }
         let table = table().lock().unwrap_or_else(PoisonError::into_inner);
         assert!(table.strings.contains("intern-test-held"));
-        assert!(table.strings.len() < 4 * MIN_PRUNE_AT, "{}", table.strings.len());
+        assert!(
+            table.strings.len() < 4 * MIN_PRUNE_AT,
+            "{}",
+            table.strings.len()
+        );
         drop(table);
         assert_eq!(&*held, "intern-test-held");
     }

@@ -8,9 +8,9 @@
 
 pub mod compact;
 pub mod events;
-pub mod leader;
 pub mod ids;
 pub mod intern;
+pub mod leader;
 
 use std::future::Future;
 use std::net::SocketAddr;
