@@ -158,10 +158,15 @@ impl HostPort {
     /// The port this HostPort holds: `spec.port` (this project), else `status.port` (objects
     /// written by the Go project). `None` while neither names a valid port.
     pub fn port(&self) -> Option<u16> {
-        self.spec
-            .port
+        Self::port_of(self.spec.port, self.status.as_ref().and_then(|s| s.port))
+    }
+
+    /// [`HostPort::port`] from `spec.port` and `status.port` (for caches that keep those
+    /// two, not the object).
+    pub fn port_of(spec_port: Option<i32>, status_port: Option<i32>) -> Option<u16> {
+        spec_port
             .and_then(port_from_wire)
-            .or_else(|| self.status.as_ref()?.port.and_then(port_from_wire))
+            .or_else(|| status_port.and_then(port_from_wire))
     }
 
     /// UID of the bound claim, if recorded.

@@ -510,10 +510,7 @@ impl CachedHostPort {
 
     /// Its port (`HostPort::port`: `spec.port`, else a Go-era `status.port`).
     pub fn port(&self) -> Option<u16> {
-        use hostport_api::ports::port_from_wire;
-        self.port
-            .and_then(port_from_wire)
-            .or_else(|| self.status.port().and_then(port_from_wire))
+        HostPort::port_of(self.port, self.status.port())
     }
 
     /// The UID of the claim it is bound to (`HostPort::claim_uid`).
@@ -714,5 +711,30 @@ mod tests {
         assert_eq!(cached.port(), Some(9001));
         assert_eq!(cached.to_host_port("port-9001").port(), Some(9001));
         assert_eq!(cached.claim_key(), None);
+    }
+
+    #[test]
+    fn the_cached_port_is_the_objects_port_whatever_spec_and_status_say() {
+        for (spec_port, status_port) in [
+            (Some(9000), Some(9000)),
+            (Some(9000), None),
+            (None, Some(9001)),
+            (Some(0), Some(9001)),
+            (Some(70_000), Some(9001)),
+            (Some(0), None),
+            (None, None),
+        ] {
+            let mut object = host_port();
+            object.spec.port = spec_port;
+            if let Some(status) = object.status.as_mut() {
+                status.port = status_port;
+            }
+            let cached = CachedHostPort::compact(&object);
+            assert_eq!(
+                cached.port(),
+                object.port(),
+                "spec {spec_port:?}, status {status_port:?}"
+            );
+        }
     }
 }

@@ -77,7 +77,7 @@ impl ClaimNames {
 
 #[derive(Clone, Debug)]
 struct Reservation {
-    claim_uid: Option<String>,
+    claim_uid: Option<Uid>,
     expires: Instant,
 }
 
@@ -354,7 +354,7 @@ impl PortBook {
         self.reserved.insert(
             port,
             Reservation {
-                claim_uid: claim_uid.map(str::to_owned),
+                claim_uid: claim_uid.map(Uid::new),
                 expires: now + RESERVATION_TTL,
             },
         );
@@ -400,7 +400,7 @@ impl PortBook {
         let reserved = self
             .reserved
             .iter()
-            .find(|(_, r)| r.claim_uid.as_deref().is_some_and(|uid| claim_uid.is(uid)))
+            .find(|(_, r)| r.claim_uid.as_ref() == Some(claim_uid))
             .map(|(port, _)| *port);
         (cached, reserved)
     }
