@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use std::borrow::Cow;
+
+use crate::HostPort;
 use crate::conditions::{self, Condition, reasons, status, types};
 use crate::ports::port_from_wire;
 
@@ -62,7 +65,7 @@ use crate::ports::port_from_wire;
         type_ = "string",
         json_path = ".spec.hostPortName",
         priority = "1",
-        description = "HostPort bound to this claim"
+        description = "HostPort bound to this claim (hand-made claims; a claim made for a pod leaves it empty: its HostPort is port-<Ports>)"
     ),
     printcolumn(
         name = "Pod",
@@ -388,14 +391,27 @@ impl HostPortClaim {
         stored.is_some_and(|c| (&c.status, &c.reason) == (&derived.status, &derived.reason))
     }
 
-    /// The port the claim is bound to: set only once the claim is Bound, names a HostPort
-    /// and carries a valid port.
+    /// The port the claim is bound to (of a block: its first): set only once the claim is
+    /// Bound and carries a valid port. Status is the allocator's to write (the webhook denies
+    /// anyone else); a reader that hands the port out still checks that HostPort
+    /// [`Self::bound_host_port_name`] holds it for the claim's UID.
     pub fn bound_port(&self) -> Option<u16> {
         let status = self.status.as_ref()?;
-        if status.phase != Some(ClaimPhase::Bound) || self.spec.host_port_name.is_none() {
-            return None;
-        }
-        status.port.and_then(port_from_wire)
+        bound_port(status.phase, status.port)
+    }
+
+    /// The name of the HostPort the claim is bound to (of a block: its first port's):
+    /// `spec.hostPortName`, else for a Bound claim `port-<status.port>`. The allocator leaves
+    /// `spec.hostPortName` empty on the claims the webhook makes for pods (one API write less
+    /// per port; hand-made claims get it as in the Go project). Only a HostPort whose
+    /// `claimRef.uid` is the claim's proves the binding.
+    pub fn bound_host_port_name(&self) -> Option<Cow<'_, str>> {
+        let status = self.status.as_ref();
+        bound_host_port_name(
+            self.spec.host_port_name.as_deref(),
+            status.and_then(|s| s.phase),
+            status.and_then(|s| s.port),
+        )
     }
 
     /// The statically requested port, if it is a valid port number.
@@ -406,6 +422,31 @@ impl HostPortClaim {
     /// Whether the claim carries this project's finalizer.
     pub fn has_finalizer(&self) -> bool {
         self.finalizers().iter().any(|f| f == crate::FINALIZER)
+    }
+}
+
+/// [`HostPortClaim::bound_port`] from a claim's `status.phase` and `status.port` (for
+/// readers that keep a compact copy).
+pub fn bound_port(phase: Option<ClaimPhase>, status_port: Option<i32>) -> Option<u16> {
+    if phase != Some(ClaimPhase::Bound) {
+        return None;
+    }
+    status_port.and_then(port_from_wire)
+}
+
+/// [`HostPortClaim::bound_host_port_name`] from a claim's `spec.hostPortName`,
+/// `status.phase` and `status.port` (for readers that keep a compact copy).
+pub fn bound_host_port_name(
+    host_port_name: Option<&str>,
+    phase: Option<ClaimPhase>,
+    status_port: Option<i32>,
+) -> Option<Cow<'_, str>> {
+    match host_port_name {
+        Some(name) => Some(Cow::Borrowed(name)),
+        None => Some(Cow::Owned(HostPort::name_for_port(bound_port(
+            phase,
+            status_port,
+        )?))),
     }
 }
 
@@ -541,5 +582,53 @@ mod tests {
         );
         let ready = conditions::find(&status.conditions, types::READY).expect("Ready");
         assert_eq!(ready.last_transition_time, at(5));
+    }
+
+    fn claim_with(
+        host_port_name: Option<&str>,
+        phase: Option<ClaimPhase>,
+        port: Option<i32>,
+    ) -> HostPortClaim {
+        let mut claim = HostPortClaim::new("web", HostPortClaimSpec::of_class("games"));
+        claim.spec.host_port_name = host_port_name.map(str::to_owned);
+        claim.status = phase.map(|phase| HostPortClaimStatus {
+            phase: Some(phase),
+            port,
+            ..HostPortClaimStatus::default()
+        });
+        claim
+    }
+
+    #[test]
+    fn a_claim_names_its_host_port_by_spec_or_else_by_its_bound_port() {
+        let named = claim_with(Some("hpc-6f1c"), Some(ClaimPhase::Bound), Some(9000));
+        assert_eq!(
+            named.bound_host_port_name().as_deref(),
+            Some("hpc-6f1c"),
+            "spec wins (Go-era names)"
+        );
+        let pod_claim = claim_with(None, Some(ClaimPhase::Bound), Some(9000));
+        assert_eq!(pod_claim.bound_port(), Some(9000));
+        assert_eq!(
+            pod_claim.bound_host_port_name().as_deref(),
+            Some("port-9000")
+        );
+        for (phase, port) in [
+            (None, None),
+            (Some(ClaimPhase::Pending), Some(9000)),
+            (Some(ClaimPhase::Deleting), Some(9000)),
+            (Some(ClaimPhase::Bound), None),
+            (Some(ClaimPhase::Bound), Some(0)),
+            (Some(ClaimPhase::Bound), Some(70000)),
+        ] {
+            let claim = claim_with(None, phase, port);
+            assert_eq!(
+                (claim.bound_port(), claim.bound_host_port_name()),
+                (None, None),
+                "{phase:?} {port:?}"
+            );
+        }
+        let pending_named = claim_with(Some("port-9000"), Some(ClaimPhase::Pending), None);
+        assert_eq!(pending_named.bound_port(), None, "named but not Bound yet");
     }
 }

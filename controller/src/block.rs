@@ -34,8 +34,7 @@ pub(crate) async fn reconcile(claim: &HostPortClaim, uid: &str, ctx: &Context) -
     let owned = owned_host_ports(claim, uid, ctx);
     // The block the claim is bound to, else the lowest port it holds (a block being made).
     let bound_base = claim
-        .spec
-        .host_port_name
+        .bound_host_port_name()
         .as_deref()
         .and_then(HostPort::port_from_name)
         .filter(|base| owned.iter().any(|hp| hp.port() == Some(*base)));
@@ -81,7 +80,7 @@ pub(crate) async fn reconcile(claim: &HostPortClaim, uid: &str, ctx: &Context) -
     }
     let first = HostPort::name_for_port(base);
     let mut claim = claim.clone();
-    if claim.spec.host_port_name.as_deref() != Some(first.as_str()) {
+    if crate::claim::writes_host_port_name(&claim, &first, base) {
         claim = writes::bind_claim(ctx, &claim, &first).await?;
     }
     let bound = Condition::new(
@@ -121,7 +120,7 @@ pub(crate) async fn reconcile(claim: &HostPortClaim, uid: &str, ctx: &Context) -
 fn owned_host_ports(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Vec<HostPort> {
     let (cached, _) = ctx.book().of_claim(uid);
     let mut names: Vec<String> = cached.into_iter().map(|c| c.name).collect();
-    names.extend(claim.spec.host_port_name.iter().cloned());
+    names.extend(claim.bound_host_port_name().map(String::from));
     names.sort();
     names.dedup();
     names

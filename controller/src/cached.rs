@@ -219,7 +219,7 @@ impl ClaimStatus {
         };
         let generation = claim.metadata.generation;
         if let (Some(name), Some(port), [bound_condition, ready_condition]) = (
-            claim.spec.host_port_name.as_deref(),
+            claim.bound_host_port_name(),
             status.port.and_then(hostport_api::ports::port_from_wire),
             status.conditions.as_slice(),
         ) {
@@ -229,7 +229,7 @@ impl ClaimStatus {
             );
             // Kept short only when it is exactly what the short form gives back.
             if bound(
-                name,
+                &name,
                 port,
                 generation,
                 bound_since.clone(),
@@ -254,8 +254,11 @@ impl ClaimStatus {
                 bound_since,
                 ready_since,
             } => {
-                // Only made from a claim that names its HostPort (see `of`).
-                let name = spec.host_port_name.as_ref()?.to_string();
+                // As `HostPortClaim::bound_host_port_name` names it (see `of`).
+                let name = spec
+                    .host_port_name
+                    .as_ref()
+                    .map_or_else(|| HostPort::name_for_port(*port), ToString::to_string);
                 Some(bound(
                     &name,
                     *port,
@@ -300,9 +303,15 @@ impl CachedClaim {
         &self.spec.class
     }
 
-    /// Whether `spec.hostPortName` is set (it names the claim's first HostPort).
+    /// Whether it names a HostPort: `spec.hostPortName`, or Bound (a pod claim's status
+    /// port names it; see `HostPortClaim::bound_host_port_name`).
     pub fn names_host_port(&self) -> bool {
         self.spec.host_port_name.is_some()
+            || match &self.status {
+                ClaimStatus::None => false,
+                ClaimStatus::Bound { .. } => true,
+                ClaimStatus::Other(status) => status.phase == Some(ClaimPhase::Bound),
+            }
     }
 
     /// Its UID.
@@ -664,6 +673,19 @@ mod tests {
                     {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "cm-uid"}]}}),
             ),
             (
+                "made for a pod, named by its port",
+                serde_json::json!({"metadata": {"labels": {"hostport.rmb938.com/pod-claim": "true"}},
+                "spec": {"hostPortName": null}}),
+            ),
+            (
+                "no name, another HostPort in the message",
+                serde_json::json!({"spec": {"hostPortName": null}, "status": {"conditions": [
+                    {"type": "Bound", "status": "True", "reason": "Bound", "observedGeneration": 2,
+                     "message": "bound to HostPort hpc-1 (port 9000)", "lastTransitionTime": "2026-12-06T00:00:01Z"},
+                    {"type": "Ready", "status": "True", "reason": "Bound", "observedGeneration": 2,
+                     "message": "bound to HostPort hpc-1 (port 9000)", "lastTransitionTime": "2026-12-06T00:00:02Z"}]}}),
+            ),
+            (
                 "other finalizers",
                 serde_json::json!({"metadata": {"finalizers": ["a", "hostport.rmb938.com"]}}),
             ),
@@ -681,7 +703,16 @@ mod tests {
             assert_eq!(cached.phase(), expected.phase(), "{case}");
             assert_eq!(cached.uid(), Some(&Uid::new("claim-uid")), "{case}");
             assert_eq!(cached.is_deleting(), case == "deleting", "{case}");
-            assert_eq!(cached.is_pod_claim(), case == "made for a pod", "{case}");
+            assert_eq!(
+                cached.is_pod_claim(),
+                case.starts_with("made for a pod"),
+                "{case}"
+            );
+            assert_eq!(
+                cached.names_host_port(),
+                expected.bound_host_port_name().is_some(),
+                "{case}"
+            );
             for publishes in [false, true] {
                 assert_eq!(
                     cached.ready_is_current(publishes),
@@ -694,6 +725,14 @@ mod tests {
             CachedClaim::compact(&claim(serde_json::json!({}))).status,
             ClaimStatus::Bound { port: 9000, .. }
         ));
+        let pod_claim = claim(serde_json::json!({"spec": {"hostPortName": null}}));
+        assert!(
+            matches!(
+                CachedClaim::compact(&pod_claim).status,
+                ClaimStatus::Bound { port: 9000, .. }
+            ),
+            "a claim without spec.hostPortName is kept short too"
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! Binding is four writes (a block of N ports, `block`: 2N + 2), in an order that is safe to
 //! interrupt anywhere: create the HostPort `port-<n>` (the lock on the port), its status, the
 //! claim's `spec.hostPortName`, the claim's status. A claim the webhook made for a pod skips
-//! the HostPort's status (three writes; a block N + 2): see `host_port::set_bound`. A claim is never Bound before its HostPort exists with a port; a
-//! HostPort whose `claimRef.uid` matches is adopted, never duplicated.
+//! the HostPort's status and `spec.hostPortName` (two writes; a block N + 1): see
+//! `host_port::set_bound` and [`writes_host_port_name`]. A claim is never Bound before its
+//! HostPort exists with a port; a HostPort whose `claimRef.uid` matches is adopted, never
+//! duplicated.
 //!
 //! Over ~500 lines on purpose: binding and release are one state machine over the same claim;
 //! split, each half would have to re-derive where the other left the claim.
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::queue::Action;
 use hostport_api::conditions::{self, Condition, reasons, status, types};
+use hostport_api::pod_claims::is_pod_claim;
 use hostport_api::{ClaimPhase, HostPort, HostPortClaim};
 use hostport_process::events::EventType;
 use k8s_openapi::api::core::v1::Namespace;
@@ -98,7 +101,7 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
         ctx,
     )
     .await?;
-    if claim.spec.host_port_name.as_deref() != Some(name.as_str()) {
+    if writes_host_port_name(&claim, &name, port) {
         claim = writes::bind_claim(ctx, &claim, &name).await?;
     }
     let bound = Condition::new(
@@ -129,6 +132,18 @@ async fn reconcile_claim(claim: &HostPortClaim, ctx: &Context) -> Result<Action>
     Ok(Action::await_change())
 }
 
+/// Whether binding `claim` to HostPort `name` (port `port`, of a block its first) writes
+/// `spec.hostPortName`: a claim that names another HostPort gets the right one; a claim the
+/// webhook made for a pod that names none keeps it empty, since its status port names
+/// `port-<port>` (`HostPortClaim::bound_host_port_name`): one API write less per pod port.
+/// Hand-made claims get it as in the Go project.
+pub(crate) fn writes_host_port_name(claim: &HostPortClaim, name: &str, port: u16) -> bool {
+    match claim.spec.host_port_name.as_deref() {
+        Some(named) => named != name,
+        None => !is_pod_claim(claim.labels()) || name != HostPort::name_for_port(port),
+    }
+}
+
 /// The `Bound` condition's message of a claim bound to one port through HostPort `name`
 /// (also what `cached::CachedClaim` recognises to keep a bound status short).
 pub(crate) fn bound_message(name: &str, port: u16) -> String {
@@ -148,7 +163,11 @@ async fn find_host_port(
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     let owned = |hp: &HostPort| hp.claim_uid() == Some(uid);
     let (cached, reserved) = ctx.book().of_claim(uid);
-    let mut names: Vec<String> = claim.spec.host_port_name.iter().cloned().collect();
+    let mut names: Vec<String> = claim
+        .bound_host_port_name()
+        .map(String::from)
+        .into_iter()
+        .collect();
     let mut by_port = cached;
     by_port.sort_by_key(|c| c.port.unwrap_or(u16::MAX));
     names.extend(
@@ -524,7 +543,7 @@ async fn release(claim: &HostPortClaim, uid: &str, ctx: &Context) -> Result<Acti
     }
     let api: Api<HostPort> = Api::all(ctx.client.clone());
     let mut names: Vec<String> = held_here.into_iter().map(|c| c.name).collect();
-    names.extend(claim.spec.host_port_name.iter().cloned());
+    names.extend(claim.bound_host_port_name().map(String::from));
     names.extend(reserved.map(HostPort::name_for_port));
     names.sort();
     names.dedup();

@@ -299,9 +299,10 @@ async fn class_findings(
 }
 
 fn host_port_findings(snapshot: &Snapshot, claim: &HostPortClaim, findings: &mut Vec<Finding>) {
-    let Some(name) = claim.spec.host_port_name.as_deref() else {
+    let Some(name) = claim.bound_host_port_name() else {
         return;
     };
+    let name = &*name;
     let subject = format!("HostPort {name}");
     let held = snapshot
         .host_ports

@@ -67,6 +67,17 @@ impl From<&HostPortClaim> for CachedClaim {
     }
 }
 
+impl CachedClaim {
+    /// The HostPort it is bound to by name (`HostPortClaim::bound_host_port_name`).
+    pub fn bound_host_port_name(&self) -> Option<std::borrow::Cow<'_, str>> {
+        hostport_api::claim::bound_host_port_name(
+            self.spec.host_port_name.as_deref(),
+            Some(self.phase),
+            self.status_port,
+        )
+    }
+}
+
 impl Compact for CachedClaim {
     type Source = HostPortClaim;
     fn compact(source: &HostPortClaim) -> Self {

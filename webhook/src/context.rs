@@ -8,10 +8,11 @@
 //! someone to act (`reasons::blocks_binding`). The wait is a future of the request: a
 //! client that goes away drops it.
 //!
-//! A port is injected only when the whole chain holds: the claim names a HostPort in
-//! `spec.hostPortName`, that HostPort's `claimRef.uid` is the claim's UID and it holds a
-//! port, and the claim's `status.port` (if any) agrees. A claim's status alone is never
-//! trusted: it is one RBAC mistake away from a tenant.
+//! A port is injected only when the whole chain holds: the claim names a HostPort
+//! (`spec.hostPortName`, or a Bound pod claim's `port-<status.port>`), that HostPort's
+//! `claimRef.uid` is the claim's UID and it holds a port, and the claim's `status.port` (if
+//! any) agrees. A claim's status alone is never trusted: it is one RBAC mistake away from a
+//! tenant.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,11 +181,12 @@ impl Context {
                 .map(|(reason, message)| format!("{reason}: {message}"));
             return ClaimState::Pending { why };
         }
-        let Some(host_port_name) = claim.spec.host_port_name.as_deref() else {
+        let Some(host_port_name) = claim.bound_host_port_name() else {
             return ClaimState::Unverified {
-                why: "its spec.hostPortName is empty".into(),
+                why: "it is Bound but names no HostPort (spec.hostPortName and status.port are empty)".into(),
             };
         };
+        let host_port_name = &*host_port_name;
         // The cache first; if it disagrees, the API server (the HostPort cache may lag the
         // claim cache).
         let cached = self.host_ports.get("", host_port_name);
@@ -508,6 +510,22 @@ mod tests {
         assert!(verify(&claim("a", None), &deleting).is_err());
         // A claim the API server gave no UID never matches, not even a HostPort whose
         // claimRef has none either.
+        // A pod claim leaves spec.hostPortName empty: its status port names the HostPort,
+        // which must still hold the port for the claim's UID.
+        let mut unnamed = claim("a", Some(9000));
+        unnamed.spec.host_port_name = None;
+        assert_eq!(unnamed.bound_host_port_name().as_deref(), Some("port-9000"));
+        assert!(verify(&unnamed, &host_port("b", 9000)).is_err());
+        assert_eq!(
+            verify(&unnamed, &host_port("a", 9000)).map(|b| b.port),
+            Ok(9000)
+        );
+        unnamed.status_port = None;
+        assert_eq!(
+            unnamed.bound_host_port_name(),
+            None,
+            "nothing names a HostPort"
+        );
         let no_uid = verify(&claim("", Some(9000)), &host_port("", 9000));
         assert!(
             no_uid

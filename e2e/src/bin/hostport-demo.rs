@@ -146,7 +146,10 @@ async fn demo(args: &Args) -> anyhow::Result<()> {
     .await?;
     let port = bound.bound_port().context("bound port")?;
     println!("   hostportclaim/demo/echo-web: {}", describe_claim(&bound));
-    let host_port_name = bound.spec.host_port_name.clone().context("hostPortName")?;
+    let host_port_name = bound
+        .bound_host_port_name()
+        .context("the bound claim names no HostPort")?
+        .into_owned();
     let host_port = Api::<HostPort>::all(admin.clone())
         .get(&host_port_name)
         .await?;

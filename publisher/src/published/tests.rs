@@ -38,10 +38,13 @@ fn a_claim_keeps_what_publishing_reads_and_no_status_router_mode_never_wrote() {
 fn a_pending_claim_has_no_ports() {
     let claim = claim_from(bound_claim(json!({"phase": "Pending"})));
     assert_eq!(claim.bound_ports().count(), 0);
-    // Bound in status but never given spec.hostPortName: not bound (`bound_port`).
-    let mut value = bound_claim(json!({"phase": "Bound", "port": 9000}));
+    // Bound without a port: nothing to publish.
+    let mut value = bound_claim(json!({"phase": "Bound"}));
+    assert_eq!(claim_from(value.clone()).bound_ports().count(), 0);
+    // A pod claim leaves spec.hostPortName empty: its status port is its binding.
     value["spec"]["hostPortName"] = serde_json::Value::Null;
-    assert_eq!(claim_from(value).bound_ports().count(), 0);
+    value["status"]["port"] = json!(9000);
+    assert_eq!(claim_from(value).bound_ports().count(), 3);
 }
 
 #[test]
