@@ -1036,7 +1036,9 @@ async fn a_pod_claim_costs_three_writes_per_annotation() {
     assert_eq!(held.len(), 3);
     for claim in &claims {
         assert_eq!(claim.spec.host_port_name, None, "{claim:?}");
-        let name = claim.bound_host_port_name().expect("named by its status port");
+        let name = claim
+            .bound_host_port_name()
+            .expect("named by its status port");
         let host_port = held
             .iter()
             .find(|hp| hp.metadata.name.as_deref() == Some(&*name))
