@@ -310,7 +310,9 @@ impl CachedClaim {
             || match &self.status {
                 ClaimStatus::None => false,
                 ClaimStatus::Bound { .. } => true,
-                ClaimStatus::Other(status) => status.phase == Some(ClaimPhase::Bound),
+                ClaimStatus::Other(status) => {
+                    hostport_api::claim::bound_port(status.phase, status.port).is_some()
+                }
             }
     }
 
