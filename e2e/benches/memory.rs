@@ -22,8 +22,18 @@
 //! ```
 //!
 //! `MEMORY_BENCH_ANNOTATION_BYTES=0` makes only the first run.
+//!
+//! With `E2E_KUBECONFIG` the three binaries run against that cluster's API server with its
+//! credentials, in a namespace, classes and a Node of their own (named after the bench's
+//! process), removed at the end: the claims released by the controller, the pods (on a Node
+//! no kubelet serves) deleted at once.
+//!
+//! ```sh
+//! E2E_KUBECONFIG=~/kapi/run-node/admin.kubeconfig MEMORY_BENCH_CLAIMS=64512 MEMORY_BENCH_ANNOTATION_BYTES=0 \
+//!   cargo bench -p hostport-e2e --bench memory
+//! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClass, HostPortClassSpec};
@@ -32,14 +42,113 @@ use hostport_e2e::measure::{
     edge_publisher, free_port, in_parallel, service_account_kubeconfigs, setting, webhook,
     webhook_certificate,
 };
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// Concurrent writers creating claims and pods.
 const WRITERS: usize = 8;
-/// The node every pod runs on.
-const NODE: &str = "node-1";
+
+/// The API server a run uses and the names of what it makes there.
+struct Target {
+    client: kube::Client,
+    /// The controller's, the webhook's and the publisher's kubeconfigs.
+    configs: [PathBuf; 3],
+    /// Where the claims and pods go.
+    namespace: String,
+    /// The class every claim is of, the class of the startup probe, the Node of every pod.
+    class: String,
+    probe_class: String,
+    node: String,
+    /// The in-process server, if it is one (kept alive for the run).
+    server: Option<kube_testserver::TestApiServer>,
+}
+
+impl Target {
+    /// The in-process server, or the cluster of `E2E_KUBECONFIG` (names made unique).
+    async fn new(dir: &Path) -> Self {
+        let Some(path) = std::env::var_os("E2E_KUBECONFIG") else {
+            let (server, _) = bench_server("memory").await;
+            return Self {
+                client: server.client(),
+                configs: service_account_kubeconfigs(&server, dir, ACCOUNTS),
+                namespace: "default".into(),
+                class: "bench".into(),
+                probe_class: "probe".into(),
+                node: "node-1".into(),
+                server: Some(server),
+            };
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&path).expect("E2E_KUBECONFIG"),
+            &Default::default(),
+        )
+        .await
+        .expect("E2E_KUBECONFIG");
+        let client = kube::Client::try_from(config).expect("client");
+        hostport_e2e::cluster::prepare(&client, false).await;
+        let unique = format!("memory-bench-{}", std::process::id());
+        let namespace: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": unique}})).expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace");
+        let kubeconfig = PathBuf::from(path);
+        Self {
+            client,
+            configs: [kubeconfig.clone(), kubeconfig.clone(), kubeconfig],
+            namespace: unique.clone(),
+            probe_class: format!("{unique}-probe"),
+            node: unique.clone(),
+            class: unique,
+            server: None,
+        }
+    }
+
+    /// On a real cluster: deletes the pods at once (no kubelet serves their Node), then the
+    /// claims, waits for the controller (still running) to release every port, and deletes
+    /// the classes, the Node and the namespace.
+    async fn clean_up(&self) {
+        if self.server.is_some() {
+            return;
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let _ = pods
+            .delete_collection(
+                &DeleteParams::default().grace_period(0),
+                &ListParams::default(),
+            )
+            .await;
+        let claims: Api<HostPortClaim> = Api::namespaced(self.client.clone(), &self.namespace);
+        let _ = claims
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(900) {
+            match claims.list_metadata(&ListParams::default().limit(1)).await {
+                Ok(left) if left.items.is_empty() => break,
+                _ => tokio::time::sleep(Duration::from_secs(2)).await,
+            }
+        }
+        let classes = Api::<HostPortClass>::all(self.client.clone());
+        for class in [&self.class, &self.probe_class] {
+            let _ = classes.delete(class, &DeleteParams::default()).await;
+        }
+        let _ = Api::<Node>::all(self.client.clone())
+            .delete(&self.node, &DeleteParams::default())
+            .await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        println!(
+            "memory: cleaned up {} after {:.0} s",
+            self.namespace,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
 
 struct Figures {
     settled_kib: u64,
@@ -70,9 +179,9 @@ fn claim(name: &str, class: &str, payload: &str) -> HostPortClaim {
     claim
 }
 
-/// Waits until `count` HostPorts hold a port with a status (every binding's last write but
-/// the claim's status).
-async fn all_bound(host_ports: &Api<HostPort>, count: usize) {
+/// Waits until `count` HostPorts of `class` hold a port with a status (every binding's last
+/// write but the claim's status).
+async fn all_bound(host_ports: &Api<HostPort>, class: &str, count: usize) {
     let started = Instant::now();
     loop {
         let allocated = host_ports
@@ -81,6 +190,7 @@ async fn all_bound(host_ports: &Api<HostPort>, count: usize) {
             .expect("list")
             .items
             .iter()
+            .filter(|hp| hp.spec.host_port_class_name == class)
             .filter(|hp| hp.status.as_ref().and_then(|s| s.port).is_some())
             .count();
         if allocated >= count {
@@ -94,9 +204,11 @@ async fn all_bound(host_ports: &Api<HostPort>, count: usize) {
     }
 }
 
-/// Creates `count` Running pods on [`NODE`], pod `i` using claim `claim-i` and its port.
-async fn running_pods(client: &kube::Client, count: usize, payload: &str) {
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
+/// Creates `count` Running pods on the target's Node, pod `i` using claim `claim-i` and its
+/// port.
+async fn running_pods(target: &Target, count: usize, payload: &str) {
+    let (client, node) = (&target.client, target.node.clone());
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), &target.namespace);
     let ports: std::collections::HashMap<String, i32> = claims
         .list(&ListParams::default())
         .await
@@ -106,10 +218,11 @@ async fn running_pods(client: &kube::Client, count: usize, payload: &str) {
         .filter_map(|c| Some((c.metadata.name.clone()?, i32::from(c.bound_port()?))))
         .collect();
     let ports = std::sync::Arc::new(ports);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
     let payload = payload.to_owned();
     in_parallel(count, WRITERS, move |i| {
-        let (pods, ports, payload) = (pods.clone(), ports.clone(), payload.clone());
+        let (pods, ports, payload, node) =
+            (pods.clone(), ports.clone(), payload.clone(), node.clone());
         async move {
             let claim = format!("claim-{i}");
             let port = ports[&claim];
@@ -122,7 +235,9 @@ async fn running_pods(client: &kube::Client, count: usize, payload: &str) {
             }
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": format!("pod-{i}"), "annotations": annotations},
-                "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "registry.invalid/app:1",
+                // Tolerates the taints a Node no kubelet serves gets on a real cluster.
+                "spec": {"nodeName": node, "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1",
                     "ports": [{"name": "web", "containerPort": 8080, "hostPort": port}]}]}
             }))
             .expect("pod");
@@ -142,10 +257,14 @@ async fn running_pods(client: &kube::Client, count: usize, payload: &str) {
 }
 
 /// Time from a new controller's start until `claim` is Bound.
-async fn first_bind(client: &kube::Client, kubeconfig: &Path) -> (Process, Duration) {
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
+async fn first_bind(target: &Target) -> (Process, Duration) {
+    let (client, kubeconfig) = (&target.client, &target.configs[0]);
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), &target.namespace);
     claims
-        .create(&PostParams::default(), &claim("probe", "probe", ""))
+        .create(
+            &PostParams::default(),
+            &claim("probe", &target.probe_class, ""),
+        )
         .await
         .expect("probe claim");
     let started = Instant::now();
@@ -185,47 +304,55 @@ async fn ready(kubeconfig: &Path, tls: &[String; 2]) -> (Process, Duration) {
 }
 
 async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, startup: bool) -> Run {
-    let (server, dir) = bench_server("memory").await;
-    let configs = service_account_kubeconfigs(&server, &dir, ACCOUNTS);
+    let dir = std::env::temp_dir().join(format!("hostport-memory-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let target = Target::new(&dir).await;
     let (tls, _) = webhook_certificate(&dir);
 
-    let client = server.client();
+    let client = target.client.clone();
     let classes = Api::<HostPortClass>::all(client.clone());
     let mut bench = HostPortClassSpec::with_pools(&[(1024, 65535)]);
     bench.publish = Some(serde_json::from_value(json!({"edge": true})).expect("publish"));
     for (name, spec) in [
-        ("bench", bench),
-        ("probe", HostPortClassSpec::with_pools(&[(1000, 1000)])),
+        (&target.class, bench),
+        (
+            &target.probe_class,
+            HostPortClassSpec::with_pools(&[(1000, 1000)]),
+        ),
     ] {
         classes
             .create(&PostParams::default(), &HostPortClass::new(name, spec))
             .await
             .expect("class");
     }
-    let node: Node = serde_json::from_value(json!({
-        "metadata": {"name": NODE},
-        "status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.10"}],
-                   "conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .expect("node");
-    Api::<Node>::all(client.clone())
+    let node: Node =
+        serde_json::from_value(json!({"metadata": {"name": target.node}})).expect("node");
+    let nodes = Api::<Node>::all(client.clone());
+    nodes
         .create(&PostParams::default(), &node)
         .await
         .expect("node");
+    let status = json!({"status": {"addresses": [{"type": "InternalIP", "address": "198.51.100.10"}],
+                   "conditions": [{"type": "Ready", "status": "True"}]}});
+    nodes
+        .patch_status(&target.node, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("node status");
+    let configs = &target.configs;
     let mut controller_process = controller(&configs[0], &[]);
     let mut webhook_process = webhook(&configs[1], &tls, 0, free_port());
     let publisher = edge_publisher(&configs[2]);
 
     let payload = "x".repeat(payload_bytes);
-    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), "default");
-    let claim_payload = payload.clone();
+    let claims: Api<HostPortClaim> = Api::namespaced(client.clone(), &target.namespace);
+    let (claim_payload, class) = (payload.clone(), target.class.clone());
     in_parallel(claims_count, WRITERS, move |i| {
-        let (claims, payload) = (claims.clone(), claim_payload.clone());
+        let (claims, payload, class) = (claims.clone(), claim_payload.clone(), class.clone());
         async move {
             claims
                 .create(
                     &PostParams::default(),
-                    &claim(&format!("claim-{i}"), "bench", &payload),
+                    &claim(&format!("claim-{i}"), &class, &payload),
                 )
                 .await
                 .expect("create");
@@ -233,10 +360,10 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
     })
     .await;
     let host_ports: Api<HostPort> = Api::all(client.clone());
-    all_bound(&host_ports, claims_count).await;
+    all_bound(&host_ports, &target.class, claims_count).await;
     // The claims' status writes land.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    running_pods(&client, pods_count.min(claims_count), &payload).await;
+    running_pods(&target, pods_count.min(claims_count), &payload).await;
     // Watches and the publisher's passes settle.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let measured = (
@@ -245,7 +372,12 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
         figures(&publisher),
     );
     println!(
-        "memory: {claims_count} claims Bound, {pods_count} Running pods, {payload_bytes} B of annotations each: controller RSS {:.1} MiB (peak {:.1}), webhook RSS {:.1} MiB (peak {:.1}), publisher RSS {:.1} MiB (peak {:.1})",
+        "memory: {}: {claims_count} claims Bound, {pods_count} Running pods, {payload_bytes} B of annotations each: controller RSS {:.1} MiB (peak {:.1}), webhook RSS {:.1} MiB (peak {:.1}), publisher RSS {:.1} MiB (peak {:.1})",
+        if target.server.is_some() {
+            "in-process API server"
+        } else {
+            "the cluster's API server (E2E_KUBECONFIG)"
+        },
         mib(measured.0.settled_kib),
         mib(measured.0.peak_kib),
         mib(measured.1.settled_kib),
@@ -255,7 +387,7 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
     );
     let startup = if startup {
         drop(controller_process);
-        let (restarted, bind) = first_bind(&client, &configs[0]).await;
+        let (restarted, bind) = first_bind(&target).await;
         controller_process = restarted;
         drop(webhook_process);
         let (restarted, ready) = ready(&configs[1], &tls).await;
@@ -264,6 +396,7 @@ async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, start
     } else {
         None
     };
+    target.clean_up().await;
     drop((controller_process, webhook_process, publisher));
     let _ = std::fs::remove_dir_all(&dir);
     Run {
