@@ -36,33 +36,27 @@ pub async fn reconcile(class: Arc<HostPortClass>, ctx: Arc<Context>) -> Result<A
     reconcile_class(&class, &ctx).await
 }
 
-/// Names of the claims and HostPorts that use a class.
-fn users(class: &str, ctx: &Context) -> Vec<String> {
-    let mut users = ctx
-        .caches
-        .claims
-        .fold(vec![], |mut users, namespace, name, claim| {
-            if claim.class() == class {
-                users.push(format!("HostPortClaim {namespace}/{name}"));
-            }
-            users
-        });
-    users.extend(
-        ctx.book()
-            .host_ports()
-            .filter(|(_, host_port)| host_port.class() == class)
-            .map(|(name, _)| format!("HostPort {name}")),
-    );
-    users.sort();
-    users
+/// How many claims and HostPorts use a class. Counted, not listed: a deleted class is woken
+/// by every release of its claims, and listing (formatting and sorting) tens of thousands of
+/// names each time, under the book's lock, made a mass release quadratic.
+fn user_count(class: &str, ctx: &Context) -> usize {
+    let claims = ctx.caches.claims.fold(0, |count, _, _, claim| {
+        count + usize::from(claim.class() == class)
+    });
+    let host_ports = ctx
+        .book()
+        .host_ports()
+        .filter(|(_, host_port)| host_port.class() == class)
+        .count();
+    claims + host_ports
 }
 
 async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action> {
     let api: Api<HostPortClass> = Api::all(ctx.client.clone());
     let name = class.name_any();
     if class.metadata.deletion_timestamp.is_some() {
-        let users = users(&name, ctx);
-        if users.is_empty() {
+        let users = user_count(&name, ctx);
+        if users == 0 {
             writes::remove_finalizer(ctx, &api, class).await?;
             for labels in [
                 &ctx.metrics.class_capacity,
@@ -76,7 +70,7 @@ async fn reconcile_class(class: &HostPortClass, ctx: &Context) -> Result<Action>
             }
             return Ok(Action::await_change());
         }
-        tracing::info!(class = %name, users = users.len(), "deletion waits for the claims and HostPorts using the class");
+        tracing::info!(class = %name, users, "deletion waits for the claims and HostPorts using the class");
         return Ok(Action::requeue(USERS_RECHECK));
     }
     if ctx.is_stale(class) {

@@ -121,12 +121,32 @@ impl Target {
                 &ListParams::default(),
             )
             .await;
+        // One delete per claim: a delete-collection of tens of thousands outlasts the API
+        // server's request timeout and stops part way.
         let claims: Api<HostPortClaim> = Api::namespaced(self.client.clone(), &self.namespace);
-        let _ = claims
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await;
+        let names: Vec<String> = claims
+            .list_metadata(&ListParams::default())
+            .await
+            .map(|list| {
+                list.items
+                    .into_iter()
+                    .filter_map(|c| c.metadata.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names = std::sync::Arc::new(names);
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(900) {
+        in_parallel(names.len(), 2 * WRITERS, {
+            let (claims, names) = (claims.clone(), names.clone());
+            move |i| {
+                let (claims, names) = (claims.clone(), names.clone());
+                async move {
+                    let _ = claims.delete(&names[i], &DeleteParams::default()).await;
+                }
+            }
+        })
+        .await;
+        while started.elapsed() < Duration::from_secs(1800) {
             match claims.list_metadata(&ListParams::default().limit(1)).await {
                 Ok(left) if left.items.is_empty() => break,
                 _ => tokio::time::sleep(Duration::from_secs(2)).await,

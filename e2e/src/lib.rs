@@ -5,7 +5,7 @@
 
 pub mod books;
 pub mod chart;
-mod cluster;
+pub mod cluster;
 pub mod controllers;
 pub mod harness;
 pub mod local;
