@@ -1,7 +1,8 @@
 //! End to end: N claims created at once against the in-process API server, bound by the
 //! real `hostport-controller` binary running as its own process. Prints time until all are
-//! Bound, per-claim latency (p50/p99, creation → Bound), API writes per binding, and the
-//! controller's peak RSS.
+//! Bound, per-claim latency (p50/p99, creation → Bound), API writes per binding, the
+//! controller's peak RSS, and the time to release them all when the class and every claim
+//! are deleted at once.
 //!
 //! ```sh
 //! cargo build --release -p hostport-controller --bin hostport-controller
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use hostport_api::{HostPortClaim, HostPortClaimSpec, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{peak_rss_kib, proc_status_kib, release_binary};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube_testserver::{Options, RequestMatch, TestApiServer, UserInfo, Verb};
 
@@ -188,9 +189,15 @@ async fn run(claims_count: usize) {
         .flat_map(|r| [Verb::Update, Verb::Patch].map(|v| RequestMatch::new(v, r).by_user(&user)))
         .map(|m| server.count(&m))
         .sum();
+    let released = release_all(&classes, &claims).await;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&kubeconfig);
+    println!(
+        "binding: {claims_count} claims: the class and every claim deleted at once (a namespace torn down): all released and the class gone after {:.2} s ({:.0} releases/s)",
+        released.as_secs_f64(),
+        claims_count as f64 / released.as_secs_f64()
+    );
     println!(
         "binding: {claims_count} claims: created in {:.2} s, all Bound after {:.2} s ({:.0} bindings/s); per claim (create returned → Bound seen by a watch) p50 {:.0} ms, p99 {:.0} ms; {:.3} API writes per binding ({} class status writes in all); controller peak RSS {:.1} MiB (idle before the claims: {:.1} MiB, settled after: {:.1} MiB)",
         created.as_secs_f64(),
@@ -204,6 +211,35 @@ async fn run(claims_count: usize) {
         idle_rss as f64 / 1024.0,
         settled_rss as f64 / 1024.0
     );
+}
+
+/// Deletes class `bench` and then every claim at once, as a namespace teardown does; the time
+/// until the controller has released them all and the class is gone.
+async fn release_all(classes: &Api<HostPortClass>, claims: &Api<HostPortClaim>) -> Duration {
+    let started = Instant::now();
+    classes
+        .delete("bench", &DeleteParams::default())
+        .await
+        .expect("delete class");
+    claims
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete claims");
+    loop {
+        let left = claims
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .expect("list");
+        let class = classes.get_opt("bench").await.expect("class");
+        if left.items.is_empty() && class.is_none() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not all claims released after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn main() {
