@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use hostport_api::{HostPort, HostPortClaim, HostPortClass, HostPortClassSpec};
 use hostport_e2e::measure::{
-    ACCOUNTS, Process, bench_runtime, bench_server, claim_with_finalizer, controller,
+    ACCOUNTS, Process, bench_dir, bench_runtime, bench_server, claim_with_finalizer, controller,
     edge_publisher, free_port, in_parallel, service_account_kubeconfigs, setting, webhook,
     webhook_certificate,
 };
@@ -324,8 +324,7 @@ async fn ready(kubeconfig: &Path, tls: &[String; 2]) -> (Process, Duration) {
 }
 
 async fn run(claims_count: usize, pods_count: usize, payload_bytes: usize, startup: bool) -> Run {
-    let dir = std::env::temp_dir().join(format!("hostport-memory-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = bench_dir("memory");
     let target = Target::new(&dir).await;
     let (tls, _) = webhook_certificate(&dir);
 

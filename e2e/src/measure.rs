@@ -128,9 +128,15 @@ pub async fn bench_server(bench: &str) -> (kube_testserver::TestApiServer, PathB
     })
     .await
     .expect("server");
+    (server, bench_dir(bench))
+}
+
+/// A fresh temporary directory named after `bench` and this process, for a bench's
+/// kubeconfigs and certificates.
+pub fn bench_dir(bench: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("hostport-{bench}-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    (server, dir)
+    dir
 }
 
 /// The ServiceAccounts of the three binaries, as `config/rbac` names them.
